@@ -1,0 +1,22 @@
+"""Exceptions that carry a message meant for the user.
+
+The command-line layer prints a :class:`GlowError` as one line and exits with a
+non-zero status instead of showing a traceback; library callers can catch it
+like any other exception.
+"""
+
+
+class GlowError(Exception):
+    """A problem the user can fix: bad input, a missing file, a wrong setting."""
+
+
+class ConfigError(GlowError, ValueError):
+    """An invalid configuration value (also a ``ValueError`` for library callers)."""
+
+
+class DataError(GlowError):
+    """A dataset that is missing, incomplete or unreadable."""
+
+
+class CheckpointError(GlowError):
+    """A checkpoint that is missing, truncated, foreign or incompatible."""

@@ -1,0 +1,128 @@
+r"""Affine and additive coupling layers (Dinh et al. 2017; Kingma & Dhariwal 2018, 3.3).
+
+The input is split along dimension 1 into ``x_a`` (the first ``C//2`` channels,
+passed through unchanged) and ``x_b`` (the rest). A conditioner network
+``NN(x_a)`` yields a shift ``t`` (and, for the affine kind, a raw scale ``h``):
+
+- affine: :math:`z_b = (x_b + t)\,\sigma(h + 2)`,
+  :math:`\log|\det J| = \sum \log \sigma(h + 2)`. The sigmoid (the reference
+  implementation's choice) keeps the scale in ``(0, 1)``: it cannot blow up the way
+  ``exp(h)`` can, which is what makes affine Glow train without NaNs; the ``+2``
+  starts it near ``0.88``.
+- additive: :math:`z_b = x_b + t`, :math:`\log|\det J| = 0`.
+
+The conditioner's last layer is zero-initialised, so every coupling starts as the
+identity (affine: up to the constant scale :math:`\sigma(2)`).
+Conditioners run under autocast if it is on; their output is cast back to the
+stream's dtype before it touches ``x_b``, and the log-determinant is summed in
+at least float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glow_train.flows.base import Flow, logdet_dtype
+
+__all__ = ["Coupling", "ZeroInit", "conv_conditioner", "mlp_conditioner", "COUPLINGS"]
+
+COUPLINGS = ("affine", "additive")
+
+
+class ZeroInit(nn.Module):
+    """Wraps a conv or linear layer, zeroes it and adds a learned output scale.
+
+    ``y = layer(x) * exp(3 * log_scale)`` per output channel, with everything
+    starting at zero (the reference implementation's ``Conv2dZeros``): the layer
+    outputs zeros at initialisation and can grow its output quickly once trained.
+    """
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, log_scale_factor: float = 3.0):
+        super().__init__()
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        self.layer = layer
+        self.log_scale_factor = log_scale_factor
+        out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        self.log_scale = nn.Parameter(torch.zeros(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.layer(x)
+        scale = torch.exp(self.log_scale * self.log_scale_factor)
+        return y * scale.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
+
+
+def conv_conditioner(in_channels: int, hidden_channels: int, out_channels: int) -> nn.Module:
+    """conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3 (shape-preserving)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden_channels, hidden_channels, 1),
+        nn.ReLU(inplace=True),
+        ZeroInit(nn.Conv2d(hidden_channels, out_channels, 3, padding=1)),
+    )
+
+
+def mlp_conditioner(in_features: int, hidden_features: int, out_features: int) -> nn.Module:
+    """Linear → ReLU → Linear → ReLU → zero-initialised Linear, for ``(B, D)`` input."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden_features),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_features, hidden_features),
+        nn.ReLU(inplace=True),
+        ZeroInit(nn.Linear(hidden_features, out_features)),
+    )
+
+
+class Coupling(Flow):
+    """Affine or additive coupling over dimension 1 of ``(B, C, H, W)`` or ``(B, D)``.
+
+    Args:
+        num_channels: ``C`` (at least 2).
+        hidden_channels: width of the conditioner.
+        kind: ``"affine"`` or ``"additive"``.
+        dense: use an MLP conditioner (vectors) instead of convolutions (images).
+    """
+
+    def __init__(
+        self, num_channels: int, hidden_channels: int, kind: str = "affine", dense: bool = False
+    ):
+        super().__init__()
+        if kind not in COUPLINGS:
+            raise ValueError(f"unknown coupling {kind!r}; choose one of {', '.join(COUPLINGS)}")
+        if num_channels < 2:
+            raise ValueError(f"coupling needs at least 2 channels, got {num_channels}")
+        self.kind = kind
+        self.split = num_channels // 2
+        changed = num_channels - self.split
+        out = 2 * changed if kind == "affine" else changed
+        make = mlp_conditioner if dense else conv_conditioner
+        self.net = make(self.split, hidden_channels, out)
+
+    def _shift_and_log_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
+        h = self.net(x_a).to(x_a.dtype)
+        if self.kind == "additive":
+            return h, None
+        # Interleaved channels, as in the reference: even -> shift, odd -> raw scale.
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        return shift, F.logsigmoid(raw.to(logdet_dtype(x_a)) + 2.0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        shift, log_scale = self._shift_and_log_scale(x_a)
+        z_b = x_b + shift
+        if log_scale is None:
+            logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
+        else:
+            z_b = z_b * log_scale.exp().to(x.dtype)
+            logdet = log_scale.flatten(1).sum(1)
+        return torch.cat([x_a, z_b], dim=1), logdet
+
+    def inverse(self, z: Tensor) -> Tensor:
+        z_a, z_b = z[:, : self.split], z[:, self.split :]
+        shift, log_scale = self._shift_and_log_scale(z_a)
+        if log_scale is not None:
+            z_b = z_b * torch.exp(-log_scale).to(z.dtype)
+        return torch.cat([z_a, z_b - shift], dim=1)

@@ -1,0 +1,121 @@
+r"""Invertible 1×1 convolution (Kingma & Dhariwal 2018, section 3.2).
+
+A learned ``C×C`` matrix ``W`` mixes channels at every position:
+:math:`z_{:, i, j} = W x_{:, i, j}`, with :math:`\log|\det J| = H W \log|\det W|`.
+On ``(B, C)`` vectors the same layer is a dense invertible linear map (the "1-D Glow"),
+with :math:`\log|\det J| = \log|\det W|`.
+
+LU parameterisation (``lu=True``):
+:math:`W = P\,L\,(U + \mathrm{diag}(\mathrm{sign}(s)\, e^{\log|s|}))`, with ``P`` a fixed
+permutation, ``L`` unit lower triangular, ``U`` strictly upper triangular; ``P`` and
+``sign(s)`` are buffers, so :math:`\log|\det W| = \sum \log|s|` costs O(C).
+The plain variant (``lu=False``) learns ``W`` directly and takes
+:math:`\log|\det W|` from ``slogdet`` in float64.
+
+Both start from a random rotation. ``W`` and its inverse are built in float64 with
+autocast off; the inverse is cached while the module is in eval mode and rebuilt
+whenever a parameter changes (optimiser step, ``load_state_dict``, EMA copy) or the
+module goes back to training mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glow_train.flows.base import Flow, autocast_off, logdet_dtype
+
+__all__ = ["InvertibleLinear", "InvConv1x1"]
+
+
+class InvertibleLinear(Flow):
+    """Invertible channel mixing: a 1×1 convolution on maps, a linear map on vectors.
+
+    Args:
+        num_channels: ``C``.
+        lu: use the LU parameterisation (default) instead of a plain matrix.
+    """
+
+    def __init__(self, num_channels: int, lu: bool = True):
+        super().__init__()
+        self.lu = lu
+        w = torch.linalg.qr(torch.randn(num_channels, num_channels, dtype=torch.float64))[0]
+        if lu:
+            p, lower, upper = torch.linalg.lu(w)
+            s = torch.diagonal(upper)
+            self.register_buffer("perm", p.float())
+            self.register_buffer("sign_s", torch.sign(s).float())
+            self.register_buffer("lower_mask", torch.tril(torch.ones_like(w), -1).float())
+            self.lower = nn.Parameter(lower.float() * self.lower_mask)
+            self.upper = nn.Parameter(torch.triu(upper, 1).float())
+            self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
+        else:
+            self.weight = nn.Parameter(w.float())
+        self._inverse_cache: tuple[tuple[int, ...], Tensor] | None = None
+
+    def weight_matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """``W`` as a ``(C, C)`` tensor of ``dtype`` (built in that dtype, autocast off)."""
+        with autocast_off(self.log_s if self.lu else self.weight):
+            if not self.lu:
+                return self.weight.to(dtype)
+            eye = torch.eye(self.log_s.numel(), dtype=dtype, device=self.log_s.device)
+            mask = self.lower_mask.to(dtype)
+            lower = self.lower.to(dtype) * mask + eye
+            upper = self.upper.to(dtype) * mask.T + torch.diag(
+                self.sign_s.to(dtype) * torch.exp(self.log_s.to(dtype))
+            )
+            return self.perm.to(dtype) @ lower @ upper
+
+    def log_abs_det(self) -> Tensor:
+        """:math:`\\log|\\det W|` as a float64 scalar."""
+        if self.lu:
+            return self.log_s.double().sum()
+        return torch.linalg.slogdet(self.weight.double())[1]
+
+    def _param_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.parameters()) + tuple(
+            p.data_ptr() for p in self.parameters()
+        )
+
+    def inverse_matrix(self) -> Tensor:
+        """``W^{-1}`` in float64; cached in eval mode until a parameter changes."""
+        if self.training:
+            self._inverse_cache = None
+            return torch.linalg.inv(self.weight_matrix(torch.float64))
+        key = self._param_versions()
+        if self._inverse_cache is None or self._inverse_cache[0] != key:
+            with torch.no_grad():
+                inv = torch.linalg.inv(self.weight_matrix(torch.float64))
+            self._inverse_cache = (key, inv)
+        return self._inverse_cache[1]
+
+    def train(self, mode: bool = True):
+        self._inverse_cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._inverse_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    @staticmethod
+    def _mix(x: Tensor, w: Tensor) -> Tensor:
+        w = w.to(x.dtype)
+        with autocast_off(x):
+            if x.dim() == 2:
+                return F.linear(x, w)
+            return F.conv2d(x, w.view(*w.shape, 1, 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        z = self._mix(x, self.weight_matrix(dtype))
+        spatial = x[0, 0].numel() if x.dim() > 2 else 1
+        logdet = (self.log_abs_det() * spatial).to(logdet_dtype(x))
+        return z, logdet.expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return self._mix(z, self.inverse_matrix())
+
+
+#: The name used in the paper for the image case.
+InvConv1x1 = InvertibleLinear

@@ -1,0 +1,108 @@
+r"""Gaussian priors with learned parameters.
+
+Every prior is a diagonal Gaussian :math:`\mathcal N(\mu, \sigma^2)` with
+:math:`\sigma = e^{\log\sigma}` whose parameters come from a context:
+
+- :class:`LearnedPrior`: free parameters of the latent's shape (the top of a Glow
+  or a 1-D Glow), optionally shifted by a per-class offset (class-conditional).
+- :class:`SplitPrior`: the factored-out half of a multi-scale level, conditioned on
+  the kept half by a zero-initialised conv3×3 that predicts :math:`(\mu, \log\sigma)`.
+
+:math:`\log p(z) = \sum_i -\tfrac12\log 2\pi - \log\sigma_i - \tfrac12((z_i-\mu_i)/\sigma_i)^2`,
+summed per sample in float32 (or float64 for float64 input). Sampling at
+temperature ``T`` draws :math:`z = \mu + T\sigma\epsilon` with
+:math:`\epsilon\sim\mathcal N(0, I)`: ``T`` multiplies every standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from glow_train.flows.base import logdet_dtype
+from glow_train.flows.coupling import ZeroInit
+
+__all__ = ["gaussian_log_prob", "GaussianPrior", "LearnedPrior", "SplitPrior"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """Per-sample log-density of a diagonal Gaussian, summed over all but dim 0."""
+    dtype = logdet_dtype(z)
+    z, mean, log_scale = z.to(dtype), mean.to(dtype), log_scale.to(dtype)
+    log_p = -_HALF_LOG_2PI - log_scale - 0.5 * ((z - mean) * torch.exp(-log_scale)) ** 2
+    return log_p.flatten(1).sum(1)
+
+
+class GaussianPrior(nn.Module):
+    """Base class; subclasses define :meth:`params` from a context."""
+
+    def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Return ``(mean, log_scale)`` of shape ``(B, *latent_shape)``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        mean, log_scale = self.params(context, z.shape[0])
+        return gaussian_log_prob(z, mean, log_scale)
+
+    def sample(
+        self,
+        batch_size: int,
+        context: Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        mean, log_scale = self.params(context, batch_size)
+        dtype = logdet_dtype(mean)
+        mean, log_scale = mean.to(dtype), log_scale.to(dtype)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + temperature * torch.exp(log_scale) * eps
+
+
+class LearnedPrior(GaussianPrior):
+    """Free ``(mean, log_scale)`` of shape ``shape``, zero-initialised (starts as N(0, I)).
+
+    With ``num_classes > 0`` the context is a ``(B,)`` tensor of class labels, and a
+    zero-initialised embedding adds a per-class, per-channel offset to both.
+    """
+
+    def __init__(self, shape: tuple[int, ...], num_classes: int = 0):
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(shape))
+        self.log_scale = nn.Parameter(torch.zeros(shape))
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.class_embedding = nn.Embedding(num_classes, 2 * shape[0])
+            nn.init.zeros_(self.class_embedding.weight)
+
+    def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
+        mean = self.mean.expand(batch_size, *self.mean.shape)
+        log_scale = self.log_scale.expand(batch_size, *self.log_scale.shape)
+        if self.num_classes > 0:
+            if context is None:
+                raise ValueError("this prior is class-conditional: pass the class labels y")
+            offsets = self.class_embedding(context.long())  # (B, 2C)
+            offsets = offsets.view(batch_size, -1, *([1] * (self.mean.dim() - 1)))
+            d_mean, d_log_scale = offsets.chunk(2, dim=1)
+            mean, log_scale = mean + d_mean, log_scale + d_log_scale
+        return mean, log_scale
+
+
+class SplitPrior(GaussianPrior):
+    """p(z_out | z_keep) with ``(mean, log_scale) = ZeroConv3x3(z_keep)``.
+
+    Args:
+        kept_channels: channels of the context ``z_keep``.
+        out_channels: channels of the factored-out latent.
+    """
+
+    def __init__(self, kept_channels: int, out_channels: int):
+        super().__init__()
+        self.net = ZeroInit(nn.Conv2d(kept_channels, 2 * out_channels, 3, padding=1))
+
+    def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
+        h = self.net(context)
+        return h[:, 0::2], h[:, 1::2]
