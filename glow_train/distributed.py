@@ -1,0 +1,165 @@
+"""Process layout for single-process and torchrun (DistributedDataParallel) runs.
+
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; when they are present the
+process group is initialised (``nccl`` on CUDA, ``gloo`` on CPU) and each rank is
+pinned to its local GPU. Everything else in the trainer asks this module who it is
+and uses :func:`all_reduce_sum` / :func:`broadcast_object` for the few values that
+must agree across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from glow_train.errors import ConfigError
+
+__all__ = [
+    "DistInfo",
+    "setup_distributed",
+    "cleanup_distributed",
+    "resolve_device",
+    "all_reduce_sum",
+    "all_reduce_max",
+    "broadcast_object",
+    "EpochSampler",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Who this process is. ``world_size == 1`` for a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto|cpu|cuda|cuda:N`` -> a device; ``auto`` picks CUDA when available.
+
+    Under torchrun, ``cuda`` (or ``auto`` with GPUs) means this rank's local GPU.
+    """
+    spec = str(spec)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={spec} but CUDA is not available; use device=cpu or auto")
+        if spec == "cuda":
+            return torch.device("cuda", local_rank)
+        index = int(spec.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={spec} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        return torch.device("cuda", index)
+    if spec != "cpu":
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Initialise the process group if torchrun started us; return this rank's info."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (no-op without a process group)."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled, rank-sharded, resumable sample order.
+
+    Epoch ``e`` uses ``randperm(n)`` from a generator seeded with ``seed + e``,
+    truncated so every rank gets ``n // world_size`` samples (equal batch counts keep
+    DDP in step); rank ``r`` takes every ``world_size``-th index starting at ``r``.
+    ``set_epoch(e, start)`` skips the first ``start`` of this rank's samples, which is
+    how a resumed run continues mid-epoch with exactly the data it would have seen.
+    """
+
+    def __init__(
+        self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.shuffle = shuffle
+        self.per_rank = n // world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        mine = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
+        return iter(mine[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """Fixed evaluation batches ``[0..b), [b..2b), …`` dealt round-robin to ranks.
+
+    Batch ``i`` always holds the same images, whatever the number of ranks, so
+    noise seeded by the batch index makes a sharded evaluation equal a
+    single-process one.
+    """
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return batches[rank::world_size]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
