@@ -107,6 +107,22 @@ class _FlowDistribution(nn.Module):
         """Rebuild a model from its :attr:`config` (as stored in checkpoints)."""
         return cls(**config)
 
+    @classmethod
+    def from_checkpoint(cls, path, ema: bool = True, device: str | torch.device = "cpu"):
+        """A ready model in eval mode from a glow-train checkpoint.
+
+        Args:
+            path: a ``.pt`` file written by ``glow-train``.
+            ema: use the EMA weights when the checkpoint has them.
+            device: where to put the model.
+        """
+        from glow_train.checkpoint import load_checkpoint, model_weights
+
+        state = load_checkpoint(path)
+        model = cls.from_config(state["model_config"])
+        model.load_state_dict(model_weights(state, ema=ema))
+        return model.to(device).eval()
+
 
 class Glow(_FlowDistribution):
     """Multi-scale Glow for images.

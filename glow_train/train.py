@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from glow_train import __version__
@@ -58,6 +59,8 @@ class TrainingDiverged(GlowError):
 
 @dataclass
 class TrainResult:
+    """What a finished run left: its folder, checkpoints, figures and the trained model."""
+
     run_dir: Path
     step: int
     best_bpd: float | None
@@ -66,6 +69,7 @@ class TrainResult:
     last_ckpt: Path
     skipped_steps: int
     interrupted: bool
+    model: Glow  # the raw (unwrapped) model; EMA weights are in the checkpoints
 
 
 def parse_duration(value: Any) -> float | None:
@@ -146,7 +150,14 @@ class Trainer:
     also be called directly on model-space input (tests use this).
     """
 
-    def __init__(self, cfg: DictConfig, dist: DistInfo, run_dir: Path):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        dist: DistInfo,
+        run_dir: Path,
+        train_set: Dataset | None = None,
+        test_set: Dataset | None = None,
+    ):
         self.cfg, self.dist, self.run_dir = cfg, dist, run_dir
         self.device = dist.device
         tcfg = cfg.train
@@ -172,8 +183,9 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if tcfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_set = build_dataset(cfg.dataset, "train")
-        self.test_set = build_dataset(cfg.dataset, "test")
+        # Datasets can be passed in (uint8 (C, H, W) images of cfg.dataset's shape).
+        self.train_set = train_set if train_set is not None else build_dataset(cfg.dataset, "train")
+        self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
         self.batch_size = int(cfg.dataset.batch_size)
         self.sampler = EpochSampler(
             len(self.train_set), seed=self.seed, rank=dist.rank, world_size=dist.world_size
@@ -390,7 +402,7 @@ class Trainer:
                 self.bad_in_a_row = 0
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
-        self.scheduler.step()
+            self.scheduler.step()  # the schedule counts the steps that reached the optimiser
         self.step += 1
         return {
             "bpd": loss.item(),
@@ -593,6 +605,7 @@ class Trainer:
             last_ckpt=last,
             skipped_steps=self.skipped_steps,
             interrupted=interrupted,
+            model=self.model,
         )
 
 
@@ -610,11 +623,17 @@ def _resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> Path:
     return Path(broadcast_object(run_dir))
 
 
-def train(cfg: DictConfig | dict, dist: DistInfo | None = None) -> TrainResult:
+def train(
+    cfg: DictConfig | dict,
+    dist: DistInfo | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+) -> TrainResult:
     """Train a Glow as ``cfg`` describes (the composed ``train.yaml``); see the module doc.
 
     Resumes from ``cfg.ckpt`` when set (model, optimiser, schedule, EMA, step and
-    data position). Under torchrun the process group is set up here.
+    data position). Under torchrun the process group is set up here. ``train_set``
+    and ``test_set`` replace the datasets named in ``cfg.dataset`` (same image shape).
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
@@ -623,7 +642,7 @@ def train(cfg: DictConfig | dict, dist: DistInfo | None = None) -> TrainResult:
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
         run_dir = _resolve_run_dir(cfg, dist)
-        trainer = Trainer(cfg, dist, run_dir)
+        trainer = Trainer(cfg, dist, run_dir, train_set, test_set)
         if state is not None:
             trainer._make_ema()
             trainer.load_state_dict(state, Path(cfg.ckpt))

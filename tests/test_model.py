@@ -226,3 +226,10 @@ def test_autocast_bf16_keeps_likelihood_in_float32():
         lp = model.log_prob(x)
     assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
     torch.testing.assert_close(lp, model.log_prob(x), rtol=0.02, atol=0.5)
+
+
+def test_log_prob_compiles_without_graph_breaks():
+    """torch.compile (train.compile=true) must see the whole step as one graph."""
+    model, x = make_glow(3, (8, 8), 2, 2, dtype=torch.float32)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -1,0 +1,287 @@
+"""The trainer: end to end, exact resume, interruption, skipped steps, logs, configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from glow_train.checkpoint import load_checkpoint, save_checkpoint
+from glow_train.distributed import DistInfo
+from glow_train.errors import CheckpointError, ConfigError
+from glow_train.train import Trainer, TrainingDiverged, parse_duration, train
+
+TINY = [
+    "model.K=2",
+    "model.hidden_channels=16",
+    "train.time_limit=null",
+    "train.cosine_decay=false",
+    "train.warmup_steps=5",
+    "train.eval_every_steps=null",
+    "train.sample_every=null",
+    "train.num_samples=4",
+    "train.progress=false",
+    "train.log_every=5",
+]
+
+
+def compose_train(*overrides: str):
+    with initialize_config_module("glow_train.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def glow_train_cmd() -> str:
+    path = Path(sys.executable).parent / "glow-train"
+    assert path.exists(), "glow-train is not installed in this environment"
+    return str(path)
+
+
+def test_parse_duration():
+    assert parse_duration("120s") == 120
+    assert parse_duration("90m") == 5400
+    assert parse_duration("2h") == 7200
+    assert parse_duration(45) == 45
+    assert parse_duration("1.5h") == 5400
+    assert parse_duration(None) is None
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_duration("two hours")
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist", "cifar10", "celeba", "folder"])
+def test_every_dataset_composes(dataset):
+    cfg = compose_train(f"dataset={dataset}")
+    assert cfg.dataset.name == dataset
+    assert {"n_bits", "image_size", "batch_size", "hflip"} <= set(cfg.dataset)
+
+
+@pytest.mark.parametrize(
+    "experiment,expected",
+    [("mnist", (16, 2, 256)), ("cifar10", (32, 3, 512)), ("celeba", (32, 4, 512))],
+)
+def test_experiment_presets_have_the_papers_settings(experiment, expected):
+    cfg = compose_train(f"experiment={experiment}")
+    assert cfg.dataset.name == experiment
+    assert (cfg.model.K, cfg.model.L, cfg.model.hidden_channels) == expected
+    assert cfg.dataset.image_size % 2**cfg.model.L == 0
+
+
+def test_console_script_end_to_end_from_another_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [glow_train_cmd(), *TINY, "train.max_steps=12", "train.eval_every_steps=6"]
+        + [f"run_dir={run_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test bpd:" in proc.stdout and f"best checkpoint: {run_dir / 'best.pt'}" in proc.stdout
+    for name in ("config.yaml", "last.pt", "best.pt", "samples.png"):
+        assert (run_dir / name).is_file(), name
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["step"] == 12 and state["ema"] is not None
+    assert state["config"]["model"]["K"] == 2
+    assert 0 < state["last_test_bpd"] < 8
+    assert not (tmp_path / "outputs").exists()  # Hydra writes nothing of its own
+
+    # TensorBoard's own reader finds the scalars and the sample images
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/bpd", "test/bpd", "lr", "grad_norm", "images_per_sec", "skipped_steps"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("test/bpd")] == [6, 12]
+    assert any(t.startswith("samples/T=0.7") for t in tags["images"])
+
+
+def _flat_state(state):
+    params = torch.cat([v.flatten().double() for v in state["model"].values()])
+    moments = [
+        t
+        for s in state["optimizer"]["state"].values()
+        for t in (s["exp_avg"], s["exp_avg_sq"], s["step"])
+    ]
+    return params, moments
+
+
+def test_resume_is_exact(tmp_path):
+    base = [*TINY, "dataset.batch_size=32", "train.ema_decay=0.9"]
+    straight = train(compose_train(*base, "train.max_steps=60", f"run_dir={tmp_path / 'a'}"))
+    train(compose_train(*base, "train.max_steps=30", f"run_dir={tmp_path / 'b'}"))
+    half = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert half["step"] == 30 and half["epoch"] == 0 and half["batch_in_epoch"] == 30
+    resumed = train(
+        compose_train(*base, "train.max_steps=60", f"ckpt={tmp_path / 'b' / 'last.pt'}")
+    )
+    assert resumed.run_dir == (tmp_path / "b").resolve()  # writes into the original folder
+    a = load_checkpoint(straight.last_ckpt)
+    b = load_checkpoint(resumed.last_ckpt)
+    assert a["step"] == b["step"] == 60 and a["epoch"] == b["epoch"] == 1
+    pa, ma = _flat_state(a)
+    pb, mb = _flat_state(b)
+    assert torch.equal(pa, pb)
+    assert all(torch.equal(x, y) for x, y in zip(ma, mb, strict=True))
+    for k, v in a["ema"].items():
+        assert torch.equal(v, b["ema"][k]), k
+    assert a["scheduler"] == b["scheduler"]
+    assert a["last_test_bpd"] == b["last_test_bpd"]
+
+
+def _tiny_trainer(tmp_path, *extra):
+    cfg = compose_train(*TINY, "train.max_steps=5", f"run_dir={tmp_path}", *extra)
+    trainer = Trainer(cfg, DistInfo(), tmp_path)
+    trainer.initialize_actnorm()
+    trainer._make_ema()
+    trainer._wrap()
+    return trainer
+
+
+def test_non_finite_batch_is_skipped_without_changing_weights(tmp_path):
+    trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
+    images, _ = next(iter(trainer.loader))
+    x = trainer.prepare_batch(images, 0)
+    assert not trainer.train_step(x)["skipped"]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    opt_before = [t.clone() for s in trainer.optimizer.state.values() for t in s.values()]
+    ema_before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+
+    planted = x.clone()
+    planted[0, 0, 0, 0] = float("nan")
+    stats = trainer.train_step(planted)
+    assert stats["skipped"] and trainer.skipped_steps == 1
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    after = [t for s in trainer.optimizer.state.values() for t in s.values()]
+    assert all(torch.equal(a, b) for a, b in zip(opt_before, after, strict=True))
+    for k, v in trainer.ema.state_dict().items():
+        assert torch.equal(v, ema_before[k]), k
+
+    assert not trainer.train_step(x)["skipped"]  # a good step resets the run of bad ones
+    assert trainer.bad_in_a_row == 0 and trainer.skipped_steps == 1
+
+
+def test_consecutive_bad_steps_stop_with_a_clear_message(tmp_path, monkeypatch):
+    trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
+    real_prepare = trainer.prepare_batch
+
+    def poisoned(images, step):
+        return real_prepare(images, step) * float("inf")
+
+    monkeypatch.setattr(trainer, "prepare_batch", poisoned)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps .* learning rate"):
+        trainer.fit()
+    assert trainer.skipped_steps == 3
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [glow_train_cmd(), *TINY, "train.max_steps=100000", f"run_dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "tb").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it take some steps
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in out + err
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    stopped_at = state["step"]
+    assert 0 < stopped_at < 100000
+    resumed = subprocess.run(
+        [glow_train_cmd(), f"ckpt={run_dir / 'last.pt'}", f"train.max_steps={stopped_at + 4}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {stopped_at}" in resumed.stdout
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == stopped_at + 4
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ckpt")
+    train(compose_train(*TINY, "train.max_steps=3", f"run_dir={run_dir}"))
+    return run_dir / "last.pt"
+
+
+def _cli_error(args, cwd):
+    proc = subprocess.run(
+        [glow_train_cmd(), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glow-train: error:"), proc.stderr
+    return lines[0]
+
+
+def test_bad_checkpoints_give_one_clear_error(tmp_path, small_checkpoint):
+    assert "checkpoint not found" in _cli_error([f"ckpt={tmp_path / 'nope.pt'}"], tmp_path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(small_checkpoint.read_bytes()[:5000])
+    assert "not a readable checkpoint" in _cli_error([f"ckpt={truncated}"], tmp_path)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    assert "not a glow-train checkpoint" in _cli_error([f"ckpt={foreign}"], tmp_path)
+    copy = tmp_path / "copy" / "last.pt"
+    copy.parent.mkdir()
+    shutil.copy(small_checkpoint, copy)
+    message = _cli_error([f"ckpt={copy}", "model.K=3"], tmp_path)
+    assert "different configuration (K:" in message
+    message = _cli_error([f"ckpt={copy}", "dataset=mnist"], tmp_path)
+    assert "cannot change dataset=mnist when resuming" in message
+    assert copy.read_bytes() == small_checkpoint.read_bytes()  # nothing overwritten
+
+
+def test_incompatible_checkpoint_in_the_library(tmp_path, small_checkpoint):
+    state = load_checkpoint(small_checkpoint)
+    state["model_config"]["hidden_channels"] = 99
+    other = save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="hidden_channels"):
+        train(compose_train(*TINY, "train.max_steps=4", f"ckpt={other}"))
+
+
+def test_bad_settings_give_one_clear_error(tmp_path):
+    assert "not divisible by 2^L = 8" in _cli_error(
+        ["model.L=3", "dataset.image_size=12"], tmp_path
+    )
+    assert "n_bits" in _cli_error(["dataset.n_bits=9"], tmp_path)
+    assert "fp16 needs a CUDA device" in _cli_error(["precision=fp16", "device=cpu"], tmp_path)
+
+
+def test_bf16_on_cpu_trains(tmp_path):
+    result = train(
+        compose_train(*TINY, "train.max_steps=3", "precision=bf16", f"run_dir={tmp_path}")
+    )
+    assert result.skipped_steps == 0 and 0 < result.last_test_bpd < 8
+
+
+def test_atomic_save_leaves_previous_file_on_failure(tmp_path, monkeypatch):
+    path = save_checkpoint({"step": 1}, tmp_path / "last.pt")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        save_checkpoint({"step": 2}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
