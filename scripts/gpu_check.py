@@ -153,10 +153,11 @@ def main() -> int:
         args.batch_size, args.test_images = 16, 64
     device = resolve_device(args.device)
     train_set, test_set, source = load_data(args)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'})"
-        f", torch {torch.__version__}; data: {source}; K={args.K} L={args.L} "
-        f"hidden={args.hidden} batch={args.batch_size}, {args.steps} steps per run",
+        f"device {device} ({name}), torch {torch.__version__}; data: {source}; "
+        f"K={args.K} L={args.L} hidden={args.hidden} batch={args.batch_size}, "
+        f"{args.steps} steps per run",
         flush=True,
     )
     rows = []
@@ -171,9 +172,10 @@ def main() -> int:
         row["wall_s"] = time.perf_counter() - t0
         rows.append(row)
         print(f"{name}: done in {row['wall_s']:.0f}s", flush=True)
-    header = "| run | images/s | peak GPU mem (GiB) | first bpd | final bpd | test bpd | skipped | loss fell | wall s |"
-    print(header)
-    print("|" + "---|" * 9)
+    columns = ["run", "images/s", "peak GPU mem (GiB)", "first bpd", "final bpd", "test bpd"]
+    columns += ["skipped", "loss fell", "wall s"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for r in rows:
         mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         print(
