@@ -30,7 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 demo: $(STAMP)
-	$(BIN)/glow-train experiment=demo
+	$(BIN)/glow-train
 
 clean:
 	rm -rf $(VENV) build *.egg-info
