@@ -16,9 +16,8 @@ over the target, so a crash at any moment leaves the previous file intact.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,32 @@ import torch
 
 from glow_train.errors import CheckpointError
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_weights"]
+__all__ = [
+    "FORMAT",
+    "write_atomic",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_weights",
+    "load_model",
+]
 
 FORMAT = "glow-train"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Atomically write ``state`` (with the format tag added) to ``path``."""
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
+
+    A failure (or an interrupt) at any moment leaves the previous ``path`` intact and
+    no temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -58,6 +67,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Atomically write ``state`` (with the format tag added) to ``path``."""
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    return write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
@@ -70,10 +85,9 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # torch.load fails on arbitrary bytes in many ways
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or not written by torch.save): "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            f"{path} is not a readable checkpoint (truncated, or not written by torch.save)"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a glow-train checkpoint (no 'format: {FORMAT}' key)")
@@ -91,3 +105,24 @@ def model_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Te
         prefix = "module."
         return {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
     return state["model"]
+
+
+def load_model(path: str | os.PathLike, ema: bool = True, device: Any = "cpu"):
+    """The :class:`glow_train.Glow` of a checkpoint in eval mode, and the checkpoint's
+    entries other than the weights and optimiser (``config``, ``step``, ...).
+
+    Every way the file can fail to give a model is a :class:`CheckpointError`.
+    """
+    from glow_train.model import Glow
+
+    state = load_checkpoint(path)
+    try:
+        model = Glow.from_config(state["model_config"])
+        model.load_state_dict(model_weights(state, ema=ema))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:200] or type(err).__name__
+        raise CheckpointError(f"{path}: cannot rebuild the model ({detail})") from err
+    info = {k: v for k, v in state.items() if k not in ("model", "ema", "optimizer", "scaler")}
+    info["ema_used"] = bool(ema and state.get("ema") is not None)
+    return model.to(device).eval(), info

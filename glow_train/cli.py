@@ -73,3 +73,85 @@ def _train_app(cfg: DictConfig) -> None:
 def train_main() -> None:
     """Entry point of ``glow-train``."""
     _train_app()
+
+
+def _plain(value: object) -> object:
+    """OmegaConf containers -> plain lists and dicts; everything else unchanged."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _require_ckpt(cfg: DictConfig, prog: str) -> str:
+    if cfg.ckpt is None:
+        raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
+    return str(cfg.ckpt)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
+def _sample_app(cfg: DictConfig) -> None:
+    from glow_train.sample import sample
+
+    def run():
+        paths = sample(
+            _require_ckpt(cfg, "glow-sample"),
+            _plain(cfg.temperature),
+            n=cfg.n,
+            nrow=cfg.nrow,
+            padding=cfg.padding,
+            layout=cfg.layout,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            out=cfg.out,
+            device=str(cfg.device),
+            ema=cfg.ema,
+        )
+        for path in paths:
+            print(path)
+
+    _report("glow-sample", run)
+
+
+def sample_main() -> None:
+    """Entry point of ``glow-sample``."""
+    _sample_app()
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
+def _eval_app(cfg: DictConfig) -> None:
+    from glow_train.evaluate import evaluate
+
+    def run():
+        # dataset=<name> composes that group's config (with any dataset.* overrides in
+        # it); without it, dataset.* keys that are set replace the checkpoint's values.
+        dataset = _plain(cfg.dataset)
+        chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
+        report = evaluate(
+            _require_ckpt(cfg, "glow-eval"),
+            split=cfg.split,
+            dataset={k: v for k, v in dataset.items() if v is not None} if chosen else None,
+            dataset_overrides=None if chosen else dataset,
+            draws=cfg.draws,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            n_bits=cfg.n_bits,
+            per_image=cfg.per_image,
+            out=cfg.out,
+            device=str(cfg.device),
+            ema=cfg.ema,
+            progress=cfg.progress,
+        )
+        summary = report.summary
+        print(f"eval: {report.json_path}")
+        if report.csv_path is not None:
+            print(f"per-image bpd: {report.csv_path}")
+        if summary["stderr"] is not None:
+            print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
+        print(f"{summary['split']} bpd: {summary['bpd']:.4f}")
+
+    _report("glow-eval", run)
+
+
+def eval_main() -> None:
+    """Entry point of ``glow-eval``."""
+    _eval_app()

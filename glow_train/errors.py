@@ -20,3 +20,17 @@ class DataError(GlowError):
 
 class CheckpointError(GlowError):
     """A checkpoint that is missing, truncated, foreign or incompatible."""
+
+
+def require_int(
+    name: str, value: object, low: int, high: int | None = None, allow_none: bool = False
+) -> int | None:
+    """``value`` if it is an integer in ``low..high`` (or ``None`` when allowed), else a
+    :class:`ConfigError` naming the option."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value}")
+    return value

@@ -116,12 +116,10 @@ class _FlowDistribution(nn.Module):
             ema: use the EMA weights when the checkpoint has them.
             device: where to put the model.
         """
-        from glow_train.checkpoint import load_checkpoint, model_weights
+        from glow_train.checkpoint import load_model
 
-        state = load_checkpoint(path)
-        model = cls.from_config(state["model_config"])
-        model.load_state_dict(model_weights(state, ema=ema))
-        return model.to(device).eval()
+        model, _ = load_model(path, ema=ema, device=device)
+        return model
 
 
 class Glow(_FlowDistribution):
