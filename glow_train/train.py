@@ -117,18 +117,20 @@ def build_model(cfg: DictConfig) -> Glow:
 class _Interrupt:
     """SIGINT/SIGTERM -> stop at the next step boundary; a second SIGINT aborts at once."""
 
-    def __init__(self):
+    def __init__(self, verbose: bool = True):
         self.requested = False
+        self.verbose = verbose
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write(
-            f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
-            "(Ctrl-C again to abort)"
-        )
+        if self.verbose:
+            tqdm.write(
+                f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+                "(Ctrl-C again to abort)"
+            )
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,8 +148,9 @@ class _Interrupt:
 class Trainer:
     """Holds the model, optimiser and data of one run; :meth:`fit` trains it.
 
-    Build it with :meth:`Trainer.create`; the step function :meth:`train_step` can
-    also be called directly on model-space input (tests use this).
+    Use: ``Trainer(cfg, dist, run_dir)``, then :meth:`prepare` (ActNorm init or a
+    checkpoint's state, EMA, DDP/compile wrapping), then :meth:`fit`. The step
+    function :meth:`train_step` can also be called directly on model-space input.
     """
 
     def __init__(
@@ -224,6 +227,7 @@ class Trainer:
         self.best_bpd: float | None = None
         self.last_test_bpd: float | None = None
         self.skipped_steps = 0
+        self.overflow_steps = 0
         self.bad_in_a_row = 0
         self.wrapped: torch.nn.Module = self.model
         self.writer = None
@@ -253,6 +257,17 @@ class Trainer:
         x = preprocess(images, self.n_bits, torch.Generator(self.device).manual_seed(self.seed))
         self.model.initialize(x)
 
+    def prepare(self, state: dict[str, Any] | None = None, source: Path | None = None) -> None:
+        """Fresh run: ActNorm init on real images; resume: load ``state``. Then the EMA
+        and, last, the DDP / compile wrappers (never before the eager initialisation)."""
+        if state is None:
+            self.initialize_actnorm()
+            self._make_ema()
+        else:
+            self._make_ema()
+            self.load_state_dict(state, source)
+        self._wrap()
+
     def _make_ema(self) -> None:
         decay = self.cfg.train.ema_decay
         if decay is not None:
@@ -265,7 +280,9 @@ class Trainer:
         wrapped: torch.nn.Module = self.model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+            # ActNorm's flag and the LU buffers never change while training: no need
+            # to broadcast buffers before every forward.
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
         self.wrapped = wrapped
@@ -327,9 +344,9 @@ class Trainer:
         if state["world_size"] * state["batch_size"] != self.dist.world_size * self.batch_size:
             # A different global batch: continue at the same fraction of the epoch.
             seen = self.batch_in_epoch * state["batch_size"] * state["world_size"]
-            self.batch_in_epoch = min(
-                seen // (self.batch_size * self.dist.world_size), self.steps_per_epoch
-            )
+            self.batch_in_epoch = seen // (self.batch_size * self.dist.world_size)
+        if self.batch_in_epoch >= self.steps_per_epoch:  # less than a batch left
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         self.best_bpd = state.get("best_bpd")
         self.last_test_bpd = state.get("last_test_bpd")
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -358,11 +375,16 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float | bool]:
+    def train_step(
+        self, x: torch.Tensor, signalled: bool = False, time_up: bool = False
+    ) -> dict[str, Any]:
         """One optimiser step on model-space input ``x``; skipped if anything is non-finite.
 
-        A skipped step changes no weight, optimiser moment or EMA average. Ranks agree
-        on the decision (and on a pending interrupt) through one all-reduce.
+        A skipped step changes no weight, optimiser moment, EMA average or schedule.
+        With fp16, a gradient overflow at a finite loss is the GradScaler's business: it
+        skips the step and lowers its scale (counted in ``overflow_steps``). Ranks agree
+        on all of this, and on stopping (a signal or the time limit on any rank), through
+        one all-reduce, so they always stop at the same step.
         """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -377,41 +399,40 @@ class Trainer:
         )
         flags = torch.stack(
             [
-                ~torch.isfinite(loss.detach()),
-                ~torch.isfinite(grad_norm),
-                torch.tensor(self._interrupt.requested if self._interrupt else False),
+                (~torch.isfinite(loss.detach())).float(),
+                (~torch.isfinite(grad_norm)).float(),
+                torch.tensor(float(signalled), device=loss.device),
+                torch.tensor(float(time_up), device=loss.device),
             ]
-        ).to(self.device, torch.float32)
-        loss_bad, grad_bad, stop = (bool(v) for v in all_reduce_max(flags).tolist())
-        if stop and self._interrupt:
-            self._interrupt.requested = True
-        skipped = loss_bad or grad_bad
+        )
+        loss_bad, grad_bad, signalled, time_up = (bool(v) for v in all_reduce_max(flags).tolist())
         overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
-        if skipped and not overflow:
+        skipped = (loss_bad or grad_bad) and not overflow
+        if skipped:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
             self.skipped_steps += 1
             self.bad_in_a_row += 1
         else:
-            # with fp16 an overflow is the GradScaler's business: it skips and backs off
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # skips the update itself on an overflow
             self.scaler.update()
             if overflow:
-                self.skipped_steps += 1
+                self.overflow_steps += 1
             else:
                 self.bad_in_a_row = 0
+                self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
-            self.scheduler.step()  # the schedule counts the steps that reached the optimiser
         self.step += 1
         return {
             "bpd": loss.item(),
             "grad_norm": grad_norm.item(),
             "skipped": skipped,
+            "overflow": overflow,
+            "signalled": signalled,
+            "time_up": time_up,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-
-    _interrupt: _Interrupt | None = None
 
     # ------------------------------------------------------------ evaluation
     @property
@@ -427,7 +448,6 @@ class Trainer:
             device=self.device,
             seed=int(self.cfg.train.eval_seed),
             dist=self.dist,
-            autocast=self._autocast,
         )
         self.model.train()
         return result.bpd
@@ -458,15 +478,12 @@ class Trainer:
         return save_checkpoint(self.state_dict(), self.run_dir / name)
 
     # ------------------------------------------------------------------- loop
-    def _should_stop(self, started: float) -> bool:
+    def _reached_limits(self) -> bool:
+        """The step and epoch limits (the same on every rank, unlike the clock)."""
         tcfg = self.cfg.train
         if tcfg.max_steps is not None and self.step >= int(tcfg.max_steps):
             return True
-        if tcfg.max_epochs is not None and self.epoch >= int(tcfg.max_epochs):
-            return True
-        if self.time_limit is not None and time.monotonic() - started >= self.time_limit:
-            return True
-        return False
+        return tcfg.max_epochs is not None and self.epoch >= int(tcfg.max_epochs)
 
     def _total_steps(self) -> int | None:
         tcfg = self.cfg.train
@@ -496,103 +513,122 @@ class Trainer:
         if self.dist.is_main and improved:
             self.save("best.pt")
 
+    def _log_step(self, stats: dict[str, Any], rate: float, bar: tqdm) -> None:
+        if self.writer is not None:
+            for key, value in (
+                ("train/bpd", stats["bpd"]),
+                ("lr", stats["lr"]),
+                ("grad_norm", stats["grad_norm"]),
+                ("images_per_sec", rate),
+                ("skipped_steps", self.skipped_steps),
+            ):
+                self.writer.add_scalar(key, value, self.step)
+        bar.set_postfix(
+            bpd=f"{stats['bpd']:.3f}",
+            lr=f"{stats['lr']:.1e}",
+            img_s=f"{rate:.0f}",
+            skipped=self.skipped_steps,
+            refresh=False,
+        )
+
+    def _diverged(self) -> TrainingDiverged:
+        tcfg = self.cfg.train
+        last = self.run_dir / "last.pt"
+        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint written yet"
+        return TrainingDiverged(
+            f"{self.bad_in_a_row} consecutive steps had a non-finite loss or gradient "
+            f"(step {self.step}); likely causes: a learning rate too high "
+            f"(train.lr={tcfg.lr}), too short a warm-up (train.warmup_steps="
+            f"{tcfg.warmup_steps}), or affine coupling (try model.coupling=additive); {kept}"
+        )
+
+    def _periodic(self, end_of_epoch: bool) -> None:
+        """Evaluation, sample grids and ``last.pt`` when their step (or epoch) comes."""
+        tcfg, main = self.cfg.train, self.dist.is_main
+        eval_now = tcfg.eval_every_steps is not None and self.step % int(tcfg.eval_every_steps) == 0
+        every_epochs = tcfg.eval_every_epochs
+        if end_of_epoch and every_epochs is not None and self.epoch % int(every_epochs) == 0:
+            eval_now = True
+        if eval_now:
+            self._eval_and_checkpoint()
+        if main and tcfg.sample_every is not None and self.step % int(tcfg.sample_every) == 0:
+            self.write_samples()
+        if main and tcfg.ckpt_every and self.step % int(tcfg.ckpt_every) == 0:
+            self.save("last.pt")
+
     def fit(self) -> TrainResult:
+        """Train until a limit, a signal or divergence; always end with a checkpoint."""
         tcfg = self.cfg.train
         main = self.dist.is_main
         if main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
-        total = self._total_steps()
         bar = tqdm(
-            total=total,
+            total=self._total_steps(),
             initial=self.step,
             disable=not (main and tcfg.progress),
             dynamic_ncols=True,
             unit="step",
         )
         started = time.monotonic()
+        stop = self._reached_limits()
         interrupted = False
-        stop = self._should_stop(started)
-        with _Interrupt() as interrupt:
-            self._interrupt = interrupt
+        with _Interrupt(verbose=main) as interrupt:
             while not stop:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.batch_size)
-                tick, images_seen = time.monotonic(), 0
+                tick, images_seen, batches = time.monotonic(), 0, 0
                 for images, _labels in self.loader:
-                    stats = self.train_step(self.prepare_batch(images, self.step))
+                    batches += 1
+                    time_up = (
+                        self.time_limit is not None
+                        and time.monotonic() - started >= self.time_limit
+                    )
+                    x = self.prepare_batch(images, self.step)
+                    stats = self.train_step(x, interrupt.requested, time_up)
                     self.batch_in_epoch += 1
                     images_seen += images.shape[0] * self.dist.world_size
                     if self.bad_in_a_row >= int(tcfg.max_bad_steps):
-                        raise TrainingDiverged(
-                            f"{self.bad_in_a_row} consecutive steps had a non-finite loss or "
-                            f"gradient (step {self.step}); likely causes: a learning rate too "
-                            f"high (train.lr={tcfg.lr}), too short a warm-up "
-                            f"(train.warmup_steps={tcfg.warmup_steps}), or affine coupling "
-                            f"(try model.coupling=additive); last good checkpoint: "
-                            f"{self.run_dir / 'last.pt'}"
-                        )
+                        raise self._diverged()
                     if self.step % int(tcfg.log_every) == 0 or self.step == 1:
-                        elapsed = max(time.monotonic() - tick, 1e-9)
-                        rate = images_seen / elapsed
+                        rate = images_seen / max(time.monotonic() - tick, 1e-9)
                         tick, images_seen = time.monotonic(), 0
-                        if self.writer is not None:
-                            for key, value in (
-                                ("train/bpd", stats["bpd"]),
-                                ("lr", stats["lr"]),
-                                ("grad_norm", stats["grad_norm"]),
-                                ("images_per_sec", rate),
-                                ("skipped_steps", self.skipped_steps),
-                            ):
-                                self.writer.add_scalar(key, value, self.step)
-                        bar.set_postfix(
-                            bpd=f"{stats['bpd']:.3f}",
-                            lr=f"{stats['lr']:.1e}",
-                            img_s=f"{rate:.0f}",
-                            skipped=self.skipped_steps,
-                            refresh=False,
-                        )
+                        self._log_step(stats, rate, bar)
                     bar.update(1)
                     end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
                     if end_of_epoch:
-                        self.epoch += 1
-                        self.batch_in_epoch = 0
-                    stop = self._should_stop(started) or interrupt.requested
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    # every rank takes the same decision: the flags were all-reduced
+                    interrupted = stats["signalled"]
+                    stop = interrupted or stats["time_up"] or self._reached_limits()
                     if stop:
                         break
-                    every = tcfg.eval_every_steps
-                    eval_now = every is not None and self.step % int(every) == 0
-                    every_ep = tcfg.eval_every_epochs
-                    if end_of_epoch and every_ep is not None and self.epoch % int(every_ep) == 0:
-                        eval_now = True
-                    if eval_now:
-                        self._eval_and_checkpoint()
-                    if tcfg.sample_every is not None and self.step % int(tcfg.sample_every) == 0:
-                        if main:
-                            self.write_samples()
-                    if main and tcfg.ckpt_every and self.step % int(tcfg.ckpt_every) == 0:
-                        self.save("last.pt")
+                    self._periodic(end_of_epoch)
                     if end_of_epoch:
                         break
-            interrupted = interrupt.requested
-            self._interrupt = None
-        bar.close()
-        if interrupted:
-            self._log(f"interrupted at step {self.step}: writing {self.run_dir / 'last.pt'}")
+                if batches == 0:  # nothing left of this epoch (e.g. resumed at its very end)
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            bar.close()
+            # Still under the signal handlers: a second SIGTERM cannot cut the final save
+            # short (a second Ctrl-C still aborts at once).
+            if interrupted and main:
+                self._log(f"interrupted at step {self.step}: writing {self.run_dir / 'last.pt'}")
+                self.save("last.pt")  # first, before the (possibly long) final evaluation
+            return self._finish(interrupted)
+
+    def _finish(self, interrupted: bool) -> TrainResult:
+        main = self.dist.is_main
         self._eval_and_checkpoint()
         samples = None
         if main:
-            last = self.save("last.pt")
+            self.save("last.pt")
             samples = self.write_samples(final=True)
             self.writer.close()
-        else:
-            last = self.run_dir / "last.pt"
         best = self.run_dir / "best.pt"
         if main:
             print(f"run folder: {self.run_dir}")
-            print(
-                f"test bpd: {self.last_test_bpd:.4f} (best {self.best_bpd:.4f}, step {self.step})"
-            )
+            best_bpd, step = self.best_bpd, self.step
+            print(f"test bpd: {self.last_test_bpd:.4f} (best {best_bpd:.4f}, step {step})")
             print(f"best checkpoint: {best}")
             if samples is not None:
                 print(f"samples: {samples}")
@@ -602,7 +638,7 @@ class Trainer:
             best_bpd=self.best_bpd,
             last_test_bpd=self.last_test_bpd,
             best_ckpt=best if best.exists() else None,
-            last_ckpt=last,
+            last_ckpt=self.run_dir / "last.pt",
             skipped_steps=self.skipped_steps,
             interrupted=interrupted,
             model=self.model,
@@ -643,13 +679,7 @@ def train(
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
         run_dir = _resolve_run_dir(cfg, dist)
         trainer = Trainer(cfg, dist, run_dir, train_set, test_set)
-        if state is not None:
-            trainer._make_ema()
-            trainer.load_state_dict(state, Path(cfg.ckpt))
-        else:
-            trainer.initialize_actnorm()
-            trainer._make_ema()
-        trainer._wrap()
+        trainer.prepare(state, Path(cfg.ckpt) if state is not None else None)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

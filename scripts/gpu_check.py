@@ -5,7 +5,9 @@ Runs the trainer's own step (glow_train.train.Trainer.train_step) on CIFAR-10 wh
 it is found under --data-root, else on synthetic CIFAR-shaped uint8 images (smooth
 random colour fields plus noise, so there is something to learn), and prints a
 table: images/s, peak GPU memory, first and final train bits/dim, test bits/dim,
-skipped steps, and whether the loss fell. Needs no network.
+skipped steps (non-finite loss or gradients), fp16 overflows (steps the GradScaler
+skipped while calibrating its scale, expected early on), and whether the loss fell.
+Needs no network.
 
     python scripts/gpu_check.py                      # on a CUDA machine, about 5 minutes
     python scripts/gpu_check.py --tiny --device cpu  # a seconds-long smoke run on CPU
@@ -90,9 +92,7 @@ def run_one(name, precision, use_compile, args, device, train_set, test_set) -> 
         cfg = compose("train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, DistInfo(device=device), Path(run_dir), train_set, test_set)
-        trainer.initialize_actnorm()
-        trainer._make_ema()
-        trainer._wrap()
+        trainer.prepare()
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
@@ -129,6 +129,7 @@ def run_one(name, precision, use_compile, args, device, train_set, test_set) -> 
             "final_bpd": last,
             "test_bpd": test_bpd,
             "skipped": trainer.skipped_steps,
+            "overflows": trainer.overflow_steps,
             "loss_fell": last < first,
         }
 
@@ -173,14 +174,14 @@ def main() -> int:
         rows.append(row)
         print(f"{name}: done in {row['wall_s']:.0f}s", flush=True)
     columns = ["run", "images/s", "peak GPU mem (GiB)", "first bpd", "final bpd", "test bpd"]
-    columns += ["skipped", "loss fell", "wall s"]
+    columns += ["skipped", "fp16 overflows", "loss fell", "wall s"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in rows:
         mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         print(
             f"| {r['run']} | {r['images_per_s']:.0f} | {mem} | {r['first_bpd']:.3f} | "
-            f"{r['final_bpd']:.3f} | {r['test_bpd']:.3f} | {r['skipped']} | "
+            f"{r['final_bpd']:.3f} | {r['test_bpd']:.3f} | {r['skipped']} | {r['overflows']} | "
             f"{'yes' if r['loss_fell'] else 'NO'} | {r['wall_s']:.0f} |"
         )
     if args.json:

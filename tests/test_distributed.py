@@ -40,6 +40,7 @@ TINY = [
     "train.num_samples=4",
     "train.progress=false",
     "dataset.batch_size=16",
+    "dataset.eval_batch_size=64",  # 5 test batches: ranks 0 and 1 both evaluate some
 ]
 
 
@@ -105,3 +106,31 @@ def test_two_process_training_matches_one_process_evaluation(tmp_path):
     assert "resuming" in resumed.stdout and "batch 16 x 1 process(es) = 16" in resumed.stdout
     after = load_checkpoint(runs / "r" / "last.pt")
     assert after["step"] == 26 and after["world_size"] == 1
+
+
+def test_time_limit_stops_every_rank_at_the_same_step(tmp_path):
+    """Ranks start their clocks at different moments; they must still stop together."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    overrides = [*TINY, "train.eval_every_steps=null", "train.max_steps=100000"]
+    proc = subprocess.run(
+        [
+            *cmd,
+            str(script),
+            str(tmp_path),
+            *overrides,
+            "train.time_limit=3s",
+            f"run_dir={tmp_path}/r",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(v, rank1[k]) for k, v in rank0.items())
+    assert 0 < load_checkpoint(tmp_path / "r" / "last.pt")["step"] < 100000

@@ -141,9 +141,7 @@ def test_resume_is_exact(tmp_path):
 def _tiny_trainer(tmp_path, *extra):
     cfg = compose_train(*TINY, "train.max_steps=5", f"run_dir={tmp_path}", *extra)
     trainer = Trainer(cfg, DistInfo(), tmp_path)
-    trainer.initialize_actnorm()
-    trainer._make_ema()
-    trainer._wrap()
+    trainer.prepare()
     return trainer
 
 
@@ -285,3 +283,19 @@ def test_atomic_save_leaves_previous_file_on_failure(tmp_path, monkeypatch):
         save_checkpoint({"step": 2}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_resume_with_a_larger_global_batch_at_the_end_of_an_epoch(tmp_path):
+    """A different global batch can leave less than one batch of the epoch: go on."""
+    first = train(
+        compose_train(*TINY, "dataset.batch_size=100", "train.max_steps=14", f"run_dir={tmp_path}")
+    )
+    assert load_checkpoint(first.last_ckpt)["batch_in_epoch"] == 14  # 1400 of 1500 images
+    resumed = train(
+        compose_train(
+            *TINY, "dataset.batch_size=700", "train.max_steps=16", f"ckpt={first.last_ckpt}"
+        )
+    )
+    state = load_checkpoint(resumed.last_ckpt)
+    # epoch 0 is used up at 1400 images; epoch 1 has two batches of 700: steps 15 and 16
+    assert state["step"] == 16 and state["epoch"] == 2 and state["batch_in_epoch"] == 0

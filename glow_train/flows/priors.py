@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from glow_train.flows.base import logdet_dtype
+from glow_train.flows.base import autocast_off, logdet_dtype
 from glow_train.flows.coupling import ZeroInit
 
 __all__ = ["gaussian_log_prob", "GaussianPrior", "LearnedPrior", "SplitPrior"]
@@ -104,5 +104,6 @@ class SplitPrior(GaussianPrior):
         self.net = ZeroInit(nn.Conv2d(kept_channels, 2 * out_channels, 3, padding=1))
 
     def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
-        h = self.net(context)
+        with autocast_off(context):  # one conv per level: keep the prior in full precision
+            h = self.net(context)
         return h[:, 0::2], h[:, 1::2]
