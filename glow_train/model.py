@@ -93,6 +93,16 @@ class _FlowDistribution(nn.Module):
         with self._actnorm_init_mode():
             self.log_prob(x, y)
 
+    def set_memory_saving(self, enabled: bool = True) -> None:
+        """Recompute activations by inversion in the backward pass of each level.
+
+        Memory for activations then stays constant in ``K`` (one step's worth plus one
+        tensor per level) at the cost of about one more forward pass.
+        """
+        for module in self.modules():
+            if isinstance(module, FlowSequence) and not isinstance(module, FlowStep):
+                module.memory_saving = enabled
+
     @property
     def is_initialized(self) -> bool:
         """True when every ActNorm has been initialised (or loaded initialised)."""

@@ -184,6 +184,7 @@ class Trainer:
         validate_dataset_config(cfg.dataset)
         torch.manual_seed(self.seed)
         self.model = build_model(cfg).to(self.device)
+        self.model.set_memory_saving(bool(tcfg.get("memory_saving", False)))
         if tcfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         # Datasets can be passed in (uint8 (C, H, W) images of cfg.dataset's shape).

@@ -44,13 +44,27 @@ class Flow(nn.Module):
 
 
 class FlowSequence(Flow):
-    """Runs flows in order; the log-determinant is the sum of the layers' ones."""
+    """Runs flows in order; the log-determinant is the sum of the layers' ones.
+
+    With ``memory_saving = True`` (and gradients enabled) the backward pass
+    recomputes each layer's input from its output by inversion instead of keeping
+    every activation (:mod:`glow_train.flows.recompute`).
+    """
 
     def __init__(self, flows: Iterable[Flow]):
         super().__init__()
         self.flows = nn.ModuleList(flows)
+        self.memory_saving = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.memory_saving and torch.is_grad_enabled():
+            from glow_train.flows.recompute import run_with_inversion
+
+            return run_with_inversion(self, x)
+        return self.forward_plain(x)
+
+    def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The forward pass with plain autograd (every activation kept)."""
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
         for flow in self.flows:
             x, ld = flow(x)
