@@ -9,7 +9,6 @@ must agree across ranks.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ __all__ = [
     "all_reduce_max",
     "broadcast_object",
     "EpochSampler",
+    "shard_batches",
 ]
 
 
@@ -159,7 +159,3 @@ def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[l
     """
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return batches[rank::world_size]
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
