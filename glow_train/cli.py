@@ -26,6 +26,10 @@ def _report(prog: str, fn: Callable[[], object]) -> None:
     except GlowError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # e.g. an output path under a file, a read-only folder
+        where = f": {err.filename}" if err.filename else ""
+        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)

@@ -174,8 +174,7 @@ class Trainer:
             raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
         if tcfg.optimizer not in ("adam", "adamax"):
             raise ConfigError(f"train.optimizer={tcfg.optimizer!r}; use adam or adamax")
-        if tcfg.cosine_decay and tcfg.max_steps is None:
-            raise ConfigError("train.cosine_decay needs train.max_steps (or cosine_decay=false)")
+        _check_training_numbers(tcfg)
         if all(tcfg[k] is None for k in ("max_steps", "max_epochs", "time_limit")):
             raise ConfigError(
                 "no stopping rule: set train.max_steps, train.max_epochs or train.time_limit"
@@ -199,6 +198,11 @@ class Trainer:
             raise ConfigError(
                 f"dataset.batch_size={self.batch_size} is larger than the "
                 f"{self.sampler.per_rank} training images per process; lower it"
+            )
+        if tcfg.cosine_decay and self._total_steps() is None:
+            raise ConfigError(
+                "train.cosine_decay needs train.max_steps or train.max_epochs to decay over "
+                "(or train.cosine_decay=false)"
             )
         self.loader = make_loader(
             self.train_set,
@@ -240,7 +244,7 @@ class Trainer:
         if step < warmup:
             return (step + 1) / warmup
         if tcfg.cosine_decay:
-            total = max(int(tcfg.max_steps) - warmup, 1)
+            total = max(self._total_steps() - warmup, 1)
             progress = min((step - warmup) / total, 1.0)
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
@@ -281,9 +285,7 @@ class Trainer:
         wrapped: torch.nn.Module = self.model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # ActNorm's flag and the LU buffers never change while training: no need
-            # to broadcast buffers before every forward.
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
         self.wrapped = wrapped
@@ -646,18 +648,72 @@ class Trainer:
         )
 
 
+def _holds_a_run(folder: Path) -> bool:
+    return (folder / "last.pt").exists() or (folder / "best.pt").exists()
+
+
+def _new_run_dir(base: Path) -> Path:
+    """``base``, or ``base_2``, ``base_3``… : the first that did not exist (created here)."""
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}_{n}")
+
+
 def _resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> Path:
-    """The run folder, decided on rank 0 and shared so every rank uses the same one."""
-    run_dir = None
+    """The run folder, decided on rank 0 and shared so every rank uses the same one.
+
+    Never another run's folder: a new run refuses a ``run_dir`` that holds
+    checkpoints (unless it is the folder being resumed), and a default
+    ``runs/<dataset>/<time>`` that already exists gets a ``_2``, ``_3``… suffix.
+    """
+    answer: tuple[str | None, str | None] = (None, None)
     if dist.is_main:
-        if cfg.run_dir is not None:
-            run_dir = str(cfg.run_dir)
-        elif cfg.ckpt is not None:
-            run_dir = str(Path(cfg.ckpt).resolve().parent)
-        else:
-            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            run_dir = str(Path("runs") / cfg.dataset.name / stamp)
-    return Path(broadcast_object(run_dir))
+        try:
+            resumed = Path(cfg.ckpt).resolve().parent if cfg.ckpt is not None else None
+            if cfg.run_dir is not None:
+                run_dir = Path(cfg.run_dir)
+                if run_dir.exists() and not run_dir.is_dir():
+                    raise ConfigError(f"run_dir={run_dir} is a file; choose a folder")
+                if _holds_a_run(run_dir) and run_dir.resolve() != resumed:
+                    raise ConfigError(
+                        f"run_dir={run_dir} already holds a run; resume it with "
+                        f"ckpt={run_dir / 'last.pt'} or choose another run_dir"
+                    )
+            elif resumed is not None:
+                run_dir = resumed
+            else:
+                stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+                run_dir = _new_run_dir(Path("runs") / cfg.dataset.name / stamp)
+            answer = (str(run_dir), None)
+        except ConfigError as err:
+            answer = (None, str(err))
+    run_dir, error = broadcast_object(answer)
+    if error is not None:
+        raise ConfigError(error)
+    return Path(run_dir)
+
+
+def _check_training_numbers(tcfg: DictConfig) -> None:
+    """Values that would otherwise fail deep inside torch, or silently do nothing."""
+    if float(tcfg.lr) <= 0:
+        raise ConfigError(f"train.lr must be positive, got {tcfg.lr}")
+    for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
+        if tcfg[key] is not None and int(tcfg[key]) < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (or null), got {tcfg[key]}")
+    for key in ("eval_every_steps", "eval_every_epochs", "sample_every", "ckpt_every"):
+        if tcfg[key] is not None and int(tcfg[key]) < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")
+    if tcfg.ema_decay is not None and not 0 < float(tcfg.ema_decay) < 1:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {tcfg.ema_decay}")
+    if tcfg.grad_clip is not None and float(tcfg.grad_clip) <= 0:
+        raise ConfigError(f"train.grad_clip must be positive or null, got {tcfg.grad_clip}")
+    if int(tcfg.warmup_steps or 0) < 0 or float(tcfg.weight_decay) < 0:
+        raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
 
 
 def train(

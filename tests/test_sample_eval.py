@@ -329,3 +329,17 @@ def test_console_script_errors_are_one_line_and_leave_no_file(ckpt, tmp_path, pr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"{prog}: error: ")
     assert message in proc.stderr
     assert files_under(tmp_path) == before
+
+
+def test_output_under_a_file_is_one_clear_error(ckpt, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    for name, args in (
+        ("glow-sample", ["out=x.png"]),
+        ("glow-eval", ["out=e.json", "progress=false"]),
+    ):
+        args[0] = f"out={blocker / args[0][4:]}"
+        proc = cli(name, f"ckpt={ckpt}", *args, cwd=tmp_path)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{name}: error:"), proc.stderr

@@ -299,3 +299,45 @@ def test_resume_with_a_larger_global_batch_at_the_end_of_an_epoch(tmp_path):
     state = load_checkpoint(resumed.last_ckpt)
     # epoch 0 is used up at 1400 images; epoch 1 has two batches of 700: steps 15 and 16
     assert state["step"] == 16 and state["epoch"] == 2 and state["batch_in_epoch"] == 0
+
+
+def test_a_new_run_never_overwrites_another(tmp_path, small_checkpoint):
+    run_dir = small_checkpoint.parent
+    before = small_checkpoint.read_bytes()
+    message = _cli_error([*TINY, "train.max_steps=2", f"run_dir={run_dir}"], tmp_path)
+    assert "already holds a run; resume it with ckpt=" in message
+    assert small_checkpoint.read_bytes() == before
+
+
+def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
+    from glow_train.train import _resolve_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_train()
+    first, second = _resolve_run_dir(cfg, DistInfo()), _resolve_run_dir(cfg, DistInfo())
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.parent == second.parent == Path("runs") / "digits"
+
+
+def test_max_epochs_alone_sets_the_cosine_length(tmp_path):
+    result = train(
+        compose_train(
+            *TINY,
+            "train.cosine_decay=true",
+            "train.warmup_steps=0",
+            "train.max_epochs=1",
+            "dataset.batch_size=500",
+            f"run_dir={tmp_path}",
+        )
+    )
+    state = load_checkpoint(result.last_ckpt)
+    assert state["step"] == 3 and state["epoch"] == 1
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_more_bad_settings(tmp_path):
+    assert "train.lr must be positive" in _cli_error(["train.lr=-1"], tmp_path)
+    assert "train.ema_decay must be in (0, 1)" in _cli_error(["train.ema_decay=1.5"], tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert "is a file" in _cli_error([f"run_dir={blocker}"], tmp_path)
