@@ -157,7 +157,7 @@ class Trainer:
         self,
         cfg: DictConfig,
         dist: DistInfo,
-        run_dir: Path,
+        run_dir: Path | None,
         train_set: Dataset | None = None,
         test_set: Dataset | None = None,
     ):
@@ -734,8 +734,10 @@ def train(
     dist = dist or setup_distributed(cfg.device)
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
-        run_dir = _resolve_run_dir(cfg, dist)
-        trainer = Trainer(cfg, dist, run_dir, train_set, test_set)
+        # Settings, data and model first: a bad setting or missing data must not leave
+        # an empty run folder behind.
+        trainer = Trainer(cfg, dist, None, train_set, test_set)
+        run_dir = trainer.run_dir = _resolve_run_dir(cfg, dist)
         trainer.prepare(state, Path(cfg.ckpt) if state is not None else None)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -212,6 +212,7 @@ def test_mnist_download_failure_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="could not download or read MNIST") as info:
         build_dataset(dataset_config("mnist", root=tmp_path / "m", download=True), "train")
     assert "\n" not in str(info.value)
+    assert not (tmp_path / "m").exists()  # no empty folders left by the failed download
 
 
 def test_mnist_corrupt_idx(mnist_root):

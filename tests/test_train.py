@@ -341,3 +341,9 @@ def test_more_bad_settings(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     assert "is a file" in _cli_error([f"run_dir={blocker}"], tmp_path)
+
+
+def test_a_failed_start_leaves_no_folder_behind(tmp_path):
+    message = _cli_error(["dataset=mnist", "dataset.download=false"], tmp_path)
+    assert "MNIST not found" in message
+    assert list(tmp_path.iterdir()) == []

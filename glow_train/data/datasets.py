@@ -348,6 +348,7 @@ def _mnist(cfg: dict[str, Any], split: str) -> Dataset:
     from torchvision.datasets import MNIST
 
     root = Path(cfg["root"]).expanduser()
+    existed = _existing_ancestor(root)  # to tidy up after a failed download
     raw = root / "MNIST" / "raw"
     download = bool(cfg.get("download", False))
     if not download:
@@ -361,6 +362,7 @@ def _mnist(cfg: dict[str, Any], split: str) -> Dataset:
     try:
         source = MNIST(root, train=split == "train", download=download)
     except _LOAD_ERRORS as err:
+        _remove_empty_dirs(root, existed)
         raise DataError(_load_failure("MNIST", raw, err, download)) from err
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="pad")
     return ImageDataset(source, transform, _NUM_CLASSES["mnist"])
@@ -370,6 +372,7 @@ def _cifar10(cfg: dict[str, Any], split: str) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     root = Path(cfg["root"]).expanduser()
+    existed = _existing_ancestor(root)  # to tidy up after a failed download
     folder = root / CIFAR10.base_folder
     download = bool(cfg.get("download", False))
     if not download:
@@ -389,6 +392,7 @@ def _cifar10(cfg: dict[str, Any], split: str) -> Dataset:
     try:
         source = CIFAR10(root, train=split == "train", download=download)
     except _LOAD_ERRORS as err:
+        _remove_empty_dirs(root, existed)
         if not download and "corrupted" in str(err):
             raise DataError(
                 f"CIFAR-10 under {folder} fails its MD5 checksum (a damaged or partial "
@@ -403,6 +407,7 @@ def _celeba(cfg: dict[str, Any], split: str) -> Dataset:
     from torchvision.datasets import CelebA
 
     root = Path(cfg["root"]).expanduser()
+    existed = _existing_ancestor(root)  # to tidy up after a failed download
     folder = root / CelebA.base_folder
     download = bool(cfg.get("download", False))
     if not download:
@@ -421,6 +426,7 @@ def _celeba(cfg: dict[str, Any], split: str) -> Dataset:
         # target_type=[]: CelebA's targets are attribute vectors, not class labels.
         source = CelebA(root, split=split, target_type=[], download=download)
     except _LOAD_ERRORS as err:
+        _remove_empty_dirs(root, existed)
         if not download and "corrupted" in str(err):
             raise DataError(
                 f"CelebA files under {folder} fail their MD5 checksums (damaged or different "
@@ -430,6 +436,26 @@ def _celeba(cfg: dict[str, Any], split: str) -> Dataset:
         raise DataError(_load_failure("CelebA", folder, err, download)) from err
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="resize", crop=cfg.get("crop"))
     return ImageDataset(source, transform, _NUM_CLASSES["celeba"])
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _remove_empty_dirs(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents up to (not including) ``stop`` while they are empty:
+    the folders a failed download created and left with nothing in them. Nothing is
+    touched when ``path`` existed before (``stop == path``)."""
+    if stop == path or not path.is_dir():
+        return
+    for folder in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    while path != stop and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
 
 
 def _load_failure(what: str, where: Path, err: BaseException, download: bool) -> str:
