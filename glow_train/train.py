@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -573,6 +574,8 @@ class Trainer:
             disable=not (main and tcfg.progress),
             dynamic_ncols=True,
             unit="step",
+            # a log file (cluster job) gets a line every 30 s, not ten a second
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
         started = time.monotonic()
         stop = self._reached_limits()

@@ -146,11 +146,11 @@ def main() -> int:
     parser.add_argument("--test-images", type=int, default=1024)
     parser.add_argument("--data-root", default="data/cifar10")
     parser.add_argument("--runs", default=",".join(r[0] for r in RUNS))
-    parser.add_argument("--tiny", action="store_true", help="K=2, hidden 16, 8 steps")
+    parser.add_argument("--tiny", action="store_true", help="K=2, hidden 16, 20 steps")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.tiny:
-        args.K, args.hidden, args.steps, args.warmup = 2, 16, 8, 2
+        args.K, args.hidden, args.steps, args.warmup = 2, 16, 20, 2
         args.batch_size, args.test_images = 16, 64
     device = resolve_device(args.device)
     train_set, test_set, source = load_data(args)
