@@ -314,6 +314,7 @@ class Trainer:
             "best_bpd": self.best_bpd,
             "last_test_bpd": self.last_test_bpd,
             "skipped_steps": self.skipped_steps,
+            "overflow_steps": self.overflow_steps,
             "rng": rng,
         }
 
@@ -354,6 +355,7 @@ class Trainer:
         self.best_bpd = state.get("best_bpd")
         self.last_test_bpd = state.get("last_test_bpd")
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.overflow_steps = int(state.get("overflow_steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             try:
