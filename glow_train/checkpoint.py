@@ -4,8 +4,9 @@ Keys: ``format`` (``"glow-train"``), ``format_version``, ``version`` (package),
 ``config`` (the resolved run config as plain containers), ``model_config``
 (arguments of :class:`glow_train.Glow`), ``model``, ``ema`` (or ``None``),
 ``optimizer``, ``scheduler``, ``scaler`` (state dicts), ``step``, ``epoch``,
-``batch_in_epoch``, ``world_size``, ``best_bpd``, ``last_test_bpd``,
-``skipped_steps``, ``overflow_steps`` (fp16) and ``rng`` (torch CPU and CUDA generator states).
+``batch_in_epoch``, ``world_size``, ``batch_size``, ``best_bpd``, ``last_test_bpd``,
+``skipped_steps``, ``overflow_steps`` (fp16) and ``rng`` (torch CPU and CUDA
+generator states).
 
 Everything is tensors, numbers, strings and containers, so it loads with
 ``torch.load(path, weights_only=True)``. Files are written atomically: a
