@@ -50,11 +50,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+def resolve_device(spec: str | torch.device, local_rank: int = 0) -> torch.device:
     """``auto|cpu|cuda|cuda:N`` -> a device; ``auto`` picks CUDA when available.
+
+    A ``torch.device`` is returned as it is.
 
     Under torchrun, ``cuda`` (or ``auto`` with GPUs) means this rank's local GPU.
     """
+    if isinstance(spec, torch.device):
+        return spec
     spec = str(spec)
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"

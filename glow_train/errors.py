@@ -5,6 +5,8 @@ non-zero status instead of showing a traceback; library callers can catch it
 like any other exception.
 """
 
+import numbers
+
 
 class GlowError(Exception):
     """A problem the user can fix: bad input, a missing file, a wrong setting."""
@@ -25,12 +27,13 @@ class CheckpointError(GlowError):
 def require_int(
     name: str, value: object, low: int, high: int | None = None, allow_none: bool = False
 ) -> int | None:
-    """``value`` if it is an integer in ``low..high`` (or ``None`` when allowed), else a
-    :class:`ConfigError` naming the option."""
+    """``value`` as an ``int`` if it is an integer in ``low..high`` (or ``None`` when
+    allowed), else a :class:`ConfigError` naming the option and its valid range."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value}")
-    return value
+    bounds = f">= {low}" if high is None else f"in {low}..{high}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name} must be an integer {bounds}, got {value}")
+    return int(value)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from glow_train.checkpoint import load_model, write_atomic
 from glow_train.data import build_dataset, image_shape, make_loader, validate_dataset_config
+from glow_train.data.datasets import SPLITS
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
 from glow_train.errors import CheckpointError, ConfigError, require_int
 from glow_train.likelihood import bits_per_dim, preprocess
@@ -36,8 +37,6 @@ from glow_train.model import Glow
 from glow_train.sample import checkpoint_n_bits
 
 __all__ = ["EvalResult", "EvalReport", "evaluate_bpd", "evaluate", "eval_dataset", "batch_seed"]
-
-SPLITS = ("train", "test")
 
 
 @dataclass
@@ -221,7 +220,7 @@ def evaluate(
     seed = require_int("seed", seed, 0, allow_none=True)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    device = resolve_device(device)
     ckpt = Path(ckpt)
 
     model, info = load_model(ckpt, ema=ema, device=device)

@@ -26,14 +26,13 @@ import math
 import torch
 from torch import Tensor
 
+from glow_train.errors import require_int
+
 __all__ = ["quantize", "dequantize", "preprocess", "postprocess", "bits_per_dim"]
 
 
 def _check_n_bits(n_bits: int) -> None:
-    if not 1 <= int(n_bits) <= 8:
-        from glow_train.errors import ConfigError
-
-        raise ConfigError(f"n_bits must be between 1 and 8, got {n_bits}")
+    require_int("n_bits", n_bits, 1, 8)
 
 
 def quantize(images: Tensor, n_bits: int) -> Tensor:

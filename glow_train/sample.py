@@ -128,10 +128,6 @@ def _temperatures(value: float | Sequence[float]) -> list[float]:
     return out
 
 
-def _device(device: str | torch.device) -> torch.device:
-    return resolve_device(device) if isinstance(device, str) else torch.device(device)
-
-
 def _label(t: float) -> str:
     return f"T{t:g}"
 
@@ -211,7 +207,7 @@ def sample(
     paths = output_paths(ckpt, temperatures, layout, out)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    model, info = load_model(ckpt, ema=ema, device=_device(device))
+    model, info = load_model(ckpt, ema=ema, device=resolve_device(device))
     n_bits = checkpoint_n_bits(info, ckpt)
     if layout == "grids":
         grids = list(

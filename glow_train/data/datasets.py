@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from glow_train.errors import ConfigError, DataError
+from glow_train.errors import ConfigError, DataError, require_int
 
 __all__ = [
     "DATASET_NAMES",
@@ -115,13 +115,7 @@ def _require(cfg: Mapping[str, Any], key: str) -> Any:
 
 
 def _int_in(cfg: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
-    value = _require(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"dataset.{key} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"dataset.{key} must be {bounds}, got {value}")
-    return int(value)
+    return require_int(f"dataset.{key}", _require(cfg, key), low, high)
 
 
 def _check_shape_keys(cfg: Mapping[str, Any]) -> None:
