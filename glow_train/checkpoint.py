@@ -1,17 +1,27 @@
 """The checkpoint format: one self-describing plain dict per file.
 
-Keys: ``format`` (``"glow-train"``), ``format_version``, ``version`` (package),
-``config`` (the resolved run config as plain containers), ``model_config``
-(arguments of :class:`glow_train.Glow`), ``model``, ``ema`` (or ``None``),
-``optimizer``, ``scheduler``, ``scaler`` (state dicts), ``step``, ``epoch``,
-``batch_in_epoch``, ``world_size``, ``batch_size``, ``best_bpd``, ``last_test_bpd``,
-``skipped_steps``, ``overflow_steps`` (fp16) and ``rng`` (torch CPU and CUDA
-generator states).
+Keys (format version 2): ``format`` (``"glow-train"``), ``format_version``,
+``version`` (package), ``config`` (the resolved run config as plain containers),
+``model_config`` (the model's registry ``name`` and constructor arguments),
+``objective_config`` (the dequantiser's name and bit depth), ``data`` (the
+:class:`~glow_train.data.DataSpec` of the training data), ``objective`` (the
+state dict of the :class:`~glow_train.objective.Objective`: the flow's weights under
+``flow.``, a trainable dequantiser's under ``dequantizer.``), ``ema`` (the
+``AveragedModel`` of the objective, or ``None``), ``optimizer``, ``scheduler``,
+``scaler`` (state dicts), ``step``, ``epoch``, ``batch_in_epoch``, ``world_size``,
+``batch_size``, ``metric`` (``"bpd"`` or ``"nats_per_dim"``), ``best_score``,
+``last_test_score`` (in that unit), ``skipped_steps``, ``overflow_steps`` (fp16)
+and ``rng`` (torch CPU and CUDA generator states).
+
+Version-1 files (the flow's state dict under ``model``, ``best_bpd`` /
+``last_test_bpd``, no model name) are upgraded on load by :func:`upgrade_v1`, so
+every reader sees version 2.
 
 Everything is tensors, numbers, strings and containers, so it loads with
 ``torch.load(path, weights_only=True)``. Files are written atomically: a
 temporary file in the same folder, flushed and fsynced, then ``os.replace``d
 over the target, so a crash at any moment leaves the previous file intact.
+This module imports no model: the model registry rebuilds what a file holds.
 """
 
 from __future__ import annotations
@@ -31,12 +41,15 @@ __all__ = [
     "write_atomic",
     "save_checkpoint",
     "load_checkpoint",
-    "model_weights",
-    "load_model",
+    "upgrade_v1",
+    "model_config",
+    "objective_weights",
+    "flow_weights",
+    "CheckpointError",
 ]
 
 FORMAT = "glow-train"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -100,33 +113,60 @@ def load_checkpoint(
             f"{path} was written by a newer glow-train (format {state['format_version']}); "
             "upgrade glow-train to read it"
         )
+    if state.get("format_version", 1) < 2:
+        try:
+            state = upgrade_v1(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{path} is an incomplete version-1 checkpoint") from err
     return state
 
 
-def model_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Tensor]:
-    """The model's state dict from a checkpoint: the EMA weights when asked and present."""
+def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 checkpoint (always a :class:`~glow_train.Glow` on quantised images) in
+    the version-2 layout; the weights themselves are unchanged."""
+    state = dict(state)
+    model_cfg = dict(state["model_config"])
+    n_bits = int(state["config"]["dataset"]["n_bits"])
+    state["model_config"] = {"name": "glow", **model_cfg}
+    state["objective_config"] = {"dequantizer": "uniform", "n_bits": n_bits}
+    state["data"] = {
+        "kind": "image",
+        "shape": [model_cfg["in_channels"], *model_cfg["image_size"]],
+        "n_bits": n_bits,
+        "num_classes": int(model_cfg.get("num_classes", 0)),
+    }
+    state["objective"] = {f"flow.{k}": v for k, v in state.pop("model").items()}
+    if state.get("ema") is not None:
+        state["ema"] = {
+            (f"module.flow.{k[len('module.') :]}" if k.startswith("module.") else k): v
+            for k, v in state["ema"].items()
+        }
+    state["metric"] = "bpd"
+    state["best_score"] = state.pop("best_bpd", None)
+    state["last_test_score"] = state.pop("last_test_bpd", None)
+    state["format_version"] = FORMAT_VERSION
+    return state
+
+
+def model_config(state: dict[str, Any], path: Any) -> tuple[str, dict[str, Any]]:
+    """``(model name, constructor arguments)`` of a loaded checkpoint."""
+    try:
+        config = dict(state["model_config"])
+        return config.pop("name"), config
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} has no model_config; not a glow-train run") from err
+
+
+def objective_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Tensor]:
+    """The objective's state dict from a checkpoint: the EMA weights when asked and present."""
     if ema and state.get("ema") is not None:
         prefix = "module."
         return {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-    return state["model"]
+    return state["objective"]
 
 
-def load_model(path: str | os.PathLike, ema: bool = True, device: Any = "cpu"):
-    """The :class:`glow_train.Glow` of a checkpoint in eval mode, and the checkpoint's
-    entries other than the weights and optimiser (``config``, ``step``, ...).
-
-    Every way the file can fail to give a model is a :class:`CheckpointError`.
-    """
-    from glow_train.model import Glow
-
-    state = load_checkpoint(path)
-    try:
-        model = Glow.from_config(state["model_config"])
-        model.load_state_dict(model_weights(state, ema=ema))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = " ".join(lines[:2])[:200] or type(err).__name__
-        raise CheckpointError(f"{path}: cannot rebuild the model ({detail})") from err
-    info = {k: v for k, v in state.items() if k not in ("model", "ema", "optimizer", "scaler")}
-    info["ema_used"] = bool(ema and state.get("ema") is not None)
-    return model.to(device).eval(), info
+def flow_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Tensor]:
+    """The flow's (model's) state dict alone, out of :func:`objective_weights`."""
+    prefix = "flow."
+    weights = objective_weights(state, ema)
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -1,8 +1,9 @@
 """Console scripts: turn a Hydra config into plain arguments and call the library.
 
-``glow-train`` -> :func:`glow_train.train.train`; ``glow-sample`` and ``glow-eval``
+``glow-train`` -> :func:`glow_train.training.train`; ``glow-sample`` and ``glow-eval``
 -> :mod:`glow_train.sample` / :mod:`glow_train.evaluate`. Errors the user can fix
-(:class:`glow_train.errors.GlowError`) print one line and exit with status 2.
+(:class:`glow_train.errors.GlowError`, and a command line the typed configs refuse)
+print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -11,13 +12,49 @@ import sys
 from collections.abc import Callable
 
 import hydra
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.errors import CheckpointError, GlowError
 
-CONFIG_PATH = "pkg://glow_train.configs"
+CONFIG_MODULE = "glow_train.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("dataset", "model", "experiment")
+
+
+def _one_line(err: BaseException) -> str:
+    """A Hydra composition error (several lines, a cause) as one line."""
+    text = str(err).split("\nConfig search path")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].rstrip(".") if lines else type(err).__name__
+    options = [line for line in text.splitlines()[1:] if line.startswith("\t")]
+    if options:  # an unknown group entry: Hydra lists the available ones
+        return f"{first}; choose one of {', '.join(o.strip() for o in options)}"
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        return f"{first}: {str(cause).splitlines()[0]}"
+    return "; ".join(lines) if lines else first
+
+
+def _check_command_line(config_name: str, prog: str) -> None:
+    """Compose the config once before Hydra runs the app, so a value of the wrong type
+    or an unknown key is one line and exit status 2 rather than Hydra's report.
+
+    Command lines with Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps) are
+    left to Hydra.
+    """
+    overrides = sys.argv[1:]
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _report(prog: str, fn: Callable[[], object]) -> None:
@@ -63,7 +100,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def _train_app(cfg: DictConfig) -> None:
-    from glow_train.train import train
+    from glow_train.training import train
 
     def run():
         config = cfg
@@ -76,6 +113,7 @@ def _train_app(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     """Entry point of ``glow-train``."""
+    _check_command_line("train", "glow-train")
     _train_app()
 
 
@@ -118,6 +156,7 @@ def _sample_app(cfg: DictConfig) -> None:
 
 def sample_main() -> None:
     """Entry point of ``glow-sample``."""
+    _check_command_line("sample", "glow-sample")
     _sample_app()
 
 
@@ -145,17 +184,18 @@ def _eval_app(cfg: DictConfig) -> None:
             ema=cfg.ema,
             progress=cfg.progress,
         )
-        summary = report.summary
+        summary, unit = report.summary, report.summary["unit"]
         print(f"eval: {report.json_path}")
         if report.csv_path is not None:
-            print(f"per-image bpd: {report.csv_path}")
+            print(f"per-image {unit}: {report.csv_path}")
         if summary["stderr"] is not None:
             print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
-        print(f"{summary['split']} bpd: {summary['bpd']:.4f}")
+        print(f"{summary['split']} {unit}: {summary[summary['metric']]:.4f}")
 
     _report("glow-eval", run)
 
 
 def eval_main() -> None:
     """Entry point of ``glow-eval``."""
+    _check_command_line("eval", "glow-eval")
     _eval_app()

@@ -1,9 +1,10 @@
-"""Test bits/dim: one function shared by the trainer and ``glow-eval``.
+"""Test figures: one function shared by the trainer and ``glow-eval``.
 
-:func:`evaluate_bpd` scores a model on a dataset; :func:`evaluate` is what
-``glow-eval`` calls: checkpoint in, ``eval.json`` (and a per-image CSV) out. With
-the checkpoint's ``train.eval_seed`` and ``dataset.eval_batch_size`` (its defaults)
-it reproduces the trainer's test bits/dim exactly on the same device.
+:func:`evaluate_objective` scores an objective on a dataset in its unit (bits/dim
+for images); :func:`evaluate` is what ``glow-eval`` calls: checkpoint in,
+``eval.json`` (and a per-item CSV) out. With the checkpoint's
+``train.eval_seed`` and ``dataset.eval_batch_size`` (its defaults) it reproduces
+the trainer's test figure exactly on the same device.
 
 The test split is cut into fixed batches ``[0, b), [b, 2b), …``; batch ``i`` of
 draw ``d`` is dequantised with noise from a generator seeded by
@@ -27,28 +28,37 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from glow_train.checkpoint import load_model, write_atomic
-from glow_train.data import build_dataset, image_shape, make_loader, validate_dataset_config
-from glow_train.data.datasets import SPLITS
+from glow_train.checkpoint import write_atomic
+from glow_train.config import EvalConfig, fill_defaults
+from glow_train.data import SPLITS, build_dataset, describe_dataset, make_loader
+from glow_train.data import validate_dataset_config as check_dataset
+from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
 from glow_train.errors import CheckpointError, ConfigError, require_int
-from glow_train.likelihood import bits_per_dim, preprocess
-from glow_train.model import Glow
-from glow_train.sample import checkpoint_n_bits
+from glow_train.objective import METRICS, Objective, load_objective
 
-__all__ = ["EvalResult", "EvalReport", "evaluate_bpd", "evaluate", "eval_dataset", "batch_seed"]
+__all__ = [
+    "EvalResult",
+    "EvalReport",
+    "evaluate_objective",
+    "evaluate",
+    "eval_dataset",
+    "batch_seed",
+]
 
 
 @dataclass
 class EvalResult:
-    """Mean bits/dim over the images, its standard error over draws (None for one draw),
-    and each image's bits/dim (averaged over draws) with its label."""
+    """The mean score over the items (``metric``: ``bpd`` or ``nats_per_dim``), its
+    standard error over draws (None for one draw), and each item's score (averaged
+    over draws) with its label."""
 
-    bpd: float
+    value: float
     stderr: float | None
-    num_images: int
+    metric: str
+    num_items: int
     draws: int
-    per_image: torch.Tensor
+    per_item: torch.Tensor
     labels: torch.Tensor
 
 
@@ -57,26 +67,27 @@ def batch_seed(seed: int, draw: int, batch_index: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_bpd(
-    model: Glow,
+def evaluate_objective(
+    objective: Objective,
     dataset: Dataset,
     *,
-    n_bits: int,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
     draws: int = 1,
     dist: DistInfo | None = None,
     num_workers: int = 0,
     progress: bool = False,
 ) -> EvalResult:
-    """Bits/dim of ``model`` on every image of ``dataset`` (uint8 images, labels).
+    """The objective's score on every item of ``dataset`` (``(item, label)`` pairs).
 
     Args:
-        model: the (unwrapped) Glow; it is put in eval mode.
-        n_bits: bit depth of the data (see :func:`glow_train.likelihood.bits_per_dim`).
-        seed: dequantisation seed; the same seed gives the same number.
-        draws: noise draws per image; the standard error of the mean over draws is
+        objective: the (unwrapped) objective; it is put in eval mode.
+        batch_size: items per batch (``dataset.eval_batch_size``); part of the noise
+            schedule.
+        device: where to compute.
+        seed: dequantisation seed (``train.eval_seed``); the same seed gives the same number.
+        draws: noise draws per item; the standard error of the mean over draws is
             reported when ``draws > 1``.
         dist: shard the batches over the ranks of a process group and sum the results.
     """
@@ -88,20 +99,20 @@ def evaluate_bpd(
     loader = make_loader(
         dataset, batch_size, batch_sampler=batches, num_workers=num_workers, device=device.type
     )
-    model.eval()
+    objective.eval()
     per_draw = torch.zeros(draws, n, dtype=torch.float64, device=device)
     labels = torch.zeros(n, dtype=torch.int64, device=device)
     bar = tqdm(total=len(batches) * draws, disable=not progress, unit="batch", desc="eval")
-    for j, (images, y) in enumerate(loader):
+    for j, batch in enumerate(loader):
         index = torch.tensor(batches[j], device=device)
-        images = images.to(device, non_blocking=True)
-        labels[index] = torch.as_tensor(y, device=device).long()
+        batch = batch.to(device, non_blocking=True)
+        labels[index] = batch.y
+        x, y = objective.prepare(batch.x), objective.labels(batch)
         batch_index = first_batch + j * world
         for d in range(draws):
             gen = torch.Generator(device).manual_seed(batch_seed(seed, d, batch_index))
-            x = preprocess(images, n_bits, gen)
-            log_prob = model.log_prob(x)  # in fp32: the same number on every run
-            per_draw[d, index] = bits_per_dim(log_prob, model.num_dims, n_bits).double()
+            nll = objective(x, objective.noise(x, gen), y)  # in fp32: the same number every run
+            per_draw[d, index] = objective.score(nll).double()
             bar.update(1)
     bar.close()
     all_reduce_sum(per_draw)
@@ -111,11 +122,12 @@ def evaluate_bpd(
     if draws > 1:
         stderr = (draw_means.std(unbiased=True) / math.sqrt(draws)).item()
     return EvalResult(
-        bpd=draw_means.mean().item(),
+        value=draw_means.mean().item(),
         stderr=stderr,
-        num_images=n,
+        metric=objective.metric,
+        num_items=n,
         draws=draws,
-        per_image=per_draw.mean(dim=0).cpu(),
+        per_item=per_draw.mean(dim=0).cpu(),
         labels=labels.cpu(),
     )
 
@@ -142,7 +154,7 @@ def eval_dataset(
     ``overrides`` (keys whose value is not ``None``) on top, checked."""
     cfg = dict(dataset if dataset is not None else checkpoint_dataset)
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate_dataset_config(cfg)
+    return check_dataset(cfg)
 
 
 def _output_paths(
@@ -164,30 +176,45 @@ def _output_paths(
 def _write_csv(path: Path, result: EvalResult) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "label", "bpd"])
-        for i, (label, bpd) in enumerate(
-            zip(result.labels.tolist(), result.per_image.tolist(), strict=True)
+        writer.writerow(["index", "label", result.metric])
+        for i, (label, value) in enumerate(
+            zip(result.labels.tolist(), result.per_item.tolist(), strict=True)
         ):
-            writer.writerow([i, label if label >= 0 else "", repr(bpd)])
+            writer.writerow([i, label if label >= 0 else "", repr(value)])
+
+
+def _checkpoint_eval_settings(info: dict[str, Any], ckpt: Path) -> tuple[dict[str, Any], int]:
+    """The checkpoint's dataset config and its ``train.eval_seed``."""
+    config = info.get("config") or {}
+    try:
+        return config["dataset"], int(config["train"]["eval_seed"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{ckpt} has no config.dataset or config.train.eval_seed; not a glow-train run"
+        ) from err
 
 
 def evaluate(
     ckpt: str | os.PathLike,
     *,
-    split: str = "test",
+    split: str | None = None,
     dataset: Mapping[str, Any] | None = None,
     dataset_overrides: Mapping[str, Any] | None = None,
-    draws: int = 1,
+    draws: int | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
     n_bits: int | None = None,
-    per_image: bool = False,
+    per_image: bool | None = None,
     out: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    ema: bool = True,
-    progress: bool = False,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+    progress: bool | None = None,
 ) -> EvalReport:
-    """Bits/dim of a checkpoint's model on a dataset split; writes ``eval.json``.
+    """A checkpoint's score on a dataset split (bits/dim for images); writes ``eval.json``.
+
+    Every ``None`` takes the value of the same key in ``configs/eval.yaml`` (the
+    defaults of ``glow-eval``), where ``seed``, ``batch_size`` and ``n_bits`` are
+    null: the checkpoint's.
 
     Args:
         ckpt: a checkpoint written by ``glow-train``.
@@ -197,11 +224,11 @@ def evaluate(
             have the model's shape.
         dataset_overrides: keys replaced on top (``None`` values are ignored), e.g.
             ``{"root": "/data/mnist"}`` when the data moved.
-        draws: dequantisation noise draws per image; > 1 reports a standard error.
+        draws: dequantisation noise draws per item; > 1 reports a standard error.
         seed: dequantisation seed (``None``: the checkpoint's ``train.eval_seed``).
-        batch_size: images per batch (``None``: the dataset's ``eval_batch_size``).
+        batch_size: items per batch (``None``: the dataset's ``eval_batch_size``).
         n_bits: bit depth the images are quantised to (``None``: the model's).
-        per_image: also write a CSV ``index,label,bpd`` (label empty when unknown).
+        per_image: also write a CSV ``index,label,<metric>`` (label empty when unknown).
         out: see :func:`_output_paths`.
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
         ema: use the EMA weights when the checkpoint has them.
@@ -214,68 +241,82 @@ def evaluate(
     Raises:
         ConfigError, DataError, CheckpointError: bad options, data or checkpoint.
     """
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    draws = require_int("draws", draws, 1)
+    opts = fill_defaults(
+        "eval",
+        EvalConfig,
+        split=split,
+        draws=draws,
+        per_image=per_image,
+        device=None if isinstance(device, torch.device) else device,
+        ema=ema,
+        progress=progress,
+    )
+    if opts.split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
+    draws = require_int("draws", opts.draws, 1)
     seed = require_int("seed", seed, 0, allow_none=True)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    device = resolve_device(device)
+    device = resolve_device(device if isinstance(device, torch.device) else opts.device)
     ckpt = Path(ckpt)
 
-    model, info = load_model(ckpt, ema=ema, device=device)
-    config = info.get("config") or {}
-    model_bits = checkpoint_n_bits(info, ckpt)
-    if not isinstance(config.get("dataset"), Mapping):
-        raise CheckpointError(f"{ckpt} has no config.dataset; not a glow-train run")
-    data_cfg = eval_dataset(config["dataset"], dataset, dataset_overrides)
-    shape = image_shape(data_cfg)
-    if shape != tuple(model.image_shape):
+    objective, info = load_objective(ckpt, ema=opts.ema, device=device)
+    checkpoint_dataset, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)
+    data_cfg = eval_dataset(checkpoint_dataset, dataset, dataset_overrides)
+    spec = describe_dataset(data_cfg)
+    shape = spec.shape
+    model_shape = tuple(info["data"]["shape"])
+    if shape != model_shape:
         raise ConfigError(
-            "dataset {} yields {}x{}x{} images but the model of {} takes {}x{}x{}; set "
+            "dataset {} yields {} {}s but the model of {} takes {}; set "
             "dataset.image_size= and dataset.channels= to match".format(
-                data_cfg["name"], *shape, ckpt, *model.image_shape
+                data_cfg["name"],
+                "x".join(map(str, shape)),
+                spec.kind,
+                ckpt,
+                "x".join(map(str, model_shape)),
             )
         )
-    if seed is None:
-        seed = int((config.get("train") or {}).get("eval_seed", 0))
+    seed = checkpoint_seed if seed is None else seed
     if batch_size is None:
-        batch_size = int(data_cfg.get("eval_batch_size") or 256)
-    n_bits = n_bits if n_bits is not None else model_bits
-    json_path, csv_path = _output_paths(ckpt, data_cfg["name"], split, out)
+        batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
+    if n_bits is not None and n_bits != objective.dequantizer.n_bits:
+        objective = Objective(objective.flow, build_dequantizer("uniform", n_bits)).eval()
+    json_path, csv_path = _output_paths(ckpt, data_cfg["name"], opts.split, out)
     if json_path.resolve() == ckpt.resolve():
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
 
-    data = build_dataset(data_cfg, split)
-    result = evaluate_bpd(
-        model,
+    data = build_dataset(data_cfg, opts.split)
+    result = evaluate_objective(
+        objective,
         data,
-        n_bits=n_bits,
         batch_size=batch_size,
         device=device,
         seed=seed,
         draws=draws,
         num_workers=int(data_cfg.get("num_workers") or 0),
-        progress=progress,
+        progress=opts.progress,
     )
     summary = {
-        "bpd": result.bpd,
+        result.metric: result.value,
         "stderr": result.stderr,
+        "metric": result.metric,
+        "unit": METRICS[result.metric],
         "dataset": data_cfg["name"],
-        "split": split,
-        "num_images": result.num_images,
+        "split": opts.split,
+        "num_images": result.num_items,
         "draws": draws,
         "checkpoint": str(ckpt.resolve()),
         "step": info.get("step"),
         "seed": seed,
         "batch_size": batch_size,
-        "n_bits": n_bits,
+        "n_bits": objective.dequantizer.n_bits,
         "ema": info["ema_used"],
         "device": str(device),
         "dataset_config": data_cfg,
     }
-    if per_image:
+    if opts.per_image:
         write_atomic(csv_path, lambda tmp: _write_csv(tmp, result))
     text = json.dumps(summary, indent=2, default=str) + "\n"
     write_atomic(json_path, lambda tmp: tmp.write_text(text))
-    return EvalReport(summary, result, json_path, csv_path if per_image else None)
+    return EvalReport(summary, result, json_path, csv_path if opts.per_image else None)

@@ -4,7 +4,8 @@
 :func:`sample` is what ``glow-sample`` calls: checkpoint in, PNG files out.
 Latents are drawn from the learned priors with their standard deviations
 multiplied by the temperature (Kingma & Dhariwal 2018, section 5: ``T = 0.7``
-trades diversity for fidelity; ``T = 0`` decodes the priors' means).
+trades diversity for fidelity; ``T = 0`` decodes the priors' means). The
+objective's dequantiser turns model output back into images on the data's grid.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import load_model, write_atomic
+from glow_train.checkpoint import write_atomic
+from glow_train.config import SampleConfig, fill_defaults
 from glow_train.distributed import resolve_device
-from glow_train.errors import CheckpointError, ConfigError, require_int
-from glow_train.likelihood import postprocess
-from glow_train.model import Glow
+from glow_train.errors import ConfigError, require_int
+from glow_train.objective import Objective, load_objective
 
 __all__ = [
     "sample_images",
@@ -30,7 +30,6 @@ __all__ = [
     "sample_rows",
     "sample",
     "output_paths",
-    "checkpoint_n_bits",
     "LAYOUTS",
 ]
 
@@ -39,61 +38,61 @@ LAYOUTS = ("grids", "rows")
 
 @torch.no_grad()
 def sample_images(
-    model: Glow,
+    objective: Objective,
     n: int,
     temperature: float,
-    n_bits: int,
-    seed: int = 0,
+    seed: int,
     batch_size: int | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``n`` samples as floats in ``[0, 1]`` on the ``n_bits`` grid, ``(n, C, H, W)`` on CPU.
+    """``n`` samples as data, ``(n, C, H, W)`` floats in ``[0, 1]`` on the data's grid, on CPU.
 
-    Drawn in batches of ``batch_size`` from one generator seeded with ``seed`` on the
-    model's device: the same seed and batch size give the same images on the same
-    device (each batch draws its latents level by level, so another batch size
-    consumes the random stream in another order and gives other images).
+    Drawn in batches of ``batch_size`` (``None``: all at once) from one generator
+    seeded with ``seed`` on the model's device: the same seed and batch size give
+    the same images on the same device (each batch draws its latents level by
+    level, so another batch size consumes the random stream in another order and
+    gives other images). ``y``: ``(n,)`` class labels for a class-conditional model.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    device = next(model.parameters()).device
-    model.eval()
+    device = next(objective.parameters()).device
+    objective.eval()
     gen = torch.Generator(device).manual_seed(seed)
     batch_size = batch_size or n
     chunks = []
     for start in range(0, n, batch_size):
-        x = model.sample(min(batch_size, n - start), temperature=temperature, generator=gen)
-        chunks.append(postprocess(x, n_bits).cpu())
+        stop = min(start + batch_size, n)
+        labels = None if y is None else y[start:stop].to(device)
+        chunks.append(objective.sample(stop - start, temperature, gen, labels).cpu())
     return torch.cat(chunks)
 
 
 def sample_grid(
-    model: Glow,
+    objective: Objective,
     n: int,
     temperatures: list[float],
-    n_bits: int,
-    seed: int = 0,
-    nrow: int = 8,
-    padding: int = 2,
+    seed: int,
+    nrow: int,
+    padding: int,
     batch_size: int | None = None,
 ) -> dict[float, torch.Tensor]:
     """One ``make_grid`` image ``(C, H', W')`` per temperature, each from the same seed."""
     return {
         float(t): make_grid(
-            sample_images(model, n, float(t), n_bits, seed, batch_size), nrow=nrow, padding=padding
+            sample_images(objective, n, float(t), seed, batch_size), nrow=nrow, padding=padding
         )
         for t in temperatures
     }
 
 
 def sample_rows(
-    model: Glow,
+    objective: Objective,
     n: int,
     temperatures: list[float],
-    n_bits: int,
-    seed: int = 0,
-    padding: int = 2,
+    seed: int,
+    padding: int,
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """One grid ``(C, H', W')`` with a row of ``n`` samples per temperature.
@@ -101,19 +100,11 @@ def sample_rows(
     Every row uses the same seed, hence the same standard-normal draws scaled by its
     temperature: column ``j`` shows one latent at increasing (or decreasing) temperatures.
     """
-    images = [sample_images(model, n, float(t), n_bits, seed, batch_size) for t in temperatures]
+    images = [sample_images(objective, n, float(t), seed, batch_size) for t in temperatures]
     return make_grid(torch.cat(images), nrow=n, padding=padding)
 
 
 # ------------------------------------------------------------------ checkpoints and files
-
-
-def checkpoint_n_bits(state: dict[str, Any], path: str | os.PathLike) -> int:
-    """The bit depth the checkpoint's model was trained on (``config.dataset.n_bits``)."""
-    try:
-        return int(state["config"]["dataset"]["n_bits"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} has no config.dataset.n_bits; not a glow-train run") from err
 
 
 def _temperatures(value: float | Sequence[float]) -> list[float]:
@@ -158,19 +149,22 @@ def output_paths(
 
 def sample(
     ckpt: str | os.PathLike,
-    temperature: float | Sequence[float] = 0.7,
+    temperature: float | Sequence[float] | None = None,
     *,
-    n: int = 64,
+    n: int | None = None,
     nrow: int | None = None,
-    padding: int = 2,
-    layout: str = "grids",
-    seed: int = 0,
+    padding: int | None = None,
+    layout: str | None = None,
+    seed: int | None = None,
     batch_size: int | None = None,
     out: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    ema: bool = True,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
 ) -> list[Path]:
     """Decode samples of a checkpoint's model and write them as PNG grids.
+
+    Every ``None`` takes the value of the same key in ``configs/sample.yaml`` (the
+    defaults of ``glow-sample``).
 
     Args:
         ckpt: a checkpoint written by ``glow-train``.
@@ -183,7 +177,7 @@ def sample(
         batch_size: images decoded at once (``None``: all ``n``); part of what the
             images depend on, with the seed and the device.
         out: see :func:`output_paths`.
-        device: where the model runs.
+        device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
 
     Returns:
@@ -193,12 +187,23 @@ def sample(
     Raises:
         ConfigError: an invalid option. CheckpointError: an unusable checkpoint.
     """
-    temperatures = _temperatures(temperature)
-    n = require_int("n", n, 1)
+    opts = fill_defaults(
+        "sample",
+        SampleConfig,
+        n=n,
+        padding=padding,
+        layout=layout,
+        seed=seed,
+        device=None if isinstance(device, torch.device) else device,
+        ema=ema,
+    )
+    temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
+    n = require_int("n", opts.n, 1)
     nrow = require_int("nrow", nrow, 1, allow_none=True) or math.ceil(math.sqrt(n))
-    padding = require_int("padding", padding, 0)
-    seed = require_int("seed", seed, 0)
+    padding = require_int("padding", opts.padding, 0)
+    seed = require_int("seed", opts.seed, 0)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
+    layout = opts.layout
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout == "grids":
@@ -207,14 +212,14 @@ def sample(
     paths = output_paths(ckpt, temperatures, layout, out)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    model, info = load_model(ckpt, ema=ema, device=resolve_device(device))
-    n_bits = checkpoint_n_bits(info, ckpt)
+    device = resolve_device(device if isinstance(device, torch.device) else opts.device)
+    objective, _ = load_objective(ckpt, ema=opts.ema, device=device)
     if layout == "grids":
         grids = list(
-            sample_grid(model, n, temperatures, n_bits, seed, nrow, padding, batch_size).values()
+            sample_grid(objective, n, temperatures, seed, nrow, padding, batch_size).values()
         )
     else:
-        grids = [sample_rows(model, n, temperatures, n_bits, seed, padding, batch_size)]
+        grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size)]
     for path, grid in zip(paths, grids, strict=True):
         write_atomic(path, lambda tmp, grid=grid: save_image(grid, tmp, format="png"))
     return paths

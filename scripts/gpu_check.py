@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A ready GPU check: short CIFAR-shaped trainings in fp32, bf16, fp16 and bf16 + compile.
 
-Runs the trainer's own step (glow_train.train.Trainer.train_step) on CIFAR-10 when
+Runs the trainer's own step (glow_train.training.Trainer.train_step) on CIFAR-10 when
 it is found under --data-root, else on synthetic CIFAR-shaped uint8 images (smooth
 random colour fields plus noise, so there is something to learn), and prints a
 table: images/s, peak GPU memory, first and final train bits/dim, test bits/dim,
@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_module
 from glow_train.data import TensorImageDataset, build_dataset
 from glow_train.distributed import DistInfo, resolve_device
 from glow_train.errors import GlowError
-from glow_train.train import Trainer
+from glow_train.training import Trainer
 
 RUNS = [  # (name, precision, compile)
     ("fp32", "fp32", False),
@@ -100,19 +100,19 @@ def run_one(name, precision, use_compile, args, device, train_set, test_set) -> 
         batches = iter(())
         for step in range(args.steps):
             try:
-                images, _ = next(batches)
+                batch = next(batches)
             except StopIteration:
                 trainer.sampler.set_epoch(step)
                 batches = iter(trainer.loader)
-                images, _ = next(batches)
+                batch = next(batches)
             if step == args.warmup:  # the first steps include compilation and autotuning
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-            stats = trainer.train_step(trainer.prepare_batch(images, step))
-            losses.append(stats["bpd"])
+            stats = trainer.train_step(*trainer.prepare_batch(batch, step))
+            losses.append(stats["score"])
             if started is not None:
-                timed_images += images.shape[0]
+                timed_images += len(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started if started is not None else float("nan")
@@ -128,8 +128,8 @@ def run_one(name, precision, use_compile, args, device, train_set, test_set) -> 
             "first_bpd": first,
             "final_bpd": last,
             "test_bpd": test_bpd,
-            "skipped": trainer.skipped_steps,
-            "overflows": trainer.overflow_steps,
+            "skipped": trainer.progress.skipped_steps,
+            "overflows": trainer.progress.overflow_steps,
             "loss_fell": last < first,
         }
 

@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from glow_train.data import (
-    DATASET_NAMES,
+    Batch,
+    DataSpec,
     build_dataset,
     dataset_config,
-    image_shape,
+    dataset_names,
+    describe_dataset,
     load_digits_arrays,
     make_loader,
     validate_dataset_config,
@@ -50,17 +52,18 @@ def assert_item(item, shape):
 
 def test_packaged_configs_validate_and_carry_the_contract_keys():
     hflip = {"digits": False, "mnist": False, "cifar10": True, "celeba": True, "folder": True}
-    for name in DATASET_NAMES:
+    for name in dataset_names():
         cfg = dataset_config(name, root="/some/where") if name == "folder" else dataset_config(name)
         validate_dataset_config(cfg)
         assert cfg["name"] == name and cfg["hflip"] is hflip[name]
         for key in ("image_size", "channels", "n_bits", "batch_size", "eval_batch_size"):
             assert key in cfg
-    assert image_shape(dataset_config("digits")) == (1, 8, 8)
-    assert image_shape(dataset_config("mnist")) == (1, 32, 32)
-    assert image_shape(dataset_config("cifar10")) == (3, 32, 32)
-    assert image_shape(dataset_config("celeba")) == (3, 64, 64)
-    assert image_shape(dataset_config("folder")) == (3, 64, 64)  # no root needed
+    assert describe_dataset(dataset_config("digits")) == DataSpec("image", (1, 8, 8), 4, 10)
+    assert describe_dataset(dataset_config("mnist")) == DataSpec("image", (1, 32, 32), 8, 10)
+    assert describe_dataset(dataset_config("cifar10")) == DataSpec("image", (3, 32, 32), 8, 10)
+    assert describe_dataset(dataset_config("celeba")) == DataSpec("image", (3, 64, 64), 5, 0)
+    folder = describe_dataset(dataset_config("folder"))  # no root needed
+    assert folder.shape == (3, 64, 64) and folder.num_dims == 3 * 64 * 64
     assert dataset_config("celeba")["n_bits"] == 5 and dataset_config("celeba")["crop"] == 148
 
 
@@ -90,7 +93,13 @@ def test_n_bits_out_of_range(n_bits):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("image_size", 0), ("image_size", -8), ("channels", 2), ("num_workers", -1), ("hflip", "no")],
+    [
+        ("image_size", 0),
+        ("image_size", -8),
+        ("channels", 2),
+        ("num_workers", -1),
+        ("hflip", "maybe"),
+    ],
 )
 def test_bad_values(key, value):
     with pytest.raises(ConfigError, match=f"dataset.{key}"):
@@ -153,11 +162,13 @@ def test_digits_pad_to_larger_size():
 
 def test_digits_epoch_through_loader():
     train = build_dataset(dataset_config("digits"), "train")
-    batches = list(make_loader(train, 64, shuffle=True))
+    batches = list(make_loader(train, 64))
     assert len(batches) == 24  # ceil(1500 / 64)
-    x, y = batches[0]
-    assert x.dtype == torch.uint8 and x.shape == (64, 1, 8, 8) and y.dtype == torch.int64
-    assert sum(len(b[1]) for b in batches) == 1500
+    batch = batches[0]
+    assert isinstance(batch, Batch) and len(batch) == 64
+    assert batch.x.dtype == torch.uint8 and batch.x.shape == (64, 1, 8, 8)
+    assert batch.y.dtype == torch.int64 and batch.y.tolist() == [train[i][1] for i in range(64)]
+    assert sum(len(b) for b in batches) == 1500
 
 
 # ------------------------------------------------------------------------------- MNIST
@@ -469,13 +480,14 @@ def test_loader_options():
 def test_loader_passes_samplers_through():
     dataset = build_dataset(dataset_config("digits"), "test")
     order = [5, 3, 1, 200]
-    (x, y), (x2, y2) = make_loader(dataset, 2, sampler=order)
-    assert y.tolist() == [dataset[5][1], dataset[3][1]]
-    assert y2.tolist() == [dataset[1][1], dataset[200][1]]
+    first, second = make_loader(dataset, 2, sampler=order)
+    assert first.y.tolist() == [dataset[5][1], dataset[3][1]]
+    assert second.y.tolist() == [dataset[1][1], dataset[200][1]]
+    assert torch.equal(second.x[1], dataset[200][0])
     batches = list(make_loader(dataset, 999, batch_sampler=[[0, 1, 2], [7]]))
-    assert [len(b[1]) for b in batches] == [3, 1]
+    assert [len(b) for b in batches] == [3, 1]
     with pytest.raises(ValueError):
-        make_loader(dataset, 2, shuffle=True, sampler=order)
+        make_loader(dataset, 2, drop_last=True, batch_sampler=[[0, 1]])
 
 
 def test_loader_with_worker_processes(image_tree):
@@ -483,5 +495,5 @@ def test_loader_with_worker_processes(image_tree):
         warnings.simplefilter("ignore")
         dataset = build_dataset(folder_cfg(image_tree), "train")
     loader = make_loader(dataset, 4, num_workers=2, persistent_workers=False)
-    shapes = [tuple(x.shape) for x, _ in loader]
+    shapes = [tuple(batch.x.shape) for batch in loader]
     assert shapes == [(4, 3, 16, 16), (2, 3, 16, 16)]

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import torch
 
-from glow_train import Glow
 from glow_train.checkpoint import load_checkpoint
 from glow_train.data import build_dataset, dataset_config
-from glow_train.evaluate import evaluate_bpd
+from glow_train.evaluate import evaluate_objective
+from glow_train.objective import load_objective
 
 WORKER = textwrap.dedent(
     """
     import os, sys, torch
     from hydra import compose, initialize_config_module
-    from glow_train.train import train
+    from glow_train.training import train
 
     out = sys.argv[1]
     with initialize_config_module("glow_train.configs", version_base="1.3"):
@@ -81,17 +81,17 @@ def test_two_process_training_matches_one_process_evaluation(tmp_path):
     # the trainer's sharded test bpd equals a single-process evaluation of the saved weights
     state = load_checkpoint(runs / "r" / "last.pt")
     assert state["step"] == 20 and state["world_size"] == 2
-    model = Glow.from_checkpoint(runs / "r" / "last.pt")
+    objective, _ = load_objective(runs / "r" / "last.pt")
     test_set = build_dataset(dataset_config("digits"), "test")
-    single = evaluate_bpd(
-        model,
+    single = evaluate_objective(
+        objective,
         test_set,
-        n_bits=4,
         batch_size=state["config"]["dataset"]["eval_batch_size"],
+        device="cpu",
         seed=state["config"]["train"]["eval_seed"],
     )
-    assert single.num_images == 297 and 0 < single.bpd < 5
-    assert abs(single.bpd - state["last_test_bpd"]) < 1e-6
+    assert single.num_items == 297 and 0 < single.value < 5
+    assert abs(single.value - state["last_test_score"]) < 1e-6
 
     # resume the two-process run on one process
     glow_train = Path(sys.executable).parent / "glow-train"

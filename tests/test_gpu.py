@@ -31,18 +31,18 @@ def test_gpu_check_tiny_on_cuda(tmp_path):
 
 def test_sample_and_eval_on_cuda_match_cpu():
     from glow_train import Glow
-    from glow_train.data import build_dataset, dataset_config
-    from glow_train.evaluate import evaluate_bpd
+    from glow_train.data import build_dataset, collate, dataset_config, describe_dataset
+    from glow_train.evaluate import evaluate_objective
+    from glow_train.objective import build_objective
 
     torch.manual_seed(0)
-    model = Glow(1, 8, K=2, L=2, hidden_channels=16)
-    test_set = build_dataset(dataset_config("digits"), "test")
-    images = torch.stack([test_set[i][0] for i in range(64)])
-    from glow_train.likelihood import preprocess
-
-    model.initialize(preprocess(images, 4, torch.Generator().manual_seed(0)))
-    cpu = evaluate_bpd(model, test_set, n_bits=4, batch_size=64, seed=1, device="cpu")
-    gpu = evaluate_bpd(model.cuda(), test_set, n_bits=4, batch_size=64, seed=1, device="cuda")
+    model = Glow(1, 8, K=2, L=2, hidden_channels=16, coupling="affine", lu=True)
+    cfg = dataset_config("digits")
+    test_set = build_dataset(cfg, "test")
+    objective = build_objective(model, describe_dataset(cfg))
+    objective.initialize(collate([test_set[i] for i in range(64)]), torch.Generator())
+    cpu = evaluate_objective(objective, test_set, batch_size=64, seed=1, device="cpu")
+    gpu = evaluate_objective(objective.cuda(), test_set, batch_size=64, seed=1, device="cuda")
     # different generators (CPU vs CUDA noise): equal in expectation, not bit for bit
-    assert abs(cpu.bpd - gpu.bpd) < 0.02
-    assert model.sample(8, generator=torch.Generator("cuda").manual_seed(0)).is_cuda
+    assert abs(cpu.value - gpu.value) < 0.02
+    assert objective.sample(8, 0.7, torch.Generator("cuda").manual_seed(0)).is_cuda

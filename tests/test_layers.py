@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import brute_force_logdet, perturb
 
-from glow_train.flows import ActNorm, Coupling, InvertibleLinear, Squeeze
-from glow_train.model import FlowStep
+from glow_train.flows import ActNorm, Coupling, FlowSequence, FlowStep, InvertibleLinear
+from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 
 LAYERS = {
     "actnorm-map": (lambda: ActNorm(4), (2, 4, 3, 5)),
@@ -19,10 +19,20 @@ LAYERS = {
     "coupling-additive": (lambda: Coupling(4, 8, "additive"), (2, 4, 3, 5)),
     "coupling-affine-odd": (lambda: Coupling(5, 8, "affine"), (2, 5, 2, 2)),
     "coupling-mlp": (lambda: Coupling(5, 8, "affine", dense=True), (3, 5)),
-    "squeeze": (lambda: Squeeze(), (2, 3, 4, 6)),
+    "squeeze-then-step": (lambda: SqueezeThen([FlowStep(12, 8, "affine", lu=True)]), (2, 3, 4, 6)),
     "flowstep": (lambda: FlowStep(4, 8, "affine", lu=True), (2, 4, 2, 4)),
     "flowstep-1d": (lambda: FlowStep(6, 8, "additive", lu=False, dense=True), (3, 6)),
 }
+
+
+class SqueezeThen(FlowSequence):
+    """A squeeze (a permutation: log-det 0) before a flow, as every Glow level starts."""
+
+    def forward(self, x):
+        return super().forward(squeeze2d(x))
+
+    def inverse(self, z):
+        return unsqueeze2d(super().inverse(z))
 
 
 def make(name: str, dtype=torch.float64):
@@ -126,7 +136,8 @@ def test_coupling_rejects_unknown_kind():
 
 def test_squeeze_layout():
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    z, _ = Squeeze()(x)
+    z = squeeze2d(x)
     assert z.shape == (1, 4, 2, 2)
     # channel 2i + j holds pixel (2h + i, 2w + j)
     assert z[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+    assert torch.equal(unsqueeze2d(z), x)

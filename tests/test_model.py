@@ -87,7 +87,7 @@ def test_every_parameter_gets_a_gradient():
 
 def test_initialize_runs_once_and_is_saved():
     torch.manual_seed(0)
-    model = Glow(1, 8, K=2, L=2, hidden_channels=8)
+    model = Glow(1, 8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True)
     assert not model.is_initialized
     x = torch.rand(16, 1, 8, 8) - 0.5
     model.initialize(x)
@@ -133,7 +133,7 @@ def test_sample_temperature_zero_is_deterministic():
 
 def test_sample_latents_scale_with_temperature():
     torch.manual_seed(0)
-    model = Glow(3, 8, K=2, L=2, hidden_channels=8).double()
+    model = Glow(3, 8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True).double()
     model.initialize(torch.rand(8, 3, 8, 8, dtype=torch.float64) - 0.5)
     perturb(model.levels, scale=0.05)  # non-trivial flow; priors keep mean 0, std 1
     hot = model.sample(4, temperature=1.0, generator=torch.Generator().manual_seed(3))
@@ -166,7 +166,7 @@ def test_bits_per_dim_hand_computed():
 
 def test_bits_per_dim_of_an_untrained_glow_is_plausible():
     torch.manual_seed(0)
-    model = Glow(1, 8, K=2, L=2, hidden_channels=8)
+    model = Glow(1, 8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True)
     x = torch.rand(64, 1, 8, 8) - 0.5
     model.initialize(x)
     bpd = bits_per_dim(model.log_prob(x), model.num_dims, n_bits=8)
@@ -188,28 +188,29 @@ def test_bits_per_dim_of_an_untrained_glow_is_plausible():
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs, match):
-    args = dict(in_channels=3, image_size=16, K=1, L=2, hidden_channels=4) | kwargs
+    args = dict(in_channels=3, image_size=16, K=1, L=2, hidden_channels=4)
+    args |= dict(coupling="affine", lu=True) | kwargs
     with pytest.raises(ValueError, match=match):
         Glow(**args)
 
 
 def test_class_conditional_prior():
     torch.manual_seed(0)
-    model = Glow(1, 8, K=1, L=2, hidden_channels=8, num_classes=3)
+    model = Glow(1, 8, K=1, L=2, hidden_channels=8, coupling="affine", lu=True, num_classes=3)
     x = torch.rand(4, 1, 8, 8) - 0.5
     y = torch.tensor([0, 1, 2, 0])
     model.initialize(x, y)
     perturb(model.top_prior)
     lp = model.log_prob(x, y)
     assert lp[0] != model.log_prob(x, torch.tensor([1, 1, 2, 0]))[0]
-    assert model.sample(4, y=y).shape == (4, 1, 8, 8)
+    assert model.sample(4, 0.7, y=y).shape == (4, 1, 8, 8)
     with pytest.raises(ValueError, match="pass the class labels"):
         model.log_prob(x)
 
 
 def test_glow1d_round_trip_logdet_and_sampling():
     torch.manual_seed(0)
-    model = Glow1D(dim=5, K=3, hidden_features=16).double()
+    model = Glow1D(dim=5, K=3, hidden_features=16, coupling="affine", lu=True).double()
     x = torch.randn(6, 5, dtype=torch.float64)
     model.initialize(x)
     perturb(model, 0.1)
@@ -217,7 +218,7 @@ def test_glow1d_round_trip_logdet_and_sampling():
     assert torch.allclose(model.decode(z), x, atol=1e-10)
     expected = brute_force_logdet(lambda v: model.encode(v)[0], x[:2])
     torch.testing.assert_close(logdet[:2], expected)
-    assert model.sample(7).shape == (7, 5)
+    assert model.sample(7, 1.0).shape == (7, 5)
 
 
 def test_autocast_bf16_keeps_likelihood_in_float32():

@@ -18,12 +18,13 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 from glow_train import Glow, bits_per_dim, preprocess
-from glow_train.checkpoint import load_model, save_checkpoint
+from glow_train.checkpoint import save_checkpoint
 from glow_train.data import build_dataset
 from glow_train.errors import CheckpointError, ConfigError, DataError
 from glow_train.evaluate import batch_seed, eval_dataset, evaluate
+from glow_train.objective import load_objective
 from glow_train.sample import sample, sample_images
-from glow_train.train import train
+from glow_train.training import train
 
 BIN = Path(sys.executable).parent
 DIGITS_TEST_IMAGES = 297
@@ -114,11 +115,10 @@ def test_same_seed_same_grid_other_seed_other_grid(ckpt, tmp_path):
 
 
 def test_temperature_zero_decodes_the_prior_means(ckpt):
-    model, info = load_model(ckpt)
-    n_bits = info["config"]["dataset"]["n_bits"]
-    cold = sample_images(model, 6, 0.0, n_bits, seed=0)
+    objective, _ = load_objective(ckpt)
+    cold = sample_images(objective, 6, 0.0, seed=0)
     assert torch.equal(cold, cold[:1].expand_as(cold))
-    warm = sample_images(model, 6, 1.0, n_bits, seed=0)
+    warm = sample_images(objective, 6, 1.0, seed=0)
     assert not torch.equal(warm, warm[:1].expand_as(warm))
 
 
@@ -186,10 +186,10 @@ def independent_bpd(ckpt: Path, seed: int, batch_size: int, draws: int) -> torch
 
 def test_eval_equals_the_trainers_test_bpd(run, ckpt):
     report = evaluate(ckpt)
-    assert report.summary["bpd"] == run[2]["last_test_bpd"]
+    assert report.summary["bpd"] == run[2]["last_test_score"]
     assert report.json_path == ckpt.parent / "eval" / "last_digits_test" / "eval.json"
     saved = json.loads(report.json_path.read_text())
-    assert saved["bpd"] == run[2]["last_test_bpd"]
+    assert saved["bpd"] == run[2]["last_test_score"]
     assert saved["stderr"] is None and saved["ema"] is True
     assert (saved["dataset"], saved["split"], saved["num_images"]) == ("digits", "test", 297)
     assert (saved["draws"], saved["step"], saved["seed"]) == (1, 30, 1234)
@@ -225,7 +225,7 @@ def test_draws_report_a_standard_error(ckpt, tmp_path):
 def test_ema_false_uses_the_raw_weights(run, ckpt, tmp_path):
     report = evaluate(ckpt, ema=False, out=tmp_path)
     assert report.summary["ema"] is False
-    assert report.summary["bpd"] != run[2]["last_test_bpd"]  # that one used the EMA weights
+    assert report.summary["bpd"] != run[2]["last_test_score"]  # that one used the EMA weights
 
 
 def test_train_split(ckpt):
@@ -308,7 +308,7 @@ def test_glow_eval_console_script_with_moved_data(run, tmp_path):
 def test_glow_eval_console_script_prints_the_trainers_number(run, ckpt, tmp_path):
     proc = cli("glow-eval", f"ckpt={ckpt}", "progress=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == f"test bpd: {run[2]['last_test_bpd']:.4f}"
+    assert proc.stdout.splitlines()[-1] == f"test bpd: {run[2]['last_test_score']:.4f}"
     assert (ckpt.parent / "eval" / "last_digits_test" / "eval.json").is_file()
     assert list(tmp_path.glob("*.json")) == []
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_console
 from hydra import compose, initialize_config_module
 
 from glow_train.checkpoint import load_checkpoint, save_checkpoint
+from glow_train.cli import train_main
 from glow_train.distributed import DistInfo
 from glow_train.errors import CheckpointError, ConfigError
-from glow_train.train import Trainer, TrainingDiverged, parse_duration, train
+from glow_train.training import Trainer, TrainingDiverged, parse_duration, train
 
 TINY = [
     "model.K=2",
@@ -90,7 +92,7 @@ def test_console_script_end_to_end_from_another_directory(tmp_path):
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["step"] == 12 and state["ema"] is not None
     assert state["config"]["model"]["K"] == 2
-    assert 0 < state["last_test_bpd"] < 8
+    assert state["metric"] == "bpd" and 0 < state["last_test_score"] < 8
     assert not (tmp_path / "outputs").exists()  # Hydra writes nothing of its own
 
     # TensorBoard's own reader finds the scalars and the sample images
@@ -106,7 +108,7 @@ def test_console_script_end_to_end_from_another_directory(tmp_path):
 
 
 def _flat_state(state):
-    params = torch.cat([v.flatten().double() for v in state["model"].values()])
+    params = torch.cat([v.flatten().double() for v in state["objective"].values()])
     moments = [
         t
         for s in state["optimizer"]["state"].values()
@@ -135,7 +137,7 @@ def test_resume_is_exact(tmp_path):
     for k, v in a["ema"].items():
         assert torch.equal(v, b["ema"][k]), k
     assert a["scheduler"] == b["scheduler"]
-    assert a["last_test_bpd"] == b["last_test_bpd"]
+    assert a["last_test_score"] == b["last_test_score"]
 
 
 def _tiny_trainer(tmp_path, *extra):
@@ -147,39 +149,42 @@ def _tiny_trainer(tmp_path, *extra):
 
 def test_non_finite_batch_is_skipped_without_changing_weights(tmp_path):
     trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
-    images, _ = next(iter(trainer.loader))
-    x = trainer.prepare_batch(images, 0)
-    assert not trainer.train_step(x)["skipped"]
+    x, noise, y = trainer.prepare_batch(next(iter(trainer.loader)), 0)
+    assert not trainer.train_step(x, noise, y)["skipped"]
+    optimizer, ema = trainer.optim.optimizer, trainer.optim.ema
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    opt_before = [t.clone() for s in trainer.optimizer.state.values() for t in s.values()]
-    ema_before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    opt_before = [t.clone() for s in optimizer.state.values() for t in s.values()]
+    ema_before = {k: v.clone() for k, v in ema.state_dict().items()}
+    lr_before = trainer.optim.lr
 
     planted = x.clone()
     planted[0, 0, 0, 0] = float("nan")
-    stats = trainer.train_step(planted)
-    assert stats["skipped"] and trainer.skipped_steps == 1
+    stats = trainer.train_step(planted, noise, y)
+    assert stats["skipped"] and trainer.progress.skipped_steps == 1
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    after = [t for s in trainer.optimizer.state.values() for t in s.values()]
+    after = [t for s in optimizer.state.values() for t in s.values()]
     assert all(torch.equal(a, b) for a, b in zip(opt_before, after, strict=True))
-    for k, v in trainer.ema.state_dict().items():
+    for k, v in ema.state_dict().items():
         assert torch.equal(v, ema_before[k]), k
+    assert trainer.optim.lr == lr_before  # the schedule did not move either
 
-    assert not trainer.train_step(x)["skipped"]  # a good step resets the run of bad ones
-    assert trainer.bad_in_a_row == 0 and trainer.skipped_steps == 1
+    assert not trainer.train_step(x, noise, y)["skipped"]  # a good step resets the bad run
+    assert trainer.progress.bad_in_a_row == 0 and trainer.progress.skipped_steps == 1
 
 
 def test_consecutive_bad_steps_stop_with_a_clear_message(tmp_path, monkeypatch):
     trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
     real_prepare = trainer.prepare_batch
 
-    def poisoned(images, step):
-        return real_prepare(images, step) * float("inf")
+    def poisoned(batch, step):
+        x, noise, y = real_prepare(batch, step)
+        return x * float("inf"), noise, y
 
     monkeypatch.setattr(trainer, "prepare_batch", poisoned)
     with pytest.raises(TrainingDiverged, match="3 consecutive steps .* learning rate"):
         trainer.fit()
-    assert trainer.skipped_steps == 3
+    assert trainer.progress.skipped_steps == 3
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
@@ -222,12 +227,11 @@ def small_checkpoint(tmp_path_factory):
 
 
 def _cli_error(args, cwd):
-    proc = subprocess.run(
-        [glow_train_cmd(), *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("glow-train: error:"), proc.stderr
+    """``glow-train args`` (in this process) fails with one line on stderr and status 2."""
+    status, _, err = run_console(train_main, args, cwd)
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glow-train: error:"), err
     return lines[0]
 
 
@@ -269,7 +273,7 @@ def test_bf16_on_cpu_trains(tmp_path):
     result = train(
         compose_train(*TINY, "train.max_steps=3", "precision=bf16", f"run_dir={tmp_path}")
     )
-    assert result.skipped_steps == 0 and 0 < result.last_test_bpd < 8
+    assert result.skipped_steps == 0 and 0 < result.last_test_score < 8
 
 
 def test_atomic_save_leaves_previous_file_on_failure(tmp_path, monkeypatch):
@@ -310,11 +314,11 @@ def test_a_new_run_never_overwrites_another(tmp_path, small_checkpoint):
 
 
 def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
-    from glow_train.train import _resolve_run_dir
+    from glow_train.training.run_dir import resolve_run_dir
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_train()
-    first, second = _resolve_run_dir(cfg, DistInfo()), _resolve_run_dir(cfg, DistInfo())
+    first, second = resolve_run_dir(cfg, DistInfo()), resolve_run_dir(cfg, DistInfo())
     assert first != second and first.is_dir() and second.is_dir()
     assert first.parent == second.parent == Path("runs") / "digits"
 

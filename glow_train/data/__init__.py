@@ -1,36 +1,55 @@
-"""Datasets of uint8 images and the DataLoader factory.
+"""Data: one module per source, a registry, the batch type and the loader.
 
-``build_dataset(cfg.dataset, "train")`` gives ``(uint8 (C, H, W), int label)`` items;
-``make_loader`` batches them. Quantisation to ``n_bits`` and dequantisation live in
-:mod:`glow_train.likelihood`; the horizontal flip (``dataset.hflip``) in the trainer.
+``build_dataset(cfg.dataset, "train")`` gives ``(item, int label)`` pairs (uint8
+``(C, H, W)`` images for the image sources); ``describe_dataset(cfg.dataset)`` the
+:class:`DataSpec` (kind, shape, bit depth, classes) without loading anything;
+``make_loader`` batches items into :class:`Batch` objects. Quantisation and
+dequantisation belong to the objective (:mod:`glow_train.dequantize`), the
+horizontal flip (``dataset.hflip``) to the trainer.
+
+Layout: ``spec`` (DataSpec, DataSource), ``config`` (shared range checks),
+``transforms`` (PIL -> uint8), ``images`` (the dataset classes), ``files``
+(torchvision load errors and tidy-up), ``digits`` / ``mnist`` / ``cifar10`` /
+``celeba`` / ``folder`` (the sources), ``registry`` (names; loading and checking
+configs), ``batch``, ``loader``.
 """
 
-from glow_train.data.datasets import (
-    DATASET_NAMES,
-    IMAGE_EXTENSIONS,
-    ImageDataset,
-    ImageFolder,
-    TensorImageDataset,
-    ToUint8,
+from glow_train.data.batch import Batch, collate
+from glow_train.data.digits import load_digits_arrays
+from glow_train.data.folder import IMAGE_EXTENSIONS, ImageFolder
+from glow_train.data.images import ImageDataset, TensorImageDataset
+from glow_train.data.loader import make_loader
+from glow_train.data.registry import (
+    DATASETS,
+    SPLITS,
     build_dataset,
     dataset_config,
-    image_shape,
-    load_digits_arrays,
+    dataset_names,
+    describe_dataset,
+    register_dataset,
     validate_dataset_config,
 )
-from glow_train.data.loader import make_loader
+from glow_train.data.spec import DataSource, DataSpec
+from glow_train.data.transforms import ToUint8
 
 __all__ = [
-    "DATASET_NAMES",
+    "Batch",
+    "DATASETS",
+    "DataSource",
+    "DataSpec",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageFolder",
+    "SPLITS",
     "TensorImageDataset",
     "ToUint8",
     "build_dataset",
+    "collate",
     "dataset_config",
-    "image_shape",
+    "dataset_names",
+    "describe_dataset",
     "load_digits_arrays",
     "make_loader",
+    "register_dataset",
     "validate_dataset_config",
 ]

@@ -1,21 +1,29 @@
-"""Flow layers: each maps ``forward(x) -> (z, logdet)`` and ``inverse(z) -> x``."""
+"""Flow layers: each maps ``forward(x) -> (z, logdet)`` and ``inverse(z) -> x``.
+
+``base`` (the protocol, :class:`FlowSequence`), ``actnorm``, ``invconv`` (1×1
+convolution / linear map), ``coupling`` (and the conditioners), ``step`` (one
+step of flow), ``priors``, ``squeeze`` (the reshapes between scales) and
+``recompute`` (the memory-saving backward pass).
+"""
 
 from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.base import Flow, FlowSequence
 from glow_train.flows.coupling import Coupling
-from glow_train.flows.invconv import InvConv1x1, InvertibleLinear
+from glow_train.flows.invconv import InvertibleLinear
 from glow_train.flows.priors import GaussianPrior, LearnedPrior, SplitPrior
-from glow_train.flows.squeeze import Squeeze
+from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
+from glow_train.flows.step import FlowStep
 
 __all__ = [
     "ActNorm",
     "Coupling",
     "Flow",
     "FlowSequence",
+    "FlowStep",
     "GaussianPrior",
-    "InvConv1x1",
     "InvertibleLinear",
     "LearnedPrior",
     "SplitPrior",
-    "Squeeze",
+    "squeeze2d",
+    "unsqueeze2d",
 ]

@@ -20,6 +20,8 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
+from glow_train.flows.recompute import run_with_inversion
+
 __all__ = ["Flow", "FlowSequence", "logdet_dtype", "autocast_off"]
 
 
@@ -58,8 +60,6 @@ class FlowSequence(Flow):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.memory_saving and torch.is_grad_enabled():
-            from glow_train.flows.recompute import run_with_inversion
-
             return run_with_inversion(self, x)
         return self.forward_plain(x)
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from glow_train.flows.base import Flow, autocast_off, logdet_dtype
 
-__all__ = ["InvertibleLinear", "InvConv1x1"]
+__all__ = ["InvertibleLinear"]
 
 
 class InvertibleLinear(Flow):
@@ -115,7 +115,3 @@ class InvertibleLinear(Flow):
 
     def inverse(self, z: Tensor) -> Tensor:
         return self._mix(z, self.inverse_matrix())
-
-
-#: The name used in the paper for the image case.
-InvConv1x1 = InvertibleLinear

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from glow_train.flows.base import Flow, logdet_dtype
-
-__all__ = ["Squeeze", "squeeze2d", "unsqueeze2d"]
+__all__ = ["squeeze2d", "unsqueeze2d"]
 
 
 def squeeze2d(x: Tensor) -> Tensor:
@@ -28,13 +26,3 @@ def unsqueeze2d(z: Tensor) -> Tensor:
     z = z.reshape(b, c4 // 4, 2, 2, h, w)  # (B, C, 2, 2, H, W)
     z = z.permute(0, 1, 4, 2, 5, 3)  # (B, C, H, 2, W, 2)
     return z.reshape(b, c4 // 4, 2 * h, 2 * w)
-
-
-class Squeeze(Flow):
-    """:func:`squeeze2d` as a flow layer (zero log-determinant)."""
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return squeeze2d(x), x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
-
-    def inverse(self, z: Tensor) -> Tensor:
-        return unsqueeze2d(z)

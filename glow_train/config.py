@@ -1,0 +1,267 @@
+"""Typed configuration: the dataclass schemas behind the YAML under ``configs/``.
+
+The defaults live in the YAML; these schemas only say which keys exist and what
+type each holds. They are registered in Hydra's ConfigStore
+(:func:`register_configs`, run when the ``glow_train.configs`` package is
+imported, which Hydra does before composing), and the YAML files name them in
+their defaults lists, so OmegaConf itself rejects ``train.lr=abc``,
+``model.K=2.5`` or a misspelt key while the command line is read.
+
+Library callers that pass plain dicts get the same checks through :func:`typed`.
+Range checks (``lr > 0``, ``n_bits`` in 1..8, ...) stay with the code that owns
+each group: :func:`check_train` here for ``train.*`` and the top level,
+:func:`glow_train.data.validate_dataset_config` for ``dataset.*``, the model
+classes for ``model.*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from glow_train.errors import ConfigError
+
+__all__ = [
+    "TrainLoopConfig",
+    "TrainConfig",
+    "GlowConfig",
+    "Glow1DConfig",
+    "ImageDatasetConfig",
+    "SampleConfig",
+    "EvalConfig",
+    "register_configs",
+    "packaged_defaults",
+    "fill_defaults",
+    "typed",
+    "one_line",
+    "check_train",
+    "PRECISIONS",
+    "OPTIMIZERS",
+]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamax")
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+@dataclass
+class ImageDatasetConfig:
+    """``dataset.*`` of the image sources (``configs/dataset/*.yaml``)."""
+
+    name: str | None = None  # required by every config that names a dataset
+    root: str | None = None
+    download: bool | None = None
+    crop: int | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    n_bits: int | None = None
+    test_fraction: float | None = None
+    hflip: bool | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    num_workers: int | None = None
+
+
+@dataclass
+class GlowConfig:
+    """``model.*`` of :class:`glow_train.Glow` (``configs/model/glow.yaml``)."""
+
+    name: str = "glow"
+    K: int = MISSING
+    L: int = MISSING
+    hidden_channels: int = MISSING
+    coupling: str = MISSING
+    lu: bool = MISSING
+
+
+@dataclass
+class Glow1DConfig:
+    """``model.*`` of :class:`glow_train.Glow1D` (``dim`` comes from the data)."""
+
+    name: str = "glow1d"
+    K: int = MISSING
+    hidden_features: int = MISSING
+    coupling: str = MISSING
+    lu: bool = MISSING
+
+
+@dataclass
+class TrainLoopConfig:
+    """``train.*`` (``configs/train.yaml``)."""
+
+    max_steps: int | None = MISSING
+    max_epochs: int | None = MISSING
+    time_limit: str | None = MISSING
+    optimizer: str = MISSING
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    weight_decay: float = MISSING
+    warmup_steps: int = MISSING
+    cosine_decay: bool = MISSING
+    grad_clip: float | None = MISSING
+    ema_decay: float | None = MISSING
+    init_samples: int = MISSING
+    max_bad_steps: int = MISSING
+    log_every: int = MISSING
+    eval_every_steps: int | None = MISSING
+    eval_every_epochs: int | None = MISSING
+    eval_seed: int = MISSING
+    ckpt_every: int | None = MISSING
+    sample_every: int | None = MISSING
+    sample_temperatures: list[float] = MISSING
+    num_samples: int = MISSING
+    compile: bool = MISSING
+    memory_saving: bool = MISSING
+    channels_last: bool = MISSING
+    cudnn_benchmark: bool = MISSING
+    progress: bool = MISSING
+
+
+@dataclass
+class TrainConfig:
+    """The whole ``glow-train`` config; ``dataset`` and ``model`` are typed by their
+    group's own schema (each group entry names it in its defaults list)."""
+
+    seed: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
+    run_dir: str | None = None
+    ckpt: str | None = None
+    dataset: Any = MISSING
+    model: Any = MISSING
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+@dataclass
+class SampleConfig:
+    """``glow-sample`` (``configs/sample.yaml``)."""
+
+    ckpt: str | None = None
+    temperature: Any = MISSING  # a number or a list of numbers, checked by glow_train.sample
+    n: int = MISSING
+    nrow: int | None = None
+    padding: int = MISSING
+    layout: str = MISSING
+    seed: int = MISSING
+    batch_size: int | None = None
+    out: str | None = None
+    device: str = MISSING
+    ema: bool = MISSING
+
+
+@dataclass
+class EvalConfig:
+    """``glow-eval`` (``configs/eval.yaml``)."""
+
+    ckpt: str | None = None
+    split: str = MISSING
+    draws: int = MISSING
+    seed: int | None = None
+    batch_size: int | None = None
+    n_bits: int | None = None
+    per_image: bool = MISSING
+    out: str | None = None
+    device: str = MISSING
+    ema: bool = MISSING
+    progress: bool = MISSING
+    # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
+    # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
+    dataset: Any = None
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore under the names the YAML refers to."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(name="sample_schema", node=SampleConfig)
+    store.store(name="eval_schema", node=EvalConfig)
+    # group entries name these in their defaults list as /schema/<group>/<name>@_here_
+    store.store(group="schema/model", name="glow", node=GlowConfig)
+    store.store(group="schema/model", name="glow1d", node=Glow1DConfig)
+    store.store(group="schema/dataset", name="image", node=ImageDatasetConfig)
+
+
+def packaged_defaults(name: str, schema: type) -> DictConfig:
+    """The top-level values of the packaged ``configs/<name>.yaml``, typed by ``schema``:
+    what a library call's ``None`` stands for (its defaults list and ``hydra:`` are left out)."""
+    from importlib import resources
+
+    text = resources.files("glow_train.configs").joinpath(f"{name}.yaml").read_text()
+    values = OmegaConf.create(text)
+    for key in ("defaults", "hydra"):
+        values.pop(key, None)
+    return typed(schema, values)
+
+
+def fill_defaults(name: str, schema: type, **values: Any) -> DictConfig:
+    """``values`` with each ``None`` replaced by ``configs/<name>.yaml``'s value, typed."""
+    merged = packaged_defaults(name, schema)
+    given = {k: v for k, v in values.items() if v is not None}
+    return typed(schema, OmegaConf.merge(merged, given))
+
+
+# --------------------------------------------------------------------- checking
+
+
+def one_line(err: BaseException) -> str:
+    """An OmegaConf error as one line: its message and the key it is about."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    key = getattr(err, "full_key", None)
+    return f"{key}: {message}" if key and key not in message else message
+
+
+def typed(schema: type, values: Any, where: str = "") -> DictConfig:
+    """``values`` (a Mapping or DictConfig) merged into ``schema``: types converted and
+    checked, unknown keys refused, each failure one :class:`ConfigError` line."""
+    if not isinstance(values, Mapping | DictConfig):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), values)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        prefix = f"{where}." if where else ""
+        key = getattr(err, "full_key", None)
+        message = str(err).splitlines()[0]
+        if key:
+            raise ConfigError(f"{prefix}{key}: {message}") from err
+        raise ConfigError(f"{where or 'config'}: {message}") from err
+    return cfg
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Range checks of the top-level keys and ``train.*`` (types are the schema's)."""
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r}; use {', '.join(PRECISIONS)}")
+    t = cfg.train
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
+    for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (or null), got {t[key]}")
+    for key in ("eval_every_steps", "eval_every_epochs", "sample_every", "ckpt_every"):
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")
+    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
+    if t.warmup_steps < 0 or t.weight_decay < 0:
+        raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
+    if all(t[k] is None for k in ("max_steps", "max_epochs", "time_limit")):
+        raise ConfigError(
+            "no stopping rule: set train.max_steps, train.max_epochs or train.time_limit"
+        )

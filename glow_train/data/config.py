@@ -1,0 +1,53 @@
+"""Helpers for the range checks of ``dataset.*`` that the sources share.
+
+Types and known keys come from the schema (:class:`glow_train.config.ImageDatasetConfig`);
+:func:`glow_train.data.registry.validate_dataset_config` applies it, then the common
+image checks here, then the source's own check from its registry entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from glow_train.errors import ConfigError, require_int
+
+__all__ = ["as_dict", "require_key", "require_root", "int_key", "check_image_keys"]
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict of a dataset config (a Mapping or an OmegaConf DictConfig)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"dataset config must be a mapping, got {type(cfg).__name__}")
+    return dict(cfg)
+
+
+def require_key(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg[key]``, or a :class:`ConfigError` saying it must be set."""
+    if cfg.get(key) is None:
+        raise ConfigError(f"dataset.{key} is missing for dataset={cfg.get('name')}; set it")
+    return cfg[key]
+
+
+def int_key(cfg: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
+    """``cfg[key]`` as an int in ``low..high`` (it must be set)."""
+    return require_int(f"dataset.{key}", require_key(cfg, key), low, high)
+
+
+def check_image_keys(cfg: Mapping[str, Any]) -> None:
+    """``image_size`` (positive) and ``channels`` (1 or 3) are set and valid."""
+    int_key(cfg, "image_size", 1)
+    if require_key(cfg, "channels") not in (1, 3):
+        raise ConfigError(f"dataset.channels must be 1 or 3, got {cfg['channels']!r}")
+
+
+def require_root(cfg: Mapping[str, Any]) -> None:
+    """The check of the sources that read files from ``dataset.root``."""
+    if cfg.get("root") is None:
+        raise ConfigError(
+            f"dataset.root is missing for dataset={cfg['name']}; set dataset.root=/path"
+        )

@@ -1,0 +1,133 @@
+"""The dataset registry: ``dataset.name`` -> a :class:`~glow_train.data.spec.DataSource`.
+
+Each source lives in a module of its own and exports ``SOURCE``; a new kind of
+data is one more module and one :func:`register_dataset` call (plus its
+``configs/dataset/<name>.yaml``), with no table elsewhere to keep in step.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from omegaconf import OmegaConf
+from torch.utils.data import Dataset
+
+from glow_train.config import ImageDatasetConfig, typed
+from glow_train.data import celeba, cifar10, digits, folder, mnist
+from glow_train.data.config import as_dict, check_image_keys, int_key
+from glow_train.data.spec import DataSource, DataSpec
+from glow_train.errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "register_dataset",
+    "source",
+    "build_dataset",
+    "describe_dataset",
+    "dataset_names",
+    "dataset_config",
+    "validate_dataset_config",
+]
+
+SPLITS = ("train", "test")
+DATASETS: dict[str, DataSource] = {}
+
+
+def register_dataset(entry: DataSource) -> DataSource:
+    """Add a source under ``entry.name`` (a name may be registered once)."""
+    if entry.name in DATASETS:
+        raise ValueError(f"dataset {entry.name!r} is already registered")
+    DATASETS[entry.name] = entry
+    return entry
+
+
+for _module in (digits, mnist, cifar10, celeba, folder):
+    register_dataset(_module.SOURCE)
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def source(name: Any) -> DataSource:
+    """The registry entry of ``name``, or one error listing the known names."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def dataset_config(name: str, /, **overrides: Any) -> dict[str, Any]:
+    """Load the packaged config-group entry ``configs/dataset/<name>.yaml`` as a plain dict.
+
+    For library use and tests without Hydra; interpolations (the default ``root``) are
+    resolved and the entry's schema reference (its defaults list) is dropped.
+    ``overrides`` replace top-level keys.
+    """
+    source(name)  # an unknown name: one error listing the known ones
+    text = resources.files("glow_train.configs").joinpath("dataset", f"{name}.yaml").read_text()
+    cfg = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    cfg.pop("defaults", None)
+    cfg.update(overrides)
+    return cfg
+
+
+def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any]:
+    """Check a dataset config and return it as a plain dict.
+
+    Types and unknown keys are the schema's; then the name (a registered source),
+    ``image_size`` (positive), ``channels`` (1 or 3), and unless ``shape_only``,
+    ``n_bits`` (1..8), the loader sizes when present and the source's own keys.
+    Whether ``image_size`` suits the model (divisible by ``2^L``) is the model's check.
+
+    Raises:
+        ConfigError: naming the offending key and value.
+    """
+    given = as_dict(cfg)
+    checked = as_dict(typed(ImageDatasetConfig, given, "dataset"))
+    cfg = {key: checked[key] for key in given}  # converted, without the keys not given
+    entry = source(cfg["name"])
+    check_image_keys(cfg)
+    if shape_only:
+        return cfg
+    int_key(cfg, "n_bits", 1, 8)
+    for key in ("batch_size", "eval_batch_size"):
+        if cfg.get(key) is not None:
+            int_key(cfg, key, 1)
+    if cfg.get("num_workers") is not None:
+        int_key(cfg, "num_workers", 0)
+    entry.validate(cfg)
+    return cfg
+
+
+def describe_dataset(cfg: Any) -> DataSpec:
+    """The :class:`DataSpec` of a dataset config, without loading any data.
+
+    Only the keys that fix the shape are required, so a config whose ``root`` is
+    unset (e.g. for sampling) still works; ``n_bits`` is ``None`` when not given.
+    """
+    cfg = validate_dataset_config(cfg, shape_only=True)
+    return source(cfg["name"]).spec(cfg)
+
+
+def build_dataset(cfg: Any, split: str) -> Dataset:
+    """Build the configured dataset's ``split``.
+
+    Args:
+        cfg: the dataset config (``cfg.dataset`` of the run: a Mapping or DictConfig).
+        split: ``"train"`` or ``"test"`` (CelebA's ``valid`` partition is not used).
+
+    Returns:
+        A map-style dataset of ``(item, int label)`` with a ``num_classes`` attribute
+        (0 when there are no labels; labels are then -1). Image items are uint8
+        ``(C, H, W)`` tensors.
+
+    Raises:
+        ConfigError: an invalid config value or split.
+        DataError: missing, incomplete or unreadable files.
+    """
+    cfg = validate_dataset_config(cfg)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use 'train' or 'test'")
+    return source(cfg["name"]).build(cfg, split)

@@ -1,0 +1,97 @@
+"""What a dataset yields, described without loading it.
+
+Every registered data source returns a :class:`DataSpec` from its configuration
+alone. The model registry builds a model for it, the objective picks the
+dequantiser and the reported unit from it, and the sampler turns model output
+back into data with it, so none of them needs to know which dataset it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["DataSpec", "DataSource", "KINDS", "image_spec"]
+
+#: ``image``: ``(C, H, W)`` uint8 pixels; ``vector``: ``(D,)`` real numbers.
+KINDS = ("image", "vector")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The shape and nature of one data item.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        shape: the shape of one item, ``(C, H, W)`` for images, ``(D,)`` for vectors.
+        n_bits: bit depth of quantised data (images: 1..8), ``None`` for continuous data.
+        num_classes: number of label values, 0 when the data has no labels.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    n_bits: int | None
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown data kind {self.kind!r}; one of {', '.join(KINDS)}")
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+
+    @property
+    def num_dims(self) -> int:
+        """``D``, the number of dimensions of one item (``C·H·W`` for images)."""
+        return math.prod(self.shape)
+
+    @property
+    def quantized(self) -> bool:
+        return self.n_bits is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers, for checkpoints and ``eval.json``."""
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataSpec:
+        return cls(**values)
+
+
+def _no_check(cfg: dict[str, Any]) -> None:
+    return None
+
+
+def image_spec(cfg: dict[str, Any], num_classes: int) -> DataSpec:
+    """The spec of an image source from its (checked) config: ``(channels, size, size)``."""
+    size = int(cfg["image_size"])
+    n_bits = cfg.get("n_bits")
+    return DataSpec(
+        "image",
+        (int(cfg["channels"]), size, size),
+        None if n_bits is None else int(n_bits),
+        num_classes,
+    )
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A registry entry (:mod:`glow_train.data.registry`): how to build and describe
+    one kind of dataset from its ``dataset.*`` config.
+
+    Attributes:
+        name: the ``dataset.name`` (and the ``configs/dataset/<name>.yaml`` entry).
+        build: ``(checked config, split) -> Dataset`` of ``(item, int label)``.
+        num_classes: number of label values, 0 when the source has no labels.
+        validate: the source's own checks of its config (after the common ones).
+        describe: ``(checked config, num_classes) -> DataSpec``, without loading data.
+    """
+
+    name: str
+    build: Callable[[dict[str, Any], str], Any]
+    num_classes: int = 0
+    validate: Callable[[dict[str, Any]], None] = _no_check
+    describe: Callable[[dict[str, Any], int], DataSpec] = image_spec
+
+    def spec(self, cfg: dict[str, Any]) -> DataSpec:
+        return self.describe(cfg, self.num_classes)

@@ -1,0 +1,189 @@
+r"""From data to the continuous input of a flow, and back.
+
+Images. Convention (that of the reference implementation, openai/glow): an 8-bit
+image ``x8`` in ``0..255`` is reduced to ``n_bits`` of depth,
+``q = floor(x8 / 2^(8-n_bits))`` in ``0..2^n_bits - 1``, and mapped into the
+model's input range by
+
+.. math::  x = q / 2^{n} - 1/2 \in [-1/2,\ 1/2 - 2^{-n}],
+
+and dequantised by adding uniform noise of one bin's width, :math:`u \sim U[0, 2^{-n})^D`,
+so the continuous input lies in :math:`[-1/2, 1/2)`. Each discrete image owns a
+bin of volume :math:`2^{-nD}` in that space, hence the discrete log-likelihood is
+bounded below by :math:`\log p(x + u) - D\,n \log 2` (Jensen, over ``u``).
+
+A dequantiser (:class:`Dequantizer`) is a module of the objective: ``prepare`` maps
+raw data to the model's grid, ``noise`` draws the random input it needs (from a
+generator the caller seeds, so the trainer and ``glow-eval`` draw the same
+numbers), ``forward`` turns ``(x, noise)`` into the flow's continuous input and
+the per-sample log-density of that choice (:math:`\log q(u \mid x)`; 0 for
+uniform noise on a unit-volume bin), and ``to_data`` maps model output back.
+:class:`Uniform` serves quantised data, :class:`Identity` continuous data; a
+trainable (variational) dequantiser is a third subclass with parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from glow_train.errors import ConfigError, require_int
+
+__all__ = [
+    "quantize",
+    "dequantize",
+    "preprocess",
+    "postprocess",
+    "Dequantizer",
+    "Uniform",
+    "Identity",
+    "DEQUANTIZERS",
+    "build_dequantizer",
+]
+
+
+def _check_n_bits(n_bits: int) -> None:
+    require_int("n_bits", n_bits, 1, 8)
+
+
+def quantize(images: Tensor, n_bits: int) -> Tensor:
+    """Map uint8 images to the model's discrete grid.
+
+    Args:
+        images: ``(B, C, H, W)`` (or any shape) integer tensor with values in ``0..255``.
+        n_bits: bit depth kept, 1..8.
+
+    Returns:
+        float32 tensor of the same shape with values ``q / 2^n_bits - 0.5`` where
+        ``q = floor(images / 2^(8 - n_bits))``.
+    """
+    _check_n_bits(n_bits)
+    levels = torch.div(images.to(torch.int32), 2 ** (8 - n_bits), rounding_mode="floor")
+    return levels.to(torch.float32) / 2**n_bits - 0.5
+
+
+def _uniform_noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def dequantize(x: Tensor, n_bits: int, generator: torch.Generator | None = None) -> Tensor:
+    """Add uniform noise of one bin's width, ``U[0, 2^-n_bits)``, to quantised input."""
+    _check_n_bits(n_bits)
+    return x + _uniform_noise(x, generator) / 2**n_bits
+
+
+def preprocess(
+    images: Tensor, n_bits: int, generator: torch.Generator | None = None, noise: bool = True
+) -> Tensor:
+    """uint8 images -> dequantised model input in ``[-0.5, 0.5)`` (float32)."""
+    x = quantize(images, n_bits)
+    return dequantize(x, n_bits, generator) if noise else x
+
+
+def postprocess(x: Tensor, n_bits: int) -> Tensor:
+    """Model-space images -> floats in ``[0, 1]`` on the ``n_bits`` grid (for ``save_image``).
+
+    ``x`` is clamped to ``[-0.5, 0.5)``, mapped to its bin ``q`` in ``0..2^n-1``, and
+    returned as ``q / (2^n - 1)``.
+    """
+    _check_n_bits(n_bits)
+    levels = 2**n_bits
+    q = torch.floor((x.float() + 0.5) * levels).clamp_(0, levels - 1)
+    return q / (levels - 1)
+
+
+class Dequantizer(nn.Module):
+    """Base class; see the module docstring for the four methods.
+
+    Attributes:
+        name: registry key, stored in checkpoints (``objective_config.dequantizer``).
+        n_bits: bit depth of the data, ``None`` for continuous data.
+    """
+
+    name: str = ""
+    n_bits: int | None = None
+
+    def prepare(self, raw: Tensor) -> Tensor:
+        """A batch as the dataset yields it -> the model's (discrete) grid, float."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """The random input of :meth:`forward` for ``x``, or ``None`` when it needs none."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``(continuous input, log q(u | x) per sample or None when it is 0)``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def discretization_nats(self, num_dims: int) -> float:
+        r"""The constant of the negative log-likelihood: :math:`D\,n \log 2` for data on
+        a grid of :math:`2^n` bins per dimension (the bins' volume), 0 for continuous data."""
+        return 0.0
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """Model output -> data (images: floats in ``[0, 1]`` on the data's grid)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def config(self) -> dict[str, Any]:
+        return {"dequantizer": self.name, "n_bits": self.n_bits}
+
+
+class Uniform(Dequantizer):
+    """Uniform dequantisation of ``n_bits`` images (the module docstring's convention)."""
+
+    name = "uniform"
+
+    def __init__(self, n_bits: int):
+        super().__init__()
+        _check_n_bits(n_bits)
+        self.n_bits = n_bits
+
+    def prepare(self, raw: Tensor) -> Tensor:
+        return quantize(raw, self.n_bits)
+
+    def noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        return _uniform_noise(x, generator)
+
+    def forward(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, None]:
+        return x + noise / 2**self.n_bits, None
+
+    def discretization_nats(self, num_dims: int) -> float:
+        return num_dims * self.n_bits * math.log(2.0)
+
+    def to_data(self, x: Tensor) -> Tensor:
+        return postprocess(x, self.n_bits)
+
+
+class Identity(Dequantizer):
+    """Continuous data: the input is the data itself, no noise, no offset."""
+
+    name = "identity"
+
+    def prepare(self, raw: Tensor) -> Tensor:
+        return raw.to(torch.promote_types(raw.dtype, torch.float32))
+
+    def noise(self, x: Tensor, generator: torch.Generator | None) -> None:
+        return None
+
+    def forward(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, None]:
+        return x, None
+
+    def to_data(self, x: Tensor) -> Tensor:
+        return x
+
+
+DEQUANTIZERS: dict[str, type[Dequantizer]] = {"uniform": Uniform, "identity": Identity}
+
+
+def build_dequantizer(name: str, n_bits: int | None) -> Dequantizer:
+    """The dequantiser ``name`` for data of ``n_bits`` (``None``: continuous)."""
+    if name not in DEQUANTIZERS:
+        raise ConfigError(f"unknown dequantizer {name!r}; choose one of {', '.join(DEQUANTIZERS)}")
+    if name == "identity":
+        return Identity()
+    if n_bits is None:
+        raise ConfigError(f"dequantizer {name!r} needs quantised data (n_bits)")
+    return DEQUANTIZERS[name](n_bits)

@@ -1,0 +1,150 @@
+"""What every model in the registry shares: ActNorm initialisation, memory saving,
+its config, and how it comes back from a checkpoint.
+
+A model is a density ``log_prob(x, y) -> (B,)`` in nats of continuous input, with
+``sample(n, temperature, generator, y)``. It knows nothing about quantisation or
+units: the objective (:mod:`glow_train.objective`) adds the dequantiser and the
+reported unit around it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from glow_train.checkpoint import CheckpointError, flow_weights, load_checkpoint, model_config
+from glow_train.data.spec import DataSpec
+from glow_train.flows import ActNorm, FlowSequence, FlowStep
+from glow_train.flows.coupling import COUPLINGS
+
+__all__ = ["FlowModel", "check_positive", "check_coupling", "rebuild"]
+
+
+def check_positive(**values: int) -> None:
+    """Each value at least 1, else a ``ValueError`` naming it."""
+    for name, value in values.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def check_coupling(coupling: str) -> None:
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
+
+
+class FlowModel(nn.Module):
+    """Base class of the registered models.
+
+    Subclasses set :attr:`name` (their registry key and ``model.name``), build
+    themselves from constructor arguments recorded in :attr:`config`, and define
+    :meth:`for_data` (the constructor arguments that come from the data) and
+    :meth:`log_prob` / :meth:`sample`.
+    """
+
+    name: ClassVar[str]
+    schema: ClassVar[type]  # the dataclass of its ``model.*`` config (glow_train.config)
+    config: dict[str, Any]
+    num_dims: int
+    num_classes: int
+
+    @classmethod
+    def for_data(cls, spec: DataSpec, options: dict[str, Any]) -> FlowModel:
+        """The model for data described by ``spec`` with the ``model.*`` ``options``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def sample(  # pragma: no cover - abstract
+        self, n: int, temperature: float, generator: torch.Generator | None, y: Tensor | None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    @contextmanager
+    def _actnorm_init_mode(self):
+        norms = [m for m in self.modules() if isinstance(m, ActNorm)]
+        for m in norms:
+            m._initializing = True
+        try:
+            yield
+        finally:
+            for m in norms:
+                m._initializing = False
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
+        """Data-dependent ActNorm initialisation on a real batch ``x`` (model input).
+
+        Each not-yet-initialised ActNorm takes the statistics of its own input in one
+        forward pass. Call it once, before wrapping the model in DDP or
+        ``torch.compile``; already initialised layers (e.g. after loading a
+        checkpoint) are left as they are.
+        """
+        with self._actnorm_init_mode():
+            self.log_prob(x, y)
+
+    def set_memory_saving(self, enabled: bool = True) -> None:
+        """Recompute activations by inversion in the backward pass of each level.
+
+        Memory for activations then stays constant in ``K`` (one step's worth plus one
+        tensor per level) at the cost of about one more forward pass.
+        """
+        for module in self.modules():
+            if isinstance(module, FlowSequence) and not isinstance(module, FlowStep):
+                module.memory_saving = enabled
+
+    @property
+    def is_initialized(self) -> bool:
+        """True when every ActNorm has been initialised (or loaded initialised)."""
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Calling the model returns :meth:`log_prob`, so DDP and compile wrap it directly."""
+        return self.log_prob(x, y)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FlowModel:
+        """Rebuild a model from its :attr:`config` (as stored in checkpoints)."""
+        return cls(**config)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+    ) -> FlowModel:
+        """A ready model of this class in eval mode from a glow-train checkpoint.
+
+        Args:
+            path: a ``.pt`` file written by ``glow-train``.
+            ema: use the EMA weights when the checkpoint has them.
+            device: where to put the model.
+
+        Raises:
+            CheckpointError: the file is unusable or holds another kind of model
+                (:func:`glow_train.objective.load_model` rebuilds whatever it holds).
+        """
+        state = load_checkpoint(path)
+        name, _ = model_config(state, path)
+        if name != cls.name:
+            raise CheckpointError(
+                f"{path} holds a {name!r} model, not {cls.name!r}; "
+                "use glow_train.objective.load_model to rebuild any model"
+            )
+        return rebuild(cls, state, path, ema).to(device).eval()
+
+
+def rebuild(cls: type[FlowModel], state: dict[str, Any], path: Any, ema: bool) -> FlowModel:
+    """``cls`` from a loaded checkpoint's ``model_config`` and (EMA) weights; every
+    failure is one :class:`CheckpointError`."""
+    _, kwargs = model_config(state, path)
+    try:
+        model = cls.from_config(kwargs)
+        model.load_state_dict(flow_weights(state, ema=ema))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:200] or type(err).__name__
+        raise CheckpointError(f"{path}: cannot rebuild the model ({detail})") from err
+    return model

@@ -1,0 +1,53 @@
+"""The model registry: ``model.name`` -> a :class:`~glow_train.models.base.FlowModel` class.
+
+A checkpoint records the model's name beside its constructor arguments, so
+:func:`glow_train.objective.load_model` rebuilds whatever model it holds and the
+checkpoint module imports no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from glow_train.data.spec import DataSpec
+from glow_train.errors import ConfigError
+from glow_train.models.base import FlowModel
+from glow_train.models.glow import Glow
+from glow_train.models.glow1d import Glow1D
+
+__all__ = ["MODELS", "register_model", "model_class", "build_model"]
+
+MODELS: dict[str, type[FlowModel]] = {}
+
+
+def register_model(cls: type[FlowModel]) -> type[FlowModel]:
+    """Add a model class under ``cls.name`` (usable as a decorator)."""
+    if cls.name in MODELS:
+        raise ValueError(f"model {cls.name!r} is already registered")
+    MODELS[cls.name] = cls
+    return cls
+
+
+register_model(Glow)
+register_model(Glow1D)
+
+
+def model_class(name: Any) -> type[FlowModel]:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(options: Mapping[str, Any], spec: DataSpec) -> FlowModel:
+    """The model named by ``options["name"]`` (the ``model.*`` config) for ``spec``'s data.
+
+    Raises:
+        ConfigError: an unknown name, or values the model refuses.
+    """
+    options = dict(options)
+    cls = model_class(options.pop("name"))
+    try:
+        return cls.for_data(spec, options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model: {err}") from err

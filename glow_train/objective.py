@@ -1,0 +1,186 @@
+r"""The objective: flow + dequantiser -> per-sample negative log-likelihood.
+
+For quantised data on a grid of :math:`2^n` bins per dimension and a dequantiser
+:math:`q(u \mid x)`, the negative log-likelihood bound in nats of one item is
+
+.. math::  \mathrm{nll} = -\log p(x + u) + \log q(u \mid x) + D\,n \log 2,
+
+(the last term is the bins' volume; :math:`\log q = 0` for uniform noise), and the
+reported unit is bits per dimension,
+
+.. math::  \mathrm{bpd} = \frac{\mathrm{nll}}{D \log 2}
+                        = \frac{-\log p(x + u) + D \log 2^{n}}{D \log 2}.
+
+For continuous data (:class:`~glow_train.dequantize.Identity`) it is
+:math:`-\log p(x)` and the unit is nats per dimension. :math:`\log p` is the
+flow's log-density in nats (:meth:`glow_train.Glow.log_prob`), ``D`` the number of
+dimensions of one item (``C·H·W``).
+
+The trainer wraps the :class:`Objective`, not the bare flow: the optimiser, the
+gradient clipping, the EMA, DDP / ``torch.compile`` and the checkpoint all hold
+it, so a trainable dequantiser is trained, averaged and saved with the flow.
+``glow-eval`` calls the same :meth:`Objective.forward`, so the trainer's figures
+and the evaluator's cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from glow_train.checkpoint import CheckpointError, load_checkpoint, model_config, objective_weights
+from glow_train.data.batch import Batch
+from glow_train.data.spec import DataSpec
+from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
+from glow_train.models.base import FlowModel, rebuild
+from glow_train.models.registry import MODELS
+
+__all__ = [
+    "Objective",
+    "bits_per_dim",
+    "build_objective",
+    "load_objective",
+    "load_model",
+    "METRICS",
+]
+
+#: metric name -> how it is printed
+METRICS = {"bpd": "bpd", "nats_per_dim": "nats/dim"}
+
+
+def bits_per_dim(log_prob: Tensor, num_dims: int, n_bits: int) -> Tensor:
+    r"""Bits per dimension of uniformly dequantised discrete data.
+
+    .. math::  \mathrm{bpd} = \frac{-\log p(x) + D \log 2^{n}}{D \log 2}
+
+    Args:
+        log_prob: continuous log-density in nats, any shape (e.g. ``(B,)`` per image).
+        num_dims: ``D``, the number of dimensions of one image (``C·H·W``).
+        n_bits: bit depth of the data the density was evaluated on.
+
+    Returns:
+        Tensor of the shape of ``log_prob`` (computed in at least float32).
+    """
+    _check_n_bits(n_bits)
+    log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
+    return (-log_prob + num_dims * n_bits * math.log(2.0)) / (num_dims * math.log(2.0))
+
+
+class Objective(nn.Module):
+    """A flow and its dequantiser, scored in nats per item.
+
+    Args:
+        flow: a registered model (:mod:`glow_train.models`).
+        dequantizer: how data becomes the flow's continuous input.
+
+    Calling it, ``objective(x, noise, y)``, takes data already on the model's grid
+    (:meth:`prepare`) and the noise drawn for it (:meth:`noise`) and returns the
+    per-item negative log-likelihood in nats, ``(B,)``, in at least float32.
+    :meth:`score` converts that to the reported unit (:attr:`metric`).
+    """
+
+    def __init__(self, flow: FlowModel, dequantizer: Dequantizer):
+        super().__init__()
+        self.flow = flow
+        self.dequantizer = dequantizer
+        self.num_dims = flow.num_dims
+        self.metric = "bpd" if dequantizer.n_bits is not None else "nats_per_dim"
+        self._offset = dequantizer.discretization_nats(self.num_dims)
+        self._per_dim = self.num_dims * (math.log(2.0) if self.metric == "bpd" else 1.0)
+
+    @property
+    def metric_label(self) -> str:
+        """How the metric is printed: ``bpd`` or ``nats/dim``."""
+        return METRICS[self.metric]
+
+    def prepare(self, raw: Tensor) -> Tensor:
+        """A batch as the dataset yields it -> the model's grid (e.g. uint8 -> float32)."""
+        return self.dequantizer.prepare(raw)
+
+    def noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """The dequantisation noise for ``x`` from ``generator`` (``None`` if none)."""
+        return self.dequantizer.noise(x, generator)
+
+    def labels(self, batch: Batch) -> Tensor | None:
+        """The labels the flow takes from a batch: ``y`` for a class-conditional flow."""
+        return batch.y if self.flow.num_classes > 0 else None
+
+    def forward(self, x: Tensor, noise: Tensor | None, y: Tensor | None = None) -> Tensor:
+        """Per-item negative log-likelihood in nats, ``(B,)``."""
+        x, log_q = self.dequantizer(x, noise)
+        log_prob = self.flow.log_prob(x, y)
+        log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
+        nll = -log_prob + self._offset
+        return nll if log_q is None else nll + log_q
+
+    def score(self, nll: Tensor) -> Tensor:
+        """Nats per item -> the reported unit (bits/dim or nats/dim), same shape."""
+        return nll / self._per_dim
+
+    @torch.no_grad()
+    def initialize(self, batch: Batch, generator: torch.Generator | None) -> None:
+        """The flow's data-dependent ActNorm initialisation on a dequantised batch."""
+        x = self.prepare(batch.x)
+        x, _ = self.dequantizer(x, self.noise(x, generator))
+        self.flow.initialize(x, self.labels(batch))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
+    ) -> Tensor:
+        """``n`` samples as data (images: floats in ``[0, 1]`` on the data's grid)."""
+        return self.dequantizer.to_data(self.flow.sample(n, temperature, generator, y))
+
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint records to rebuild the dequantiser (``objective_config``)."""
+        return self.dequantizer.config()
+
+
+def build_objective(flow: FlowModel, spec: DataSpec) -> Objective:
+    """The objective for ``flow`` on data described by ``spec``: uniform dequantisation
+    of quantised data, none for continuous data."""
+    name = "uniform" if spec.quantized else "identity"
+    return Objective(flow, build_dequantizer(name, spec.n_bits))
+
+
+def load_objective(
+    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[Objective, dict[str, Any]]:
+    """A checkpoint's objective (its model and dequantiser) in eval mode, and the
+    checkpoint's entries other than the weights and optimiser (``config``, ``step``,
+    ``data``, ...). Every failure is one :class:`CheckpointError`."""
+    state = load_checkpoint(path)
+    name, _ = model_config(state, path)
+    if name not in MODELS:
+        raise CheckpointError(f"{path} holds an unknown model {name!r}")
+    flow = rebuild(MODELS[name], state, path, ema)
+    try:
+        settings = state["objective_config"]
+        dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"])
+        prefix = "dequantizer."
+        weights = objective_weights(state, ema)
+        dequantizer.load_state_dict(
+            {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the dequantiser ({err})") from err
+    info = {k: v for k, v in state.items() if k not in ("objective", "ema", "optimizer", "scaler")}
+    info["ema_used"] = bool(ema and state.get("ema") is not None)
+    return Objective(flow, dequantizer).to(device).eval(), info
+
+
+def load_model(
+    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[FlowModel, dict[str, Any]]:
+    """Whatever model a checkpoint holds (in eval mode) and the checkpoint's other
+    entries, as :func:`load_objective` gives them."""
+    objective, info = load_objective(path, ema, device)
+    return objective.flow, info

@@ -1,0 +1,28 @@
+"""The check of a whole run config, before anything is built or created."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from glow_train.config import TrainConfig, check_train, typed
+from glow_train.data import validate_dataset_config
+from glow_train.models import model_class
+
+__all__ = ["check_config"]
+
+
+def check_config(cfg: DictConfig | dict) -> DictConfig:
+    """The run config typed by its schemas (top level and ``train.*``, the model's own,
+    the dataset's) and range-checked; every problem is one ``ConfigError`` line.
+
+    Idempotent, so the trainer can check what :func:`glow_train.training.train` checked.
+    """
+    cfg = typed(TrainConfig, cfg)
+    options = OmegaConf.to_container(cfg.model, resolve=True)
+    options.setdefault("name", "glow")  # configs of version-1 checkpoints name no model
+    schema = model_class(options["name"]).schema
+    with open_dict(cfg):
+        cfg.model = typed(schema, options, "model")
+        cfg.dataset = validate_dataset_config(cfg.dataset)
+    check_train(cfg)
+    return cfg

@@ -1,0 +1,171 @@
+"""The training loop over a :class:`~glow_train.training.Trainer`: steps, periodic
+evaluation, sample grids and checkpoints, stopping, and the final report.
+
+The functions take the trainer (duck-typed, so this module does not import it):
+its ``objective``, ``optim``, ``progress``, ``monitor``, ``loader``, ``sampler``,
+``prepare_batch``, ``train_step``, ``evaluate``, ``write_samples`` and ``save``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glow_train.errors import GlowError
+from glow_train.models import FlowModel
+from glow_train.training.schedule import reached_limits
+from glow_train.training.signals import Interrupt
+
+__all__ = ["fit", "TrainResult", "TrainingDiverged"]
+
+
+class TrainingDiverged(GlowError):
+    """Too many consecutive non-finite steps."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left: its folder, checkpoints, figures and the trained model.
+
+    Scores are in the objective's unit, ``metric`` (``"bpd"`` for images).
+    """
+
+    run_dir: Path
+    step: int
+    metric: str
+    best_score: float | None
+    last_test_score: float | None
+    best_ckpt: Path | None
+    last_ckpt: Path
+    skipped_steps: int
+    interrupted: bool
+    model: FlowModel  # the raw (unwrapped) model; EMA weights are in the checkpoints
+
+
+def evaluate_and_keep_best(trainer: Any) -> None:
+    """The test figure now; ``best.pt`` when it is the best so far."""
+    score = trainer.evaluate()
+    p, label = trainer.progress, trainer.objective.metric_label
+    p.last_test_score = score
+    improved = p.best_score is None or score < p.best_score
+    if improved:
+        p.best_score = score
+    trainer.monitor.scalar(f"test/{trainer.objective.metric}", score, trainer.step)
+    trainer.monitor.log(
+        f"step {trainer.step} epoch {p.epoch}: test {label} {score:.4f}"
+        + (" (best)" if improved else f" (best {p.best_score:.4f})")
+    )
+    if trainer.dist.is_main and improved:
+        trainer.save("best.pt")
+
+
+def diverged(trainer: Any) -> TrainingDiverged:
+    tcfg = trainer.cfg.train
+    last = trainer.run_dir / "last.pt"
+    kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint written yet"
+    return TrainingDiverged(
+        f"{trainer.progress.bad_in_a_row} consecutive steps had a non-finite loss or gradient "
+        f"(step {trainer.step}); likely causes: a learning rate too high "
+        f"(train.lr={tcfg.lr}), too short a warm-up (train.warmup_steps="
+        f"{tcfg.warmup_steps}), or affine coupling (try model.coupling=additive); {kept}"
+    )
+
+
+def periodic(trainer: Any, end_of_epoch: bool) -> None:
+    """Evaluation, sample grids and ``last.pt`` when their step (or epoch) comes."""
+    tcfg, main = trainer.cfg.train, trainer.dist.is_main
+    eval_now = tcfg.eval_every_steps is not None and trainer.step % int(tcfg.eval_every_steps) == 0
+    every_epochs = tcfg.eval_every_epochs
+    if end_of_epoch and every_epochs is not None and trainer.progress.epoch % every_epochs == 0:
+        eval_now = True
+    if eval_now:
+        evaluate_and_keep_best(trainer)
+    if main and tcfg.sample_every is not None and trainer.step % int(tcfg.sample_every) == 0:
+        trainer.write_samples()
+    if main and tcfg.ckpt_every and trainer.step % int(tcfg.ckpt_every) == 0:
+        trainer.save("last.pt")
+
+
+def fit(trainer: Any) -> TrainResult:
+    """Train until a limit, a signal or divergence; always end with a checkpoint."""
+    tcfg, p = trainer.cfg.train, trainer.progress
+    trainer.monitor.open(trainer.run_dir, trainer.total_steps, trainer.step, bool(tcfg.progress))
+    started = time.monotonic()
+    stop = reached_limits(tcfg, p.step, p.epoch)
+    interrupted = False
+    with Interrupt(verbose=trainer.dist.is_main) as interrupt:
+        while not stop:
+            trainer.sampler.set_epoch(p.epoch, p.batch_in_epoch * trainer.batch_size)
+            tick, seen, batches = time.monotonic(), 0, 0
+            for batch in trainer.loader:
+                batches += 1
+                time_up = (
+                    trainer.time_limit is not None
+                    and time.monotonic() - started >= trainer.time_limit
+                )
+                x, noise, y = trainer.prepare_batch(batch, trainer.step)
+                stats = trainer.train_step(x, noise, y, interrupt.requested, time_up)
+                p.batch_in_epoch += 1
+                seen += len(batch) * trainer.dist.world_size
+                if p.bad_in_a_row >= int(tcfg.max_bad_steps):
+                    raise diverged(trainer)
+                if trainer.step % int(tcfg.log_every) == 0 or trainer.step == 1:
+                    rate = seen / max(time.monotonic() - tick, 1e-9)
+                    tick, seen = time.monotonic(), 0
+                    trainer.monitor.step(stats, rate, p.skipped_steps, trainer.step)
+                trainer.monitor.advance()
+                end_of_epoch = p.batch_in_epoch >= trainer.steps_per_epoch
+                if end_of_epoch:
+                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                # every rank takes the same decision: the flags were all-reduced
+                interrupted = stats["signalled"]
+                stop = interrupted or stats["time_up"] or reached_limits(tcfg, p.step, p.epoch)
+                if stop:
+                    break
+                periodic(trainer, end_of_epoch)
+                if end_of_epoch:
+                    break
+            if batches == 0:  # nothing left of this epoch (e.g. resumed at its very end)
+                p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+        trainer.monitor.close_bar()
+        # Still under the signal handlers: a second SIGTERM cannot cut the final save
+        # short (a second Ctrl-C still aborts at once).
+        if interrupted and trainer.dist.is_main:
+            trainer.monitor.log(
+                f"interrupted at step {trainer.step}: writing {trainer.run_dir / 'last.pt'}"
+            )
+            trainer.save("last.pt")  # first, before the (possibly long) final evaluation
+        return finish(trainer, interrupted)
+
+
+def finish(trainer: Any, interrupted: bool) -> TrainResult:
+    main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
+    evaluate_and_keep_best(trainer)
+    samples = None
+    if main:
+        trainer.save("last.pt")
+        samples = trainer.write_samples(final=True)
+        trainer.monitor.close()
+    best = trainer.run_dir / "best.pt"
+    if main:
+        print(f"run folder: {trainer.run_dir}")
+        print(
+            f"test {label}: {p.last_test_score:.4f} (best {p.best_score:.4f}, step {trainer.step})"
+        )
+        print(f"best checkpoint: {best}")
+        if samples is not None:
+            print(f"samples: {samples}")
+    return TrainResult(
+        run_dir=trainer.run_dir,
+        step=trainer.step,
+        metric=trainer.objective.metric,
+        best_score=p.best_score,
+        last_test_score=p.last_test_score,
+        best_ckpt=best if best.exists() else None,
+        last_ckpt=trainer.run_dir / "last.pt",
+        skipped_steps=p.skipped_steps,
+        interrupted=interrupted,
+        model=trainer.model,
+    )

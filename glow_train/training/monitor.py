@@ -1,0 +1,86 @@
+"""What a run shows while it trains: the progress bar, TensorBoard, log lines (rank 0)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+__all__ = ["Monitor"]
+
+
+class Monitor:
+    """Rank 0's progress bar, TensorBoard writer and log lines; silent on other ranks.
+
+    Args:
+        main: whether this is rank 0.
+        metric: the objective's metric (``bpd``), the name of the TensorBoard scalars.
+        label: how the metric is printed (``bpd``, ``nats/dim``).
+    """
+
+    def __init__(self, main: bool, metric: str, label: str):
+        self.main = main
+        self.metric = metric
+        self.label = label
+        self.writer = None
+        self.bar: tqdm | None = None
+
+    def open(self, run_dir: Path, total: int | None, initial: int, progress: bool) -> None:
+        """Start TensorBoard (``run_dir/tb``) and the progress bar."""
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=not (self.main and progress),
+            dynamic_ncols=True,
+            unit="step",
+            # a log file (cluster job) gets a line every 30 s, not ten a second
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        )
+
+    def log(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step)
+
+    def step(self, stats: dict[str, Any], rate: float, skipped_steps: int, step: int) -> None:
+        """The scalars of a training step and the bar's figures."""
+        for key, value in (
+            (f"train/{self.metric}", stats["score"]),
+            ("lr", stats["lr"]),
+            ("grad_norm", stats["grad_norm"]),
+            ("images_per_sec", rate),
+            ("skipped_steps", skipped_steps),
+        ):
+            self.scalar(key, value, step)
+        self.bar.set_postfix(
+            **{self.label.replace("/", "_"): f"{stats['score']:.3f}"},
+            lr=f"{stats['lr']:.1e}",
+            img_s=f"{rate:.0f}",
+            skipped=skipped_steps,
+            refresh=False,
+        )
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def close(self) -> None:
+        self.close_bar()
+        if self.writer is not None:
+            self.writer.close()

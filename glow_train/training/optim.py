@@ -1,0 +1,118 @@
+"""One optimiser step of the objective: scaling, clipping, agreeing across ranks, EMA.
+
+Everything the step changes lives here (optimiser, learning-rate schedule,
+GradScaler, EMA); the trainer decides what to feed it and when to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from glow_train.distributed import all_reduce_max
+from glow_train.training.schedule import lr_factor
+
+__all__ = ["Optimization", "StepOutcome"]
+
+
+@dataclass
+class StepOutcome:
+    """What one step did, agreed by every rank (the flags are all-reduced)."""
+
+    grad_norm: torch.Tensor
+    skipped: bool  # a non-finite loss or gradient: nothing changed
+    overflow: bool  # fp16: the GradScaler skipped the update and lowered its scale
+    signalled: bool  # a signal arrived on some rank
+    time_up: bool  # the time limit passed on some rank
+
+
+class Optimization:
+    """The optimiser, schedule, GradScaler and EMA of one module (the objective).
+
+    Args:
+        module: what is trained; every parameter that requires a gradient is optimised.
+        tcfg: ``train.*`` (optimizer, lr, betas, weight_decay, warm-up and schedule,
+            grad_clip, ema_decay).
+        steps_per_epoch: for the schedule's length under ``train.max_epochs``.
+        device_type: ``"cpu"`` or ``"cuda"``.
+        fp16: whether the step runs under float16 autocast (enables the GradScaler).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        tcfg: DictConfig,
+        steps_per_epoch: int,
+        device_type: str,
+        fp16: bool,
+    ):
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt_cls = torch.optim.Adam if tcfg.optimizer == "adam" else torch.optim.Adamax
+        self.optimizer = opt_cls(
+            params,
+            lr=float(tcfg.lr),
+            betas=tuple(tcfg.betas),
+            weight_decay=float(tcfg.weight_decay),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, tcfg, steps_per_epoch)
+        )
+        self.scaler = torch.amp.GradScaler(device_type, enabled=fp16)
+        self.grad_clip = tcfg.grad_clip
+        self.ema_decay = tcfg.ema_decay
+        self.ema: AveragedModel | None = None
+
+    def make_ema(self, module: nn.Module) -> None:
+        """Start the EMA from ``module``'s current weights (when ``train.ema_decay`` is set)."""
+        if self.ema_decay is not None:
+            self.ema = AveragedModel(
+                module, multi_avg_fn=get_ema_multi_avg_fn(float(self.ema_decay)), use_buffers=False
+            )
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(
+        self, module: nn.Module, loss: torch.Tensor, signalled: bool, time_up: bool
+    ) -> StepOutcome:
+        """Back-propagate ``loss`` and update ``module``, unless anything is non-finite.
+
+        A skipped step changes no weight, optimiser moment, EMA average or schedule.
+        With fp16, a gradient overflow at a finite loss is the GradScaler's business:
+        it skips the update and lowers its scale. Ranks agree on all of this, and on
+        stopping (a signal or the time limit on any rank), through one all-reduce.
+        """
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            module.parameters(), float(clip) if clip is not None else float("inf")
+        )
+        flags = torch.stack(
+            [
+                (~torch.isfinite(loss.detach())).float(),
+                (~torch.isfinite(grad_norm)).float(),
+                torch.tensor(float(signalled), device=loss.device),
+                torch.tensor(float(time_up), device=loss.device),
+            ]
+        )
+        loss_bad, grad_bad, signalled, time_up = (bool(v) for v in all_reduce_max(flags).tolist())
+        overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
+        skipped = (loss_bad or grad_bad) and not overflow
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+        else:
+            self.scaler.step(self.optimizer)  # skips the update itself on an overflow
+            self.scaler.update()
+            if not overflow:
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(module)
+        return StepOutcome(grad_norm, skipped, overflow, signalled, time_up)

@@ -1,0 +1,62 @@
+"""``train(cfg)``: one training job end to end, from a config to a finished run folder.
+
+The run folder holds ``config.yaml``, ``last.pt`` / ``best.pt`` (see
+:mod:`glow_train.checkpoint`), TensorBoard events under ``tb/`` and
+``samples.png``. Every check of the configuration runs before anything is
+created, so a bad setting or missing data leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from glow_train.checkpoint import load_checkpoint
+from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
+from glow_train.training.checks import check_config
+from glow_train.training.run_dir import resolve_run_dir
+from glow_train.training.trainer import Trainer, TrainResult
+
+__all__ = ["train"]
+
+
+def train(
+    cfg: DictConfig | dict,
+    dist: DistInfo | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+) -> TrainResult:
+    """Train the model ``cfg`` describes (the composed ``train.yaml``, or an equal dict).
+
+    Resumes from ``cfg.ckpt`` when set (model, optimiser, schedule, EMA, step and
+    data position). Under torchrun the process group is set up here. ``train_set``
+    and ``test_set`` replace the datasets named in ``cfg.dataset`` (same item shape).
+    """
+    cfg = check_config(cfg)
+    own_group = dist is None
+    dist = dist or setup_distributed(cfg.device)
+    try:
+        state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
+        # Settings, data and model first: a bad setting or missing data must not leave
+        # an empty run folder behind.
+        trainer = Trainer(cfg, dist, None, train_set, test_set)
+        run_dir = trainer.run_dir = resolve_run_dir(cfg, dist)
+        trainer.prepare(state, Path(cfg.ckpt) if state is not None else None)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            effective = trainer.batch_size * dist.world_size
+            start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"
+            print(
+                f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / "
+                f"{len(trainer.test_set)} test images), "
+                f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
+                f"batch {trainer.batch_size} x {dist.world_size} process(es) = {effective}, "
+                f"device {dist.device}, {cfg.precision}; run folder {run_dir}"
+            )
+        return trainer.fit()
+    finally:
+        if own_group:
+            cleanup_distributed()

@@ -1,0 +1,145 @@
+"""What a run must carry across a restart: counters, RNG states, and the resume checks.
+
+:class:`Progress` holds the counters; :func:`checkpoint_state` assembles the
+checkpoint dict (:mod:`glow_train.checkpoint` describes its keys) and
+:func:`restore` puts one back, continuing at the same place in the data even
+with another number of processes or batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from glow_train import __version__
+from glow_train.data.spec import DataSpec
+from glow_train.errors import CheckpointError
+from glow_train.objective import Objective
+from glow_train.training.optim import Optimization
+
+__all__ = ["Progress", "checkpoint_state", "restore", "model_record"]
+
+
+@dataclass
+class Progress:
+    """The counters of a run. Scores are in the objective's unit (``metric``)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_score: float | None = None
+    last_test_score: float | None = None
+    skipped_steps: int = 0
+    overflow_steps: int = 0
+    bad_in_a_row: int = 0  # not saved: a resumed run starts with a clean record
+
+
+def model_record(objective: Objective) -> dict[str, Any]:
+    """The ``model_config`` entry: the model's registry name and constructor arguments."""
+    return {"name": objective.flow.name, **objective.flow.config}
+
+
+def checkpoint_state(
+    cfg: DictConfig,
+    objective: Objective,
+    spec: DataSpec,
+    optim: Optimization,
+    progress: Progress,
+    world_size: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The whole state of a run as one plain dict (format version 2)."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "version": __version__,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "model_config": model_record(objective),
+        "objective_config": objective.config(),
+        "data": spec.to_dict(),
+        "objective": objective.state_dict(),
+        "ema": optim.ema.state_dict() if optim.ema is not None else None,
+        "optimizer": optim.optimizer.state_dict(),
+        "scheduler": optim.scheduler.state_dict(),
+        "scaler": optim.scaler.state_dict(),
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch_in_epoch": progress.batch_in_epoch,
+        "world_size": world_size,
+        "batch_size": batch_size,
+        "metric": objective.metric,
+        "best_score": progress.best_score,
+        "last_test_score": progress.last_test_score,
+        "skipped_steps": progress.skipped_steps,
+        "overflow_steps": progress.overflow_steps,
+        "rng": rng,
+    }
+
+
+def _check_same_model(state: dict[str, Any], objective: Objective, source: Path) -> None:
+    saved, current = state["model_config"], model_record(objective)
+    if saved == current:
+        return
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    raise CheckpointError(
+        f"{source} holds a model with a different configuration ({', '.join(diff)}: "
+        f"checkpoint {[saved.get(k) for k in diff]} vs run "
+        f"{[current.get(k) for k in diff]}); resume without changing "
+        "model or dataset settings, or start a new run"
+    )
+
+
+def restore(
+    state: dict[str, Any],
+    source: Path,
+    objective: Objective,
+    optim: Optimization,
+    world_size: int,
+    batch_size: int,
+    steps_per_epoch: int,
+) -> Progress:
+    """Load a checkpoint into the objective and its optimisation; the run's counters.
+
+    A different global batch (processes × batch size) continues at the same fraction
+    of the epoch; an epoch with less than a batch left is finished.
+    """
+    _check_same_model(state, objective, source)
+    objective.load_state_dict(state["objective"])
+    if optim.ema is not None:
+        if state.get("ema") is not None:
+            optim.ema.load_state_dict(state["ema"])
+        else:  # EMA switched on at resume: start it from the current weights
+            optim.ema.module.load_state_dict(state["objective"])
+    try:
+        optim.optimizer.load_state_dict(state["optimizer"])
+    except ValueError as err:
+        raise CheckpointError(f"{source}: optimiser state does not fit: {err}") from err
+    optim.scheduler.load_state_dict(state["scheduler"])
+    optim.scaler.load_state_dict(state["scaler"])
+    progress = Progress(
+        step=int(state["step"]),
+        epoch=int(state["epoch"]),
+        batch_in_epoch=int(state["batch_in_epoch"]),
+        best_score=state.get("best_score"),
+        last_test_score=state.get("last_test_score"),
+        skipped_steps=int(state.get("skipped_steps", 0)),
+        overflow_steps=int(state.get("overflow_steps", 0)),
+    )
+    if state["world_size"] * state["batch_size"] != world_size * batch_size:
+        # A different global batch: continue at the same fraction of the epoch.
+        seen = progress.batch_in_epoch * state["batch_size"] * state["world_size"]
+        progress.batch_in_epoch = seen // (batch_size * world_size)
+    if progress.batch_in_epoch >= steps_per_epoch:  # less than a batch left
+        progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (RuntimeError, IndexError):
+            pass  # a different number of GPUs: the trainer's randomness does not need it
+    return progress

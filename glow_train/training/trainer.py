@@ -1,0 +1,293 @@
+"""The trainer: one objective, its data and its optimisation, and the loop that trains it.
+
+Determinism: every random choice of a step (flips, dequantisation noise) comes
+from a generator seeded by ``(seed, step, rank)`` and the data order from
+``(seed, epoch)`` (:class:`glow_train.distributed.EpochSampler`), so a run resumed
+from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from glow_train.checkpoint import save_checkpoint
+from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
+from glow_train.distributed import DistInfo, EpochSampler
+from glow_train.errors import ConfigError
+from glow_train.evaluate import evaluate_objective
+from glow_train.models import FlowModel, build_model
+from glow_train.objective import Objective, build_objective
+from glow_train.sample import sample_grid
+from glow_train.training.checks import check_config
+from glow_train.training.loop import TrainingDiverged, TrainResult, fit
+from glow_train.training.monitor import Monitor
+from glow_train.training.optim import Optimization
+from glow_train.training.schedule import parse_duration, total_steps
+from glow_train.training.state import Progress, checkpoint_state, restore
+
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A distinct 63-bit seed for each (run seed, step, rank)."""
+    return (seed * 1_000_003 + step * 1_009 + rank * 7_919 + 17) % (2**63 - 1)
+
+
+class Trainer:
+    """Holds the objective, optimisation and data of one run; :meth:`fit` trains it.
+
+    Use: ``Trainer(cfg, dist, run_dir)`` (the config is checked with
+    :func:`glow_train.training.check_config`), then :meth:`prepare` (ActNorm init
+    or a checkpoint's state, EMA, DDP/compile wrapping), then :meth:`fit`. The step
+    :meth:`train_step` can also be called directly on :meth:`prepare_batch`'s output.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        dist: DistInfo,
+        run_dir: Path | None,
+        train_set: Dataset | None = None,
+        test_set: Dataset | None = None,
+    ):
+        cfg = check_config(cfg)
+        self.cfg, self.dist, self.run_dir = cfg, dist, run_dir
+        self.device = dist.device
+        tcfg = cfg.train
+        self.seed = int(cfg.seed)
+        self.time_limit = parse_duration(tcfg.time_limit)
+        self.amp_dtype = AMP_DTYPES[cfg.precision]
+        if self.amp_dtype == torch.float16 and self.device.type != "cuda":
+            raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
+
+        self.spec = describe_dataset(cfg.dataset)
+        torch.manual_seed(self.seed)
+        flow = build_model(cfg.model, self.spec)
+        flow.set_memory_saving(bool(tcfg.memory_saving))
+        self.objective: Objective = build_objective(flow, self.spec).to(self.device)
+        if tcfg.channels_last and self.device.type == "cuda":
+            self.objective = self.objective.to(memory_format=torch.channels_last)
+        # Datasets can be passed in (items of cfg.dataset's shape).
+        self.train_set = train_set if train_set is not None else build_dataset(cfg.dataset, "train")
+        self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
+        self.batch_size = int(cfg.dataset.batch_size)
+        self.sampler = EpochSampler(
+            len(self.train_set), seed=self.seed, rank=dist.rank, world_size=dist.world_size
+        )
+        self.steps_per_epoch = self.sampler.per_rank // self.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"dataset.batch_size={self.batch_size} is larger than the "
+                f"{self.sampler.per_rank} training images per process; lower it"
+            )
+        if tcfg.cosine_decay and self.total_steps is None:
+            raise ConfigError(
+                "train.cosine_decay needs train.max_steps or train.max_epochs to decay over "
+                "(or train.cosine_decay=false)"
+            )
+        self.loader = make_loader(
+            self.train_set,
+            self.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=int(cfg.dataset.num_workers),
+            device=self.device.type,
+        )
+        self.optim = Optimization(
+            self.objective,
+            tcfg,
+            self.steps_per_epoch,
+            self.device.type,
+            fp16=self.amp_dtype == torch.float16,
+        )
+        self.progress = Progress()
+        self.wrapped: torch.nn.Module = self.objective
+        self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
+
+    @property
+    def model(self) -> FlowModel:
+        """The raw flow being trained."""
+        return self.objective.flow
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @property
+    def total_steps(self) -> int | None:
+        return total_steps(self.cfg.train, self.steps_per_epoch)
+
+    # ----------------------------------------------------------------- set-up
+    def initialize_actnorm(self) -> None:
+        """Data-dependent ActNorm init on the first ``init_samples`` of a seeded shuffle.
+
+        Every rank uses the same items and noise, so every rank computes the same
+        statistics (and DDP broadcasts rank 0's parameters on top, to be sure).
+        """
+        n = min(int(self.cfg.train.init_samples), len(self.train_set))
+        gen = torch.Generator().manual_seed(self.seed)
+        index = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()
+        batch = collate([self.train_set[i] for i in index])
+        noise = torch.Generator(self.device).manual_seed(self.seed)
+        self.objective.initialize(batch.to(self.device), noise)
+
+    def prepare(self, state: dict[str, Any] | None = None, source: Path | None = None) -> None:
+        """Fresh run: ActNorm init on real data; resume: load ``state``. Then the EMA
+        and, last, the DDP / compile wrappers (never before the eager initialisation)."""
+        if state is None:
+            self.initialize_actnorm()
+            self.optim.make_ema(self.objective)
+        else:
+            self.optim.make_ema(self.objective)
+            self.progress = restore(
+                state,
+                source,
+                self.objective,
+                self.optim,
+                self.dist.world_size,
+                self.batch_size,
+                self.steps_per_epoch,
+            )
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """DDP and compile come after the eager ActNorm initialisation."""
+        wrapped: torch.nn.Module = self.objective
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+        if self.cfg.train.compile:
+            wrapped = torch.compile(wrapped)
+        self.wrapped = wrapped
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(self.cfg.train.cudnn_benchmark)
+
+    def state_dict(self) -> dict[str, Any]:
+        return checkpoint_state(
+            self.cfg,
+            self.objective,
+            self.spec,
+            self.optim,
+            self.progress,
+            self.dist.world_size,
+            self.batch_size,
+        )
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare_batch(
+        self, batch: Batch, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """A loader batch -> ``(x, noise, y)`` for :meth:`train_step`: flipped (if
+        ``dataset.hflip``), on the model's grid, with its dequantisation noise."""
+        gen = torch.Generator(self.device).manual_seed(step_seed(self.seed, step, self.dist.rank))
+        batch = batch.to(self.device, non_blocking=True)
+        data = batch.x
+        if self.cfg.dataset.get("hflip", False):
+            flip = torch.rand(data.shape[0], generator=gen, device=self.device) < 0.5
+            data = torch.where(flip.view(-1, *([1] * (data.dim() - 1))), data.flip(-1), data)
+        x = self.objective.prepare(data)
+        noise = self.objective.noise(x, gen)
+        if self.cfg.train.channels_last and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            if noise is not None:
+                noise = noise.contiguous(memory_format=torch.channels_last)
+        return x, noise, self.objective.labels(batch)
+
+    def train_step(
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor | None,
+        y: torch.Tensor | None = None,
+        signalled: bool = False,
+        time_up: bool = False,
+    ) -> dict[str, Any]:
+        """One optimiser step; skipped if anything is non-finite (see
+        :meth:`glow_train.training.optim.Optimization.step`)."""
+        self.objective.train()
+        self.optim.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            nll = self.wrapped(x, noise, y)
+        loss = self.objective.score(nll).mean()
+        outcome = self.optim.step(self.objective, loss, signalled, time_up)
+        p = self.progress
+        if outcome.skipped:
+            p.skipped_steps += 1
+            p.bad_in_a_row += 1
+        elif outcome.overflow:
+            p.overflow_steps += 1
+        else:
+            p.bad_in_a_row = 0
+        p.step += 1
+        return {
+            "score": loss.item(),
+            "grad_norm": outcome.grad_norm.item(),
+            "skipped": outcome.skipped,
+            "overflow": outcome.overflow,
+            "signalled": outcome.signalled,
+            "time_up": outcome.time_up,
+            "lr": self.optim.lr,
+        }
+
+    # ------------------------------------------------------------ evaluation
+    @property
+    def eval_objective(self) -> Objective:
+        """The EMA's copy of the objective when there is one, else the trained one."""
+        return self.optim.ema.module if self.optim.ema is not None else self.objective
+
+    def evaluate(self) -> float:
+        result = evaluate_objective(
+            self.eval_objective,
+            self.test_set,
+            batch_size=int(self.cfg.dataset.eval_batch_size),
+            device=self.device,
+            seed=int(self.cfg.train.eval_seed),
+            dist=self.dist,
+        )
+        self.objective.train()
+        return result.value
+
+    def write_samples(self, final: bool = False) -> Path | None:
+        n = int(self.cfg.train.num_samples)
+        grid = sample_grid(
+            self.eval_objective,
+            n=n,
+            temperatures=list(self.cfg.train.sample_temperatures),
+            seed=self.seed,
+            nrow=int(math.ceil(math.sqrt(n))),
+            padding=GRID_PADDING,
+        )
+        self.objective.train()
+        for temperature, image in grid.items():
+            self.monitor.image(f"samples/T={temperature:g}", image, self.step)
+        if not final:
+            return None
+        from torchvision.utils import save_image
+
+        out = self.run_dir / "samples.png"
+        temperature = 0.7 if 0.7 in grid else next(iter(grid))
+        save_image(grid[temperature], out)
+        return out
+
+    def save(self, name: str) -> Path:
+        return save_checkpoint(self.state_dict(), self.run_dir / name)
+
+    def fit(self) -> TrainResult:
+        """Train until a limit, a signal or divergence; always end with a checkpoint
+        (:func:`glow_train.training.loop.fit`)."""
+        return fit(self)
