@@ -30,6 +30,7 @@ def _one_line(err: BaseException) -> str:
     text = str(err).split("\nConfig search path")[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0].rstrip(".") if lines else type(err).__name__
+    first = first.removeprefix("Error merging override ")
     options = [line for line in text.splitlines()[1:] if line.startswith("\t")]
     if options:  # an unknown group entry: Hydra lists the available ones
         return f"{first}; choose one of {', '.join(o.strip() for o in options)}"

@@ -38,7 +38,6 @@ class DistInfo:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -78,8 +77,11 @@ def resolve_device(spec: str | torch.device, local_rank: int = 0) -> torch.devic
     return torch.device("cpu")
 
 
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Initialise the process group if torchrun started us; return this rank's info."""
+def setup_distributed(device: str | torch.device) -> DistInfo:
+    """Initialise the process group if torchrun started us; return this rank's info.
+
+    ``device`` is the run's ``device`` setting (``auto|cpu|cuda|cuda:N``).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -90,7 +92,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
             dist.init_process_group("nccl", device_id=dev)
         else:
             dist.init_process_group("gloo")
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world_size=world_size, device=dev)
 
 
 def cleanup_distributed() -> None:
@@ -130,11 +132,8 @@ class EpochSampler(Sampler[int]):
     how a resumed run continues mid-epoch with exactly the data it would have seen.
     """
 
-    def __init__(
-        self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
-    ):
+    def __init__(self, n: int, *, seed: int, rank: int, world_size: int):
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.shuffle = shuffle
         self.per_rank = n // world_size
         self.epoch, self.start = 0, 0
 
@@ -142,11 +141,8 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=gen)
-        else:
-            order = torch.arange(self.n)
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=gen)
         mine = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
         return iter(mine[self.start :].tolist())
 

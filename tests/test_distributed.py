@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from glow_train.checkpoint import load_checkpoint
@@ -108,6 +109,8 @@ def test_two_process_training_matches_one_process_evaluation(tmp_path):
     assert after["step"] == 26 and after["world_size"] == 1
 
 
+@pytest.mark.slow  # the flags' all-reduce runs in the two-process test above at every step,
+# and tests/test_train.py::test_time_limit_stops_the_run_with_a_checkpoint covers the clock
 def test_time_limit_stops_every_rank_at_the_same_step(tmp_path):
     """Ranks start their clocks at different moments; they must still stop together."""
     script = tmp_path / "worker.py"

@@ -114,7 +114,7 @@ def test_invconv_lu_weight_is_lu_product_and_logdet_is_sum_log_s():
 
 
 def test_invconv_inverse_cache_follows_parameters_and_mode():
-    layer = InvertibleLinear(4).eval()
+    layer = InvertibleLinear(4, lu=True).eval()
     first = layer.inverse_matrix()
     assert layer.inverse_matrix() is first  # cached in eval mode
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_invconv_inverse_cache_follows_parameters_and_mode():
     second = layer.inverse_matrix()
     assert second is not first
     torch.testing.assert_close(second @ layer.weight_matrix(), torch.eye(4, dtype=torch.float64))
-    other = InvertibleLinear(4)
+    other = InvertibleLinear(4, lu=True)
     layer.load_state_dict(other.state_dict())
     torch.testing.assert_close(layer.inverse_matrix(), torch.linalg.inv(other.weight_matrix()))
     layer.train()

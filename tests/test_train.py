@@ -219,6 +219,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == stopped_at + 4
 
 
+def test_time_limit_stops_the_run_with_a_checkpoint(tmp_path):
+    result = train(
+        compose_train(*TINY, "train.max_steps=100000", "train.time_limit=1s", f"run_dir={tmp_path}")
+    )
+    assert 0 < result.step < 100000 and not result.interrupted
+    state = load_checkpoint(result.last_ckpt)
+    assert state["step"] == result.step and state["last_test_score"] == result.last_test_score
+
+
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ckpt")

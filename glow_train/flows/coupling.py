@@ -82,13 +82,11 @@ class Coupling(Flow):
     Args:
         num_channels: ``C`` (at least 2).
         hidden_channels: width of the conditioner.
-        kind: ``"affine"`` or ``"additive"``.
+        kind: ``"affine"`` or ``"additive"`` (``model.coupling``).
         dense: use an MLP conditioner (vectors) instead of convolutions (images).
     """
 
-    def __init__(
-        self, num_channels: int, hidden_channels: int, kind: str = "affine", dense: bool = False
-    ):
+    def __init__(self, num_channels: int, hidden_channels: int, kind: str, dense: bool = False):
         super().__init__()
         if kind not in COUPLINGS:
             raise ValueError(f"unknown coupling {kind!r}; choose one of {', '.join(COUPLINGS)}")

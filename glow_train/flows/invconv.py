@@ -34,10 +34,10 @@ class InvertibleLinear(Flow):
 
     Args:
         num_channels: ``C``.
-        lu: use the LU parameterisation (default) instead of a plain matrix.
+        lu: use the LU parameterisation instead of a plain matrix (``model.lu``).
     """
 
-    def __init__(self, num_channels: int, lu: bool = True):
+    def __init__(self, num_channels: int, lu: bool):
         super().__init__()
         self.lu = lu
         w = torch.linalg.qr(torch.randn(num_channels, num_channels, dtype=torch.float64))[0]
