@@ -16,6 +16,8 @@ classes for ``model.*``.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "typed",
     "one_line",
     "check_train",
+    "parse_duration",
     "PRECISIONS",
     "OPTIMIZERS",
 ]
@@ -211,6 +214,24 @@ def fill_defaults(name: str, schema: type, **values: Any) -> DictConfig:
 # --------------------------------------------------------------------- checking
 
 
+def parse_duration(value: Any) -> float | None:
+    """``"120s"``, ``"90m"``, ``"2h"``, ``"1.5h"`` or plain seconds -> seconds (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(value))
+        if not match:
+            raise ConfigError(
+                f"train.time_limit={value!r} is not a duration; use e.g. 120s, 90m, 2h or seconds"
+            )
+        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+    if seconds <= 0:
+        raise ConfigError(f"train.time_limit must be positive, got {value!r}")
+    return seconds
+
+
 def one_line(err: BaseException) -> str:
     """An OmegaConf error as one line: its message and the key it is about."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -259,6 +280,16 @@ def check_train(cfg: DictConfig) -> None:
         raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
     if t.warmup_steps < 0 or t.weight_decay < 0:
         raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
+    if t.num_samples < 1:
+        raise ConfigError(f"train.num_samples must be at least 1, got {t.num_samples}")
+    temperatures = list(t.sample_temperatures)
+    if not temperatures or not all(math.isfinite(x) and x >= 0 for x in temperatures):
+        raise ConfigError(
+            f"train.sample_temperatures must be one or more numbers >= 0, got {temperatures}"
+        )
+    if t.eval_seed < 0:
+        raise ConfigError(f"train.eval_seed must be >= 0, got {t.eval_seed}")
+    parse_duration(t.time_limit)
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
     if all(t[k] is None for k in ("max_steps", "max_epochs", "time_limit")):

@@ -49,6 +49,21 @@ def _check_n_bits(n_bits: int) -> None:
     require_int("n_bits", n_bits, 1, 8)
 
 
+def _check_pixels(images: Tensor) -> None:
+    """8-bit pixel values: an integer tensor in ``0..255`` (uint8 always is)."""
+    if images.dtype == torch.uint8:
+        return
+    if images.dtype.is_floating_point or images.dtype.is_complex or images.dtype == torch.bool:
+        raise ValueError(
+            f"expected integer 8-bit images (uint8 in 0..255), got {images.dtype}; "
+            "model-space input in [-0.5, 0.5) needs no preprocessing"
+        )
+    if images.numel() and (int(images.min()) < 0 or int(images.max()) > 255):
+        raise ValueError(
+            f"pixel values must be in 0..255, got {int(images.min())}..{int(images.max())}"
+        )
+
+
 def quantize(images: Tensor, n_bits: int) -> Tensor:
     """Map uint8 images to the model's discrete grid.
 
@@ -56,11 +71,15 @@ def quantize(images: Tensor, n_bits: int) -> Tensor:
         images: ``(B, C, H, W)`` (or any shape) integer tensor with values in ``0..255``.
         n_bits: bit depth kept, 1..8.
 
+    Raises:
+        ValueError: float input, or integers outside ``0..255``.
+
     Returns:
         float32 tensor of the same shape with values ``q / 2^n_bits - 0.5`` where
         ``q = floor(images / 2^(8 - n_bits))``.
     """
     _check_n_bits(n_bits)
+    _check_pixels(images)
     levels = torch.div(images.to(torch.int32), 2 ** (8 - n_bits), rounding_mode="floor")
     return levels.to(torch.float32) / 2**n_bits - 0.5
 

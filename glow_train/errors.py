@@ -24,6 +24,10 @@ class CheckpointError(GlowError):
     """A checkpoint that is missing, truncated, foreign or incompatible."""
 
 
+class NonFiniteError(GlowError):
+    """A model whose outputs (log-likelihoods, samples) are not finite: a diverged run."""
+
+
 def require_int(
     name: str, value: object, low: int, high: int | None = None, allow_none: bool = False
 ) -> int | None:

@@ -34,7 +34,7 @@ from glow_train.data import SPLITS, build_dataset, describe_dataset, make_loader
 from glow_train.data import validate_dataset_config as check_dataset
 from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
-from glow_train.errors import CheckpointError, ConfigError, require_int
+from glow_train.errors import CheckpointError, ConfigError, NonFiniteError, require_int
 from glow_train.objective import METRICS, Objective, load_objective
 
 __all__ = [
@@ -240,6 +240,7 @@ def evaluate(
 
     Raises:
         ConfigError, DataError, CheckpointError: bad options, data or checkpoint.
+        NonFiniteError: the model's figures are not finite (nothing is written).
     """
     opts = fill_defaults(
         "eval",
@@ -297,6 +298,12 @@ def evaluate(
         num_workers=int(data_cfg.get("num_workers") or 0),
         progress=opts.progress,
     )
+    if not math.isfinite(result.value):
+        bad = int((~torch.isfinite(result.per_item)).sum())
+        raise NonFiniteError(
+            f"the model of {ckpt} gives non-finite {METRICS[result.metric]} for {bad} of "
+            f"{result.num_items} items (a diverged run); evaluate an earlier checkpoint"
+        )
     summary = {
         result.metric: result.value,
         "stderr": result.stderr,
@@ -317,6 +324,6 @@ def evaluate(
     }
     if opts.per_image:
         write_atomic(csv_path, lambda tmp: _write_csv(tmp, result))
-    text = json.dumps(summary, indent=2, default=str) + "\n"
+    text = json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n"
     write_atomic(json_path, lambda tmp: tmp.write_text(text))
     return EvalReport(summary, result, json_path, csv_path if opts.per_image else None)

@@ -36,6 +36,7 @@ from glow_train.checkpoint import CheckpointError, load_checkpoint, model_config
 from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
+from glow_train.errors import NonFiniteError
 from glow_train.models.base import FlowModel, rebuild
 from glow_train.models.registry import MODELS
 
@@ -136,8 +137,20 @@ class Objective(nn.Module):
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
     ) -> Tensor:
-        """``n`` samples as data (images: floats in ``[0, 1]`` on the data's grid)."""
-        return self.dequantizer.to_data(self.flow.sample(n, temperature, generator, y))
+        """``n`` samples as data (images: floats in ``[0, 1]`` on the data's grid).
+
+        Raises:
+            NonFiniteError: the flow's output is not finite (a diverged model), rather
+                than an image of clamped NaNs.
+        """
+        x = self.flow.sample(n, temperature, generator, y)
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+            raise NonFiniteError(
+                f"{bad} of {n} samples at temperature {temperature:g} are not finite: "
+                "the model diverged; use an earlier checkpoint"
+            )
+        return self.dequantizer.to_data(x)
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild the dequantiser (``objective_config``)."""

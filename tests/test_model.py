@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import brute_force_logdet, perturb
 
-from glow_train import Glow, Glow1D, bits_per_dim
+from glow_train import Glow, Glow1D, bits_per_dim, preprocess
 from glow_train.flows.priors import gaussian_log_prob
 
 # (in_channels, (H, W), K, L): L = 1, 2, 3; C = 1 and 3; square and non-square.
@@ -234,3 +234,24 @@ def test_log_prob_compiles_without_graph_breaks():
     model, x = make_glow(3, (8, 8), 2, 2, dtype=torch.float32)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        (torch.rand(2, 1, 4, 4), "expected integer 8-bit images .* got torch.float32"),
+        (torch.full((2, 1, 4, 4), 300.0), "expected integer 8-bit images"),
+        (torch.full((2, 1, 4, 4), 300, dtype=torch.int32), "must be in 0..255, got 300..300"),
+        (torch.full((1, 1, 2, 2), -1, dtype=torch.int64), "must be in 0..255, got -1..-1"),
+    ],
+)
+def test_preprocess_refuses_what_is_not_8_bit_pixels(images, match):
+    with pytest.raises(ValueError, match=match):
+        preprocess(images, n_bits=8)
+
+
+def test_preprocess_takes_uint8_and_in_range_integers():
+    ints = torch.tensor([[0, 128, 255]], dtype=torch.int64)
+    expected = torch.tensor([[-0.5, 0.0, 255 / 256 - 0.5]])
+    torch.testing.assert_close(preprocess(ints, 8, noise=False), expected)
+    torch.testing.assert_close(preprocess(ints.to(torch.uint8), 8, noise=False), expected)

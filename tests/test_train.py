@@ -255,7 +255,7 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path, small_checkpoint):
     copy = tmp_path / "copy" / "last.pt"
     copy.parent.mkdir()
     shutil.copy(small_checkpoint, copy)
-    message = _cli_error([f"ckpt={copy}", "model.K=3"], tmp_path)
+    message = _cli_error([f"ckpt={copy}", "model.K=3", "train.max_steps=6"], tmp_path)
     assert "different configuration (K:" in message
     message = _cli_error([f"ckpt={copy}", "dataset=mnist"], tmp_path)
     assert "cannot change dataset=mnist when resuming" in message
@@ -327,9 +327,14 @@ def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_train()
-    first, second = resolve_run_dir(cfg, DistInfo()), resolve_run_dir(cfg, DistInfo())
+    (first, lock1), (second, lock2) = (
+        resolve_run_dir(cfg, DistInfo()),
+        resolve_run_dir(cfg, DistInfo()),
+    )
     assert first != second and first.is_dir() and second.is_dir()
     assert first.parent == second.parent == Path("runs") / "digits"
+    lock1.release(), lock2.release()  # nothing was written: the folders go again
+    assert not first.exists() and not second.exists()
 
 
 def test_max_epochs_alone_sets_the_cosine_length(tmp_path):

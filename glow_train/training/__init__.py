@@ -12,10 +12,10 @@
 - ``monitor``: progress bar, TensorBoard, log lines.
 """
 
+from glow_train.config import parse_duration
 from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult
 from glow_train.training.run import train
-from glow_train.training.schedule import parse_duration
 from glow_train.training.trainer import Trainer, step_seed
 
 __all__ = [

@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glow_train.config import TrainConfig, check_train, typed
 from glow_train.data import validate_dataset_config
+from glow_train.errors import require_int
 from glow_train.models import model_class
 
 __all__ = ["check_config"]
@@ -24,5 +25,7 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
     with open_dict(cfg):
         cfg.model = typed(schema, options, "model")
         cfg.dataset = validate_dataset_config(cfg.dataset)
+    for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
+        require_int(f"dataset.{key}", cfg.dataset.get(key), low)
     check_train(cfg)
     return cfg

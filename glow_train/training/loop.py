@@ -8,6 +8,7 @@ its ``objective``, ``optim``, ``progress``, ``monitor``, ``loader``, ``sampler``
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,22 +50,25 @@ def evaluate_and_keep_best(trainer: Any) -> None:
     score = trainer.evaluate()
     p, label = trainer.progress, trainer.objective.metric_label
     p.last_test_score = score
-    improved = p.best_score is None or score < p.best_score
+    improved = math.isfinite(score) and (p.best_score is None or score < p.best_score)
     if improved:
         p.best_score = score
     trainer.monitor.scalar(f"test/{trainer.objective.metric}", score, trainer.step)
     trainer.monitor.log(
         f"step {trainer.step} epoch {p.epoch}: test {label} {score:.4f}"
-        + (" (best)" if improved else f" (best {p.best_score:.4f})")
+        + (" (best)" if improved else f" (best {_figure(p.best_score)})")
     )
     if trainer.dist.is_main and improved:
         trainer.save("best.pt")
 
 
+def _figure(score: float | None) -> str:
+    return "none finite yet" if score is None else f"{score:.4f}"
+
+
 def diverged(trainer: Any) -> TrainingDiverged:
     tcfg = trainer.cfg.train
-    last = trainer.run_dir / "last.pt"
-    kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint written yet"
+    kept = trainer.last_good_text()
     return TrainingDiverged(
         f"{trainer.progress.bad_in_a_row} consecutive steps had a non-finite loss or gradient "
         f"(step {trainer.step}); likely causes: a learning rate too high "
@@ -143,6 +147,11 @@ def fit(trainer: Any) -> TrainResult:
 def finish(trainer: Any, interrupted: bool) -> TrainResult:
     main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
     evaluate_and_keep_best(trainer)
+    if not math.isfinite(p.last_test_score):
+        raise TrainingDiverged(
+            f"the model's test {label} at step {trainer.step} is not finite: the run diverged; "
+            f"{trainer.last_good_text()}"
+        )
     samples = None
     if main:
         trainer.save("last.pt")

@@ -15,8 +15,10 @@ from torch.utils.data import Dataset
 
 from glow_train.checkpoint import load_checkpoint
 from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
+from glow_train.errors import ConfigError
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
+from glow_train.training.schedule import reached_limits
 from glow_train.training.trainer import Trainer, TrainResult
 
 __all__ = ["train"]
@@ -37,12 +39,20 @@ def train(
     cfg = check_config(cfg)
     own_group = dist is None
     dist = dist or setup_distributed(cfg.device)
+    lock = None
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
+        if state is not None and reached_limits(cfg.train, state["step"], state["epoch"]):
+            raise ConfigError(
+                f"nothing to do: {cfg.ckpt} is at step {state['step']} (epoch "
+                f"{state['epoch']}), already at train.max_steps={cfg.train.max_steps} / "
+                f"train.max_epochs={cfg.train.max_epochs}; raise the limit to train further"
+            )
         # Settings, data and model first: a bad setting or missing data must not leave
         # an empty run folder behind.
         trainer = Trainer(cfg, dist, None, train_set, test_set)
-        run_dir = trainer.run_dir = resolve_run_dir(cfg, dist)
+        run_dir, lock = resolve_run_dir(cfg, dist)
+        trainer.run_dir = run_dir
         trainer.prepare(state, Path(cfg.ckpt) if state is not None else None)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,5 +68,7 @@ def train(
             )
         return trainer.fit()
     finally:
+        if lock is not None:
+            lock.release()
         if own_group:
             cleanup_distributed()

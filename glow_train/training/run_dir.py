@@ -1,7 +1,17 @@
-"""The run folder policy: never another run's folder, decided once for every rank."""
+"""The run folder policy: never another run's folder, decided once for every rank.
+
+A run holds an exclusive lock on its folder for its whole life
+(:class:`RunLock`: ``flock`` on ``<run folder>/.glow-train.lock``, which the
+operating system releases when the process ends however it ends, so ``kill -9``
+leaves no stale lock). A second run on the same folder, started at the same
+moment or later, refuses in one line naming the holder's process id. Under DDP
+only rank 0 locks.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -10,7 +20,55 @@ from omegaconf import DictConfig
 from glow_train.distributed import DistInfo, broadcast_object
 from glow_train.errors import ConfigError
 
-__all__ = ["holds_a_run", "new_run_dir", "resolve_run_dir"]
+__all__ = ["holds_a_run", "new_run_dir", "resolve_run_dir", "RunLock", "LOCK_NAME"]
+
+LOCK_NAME = ".glow-train.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held from :meth:`acquire` to :meth:`release`.
+
+    Args:
+        folder: the run folder (created by :meth:`acquire` if it does not exist).
+        created: the folder was created for this run (by :func:`new_run_dir`); like a
+            folder :meth:`acquire` creates, it is removed again by :meth:`release` if
+            the run left nothing in it, so a failed start leaves no empty folder.
+    """
+
+    def __init__(self, folder: Path, created: bool = False):
+        self.folder = folder
+        self.created = created
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or raise a :class:`ConfigError` naming the process that holds it."""
+        self.created = self.created or not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"run_dir={self.folder} is in use by another glow-train run (process "
+                f"{holder}); wait for it to finish or choose another run_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let the lock go; remove the folder if this run created it and left it empty."""
+        if self._fd is None:
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+            (self.folder / LOCK_NAME).unlink()
+            self.folder.rmdir()
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -29,14 +87,17 @@ def new_run_dir(base: Path) -> Path:
             candidate = base.with_name(f"{base.name}_{n}")
 
 
-def resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> Path:
-    """The run folder, decided on rank 0 and shared so every rank uses the same one.
+def resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> tuple[Path, RunLock | None]:
+    """The run folder, decided and locked on rank 0 and shared so every rank uses it.
 
     Never another run's folder: a new run refuses a ``run_dir`` that holds
-    checkpoints (unless it is the folder being resumed), and a default
-    ``runs/<dataset>/<time>`` that already exists gets a ``_2``, ``_3``… suffix.
+    checkpoints (unless it is the folder being resumed) or that another run holds
+    locked, and a default ``runs/<dataset>/<time>`` that already exists gets a
+    ``_2``, ``_3``… suffix. Returns the folder and, on rank 0, its held
+    :class:`RunLock` (``None`` on the other ranks).
     """
     answer: tuple[str | None, str | None] = (None, None)
+    lock = None
     if dist.is_main:
         try:
             resumed = Path(cfg.ckpt).resolve().parent if cfg.ckpt is not None else None
@@ -44,6 +105,7 @@ def resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> Path:
                 run_dir = Path(cfg.run_dir)
                 if run_dir.exists() and not run_dir.is_dir():
                     raise ConfigError(f"run_dir={run_dir} is a file; choose a folder")
+                lock = RunLock(run_dir).acquire()
                 if holds_a_run(run_dir) and run_dir.resolve() != resumed:
                     raise ConfigError(
                         f"run_dir={run_dir} already holds a run; resume it with "
@@ -51,13 +113,18 @@ def resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> Path:
                     )
             elif resumed is not None:
                 run_dir = resumed
+                lock = RunLock(run_dir).acquire()
             else:
                 stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
                 run_dir = new_run_dir(Path("runs") / cfg.dataset.name / stamp)
+                lock = RunLock(run_dir, created=True).acquire()
             answer = (str(run_dir), None)
         except ConfigError as err:
+            if lock is not None:
+                lock.release()
+                lock = None
             answer = (None, str(err))
     run_dir, error = broadcast_object(answer)
     if error is not None:
         raise ConfigError(error)
-    return Path(run_dir)
+    return Path(run_dir), lock

@@ -1,34 +1,13 @@
-"""When training stops and how the learning rate moves until then."""
+"""When training stops and how the learning rate moves until then (``train.time_limit``
+is parsed by :func:`glow_train.config.parse_duration`)."""
 
 from __future__ import annotations
 
 import math
-import re
-from typing import Any
 
 from omegaconf import DictConfig
 
-from glow_train.errors import ConfigError
-
-__all__ = ["parse_duration", "total_steps", "lr_factor", "reached_limits"]
-
-
-def parse_duration(value: Any) -> float | None:
-    """``"120s"``, ``"90m"``, ``"2h"``, ``"1.5h"`` or plain seconds -> seconds (None stays None)."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(value))
-        if not match:
-            raise ConfigError(
-                f"train.time_limit={value!r} is not a duration; use e.g. 120s, 90m, 2h or seconds"
-            )
-        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
-    if seconds <= 0:
-        raise ConfigError(f"train.time_limit must be positive, got {value!r}")
-    return seconds
+__all__ = ["total_steps", "lr_factor", "reached_limits"]
 
 
 def total_steps(tcfg: DictConfig, steps_per_epoch: int) -> int | None:

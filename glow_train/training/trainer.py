@@ -19,9 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from glow_train.checkpoint import save_checkpoint
+from glow_train.config import parse_duration
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
 from glow_train.distributed import DistInfo, EpochSampler
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import evaluate_objective
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
@@ -30,13 +31,14 @@ from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization
-from glow_train.training.schedule import parse_duration, total_steps
+from glow_train.training.schedule import total_steps
 from glow_train.training.state import Progress, checkpoint_state, restore
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
+PROBE_SIZE = 16  # items of the health check run before every checkpoint
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -112,6 +114,8 @@ class Trainer:
             fp16=self.amp_dtype == torch.float16,
         )
         self.progress = Progress()
+        self.last_good: tuple[Path, int] | None = None  # the newest checkpoint saved healthy
+        self.probe: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
         self.wrapped: torch.nn.Module = self.objective
         self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
 
@@ -135,12 +139,31 @@ class Trainer:
         Every rank uses the same items and noise, so every rank computes the same
         statistics (and DDP broadcasts rank 0's parameters on top, to be sure).
         """
+        noise = torch.Generator(self.device).manual_seed(self.seed)
+        self.objective.initialize(self._init_batch(), noise)
+
+    def _init_batch(self) -> Batch:
+        """The first ``train.init_samples`` items of a shuffle seeded by ``seed``, on the device."""
         n = min(int(self.cfg.train.init_samples), len(self.train_set))
         gen = torch.Generator().manual_seed(self.seed)
         index = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()
-        batch = collate([self.train_set[i] for i in index])
-        noise = torch.Generator(self.device).manual_seed(self.seed)
-        self.objective.initialize(batch.to(self.device), noise)
+        return collate([self.train_set[i] for i in index]).to(self.device)
+
+    def _make_probe(self) -> None:
+        """A fixed small batch (with its noise) on which :meth:`healthy` runs the model."""
+        batch = self._init_batch()
+        batch = Batch(batch.x[:PROBE_SIZE], batch.y[:PROBE_SIZE])
+        x = self.objective.prepare(batch.x)
+        noise = self.objective.noise(x, torch.Generator(self.device).manual_seed(self.seed + 1))
+        self.probe = (x, noise, self.objective.labels(batch))
+
+    @torch.no_grad()
+    def healthy(self) -> bool:
+        """Whether the trained weights, and the EMA's, give finite log-likelihoods on the
+        probe batch: what a checkpoint must satisfy before it is written as good."""
+        x, noise, y = self.probe
+        objectives = [self.objective] + ([self.optim.ema.module] if self.optim.ema else [])
+        return all(bool(torch.isfinite(o(x, noise, y)).all()) for o in objectives)
 
     def prepare(self, state: dict[str, Any] | None = None, source: Path | None = None) -> None:
         """Fresh run: ActNorm init on real data; resume: load ``state``. Then the EMA
@@ -159,6 +182,14 @@ class Trainer:
                 self.batch_size,
                 self.steps_per_epoch,
             )
+        self._make_probe()
+        if state is not None:
+            if not self.healthy():
+                raise NonFiniteError(
+                    f"{source} holds a model whose outputs are not finite (a diverged run); "
+                    "resume from an earlier checkpoint"
+                )
+            self.last_good = (source, self.step)
         self._wrap()
 
     def _wrap(self) -> None:
@@ -263,16 +294,23 @@ class Trainer:
         return result.value
 
     def write_samples(self, final: bool = False) -> Path | None:
+        """Sample grids to TensorBoard (and ``samples.png`` when ``final``); a model whose
+        samples are not finite is reported in the log, not drawn."""
         n = int(self.cfg.train.num_samples)
-        grid = sample_grid(
-            self.eval_objective,
-            n=n,
-            temperatures=list(self.cfg.train.sample_temperatures),
-            seed=self.seed,
-            nrow=int(math.ceil(math.sqrt(n))),
-            padding=GRID_PADDING,
-        )
-        self.objective.train()
+        try:
+            grid = sample_grid(
+                self.eval_objective,
+                n=n,
+                temperatures=list(self.cfg.train.sample_temperatures),
+                seed=self.seed,
+                nrow=int(math.ceil(math.sqrt(n))),
+                padding=GRID_PADDING,
+            )
+        except NonFiniteError as err:
+            self.monitor.log(f"step {self.step}: no samples: {err}")
+            return None
+        finally:
+            self.objective.train()
         for temperature, image in grid.items():
             self.monitor.image(f"samples/T={temperature:g}", image, self.step)
         if not final:
@@ -284,8 +322,25 @@ class Trainer:
         save_image(grid[temperature], out)
         return out
 
-    def save(self, name: str) -> Path:
-        return save_checkpoint(self.state_dict(), self.run_dir / name)
+    def save(self, name: str) -> Path | None:
+        """Write ``run_dir/name`` if the model is :meth:`healthy`; else keep the file
+        there is, say so, and return ``None``."""
+        if not self.healthy():
+            self.monitor.log(
+                f"step {self.step}: the model's outputs are not finite; {name} not written "
+                f"({self.last_good_text()})"
+            )
+            return None
+        path = save_checkpoint(self.state_dict(), self.run_dir / name)
+        self.last_good = (path, self.step)
+        return path
+
+    def last_good_text(self) -> str:
+        """``last good checkpoint: <path> (step N)``, or that there is none."""
+        if self.last_good is None:
+            return "no good checkpoint was written"
+        path, step = self.last_good
+        return f"last good checkpoint: {path} (step {step})"
 
     def fit(self) -> TrainResult:
         """Train until a limit, a signal or divergence; always end with a checkpoint
