@@ -5,22 +5,34 @@ registry, batch, loader) + ``models`` (registry of flows built from ``flows``)
 → ``dequantize`` + ``objective`` (what is optimised and reported) →
 ``training`` (the loop) → ``checkpoint`` → ``sample`` / ``evaluate``; ``cli`` is
 the thin Hydra layer over them.
+
+The names below are imported on first use, so the console scripts start (and
+answer Ctrl-C) before PyTorch is loaded.
 """
 
-from glow_train.dequantize import dequantize, postprocess, preprocess, quantize
-from glow_train.models import Glow, Glow1D
-from glow_train.objective import Objective, bits_per_dim
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Glow",
-    "Glow1D",
-    "Objective",
-    "bits_per_dim",
-    "dequantize",
-    "postprocess",
-    "preprocess",
-    "quantize",
-    "__version__",
-]
+_EXPORTS = {
+    "Glow": "glow_train.models",
+    "Glow1D": "glow_train.models",
+    "Objective": "glow_train.objective",
+    "bits_per_dim": "glow_train.objective",
+    "dequantize": "glow_train.dequantize",
+    "postprocess": "glow_train.dequantize",
+    "preprocess": "glow_train.dequantize",
+    "quantize": "glow_train.dequantize",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'glow_train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -41,6 +41,7 @@ __all__ = [
     "write_atomic",
     "save_checkpoint",
     "load_checkpoint",
+    "resolve_checkpoint",
     "upgrade_v1",
     "model_config",
     "objective_weights",
@@ -82,6 +83,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     except OSError:
         pass
     return path
+
+
+def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...]) -> Path:
+    """``path`` itself, or for a run folder the first of ``prefer`` (e.g. ``best.pt``,
+    ``last.pt``) that it holds.
+
+    Raises:
+        CheckpointError: a folder holding none of them.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in prefer:
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(
+        f"{path} is a folder without {' or '.join(prefer)}; pass ckpt= a checkpoint file "
+        "or a run folder that holds one"
+    )
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -1,202 +1,67 @@
-"""Console scripts: turn a Hydra config into plain arguments and call the library.
+"""The console scripts' entry points: ``glow-train``, ``glow-sample``, ``glow-eval``.
 
-``glow-train`` -> :func:`glow_train.training.train`; ``glow-sample`` and ``glow-eval``
--> :mod:`glow_train.sample` / :mod:`glow_train.evaluate`. Errors the user can fix
-(:class:`glow_train.errors.GlowError`, and a command line the typed configs refuse)
-print one line and exit with status 2.
+Ctrl-C at any moment, start-up included, ends with one line
+(``glow-train: aborted``) and exit status 130. While the heavy modules load
+(PyTorch, torchvision, TensorBoard: about two seconds), an interrupt is only
+noted, because an import can swallow the ``KeyboardInterrupt`` it would raise;
+it takes effect as soon as they are loaded.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+from importlib import import_module
 
-import hydra
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+__all__ = ["train_main", "sample_main", "eval_main"]
 
-from glow_train.errors import CheckpointError, GlowError
-
-CONFIG_MODULE = "glow_train.configs"
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("dataset", "model", "experiment")
+#: what each command loads before it runs (its slow imports)
+_MODULES = {
+    "train": ("glow_train.commands", "glow_train.training", "torch.utils.tensorboard"),
+    "sample": ("glow_train.commands", "glow_train.sample"),
+    "eval": ("glow_train.commands", "glow_train.evaluate"),
+}
 
 
-def _one_line(err: BaseException) -> str:
-    """A Hydra composition error (several lines, a cause) as one line."""
-    text = str(err).split("\nConfig search path")[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0].rstrip(".") if lines else type(err).__name__
-    first = first.removeprefix("Error merging override ")
-    options = [line for line in text.splitlines()[1:] if line.startswith("\t")]
-    if options:  # an unknown group entry: Hydra lists the available ones
-        return f"{first}; choose one of {', '.join(o.strip() for o in options)}"
-    cause = err.__cause__
-    if cause is not None and str(cause).strip():
-        return f"{first}: {str(cause).splitlines()[0]}"
-    return "; ".join(lines) if lines else first
-
-
-def _check_command_line(config_name: str, prog: str) -> None:
-    """Compose the config once before Hydra runs the app, so a value of the wrong type
-    or an unknown key is one line and exit status 2 rather than Hydra's report.
-
-    Command lines with Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps) are
-    left to Hydra.
-    """
-    overrides = sys.argv[1:]
-    if any(arg.startswith("-") for arg in overrides):
-        return
+def _load(config_name: str) -> None:
+    """Import the command's modules with SIGINT noted rather than raised."""
+    pending: list[int] = []
     try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            compose(config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _report(prog: str, fn: Callable[[], object]) -> None:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread: nothing to guard
+        previous = None
     try:
-        fn()
-    except GlowError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:  # e.g. an output path under a file, a read-only folder
-        where = f": {err.filename}" if err.filename else ""
-        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
-        sys.exit(2)
+        for name in _MODULES[config_name]:
+            import_module(name)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def _run(config_name: str, prog: str) -> None:
+    try:
+        _load(config_name)
+        from glow_train.commands import APPS, check_command_line
+
+        check_command_line(config_name, prog)
+        APPS[config_name]()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)
 
 
-def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The config of a resumed run: the checkpoint's, plus this command line's overrides.
-
-    A plain ``glow-train ckpt=.../last.pt`` continues the run as it was configured
-    (whatever the defaults are now); ``train.max_steps=...`` and other ``key=value``
-    overrides still apply. Choosing another dataset, model or experiment would make a
-    different run, so it is refused.
-    """
-    from glow_train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(cfg.ckpt, mmap=True)
-    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS]
-    if groups:
-        raise CheckpointError(
-            f"cannot change {', '.join(groups)} when resuming {cfg.ckpt}; "
-            "start a new run instead (without ckpt=)"
-        )
-    base = OmegaConf.create(state["config"])
-    extra = [o for o in overrides if not o.startswith("ckpt=")]
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
-    with open_dict(merged):
-        merged.ckpt = cfg.ckpt
-        merged.run_dir = cfg.run_dir if cfg.run_dir is not None else None
-    return merged
-
-
-@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
-def _train_app(cfg: DictConfig) -> None:
-    from glow_train.training import train
-
-    def run():
-        config = cfg
-        if cfg.ckpt is not None:
-            config = resume_config(cfg, list(HydraConfig.get().overrides.task))
-        train(config)
-
-    _report("glow-train", run)
-
-
 def train_main() -> None:
     """Entry point of ``glow-train``."""
-    _check_command_line("train", "glow-train")
-    _train_app()
-
-
-def _plain(value: object) -> object:
-    """OmegaConf containers -> plain lists and dicts; everything else unchanged."""
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _require_ckpt(cfg: DictConfig, prog: str) -> str:
-    if cfg.ckpt is None:
-        raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
-    return str(cfg.ckpt)
-
-
-@hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
-def _sample_app(cfg: DictConfig) -> None:
-    from glow_train.sample import sample
-
-    def run():
-        paths = sample(
-            _require_ckpt(cfg, "glow-sample"),
-            _plain(cfg.temperature),
-            n=cfg.n,
-            nrow=cfg.nrow,
-            padding=cfg.padding,
-            layout=cfg.layout,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            out=cfg.out,
-            device=str(cfg.device),
-            ema=cfg.ema,
-        )
-        for path in paths:
-            print(path)
-
-    _report("glow-sample", run)
+    _run("train", "glow-train")
 
 
 def sample_main() -> None:
     """Entry point of ``glow-sample``."""
-    _check_command_line("sample", "glow-sample")
-    _sample_app()
-
-
-@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
-def _eval_app(cfg: DictConfig) -> None:
-    from glow_train.evaluate import evaluate
-
-    def run():
-        # dataset=<name> composes that group's config (with any dataset.* overrides in
-        # it); without it, dataset.* keys that are set replace the checkpoint's values.
-        dataset = _plain(cfg.dataset)
-        chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
-        report = evaluate(
-            _require_ckpt(cfg, "glow-eval"),
-            split=cfg.split,
-            dataset={k: v for k, v in dataset.items() if v is not None} if chosen else None,
-            dataset_overrides=None if chosen else dataset,
-            draws=cfg.draws,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            n_bits=cfg.n_bits,
-            per_image=cfg.per_image,
-            out=cfg.out,
-            device=str(cfg.device),
-            ema=cfg.ema,
-            progress=cfg.progress,
-        )
-        summary, unit = report.summary, report.summary["unit"]
-        print(f"eval: {report.json_path}")
-        if report.csv_path is not None:
-            print(f"per-image {unit}: {report.csv_path}")
-        if summary["stderr"] is not None:
-            print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
-        print(f"{summary['split']} {unit}: {summary[summary['metric']]:.4f}")
-
-    _report("glow-eval", run)
+    _run("sample", "glow-sample")
 
 
 def eval_main() -> None:
     """Entry point of ``glow-eval``."""
-    _check_command_line("eval", "glow-eval")
-    _eval_app()
+    _run("eval", "glow-eval")

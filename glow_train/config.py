@@ -186,10 +186,11 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="sample_schema", node=SampleConfig)
     store.store(name="eval_schema", node=EvalConfig)
-    # group entries name these in their defaults list as /schema/<group>/<name>@_here_
-    store.store(group="schema/model", name="glow", node=GlowConfig)
-    store.store(group="schema/model", name="glow1d", node=Glow1DConfig)
-    store.store(group="schema/dataset", name="image", node=ImageDatasetConfig)
+    # group entries name these in their defaults list as /<name>@_here_; outside any
+    # group, so `--help` does not offer them as choices
+    store.store(name="glow_model_schema", node=GlowConfig)
+    store.store(name="glow1d_model_schema", node=Glow1DConfig)
+    store.store(name="image_dataset_schema", node=ImageDatasetConfig)
 
 
 def packaged_defaults(name: str, schema: type) -> DictConfig:

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from glow_train.checkpoint import write_atomic
+from glow_train.checkpoint import resolve_checkpoint, write_atomic
 from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import SPLITS, build_dataset, describe_dataset, make_loader
 from glow_train.data import validate_dataset_config as check_dataset
@@ -167,6 +167,8 @@ def _output_paths(
     if out is not None and str(out).lower().endswith(".json"):
         json_path = Path(out)
         return json_path, json_path.with_name(f"{json_path.stem}_per_image.csv")
+    if out is not None and Path(out).is_file():
+        raise ConfigError(f"out={out} is an existing file; pass a folder or a .json file name")
     folder = (
         Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_{dataset}_{split}"
     )
@@ -217,7 +219,8 @@ def evaluate(
     null: the checkpoint's.
 
     Args:
-        ckpt: a checkpoint written by ``glow-train``.
+        ckpt: a checkpoint written by ``glow-train``, or a run folder (its ``best.pt``,
+            else ``last.pt``).
         split: ``"test"`` or ``"train"``.
         dataset: a whole dataset config to score instead of the checkpoint's (e.g.
             ``glow_train.data.dataset_config("mnist", image_size=8)``); its images must
@@ -259,7 +262,7 @@ def evaluate(
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
     device = resolve_device(device if isinstance(device, torch.device) else opts.device)
-    ckpt = Path(ckpt)
+    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
 
     objective, info = load_objective(ckpt, ema=opts.ema, device=device)
     checkpoint_dataset, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import write_atomic
+from glow_train.checkpoint import resolve_checkpoint, write_atomic
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.distributed import resolve_device
 from glow_train.errors import ConfigError, require_int
@@ -119,6 +119,19 @@ def _temperatures(value: float | Sequence[float]) -> list[float]:
     return out
 
 
+def _writable_extensions() -> dict[str, str]:
+    """Extension -> Pillow format name, for the formats Pillow can write."""
+    from PIL import Image
+
+    Image.init()
+    return {ext: kind for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE}
+
+
+def image_format(path: Path) -> str:
+    """The Pillow format a file name asks for (``PNG`` for ``.png``, ``JPEG`` for ``.jpg``)."""
+    return _writable_extensions()[path.suffix.lower()]
+
+
 def _label(t: float) -> str:
     return f"T{t:g}"
 
@@ -128,21 +141,36 @@ def output_paths(
 ) -> list[Path]:
     """Where :func:`sample` writes: one path per grid, each labelled with its temperature(s).
 
-    ``out`` ending in ``.png`` is the file itself (``_T<t>`` is added before the suffix when
-    there are several grids); anything else is a folder; ``None`` is
-    ``<checkpoint folder>/samples/``. File names in a folder are ``<ckpt stem>_T<t>.png``
-    (``_rows_T0-0.7-1.png`` for ``layout=rows``).
+    ``out`` ending in an image extension Pillow writes (``.png``, ``.jpg``, ``.webp``, ...)
+    is the file itself, written in that format (``_T<t>`` is added before the suffix
+    when there are several grids); an existing folder, or a name without an
+    extension, is a folder; ``None`` is ``<checkpoint folder>/samples/``. File names
+    in a folder are ``<ckpt stem>_T<t>.png`` (``_rows_T0-0.7-1.png`` for ``layout=rows``).
+
+    Raises:
+        ConfigError: an extension that is no image format, or an existing file
+            that is not an image.
     """
     labels = (
         [_label(t) for t in temperatures]
         if layout == "grids"
         else ["rows_T" + "-".join(f"{t:g}" for t in temperatures)]
     )
-    if out is not None and str(out).lower().endswith(".png"):
+    if out is not None and not Path(out).is_dir():
         out = Path(out)
-        if len(labels) == 1:
-            return [out]
-        return [out.with_name(f"{out.stem}_{label}{out.suffix}") for label in labels]
+        if out.suffix.lower() in _writable_extensions():
+            if len(labels) == 1:
+                return [out]
+            return [out.with_name(f"{out.stem}_{label}{out.suffix}") for label in labels]
+        if out.is_file():
+            raise ConfigError(
+                f"out={out} is an existing file; pass a folder or an image file name (.png, .jpg)"
+            )
+        if out.suffix:
+            raise ConfigError(
+                f"out={out}: {out.suffix!r} is not an image format Pillow writes; name a "
+                ".png, .jpg or .webp file, or a folder"
+            )
     folder = Path(out) if out is not None else ckpt.parent / "samples"
     return [folder / f"{ckpt.stem}_{label}.png" for label in labels]
 
@@ -167,7 +195,8 @@ def sample(
     defaults of ``glow-sample``).
 
     Args:
-        ckpt: a checkpoint written by ``glow-train``.
+        ckpt: a checkpoint written by ``glow-train``, or a run folder (its ``best.pt``,
+            else ``last.pt``).
         temperature: one temperature or several (one grid, or one row, each).
         n: samples per grid (``layout="grids"``) or per row (``layout="rows"``).
         nrow: images per grid row (``None``: ``ceil(sqrt(n))``); unused for rows.
@@ -208,7 +237,7 @@ def sample(
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout == "grids":
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
-    ckpt = Path(ckpt)
+    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
     paths = output_paths(ckpt, temperatures, layout, out)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
@@ -221,5 +250,6 @@ def sample(
     else:
         grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size)]
     for path, grid in zip(paths, grids, strict=True):
-        write_atomic(path, lambda tmp, grid=grid: save_image(grid, tmp, format="png"))
+        kind = image_format(path)
+        write_atomic(path, lambda tmp, grid=grid, kind=kind: save_image(grid, tmp, format=kind))
     return paths

@@ -65,6 +65,7 @@ def test_two_process_training_matches_one_process_evaluation(tmp_path):
     assert "batch 16 x 2 process(es) = 32" in proc.stdout
     assert [p.name for p in runs.iterdir()] == ["r"]
     assert sorted(p.name for p in (runs / "r").iterdir()) == [
+        ".glow-train.lock",  # rank 0's lock on the folder
         "best.pt",
         "config.yaml",
         "last.pt",

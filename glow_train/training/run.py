@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from glow_train.checkpoint import load_checkpoint
+from glow_train.checkpoint import load_checkpoint, resolve_checkpoint
 from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from glow_train.errors import ConfigError
 from glow_train.training.checks import check_config
@@ -37,6 +37,8 @@ def train(
     and ``test_set`` replace the datasets named in ``cfg.dataset`` (same item shape).
     """
     cfg = check_config(cfg)
+    if cfg.ckpt is not None:  # a run folder resumes its last.pt
+        cfg.ckpt = str(resolve_checkpoint(cfg.ckpt, ("last.pt",)))
     own_group = dist is None
     dist = dist or setup_distributed(cfg.device)
     lock = None
@@ -56,6 +58,7 @@ def train(
         trainer.prepare(state, Path(cfg.ckpt) if state is not None else None)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            lock.started = True
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             effective = trainer.batch_size * dist.world_size
             start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"

@@ -38,12 +38,15 @@ class RunLock:
     def __init__(self, folder: Path, created: bool = False):
         self.folder = folder
         self.created = created
+        self.started = False  # set once the run writes into the folder (config.yaml)
+        self._new_file = False
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
         """Take the lock, or raise a :class:`ConfigError` naming the process that holds it."""
         self.created = self.created or not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._new_file = not (self.folder / LOCK_NAME).exists()
         fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,14 +63,16 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Let the lock go; remove the folder if this run created it and left it empty."""
+        """Let the lock go. A run that never :attr:`started` leaves no trace: the lock
+        file goes if it made it, and so does the folder if it made that and it is empty."""
         if self._fd is None:
             return
+        if not self.started and self._new_file:
+            (self.folder / LOCK_NAME).unlink(missing_ok=True)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
-        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
-            (self.folder / LOCK_NAME).unlink()
+        if not self.started and self.created and not any(self.folder.iterdir()):
             self.folder.rmdir()
 
 
