@@ -24,7 +24,8 @@ __all__ = ["Optimization", "StepOutcome"]
 class StepOutcome:
     """What one step did, agreed by every rank (the flags are all-reduced)."""
 
-    grad_norm: torch.Tensor
+    loss: float  # this rank's loss
+    grad_norm: float  # this rank's gradient norm before clipping
     skipped: bool  # a non-finite loss or gradient: nothing changed
     overflow: bool  # fp16: the GradScaler skipped the update and lowered its scale
     signalled: bool  # a signal arrived on some rank
@@ -102,7 +103,12 @@ class Optimization:
                 torch.tensor(float(time_up), device=loss.device),
             ]
         )
-        loss_bad, grad_bad, signalled, time_up = (bool(v) for v in all_reduce_max(flags).tolist())
+        # one host synchronisation for the whole step: the agreed flags and this
+        # rank's loss and gradient norm come back together
+        values = torch.cat(
+            [all_reduce_max(flags), loss.detach().float().view(1), grad_norm.float().view(1)]
+        ).tolist()
+        loss_bad, grad_bad, signalled, time_up = (bool(v) for v in values[:4])
         overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
         skipped = (loss_bad or grad_bad) and not overflow
         if skipped:
@@ -115,4 +121,4 @@ class Optimization:
                 self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update_parameters(module)
-        return StepOutcome(grad_norm, skipped, overflow, signalled, time_up)
+        return StepOutcome(values[4], values[5], skipped, overflow, signalled, time_up)

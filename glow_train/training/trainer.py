@@ -266,8 +266,8 @@ class Trainer:
             p.bad_in_a_row = 0
         p.step += 1
         return {
-            "score": loss.item(),
-            "grad_norm": outcome.grad_norm.item(),
+            "score": outcome.loss,
+            "grad_norm": outcome.grad_norm,
             "skipped": outcome.skipped,
             "overflow": outcome.overflow,
             "signalled": outcome.signalled,

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Training and sampling throughput of glow-train, and of normflows with --peers, in one process.
+
+Every system is built at the same architecture (a multi-scale Glow of L levels of K
+steps with `--hidden` conditioner channels, affine coupling, LU 1x1 convolutions) on
+random images of the given shape; each is warmed up, then timed in alternation with
+the others, and the median of `--repeats` blocks is reported. Absolute figures on a
+shared machine move from run to run: compare ratios from one run.
+
+    python scripts/bench.py             # glow-train alone, CPU
+    python scripts/bench.py --peers     # with normflows (pip install -e '.[bench]')
+    python scripts/bench.py --peers --device cuda --K 32 --hidden 512 --batch-size 64 \
+        --json out.json
+
+Columns: training images/s (forward, backward, Adam step), sampling images/s (decode
+`--samples` images at T=0.7), and peak memory: CUDA's max_memory_allocated per
+configuration, or on CPU the process's peak resident set size so far (monotone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from glow_train import Glow
+
+
+def glow_train_system(args, device, precision: str, memory_saving: bool):
+    model = Glow(args.channels, args.size, args.K, args.L, args.hidden, "affine", True).to(device)
+    x0 = torch.rand(args.batch_size, args.channels, args.size, args.size, device=device) - 0.5
+    model.initialize(x0)
+    model.set_memory_saving(memory_saving)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+    )
+
+    def step():
+        x = torch.rand_like(x0) - 0.5
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = -model.log_prob(x).mean()
+        loss.backward()
+        opt.step()
+
+    def sample():
+        with torch.no_grad(), autocast():
+            model.eval()
+            model.sample(args.samples, 0.7)
+            model.train()
+
+    return step, sample
+
+
+def normflows_system(args, device):
+    import normflows as nf
+
+    c, size, L = args.channels, args.size, args.L
+    q0, merges, flows = [], [], []
+    for i in range(L):
+        blocks = [nf.flows.GlowBlock(c * 2 ** (L + 1 - i), args.hidden) for _ in range(args.K)]
+        flows.append([*blocks, nf.flows.Squeeze()])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            shape = (c * 2 ** (L - i), size // 2 ** (L - i), size // 2 ** (L - i))
+        else:
+            shape = (c * 2 ** (L + 1), size // 2**L, size // 2**L)
+        q0.append(nf.distributions.DiagGaussian(shape))
+    model = nf.MultiscaleFlow(q0, flows, merges, class_cond=False).to(device)
+    x0 = torch.rand(args.batch_size, c, size, size, device=device) - 0.5
+    with torch.no_grad():
+        model.forward_kld(x0)  # ActNorm's data-dependent initialisation
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        x = torch.rand_like(x0) - 0.5
+        opt.zero_grad(set_to_none=True)
+        model.forward_kld(x).backward()
+        opt.step()
+
+    def sample():
+        with torch.no_grad():
+            model.sample(args.samples, temperature=0.7)
+
+    return step, sample
+
+
+def timed(fn: Callable[[], None], calls: int, device) -> float:
+    """Seconds per call of ``fn`` over ``calls`` calls (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / calls
+
+
+def peak_memory_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--K", type=int, default=8)
+    parser.add_argument("--L", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="training steps per timed block")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peers", action="store_true", help="also time normflows")
+    parser.add_argument("--json", help="also write the table here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    systems = {
+        "glow-train fp32": glow_train_system(args, device, "fp32", False),
+        "glow-train bf16": glow_train_system(args, device, "bf16", False),
+        "glow-train fp32 memory-saving": glow_train_system(args, device, "fp32", True),
+    }
+    if args.peers:
+        systems["normflows fp32"] = normflows_system(args, device)
+    for step, sample in systems.values():
+        for _ in range(args.warmup):
+            step()
+        sample()
+    train_s = {name: [] for name in systems}
+    sample_s = {name: [] for name in systems}
+    memory = {}
+    for _ in range(args.repeats):
+        for name, (step, sample) in systems.items():  # alternate: load affects all alike
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            train_s[name].append(timed(step, args.steps, device))
+            sample_s[name].append(timed(sample, 1, device))
+            memory[name] = max(memory.get(name, 0.0), peak_memory_mib(device))
+    rows = []
+    for name in systems:
+        rows.append(
+            {
+                "system": name,
+                "train_images_per_s": args.batch_size / statistics.median(train_s[name]),
+                "sample_images_per_s": args.samples / statistics.median(sample_s[name]),
+                "peak_memory_mib": memory[name],
+            }
+        )
+    shape = f"{args.channels}x{args.size}x{args.size}, K={args.K}, L={args.L}, hidden {args.hidden}"
+    print(f"{shape}, batch {args.batch_size}, {device}, median of {args.repeats}")
+    print("| system | train img/s | sample img/s | peak memory (MiB) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['system']} | {r['train_images_per_s']:.0f} | "
+            f"{r['sample_images_per_s']:.0f} | {r['peak_memory_mib']:.0f} |"
+        )
+    peer = next((r for r in rows if r["system"].startswith("normflows")), None)
+    if peer is not None:
+        for r in rows:
+            if not r["system"].startswith("normflows"):
+                print(
+                    f"{r['system']} / normflows fp32: train "
+                    f"{r['train_images_per_s'] / peer['train_images_per_s']:.2f}x, sample "
+                    f"{r['sample_images_per_s'] / peer['sample_images_per_s']:.2f}x"
+                )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2, allow_nan=False)
+    assert all(math.isfinite(r["train_images_per_s"]) for r in rows)
+
+
+if __name__ == "__main__":
+    main()
