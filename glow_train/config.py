@@ -39,6 +39,7 @@ __all__ = [
     "packaged_defaults",
     "fill_defaults",
     "typed",
+    "drop_retired_keys",
     "one_line",
     "check_train",
     "parse_duration",
@@ -121,7 +122,6 @@ class TrainLoopConfig:
     num_samples: int = MISSING
     compile: bool = MISSING
     memory_saving: bool = MISSING
-    channels_last: bool = MISSING
     cudnn_benchmark: bool = MISSING
     progress: bool = MISSING
 
@@ -238,6 +238,20 @@ def one_line(err: BaseException) -> str:
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     key = getattr(err, "full_key", None)
     return f"{key}: {message}" if key and key not in message else message
+
+
+#: keys older configs (inside older checkpoints) may hold that no longer exist:
+#: dropped when such a config is read, so those runs still resume
+RETIRED_KEYS = {"train": ("channels_last",)}  # the model always runs channels_last now
+
+
+def drop_retired_keys(values: Any) -> Any:
+    """``values`` (a run config) without the :data:`RETIRED_KEYS` it may hold."""
+    values = OmegaConf.to_container(values) if OmegaConf.is_config(values) else dict(values)
+    for section, keys in RETIRED_KEYS.items():
+        if isinstance(values.get(section), Mapping):
+            values[section] = {k: v for k, v in values[section].items() if k not in keys}
+    return values
 
 
 def typed(schema: type, values: Any, where: str = "") -> DictConfig:

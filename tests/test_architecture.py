@@ -156,9 +156,12 @@ def test_a_version_1_checkpoint_evaluates_to_the_same_figure(tmp_path):
     state = load_checkpoint(V1_CHECKPOINT)
     assert state["format_version"] == 2 and state["model_config"]["name"] == "glow"
     assert state["best_score"] == V1_TEST_BPD
-    assert evaluate(V1_CHECKPOINT, out=tmp_path / "a.json").summary["bpd"] == V1_TEST_BPD
+    # Equal to the last bit until the levels moved to channels_last maps (issue 11);
+    # since then the convolutions round differently, in the ninth decimal.
+    bpd = evaluate(V1_CHECKPOINT, out=tmp_path / "a.json").summary["bpd"]
+    assert bpd == pytest.approx(V1_TEST_BPD, abs=1e-7)
     raw = evaluate(V1_CHECKPOINT, ema=False, out=tmp_path / "b.json").summary["bpd"]
-    assert raw == V1_TEST_BPD_RAW
+    assert raw == pytest.approx(V1_TEST_BPD_RAW, abs=1e-7)
     assert isinstance(Glow.from_checkpoint(V1_CHECKPOINT), Glow)
 
 
@@ -171,7 +174,7 @@ def test_a_version_1_checkpoint_resumes_as_it_did_before(tmp_path):
     assert status == 0, err
     state = load_checkpoint(copy)
     assert state["step"] == 18 and state["format_version"] == 2
-    # bit for bit on this machine; other CPUs may round convolutions differently
+    # bit for bit before channels_last (see above); round-off since, and on other CPUs
     assert state["last_test_score"] == pytest.approx(V1_RESUMED_TO_18, abs=1e-6)
 
 

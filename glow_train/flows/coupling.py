@@ -115,7 +115,7 @@ class Coupling(Flow):
             logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
         else:
             z_b = z_b * log_scale.exp().to(x.dtype)
-            logdet = log_scale.flatten(1).sum(1)
+            logdet = log_scale.sum(dim=tuple(range(1, log_scale.dim())))
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     dtype = logdet_dtype(z)
     z, mean, log_scale = z.to(dtype), mean.to(dtype), log_scale.to(dtype)
     log_p = -_HALF_LOG_2PI - log_scale - 0.5 * ((z - mean) * torch.exp(-log_scale)) ** 2
-    return log_p.flatten(1).sum(1)
+    return log_p.sum(dim=tuple(range(1, log_p.dim())))  # no copy for channels_last
 
 
 class GaussianPrior(nn.Module):

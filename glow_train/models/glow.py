@@ -111,6 +111,9 @@ class Glow(FlowModel):
         self.levels = nn.ModuleList(levels)
         self.split_priors = nn.ModuleList(split_priors)
         self.top_prior = LearnedPrior((c, h, w), num_classes=num_classes)
+        # The levels run on channels_last maps (see glow_train.flows.squeeze): keep the
+        # convolution weights in the same layout. `.to(device)` preserves it.
+        self.to(memory_format=torch.channels_last)
 
     @classmethod
     def for_data(cls, spec: DataSpec, options: dict[str, Any]) -> Glow:

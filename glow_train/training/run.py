@@ -67,7 +67,8 @@ def train(
                 f"{len(trainer.test_set)} test images), "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"batch {trainer.batch_size} x {dist.world_size} process(es) = {effective}, "
-                f"device {dist.device}, {cfg.precision}; run folder {run_dir}"
+                f"device {dist.device}, {cfg.precision}, channels_last maps"
+                f"{', compiled' if cfg.train.compile else ''}; run folder {run_dir}"
             )
         return trainer.fit()
     finally:

@@ -78,8 +78,6 @@ class Trainer:
         flow = build_model(cfg.model, self.spec)
         flow.set_memory_saving(bool(tcfg.memory_saving))
         self.objective: Objective = build_objective(flow, self.spec).to(self.device)
-        if tcfg.channels_last and self.device.type == "cuda":
-            self.objective = self.objective.to(memory_format=torch.channels_last)
         # Datasets can be passed in (items of cfg.dataset's shape).
         self.train_set = train_set if train_set is not None else build_dataset(cfg.dataset, "train")
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
@@ -234,10 +232,6 @@ class Trainer:
             data = torch.where(flip.view(-1, *([1] * (data.dim() - 1))), data.flip(-1), data)
         x = self.objective.prepare(data)
         noise = self.objective.noise(x, gen)
-        if self.cfg.train.channels_last and self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-            if noise is not None:
-                noise = noise.contiguous(memory_format=torch.channels_last)
         return x, noise, self.objective.labels(batch)
 
     def train_step(
