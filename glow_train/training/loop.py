@@ -148,6 +148,7 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
     main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
     evaluate_and_keep_best(trainer)
     if not math.isfinite(p.last_test_score):
+        trainer.monitor.close()
         raise TrainingDiverged(
             f"the model's test {label} at step {trainer.step} is not finite: the run diverged; "
             f"{trainer.last_good_text()}"

@@ -140,17 +140,17 @@ class Trainer:
         noise = torch.Generator(self.device).manual_seed(self.seed)
         self.objective.initialize(self._init_batch(), noise)
 
-    def _init_batch(self) -> Batch:
-        """The first ``train.init_samples`` items of a shuffle seeded by ``seed``, on the device."""
-        n = min(int(self.cfg.train.init_samples), len(self.train_set))
+    def _init_batch(self, limit: int | None = None) -> Batch:
+        """The first ``train.init_samples`` (at most ``limit``) items of a shuffle seeded
+        by ``seed``, on the device."""
+        n = min(int(self.cfg.train.init_samples), len(self.train_set), limit or len(self.train_set))
         gen = torch.Generator().manual_seed(self.seed)
         index = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()
         return collate([self.train_set[i] for i in index]).to(self.device)
 
     def _make_probe(self) -> None:
         """A fixed small batch (with its noise) on which :meth:`healthy` runs the model."""
-        batch = self._init_batch()
-        batch = Batch(batch.x[:PROBE_SIZE], batch.y[:PROBE_SIZE])
+        batch = self._init_batch(limit=PROBE_SIZE)
         x = self.objective.prepare(batch.x)
         noise = self.objective.noise(x, torch.Generator(self.device).manual_seed(self.seed + 1))
         self.probe = (x, noise, self.objective.labels(batch))
