@@ -174,6 +174,7 @@ def _sample_app(cfg: DictConfig) -> None:
             out=cfg.out,
             device=str(cfg.device),
             ema=cfg.ema,
+            precision=cfg.precision,
         )
         for path in paths:
             print(path)

@@ -156,6 +156,7 @@ class SampleConfig:
     out: str | None = None
     device: str = MISSING
     ema: bool = MISSING
+    precision: str = MISSING
 
 
 @dataclass

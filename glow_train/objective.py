@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -139,17 +140,31 @@ class Objective(nn.Module):
     ) -> Tensor:
         """``n`` samples as data (images: floats in ``[0, 1]`` on the data's grid).
 
+        A sample that overflows (an extreme latent at a high temperature) is drawn
+        clamped, with a ``RuntimeWarning``.
+
         Raises:
-            NonFiniteError: the flow's output is not finite (a diverged model), rather
-                than an image of clamped NaNs.
+            NonFiniteError: no sample is finite (a diverged model), rather than an
+                image of clamped NaNs.
         """
         x = self.flow.sample(n, temperature, generator, y)
-        if not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-            raise NonFiniteError(
-                f"{bad} of {n} samples at temperature {temperature:g} are not finite: "
-                "the model diverged; use an earlier checkpoint"
+        finite = torch.isfinite(x).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = n - int(finite.sum())
+            if bad == n:
+                raise NonFiniteError(
+                    f"{bad} of {n} samples at temperature {temperature:g} are not finite: "
+                    "the model diverged; use an earlier checkpoint"
+                )
+            # A healthy model can overflow on an extreme latent at a high temperature:
+            # draw those samples clamped, and say so.
+            warnings.warn(
+                f"{bad} of {n} samples at temperature {temperature:g} overflowed (extreme "
+                "latents) and are drawn clamped",
+                RuntimeWarning,
+                stacklevel=1,
             )
+            x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
         return self.dequantizer.to_data(x)
 
     def config(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 LAYOUTS = ("grids", "rows")
+SAMPLE_PRECISIONS = ("fp32", "bf16")
 
 
 @torch.no_grad()
@@ -188,6 +190,7 @@ def sample(
     out: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
+    precision: str | None = None,
 ) -> list[Path]:
     """Decode samples of a checkpoint's model and write them as PNG grids.
 
@@ -208,6 +211,8 @@ def sample(
         out: see :func:`output_paths`.
         device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
+        precision: ``"fp32"`` or ``"bf16"`` (the coupling networks under bf16 autocast;
+            the priors, the 1x1 convolutions and the stream between layers stay fp32).
 
     Returns:
         The written files. They are written only after every grid was drawn, each
@@ -225,7 +230,12 @@ def sample(
         seed=seed,
         device=None if isinstance(device, torch.device) else device,
         ema=ema,
+        precision=precision,
     )
+    if opts.precision not in SAMPLE_PRECISIONS:
+        raise ConfigError(
+            f"precision must be one of {', '.join(SAMPLE_PRECISIONS)}, got {opts.precision!r}"
+        )
     temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
     n = require_int("n", opts.n, 1)
     nrow = require_int("nrow", nrow, 1, allow_none=True) or math.ceil(math.sqrt(n))
@@ -243,12 +253,18 @@ def sample(
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
     device = resolve_device(device if isinstance(device, torch.device) else opts.device)
     objective, _ = load_objective(ckpt, ema=opts.ema, device=device)
-    if layout == "grids":
-        grids = list(
-            sample_grid(objective, n, temperatures, seed, nrow, padding, batch_size).values()
-        )
-    else:
-        grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size)]
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if opts.precision == "bf16"
+        else nullcontext()
+    )
+    with autocast:
+        if layout == "grids":
+            grids = list(
+                sample_grid(objective, n, temperatures, seed, nrow, padding, batch_size).values()
+            )
+        else:
+            grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size)]
     for path, grid in zip(paths, grids, strict=True):
         kind = image_format(path)
         write_atomic(path, lambda tmp, grid=grid, kind=kind: save_image(grid, tmp, format=kind))

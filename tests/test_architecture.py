@@ -262,3 +262,18 @@ def test_modules_stay_small_or_say_why():
         if lines > 350:
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
             assert "longer than 350 lines" in doc, f"{path}: {lines} lines, no reason given"
+
+
+def test_an_overflowing_sample_is_drawn_clamped_and_a_broken_model_refused(monkeypatch):
+    from glow_train.errors import NonFiniteError
+
+    objective = Objective(StandardNormal(4), Uniform(n_bits=4))
+    draws = torch.tensor([[0.1, -0.2, 0.0, 0.3], [float("inf"), 0.0, float("nan"), 0.1]])
+    monkeypatch.setattr(objective.flow, "sample", lambda n, t, g, y: draws.clone())
+    with pytest.warns(RuntimeWarning, match="1 of 2 samples at temperature 1 overflowed"):
+        images = objective.sample(2, 1.0)
+    assert torch.isfinite(images).all() and images[1, 0] == 1.0  # +inf drawn as white
+    torch.testing.assert_close(images[0], objective.dequantizer.to_data(draws[:1])[0])
+    monkeypatch.setattr(objective.flow, "sample", lambda n, t, g, y: draws[1:].repeat(3, 1))
+    with pytest.raises(NonFiniteError, match="3 of 3 samples .* not finite: the model diverged"):
+        objective.sample(3, 1.0)
