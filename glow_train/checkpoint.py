@@ -177,16 +177,23 @@ def model_config(state: dict[str, Any], path: Any) -> tuple[str, dict[str, Any]]
         raise CheckpointError(f"{path} has no model_config; not a glow-train run") from err
 
 
-def objective_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Tensor]:
-    """The objective's state dict from a checkpoint: the EMA weights when asked and present."""
+def _under(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a state dict under ``prefix``, with the prefix taken off."""
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def objective_weights(
+    state: dict[str, Any], ema: bool = True, part: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The objective's state dict from a checkpoint (the EMA weights when asked and
+    present), or only one ``part`` of it: ``"flow"`` or ``"dequantizer"``."""
     if ema and state.get("ema") is not None:
-        prefix = "module."
-        return {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-    return state["objective"]
+        weights = _under(state["ema"], "module.")
+    else:
+        weights = state["objective"]
+    return weights if part is None else _under(weights, f"{part}.")
 
 
 def flow_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Tensor]:
     """The flow's (model's) state dict alone, out of :func:`objective_weights`."""
-    prefix = "flow."
-    weights = objective_weights(state, ema)
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    return objective_weights(state, ema, "flow")

@@ -81,6 +81,8 @@ def check_command_line(config_name: str, prog: str) -> None:
 
 
 def _report(prog: str, fn: Callable[[], object]) -> None:
+    """Run ``fn``; a user-fixable error is one line and exit status 2. (Ctrl-C is
+    handled once, in :mod:`glow_train.cli`, around the imports and the whole run.)"""
     try:
         fn()
     except GlowError as err:
@@ -90,9 +92,6 @@ def _report(prog: str, fn: Callable[[], object]) -> None:
         where = f": {err.filename}" if err.filename else ""
         print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: aborted", file=sys.stderr)
-        sys.exit(130)
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:

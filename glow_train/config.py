@@ -40,7 +40,6 @@ __all__ = [
     "fill_defaults",
     "typed",
     "drop_retired_keys",
-    "one_line",
     "check_train",
     "parse_duration",
     "PRECISIONS",
@@ -232,13 +231,6 @@ def parse_duration(value: Any) -> float | None:
     if seconds <= 0:
         raise ConfigError(f"train.time_limit must be positive, got {value!r}")
     return seconds
-
-
-def one_line(err: BaseException) -> str:
-    """An OmegaConf error as one line: its message and the key it is about."""
-    message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    key = getattr(err, "full_key", None)
-    return f"{key}: {message}" if key and key not in message else message
 
 
 #: keys older configs (inside older checkpoints) may hold that no longer exist:

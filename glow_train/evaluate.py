@@ -251,7 +251,6 @@ def evaluate(
         split=split,
         draws=draws,
         per_image=per_image,
-        device=None if isinstance(device, torch.device) else device,
         ema=ema,
         progress=progress,
     )
@@ -261,7 +260,7 @@ def evaluate(
     seed = require_int("seed", seed, 0, allow_none=True)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    device = resolve_device(device if isinstance(device, torch.device) else opts.device)
+    device = resolve_device(device if device is not None else opts.device)
     ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
 
     objective, info = load_objective(ckpt, ema=opts.ema, device=device)

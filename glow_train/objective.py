@@ -193,11 +193,7 @@ def load_objective(
     try:
         settings = state["objective_config"]
         dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"])
-        prefix = "dequantizer."
-        weights = objective_weights(state, ema)
-        dequantizer.load_state_dict(
-            {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        )
+        dequantizer.load_state_dict(objective_weights(state, ema, "dequantizer"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the dequantiser ({err})") from err
     info = {k: v for k, v in state.items() if k not in ("objective", "ema", "optimizer", "scaler")}

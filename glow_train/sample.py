@@ -228,7 +228,6 @@ def sample(
         padding=padding,
         layout=layout,
         seed=seed,
-        device=None if isinstance(device, torch.device) else device,
         ema=ema,
         precision=precision,
     )
@@ -251,7 +250,7 @@ def sample(
     paths = output_paths(ckpt, temperatures, layout, out)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    device = resolve_device(device if isinstance(device, torch.device) else opts.device)
+    device = resolve_device(device if device is not None else opts.device)
     objective, _ = load_objective(ckpt, ema=opts.ema, device=device)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)

@@ -53,10 +53,6 @@ class DataSpec:
         """Plain containers, for checkpoints and ``eval.json``."""
         return {**asdict(self), "shape": list(self.shape)}
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DataSpec:
-        return cls(**values)
-
 
 def _no_check(cfg: dict[str, Any]) -> None:
     return None
