@@ -72,6 +72,23 @@ def test_activation_memory_does_not_grow_with_depth():
     assert saving[1] < plain[1] / 10
 
 
+def test_each_conditioner_runs_once_more_not_twice():
+    """A coupling's inverse and its recomputed forward share one conditioner pass."""
+    from glow_train.flows.coupling import Coupling
+
+    model, x = make(torch.float32)
+    calls = []
+    for m in model.modules():
+        if isinstance(m, Coupling):
+            m.net.register_forward_hook(lambda *_: calls.append(1))
+    for saving, expected in ((False, 1), (True, 2)):
+        calls.clear()
+        model.set_memory_saving(saving)
+        model.log_prob(x).sum().backward()
+        couplings = sum(isinstance(m, Coupling) for m in model.modules())
+        assert len(calls) == expected * couplings
+
+
 def test_autocast_is_restored_in_the_recomputation():
     model, x = make(torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -24,9 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow_train.flows.base import Flow, logdet_dtype
+from glow_train.flows.base import Flow, channel_linear, logdet_dtype
 
-__all__ = ["Coupling", "ZeroInit", "conv_conditioner", "mlp_conditioner", "COUPLINGS"]
+__all__ = [
+    "Coupling",
+    "PointwiseConv2d",
+    "ZeroInit",
+    "conv_conditioner",
+    "mlp_conditioner",
+    "COUPLINGS",
+]
 
 COUPLINGS = ("affine", "additive")
 
@@ -54,13 +61,24 @@ class ZeroInit(nn.Module):
         return y * scale.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1×1 ``nn.Conv2d`` (same parameters and state dict) computed by
+    :func:`~glow_train.flows.base.channel_linear`: a matrix product on channels_last maps."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channel_linear(x, self.weight.flatten(1), self.bias)
+
+
 def conv_conditioner(in_channels: int, hidden_channels: int, out_channels: int) -> nn.Module:
     """conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3 (shape-preserving)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(hidden_channels, hidden_channels, 1),
-        nn.ReLU(inplace=True),
+        PointwiseConv2d(hidden_channels, hidden_channels),
+        nn.ReLU(),  # not in place: its input is a view, and autograd would copy for it
         ZeroInit(nn.Conv2d(hidden_channels, out_channels, 3, padding=1)),
     )
 
@@ -107,20 +125,35 @@ class Coupling(Flow):
         shift, raw = h[:, 0::2], h[:, 1::2]
         return shift, F.logsigmoid(raw.to(logdet_dtype(x_a)) + 2.0)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x[:, : self.split], x[:, self.split :]
-        shift, log_scale = self._shift_and_log_scale(x_a)
+    def _transform(self, x_b: Tensor, shift: Tensor, log_scale: Tensor | None):
+        """``z_b`` and the log-determinant from ``x_b`` and the conditioner's output."""
         z_b = x_b + shift
         if log_scale is None:
-            logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
-        else:
-            z_b = z_b * log_scale.exp().to(x.dtype)
-            logdet = log_scale.sum(dim=tuple(range(1, log_scale.dim())))
+            return z_b, x_b.new_zeros(x_b.shape[0], dtype=logdet_dtype(x_b))
+        z_b = z_b * log_scale.exp().to(x_b.dtype)
+        return z_b, log_scale.sum(dim=tuple(range(1, log_scale.dim())))
+
+    @staticmethod
+    def _untransform(z_b: Tensor, shift: Tensor, log_scale: Tensor | None) -> Tensor:
+        if log_scale is not None:
+            z_b = z_b * torch.exp(-log_scale).to(z_b.dtype)
+        return z_b - shift
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        z_b, logdet = self._transform(x_b, *self._shift_and_log_scale(x_a))
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z: Tensor) -> Tensor:
         z_a, z_b = z[:, : self.split], z[:, self.split :]
-        shift, log_scale = self._shift_and_log_scale(z_a)
-        if log_scale is not None:
-            z_b = z_b * torch.exp(-log_scale).to(z.dtype)
-        return torch.cat([z_a, z_b - shift], dim=1)
+        return torch.cat([z_a, self._untransform(z_b, *self._shift_and_log_scale(z_a))], dim=1)
+
+    def inverse_for_backward(self, z: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """One conditioner pass serves the inverse and the recomputed forward."""
+        x_a = z[:, : self.split].detach().requires_grad_(True)
+        shift, log_scale = self._shift_and_log_scale(x_a)  # with a graph, from x_a
+        with torch.no_grad():
+            x_b = self._untransform(z[:, self.split :], shift, log_scale)
+        x_b = x_b.requires_grad_(True)
+        z_b, logdet = self._transform(x_b, shift, log_scale)
+        return [x_a, x_b], torch.cat([x_a, z_b], dim=1), logdet

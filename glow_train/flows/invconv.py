@@ -21,10 +21,9 @@ module goes back to training mode.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow_train.flows.base import Flow, autocast_off, logdet_dtype
+from glow_train.flows.base import Flow, autocast_off, channel_linear, logdet_dtype
 
 __all__ = ["InvertibleLinear"]
 
@@ -102,9 +101,7 @@ class InvertibleLinear(Flow):
     def _mix(x: Tensor, w: Tensor) -> Tensor:
         w = w.to(x.dtype)
         with autocast_off(x):
-            if x.dim() == 2:
-                return F.linear(x, w)
-            return F.conv2d(x, w.view(*w.shape, 1, 1))
+            return channel_linear(x, w)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -8,12 +8,15 @@ step's input can be recomputed from its output instead (Gomez et al. 2017,
 :class:`~glow_train.flows.base.FlowSequence` without recording it, keeps only its
 output ``z``, and during the backward pass walks the steps in reverse:
 
-1. ``x_k = step_k.inverse(z_k)`` (no graph),
-2. re-run ``step_k(x_k)`` with a graph and back-propagate ``(dL/dz_k, dL/dlogdet)``
-   to ``x_k`` and the step's parameters,
+1. ``x_k = layer_k.inverse(z_k)`` and ``z_k = layer_k(x_k)`` again with a graph
+   (:meth:`~glow_train.flows.base.Flow.inverse_for_backward`),
+2. back-propagate ``(dL/dz_k, dL/dlogdet)`` to ``x_k`` and the layer's parameters,
 3. continue with ``z_{k-1} = x_k``.
 
-Only one step's activations are alive at a time. The gradients equal those of
+Only one layer's activations are alive at a time. A coupling's inverse and its
+forward need the same conditioner output ``NN(x_a)`` (``x_a = z_a`` passes through
+unchanged), so it is computed once, with a graph, and serves both: the whole
+backward costs one forward pass more than plain autograd, not two. The gradients equal those of
 plain autograd up to the round-off of the inversion (float32: about 1e-6 relative;
 see the tests). Autocast, if it was on in the forward pass, is restored for the
 recomputation.
@@ -45,24 +48,30 @@ class _RecomputeByInversion(torch.autograd.Function):
         grad_z = torch.zeros_like(z) if grad_z is None else grad_z
         param_grads: dict[Tensor, Tensor] = {}
         z = z.detach()
-        for flow in reversed(ctx.sequence.flows):
-            with torch.no_grad():
-                x = flow.inverse(z)
-            x = x.detach().requires_grad_(True)
+        for flow in reversed(_layers(ctx.sequence)):
             params = [p for p in flow.parameters() if p.requires_grad]
             with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
-                z_again, logdet = flow(x)
+                inputs, z_again, logdet = flow.inverse_for_backward(z)
             g_logdet = torch.zeros_like(logdet) if grad_logdet is None else grad_logdet
             grads = torch.autograd.grad(
-                (z_again, logdet), (x, *params), (grad_z, g_logdet), allow_unused=True
+                (z_again, logdet), (*inputs, *params), (grad_z, g_logdet), allow_unused=True
             )
-            grad_z = grads[0]
-            for p, g in zip(params, grads[1:], strict=True):
+            n = len(inputs)
+            grad_z = grads[0] if n == 1 else torch.cat(grads[:n], dim=1)
+            for p, g in zip(params, grads[n:], strict=True):
                 if g is not None:
                     param_grads[p] = param_grads[p] + g if p in param_grads else g
-            z = x.detach()
+            z = inputs[0].detach() if n == 1 else torch.cat([t.detach() for t in inputs], dim=1)
         all_params = [p for p in ctx.sequence.parameters() if p.requires_grad]
         return (grad_z, None, None, *[param_grads.get(p) for p in all_params])
+
+
+def _layers(sequence) -> list:
+    """The layers of a (nested) flow sequence in forward order."""
+    layers = []
+    for flow in sequence.flows:
+        layers.extend(_layers(flow) if hasattr(flow, "flows") else [flow])
+    return layers
 
 
 def run_with_inversion(sequence, x: Tensor) -> tuple[Tensor, Tensor]:
