@@ -23,6 +23,7 @@ _EXPORTS = {
     "postprocess": "glow_train.dequantize",
     "preprocess": "glow_train.dequantize",
     "quantize": "glow_train.dequantize",
+    "keep_freed_memory": "glow_train.runtime",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

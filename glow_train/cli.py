@@ -41,6 +41,9 @@ def _load(config_name: str) -> None:
 
 
 def _run(config_name: str, prog: str) -> None:
+    from glow_train.runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the first tensor: see glow_train.runtime
     try:
         _load(config_name)
         from glow_train.commands import APPS, check_command_line

@@ -29,6 +29,7 @@ from glow_train.flows.base import Flow, channel_linear, logdet_dtype
 __all__ = [
     "Coupling",
     "PointwiseConv2d",
+    "ReLU",
     "ZeroInit",
     "conv_conditioner",
     "mlp_conditioner",
@@ -61,6 +62,22 @@ class ZeroInit(nn.Module):
         return y * scale.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
 
 
+class ReLU(nn.Module):
+    """``nn.ReLU`` that works in place wherever autograd allows it cheaply.
+
+    In place saves a whole hidden activation's allocation and write (on the 2-core
+    machine a fresh ReLU output cost 5× the in-place one). The exception is a view
+    that needs a gradient (the output of :class:`PointwiseConv2d`): autograd would
+    have to copy its base for an in-place change, so it gets a new tensor.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():  # the compiler fuses it; no in-place needed
+            return F.relu(x)
+        needs_copy = x._is_view() and x.requires_grad and torch.is_grad_enabled()
+        return F.relu(x, inplace=not needs_copy)
+
+
 class PointwiseConv2d(nn.Conv2d):
     """A 1×1 ``nn.Conv2d`` (same parameters and state dict) computed by
     :func:`~glow_train.flows.base.channel_linear`: a matrix product on channels_last maps."""
@@ -76,9 +93,9 @@ def conv_conditioner(in_channels: int, hidden_channels: int, out_channels: int) 
     """conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3 (shape-preserving)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
-        nn.ReLU(inplace=True),
+        ReLU(),
         PointwiseConv2d(hidden_channels, hidden_channels),
-        nn.ReLU(),  # not in place: its input is a view, and autograd would copy for it
+        ReLU(),
         ZeroInit(nn.Conv2d(hidden_channels, out_channels, 3, padding=1)),
     )
 
