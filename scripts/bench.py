@@ -178,11 +178,20 @@ def main() -> None:
     print(f"{shape}, batch {args.batch_size}, {device}, {allocator}, median of {args.repeats}")
     print("| system | train img/s | sample img/s | peak memory (MiB) |")
     print("|---|---|---|---|")
+    def rate(v: float) -> str:
+        return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
     for r in rows:
         print(
-            f"| {r['system']} | {r['train_images_per_s']:.0f} | "
-            f"{r['sample_images_per_s']:.0f} | {r['peak_memory_mib']:.0f} |"
+            f"| {r['system']} | {rate(r['train_images_per_s'])} | "
+            f"{rate(r['sample_images_per_s'])} | {r['peak_memory_mib']:.0f} |"
         )
+    by_name = {r["system"]: r for r in rows}
+    plain, saving = by_name["glow-train fp32"], by_name["glow-train fp32 memory-saving"]
+    print(
+        "memory-saving step time / plain step time: "
+        f"{plain['train_images_per_s'] / saving['train_images_per_s']:.2f}x"
+    )
     peer = next((r for r in rows if r["system"].startswith("normflows")), None)
     if peer is not None:
         for r in rows:
