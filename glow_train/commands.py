@@ -174,6 +174,7 @@ def _sample_app(cfg: DictConfig) -> None:
             device=str(cfg.device),
             ema=cfg.ema,
             precision=cfg.precision,
+            start_price=cfg.start_price,
         )
         for path in paths:
             print(path)
@@ -214,7 +215,12 @@ def _eval_app(cfg: DictConfig) -> None:
             print(f"per-image {unit}: {report.csv_path}")
         if summary["stderr"] is not None:
             print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
-        print(f"{summary['split']} {unit}: {summary[summary['metric']]:.4f}")
+        value = summary[summary["metric"]]
+        if summary["metric"] == "bpd":
+            print(f"{summary['split']} bpd: {value:.4f}")
+        else:  # continuous data: a negative log-likelihood per dimension
+            of = f" (density of the {summary['density_of']})" if summary.get("density_of") else ""
+            print(f"{summary['split']} nll: {value:.4f} {unit}{of}")
 
     _report("glow-eval", run)
 

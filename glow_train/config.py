@@ -33,6 +33,7 @@ __all__ = [
     "GlowConfig",
     "Glow1DConfig",
     "ImageDatasetConfig",
+    "TableDatasetConfig",
     "SampleConfig",
     "EvalConfig",
     "register_configs",
@@ -72,6 +73,27 @@ class ImageDatasetConfig:
 
 
 @dataclass
+class TableDatasetConfig:
+    """``dataset.*`` of the table source (``configs/dataset/csv.yaml``)."""
+
+    name: str | None = None
+    path: str | None = None
+    columns: list[str] | None = None
+    header: str | None = None
+    delimiter: str | None = None
+    dropna: bool | None = None
+    window: int | None = None
+    stride: int | None = None
+    transform: str | None = None
+    val_size: float | None = None
+    test_size: float | None = None
+    split_seed: int | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    num_workers: int | None = None
+
+
+@dataclass
 class GlowConfig:
     """``model.*`` of :class:`glow_train.Glow` (``configs/model/glow.yaml``)."""
 
@@ -90,6 +112,9 @@ class Glow1DConfig:
     name: str = "glow1d"
     K: int = MISSING
     hidden_features: int = MISSING
+    hidden_layers: int = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
     coupling: str = MISSING
     lu: bool = MISSING
 
@@ -156,6 +181,7 @@ class SampleConfig:
     device: str = MISSING
     ema: bool = MISSING
     precision: str = MISSING
+    start_price: float | None = None
 
 
 @dataclass
@@ -191,6 +217,7 @@ def register_configs() -> None:
     store.store(name="glow_model_schema", node=GlowConfig)
     store.store(name="glow1d_model_schema", node=Glow1DConfig)
     store.store(name="image_dataset_schema", node=ImageDatasetConfig)
+    store.store(name="table_dataset_schema", node=TableDatasetConfig)
 
 
 def packaged_defaults(name: str, schema: type) -> DictConfig:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from glow_train.checkpoint import resolve_checkpoint, write_atomic
 from glow_train.config import EvalConfig, fill_defaults
-from glow_train.data import SPLITS, build_dataset, describe_dataset, make_loader
+from glow_train.data import SPLITS, DataSpec, build_dataset, describe_dataset, make_loader
 from glow_train.data import validate_dataset_config as check_dataset
 from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
@@ -185,6 +185,13 @@ def _write_csv(path: Path, result: EvalResult) -> None:
             writer.writerow([i, label if label >= 0 else "", repr(value)])
 
 
+def density_of(spec: DataSpec) -> str | None:
+    """What a vector model's density is of, when it is not the file's values themselves."""
+    if spec.transform == "log_return":
+        return f"log-returns of {', '.join(spec.series)} in windows of {spec.window}"
+    return None
+
+
 def _checkpoint_eval_settings(info: dict[str, Any], ckpt: Path) -> tuple[dict[str, Any], int]:
     """The checkpoint's dataset config and its ``train.eval_seed``."""
     config = info.get("config") or {}
@@ -308,6 +315,8 @@ def evaluate(
         )
     summary = {
         result.metric: result.value,
+        **({"nll": result.value} if result.metric == "nats_per_dim" else {}),
+        **({"density_of": density_of(spec)} if density_of(spec) else {}),
         "stderr": result.stderr,
         "metric": result.metric,
         "unit": METRICS[result.metric],

@@ -38,6 +38,7 @@ from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
 from glow_train.errors import NonFiniteError
+from glow_train.flows.standardize import Standardize
 from glow_train.models.base import FlowModel, rebuild
 from glow_train.models.registry import MODELS
 
@@ -78,6 +79,9 @@ class Objective(nn.Module):
     Args:
         flow: a registered model (:mod:`glow_train.models`).
         dequantizer: how data becomes the flow's continuous input.
+        standardize: for vector data, the training split's standardisation, a fixed
+            layer between the data and the flow whose log-determinant is part of
+            the likelihood (:class:`~glow_train.flows.Standardize`).
 
     Calling it, ``objective(x, noise, y)``, takes data already on the model's grid
     (:meth:`prepare`) and the noise drawn for it (:meth:`noise`) and returns the
@@ -85,10 +89,13 @@ class Objective(nn.Module):
     :meth:`score` converts that to the reported unit (:attr:`metric`).
     """
 
-    def __init__(self, flow: FlowModel, dequantizer: Dequantizer):
+    def __init__(
+        self, flow: FlowModel, dequantizer: Dequantizer, standardize: Standardize | None = None
+    ):
         super().__init__()
         self.flow = flow
         self.dequantizer = dequantizer
+        self.standardize = standardize
         self.num_dims = flow.num_dims
         self.metric = "bpd" if dequantizer.n_bits is not None else "nats_per_dim"
         self._offset = dequantizer.discretization_nats(self.num_dims)
@@ -114,10 +121,18 @@ class Objective(nn.Module):
     def forward(self, x: Tensor, noise: Tensor | None, y: Tensor | None = None) -> Tensor:
         """Per-item negative log-likelihood in nats, ``(B,)``."""
         x, log_q = self.dequantizer(x, noise)
+        x, logdet = self._standardized(x)
         log_prob = self.flow.log_prob(x, y)
         log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
+        if logdet is not None:
+            log_prob = log_prob + logdet
         nll = -log_prob + self._offset
         return nll if log_q is None else nll + log_q
+
+    def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.standardize is None:
+            return x, None
+        return self.standardize(x)
 
     def score(self, nll: Tensor) -> Tensor:
         """Nats per item -> the reported unit (bits/dim or nats/dim), same shape."""
@@ -128,7 +143,7 @@ class Objective(nn.Module):
         """The flow's data-dependent ActNorm initialisation on a dequantised batch."""
         x = self.prepare(batch.x)
         x, _ = self.dequantizer(x, self.noise(x, generator))
-        self.flow.initialize(x, self.labels(batch))
+        self.flow.initialize(self._standardized(x)[0], self.labels(batch))
 
     @torch.no_grad()
     def sample(
@@ -165,18 +180,23 @@ class Objective(nn.Module):
                 stacklevel=1,
             )
             x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+        if self.standardize is not None:
+            x = self.standardize.inverse(x)
         return self.dequantizer.to_data(x)
 
     def config(self) -> dict[str, Any]:
-        """What a checkpoint records to rebuild the dequantiser (``objective_config``)."""
-        return self.dequantizer.config()
+        """What a checkpoint records to rebuild the dequantiser and the standardisation
+        (``objective_config``; the statistics themselves are buffers in the weights)."""
+        dims = None if self.standardize is None else int(self.standardize.loc.numel())
+        return {**self.dequantizer.config(), "standardize": dims}
 
 
 def build_objective(flow: FlowModel, spec: DataSpec) -> Objective:
     """The objective for ``flow`` on data described by ``spec``: uniform dequantisation
     of quantised data, none for continuous data."""
     name = "uniform" if spec.quantized else "identity"
-    return Objective(flow, build_dequantizer(name, spec.n_bits))
+    standardize = None if spec.loc is None else Standardize(spec.loc, spec.scale)
+    return Objective(flow, build_dequantizer(name, spec.n_bits), standardize)
 
 
 def load_objective(
@@ -194,11 +214,15 @@ def load_objective(
         settings = state["objective_config"]
         dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"])
         dequantizer.load_state_dict(objective_weights(state, ema, "dequantizer"))
+        standardize = None
+        if settings.get("standardize") is not None:
+            standardize = Standardize.placeholder(int(settings["standardize"]))
+            standardize.load_state_dict(objective_weights(state, ema, "standardize"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the dequantiser ({err})") from err
     info = {k: v for k, v in state.items() if k not in ("objective", "ema", "optimizer", "scaler")}
     info["ema_used"] = bool(ema and state.get("ema") is not None)
-    return Objective(flow, dequantizer).to(device).eval(), info
+    return Objective(flow, dequantizer, standardize).to(device).eval(), info
 
 
 def load_model(

@@ -1,4 +1,4 @@
-"""Sampling: temperature-scaled latents decoded to image grids.
+"""Sampling: temperature-scaled latents decoded to image grids (CSV tables for vectors).
 
 ``sample_images`` and ``sample_grid`` are the library functions the trainer uses;
 :func:`sample` is what ``glow-sample`` calls: checkpoint in, PNG files out.
@@ -21,9 +21,11 @@ from torchvision.utils import make_grid, save_image
 
 from glow_train.checkpoint import resolve_checkpoint, write_atomic
 from glow_train.config import SampleConfig, fill_defaults
+from glow_train.data.spec import DataSpec
 from glow_train.distributed import resolve_device
 from glow_train.errors import ConfigError, require_int
 from glow_train.objective import Objective, load_objective
+from glow_train.sample_formats import TableSamples, sample_format, table_paths
 
 __all__ = [
     "sample_images",
@@ -139,7 +141,11 @@ def _label(t: float) -> str:
 
 
 def output_paths(
-    ckpt: Path, temperatures: list[float], layout: str, out: str | os.PathLike | None
+    ckpt: Path,
+    temperatures: list[float],
+    layout: str,
+    out: str | os.PathLike | None,
+    suffix: str = ".png",
 ) -> list[Path]:
     """Where :func:`sample` writes: one path per grid, each labelled with its temperature(s).
 
@@ -148,6 +154,7 @@ def output_paths(
     when there are several grids); an existing folder, or a name without an
     extension, is a folder; ``None`` is ``<checkpoint folder>/samples/``. File names
     in a folder are ``<ckpt stem>_T<t>.png`` (``_rows_T0-0.7-1.png`` for ``layout=rows``).
+    Samples of vector data (``suffix=".csv"``) are CSV files, named the same way.
 
     Raises:
         ConfigError: an extension that is no image format, or an existing file
@@ -158,6 +165,8 @@ def output_paths(
         if layout == "grids"
         else ["rows_T" + "-".join(f"{t:g}" for t in temperatures)]
     )
+    if suffix == ".csv":
+        return table_paths(ckpt, labels, out)
     if out is not None and not Path(out).is_dir():
         out = Path(out)
         if out.suffix.lower() in _writable_extensions():
@@ -177,6 +186,44 @@ def output_paths(
     return [folder / f"{ckpt.stem}_{label}.png" for label in labels]
 
 
+def _write_tables(
+    objective: Objective,
+    writer: TableSamples,
+    paths: list[Path],
+    n: int,
+    temperatures: list[float],
+    layout: str,
+    seed: int,
+    batch_size: int | None,
+    start_price: float | None,
+) -> list[Path]:
+    """Vector samples: one CSV per temperature (``rows``: one CSV, a temperature column)."""
+    drawn = {t: sample_images(objective, n, t, seed, batch_size) for t in temperatures}
+    jobs = (
+        [(path, [(t, drawn[t])]) for path, t in zip(paths, temperatures, strict=True)]
+        if layout == "grids"
+        else [(paths[0], list(drawn.items()))]
+    )
+    written = []
+    for path, parts in jobs:
+
+        def write(tmp, parts=parts, prices=False):
+            for i, (t, x) in enumerate(parts):
+                leading = [] if layout == "grids" else [("temperature", f"{t:g}")]
+                if prices:
+                    writer.write_prices(tmp, x, start_price, leading, append=i > 0)
+                else:
+                    writer.write(tmp, x, leading, append=i > 0)
+
+        write_atomic(path, write)
+        written.append(path)
+        if start_price is not None:
+            price_path = path.with_name(f"{path.stem}_prices.csv")
+            write_atomic(price_path, lambda tmp, write=write: write(tmp, prices=True))
+            written.append(price_path)
+    return written
+
+
 def sample(
     ckpt: str | os.PathLike,
     temperature: float | Sequence[float] | None = None,
@@ -191,8 +238,10 @@ def sample(
     device: str | torch.device | None = None,
     ema: bool | None = None,
     precision: str | None = None,
+    start_price: float | None = None,
 ) -> list[Path]:
-    """Decode samples of a checkpoint's model and write them as PNG grids.
+    """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
+    for a model of vectors).
 
     Every ``None`` takes the value of the same key in ``configs/sample.yaml`` (the
     defaults of ``glow-sample``).
@@ -213,6 +262,8 @@ def sample(
         ema: use the EMA weights when the checkpoint has them.
         precision: ``"fp32"`` or ``"bf16"`` (the coupling networks under bf16 autocast;
             the priors, the 1x1 convolutions and the stream between layers stay fp32).
+        start_price: for a model of log-return windows, also write each window as a
+            price path from this price (``<file>_prices.csv``).
 
     Returns:
         The written files. They are written only after every grid was drawn, each
@@ -247,16 +298,31 @@ def sample(
     if layout == "grids":
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
     ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
-    paths = output_paths(ckpt, temperatures, layout, out)
+    device = resolve_device(device if device is not None else opts.device)
+    objective, info = load_objective(ckpt, ema=opts.ema, device=device)
+    spec = DataSpec.from_dict(info["data"])
+    writer = sample_format(spec, padding=padding, nrow=nrow)
+    if start_price is not None:
+        if spec.transform != "log_return":
+            raise ConfigError(
+                "start_price is for models of log-return windows (dataset.transform=log_return); "
+                f"{ckpt} models {spec.kind}s of the data itself"
+            )
+        if not math.isfinite(float(start_price)) or float(start_price) <= 0:
+            raise ConfigError(f"start_price must be a number > 0, got {start_price!r}")
+    paths = output_paths(ckpt, temperatures, layout, out, writer.suffix)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    device = resolve_device(device if device is not None else opts.device)
-    objective, _ = load_objective(ckpt, ema=opts.ema, device=device)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if opts.precision == "bf16"
         else nullcontext()
     )
+    if isinstance(writer, TableSamples):
+        with autocast:
+            return _write_tables(
+                objective, writer, paths, n, temperatures, layout, seed, batch_size, start_price
+            )
     with autocast:
         if layout == "grids":
             grids = list(

@@ -10,8 +10,9 @@ horizontal flip (``dataset.hflip``) to the trainer.
 Layout: ``spec`` (DataSpec, DataSource), ``config`` (shared range checks),
 ``transforms`` (PIL -> uint8), ``images`` (the dataset classes), ``files``
 (torchvision load errors and tidy-up), ``digits`` / ``mnist`` / ``cifar10`` /
-``celeba`` / ``folder`` (the sources), ``registry`` (names; loading and checking
-configs), ``batch``, ``loader``.
+``celeba`` / ``folder`` (the image sources), ``csvfile`` + ``table`` (numeric
+columns of a CSV file: rows or time-series windows, ``dataset=csv``),
+``registry`` (names; loading and checking configs), ``batch``, ``loader``.
 """
 
 from glow_train.data.batch import Batch, collate
@@ -27,9 +28,11 @@ from glow_train.data.registry import (
     dataset_names,
     describe_dataset,
     register_dataset,
+    source,
     validate_dataset_config,
 )
 from glow_train.data.spec import DataSource, DataSpec
+from glow_train.data.table import VectorDataset, load_table
 from glow_train.data.transforms import ToUint8
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "ImageFolder",
     "SPLITS",
     "TensorImageDataset",
+    "VectorDataset",
     "ToUint8",
     "build_dataset",
     "collate",
@@ -49,7 +53,9 @@ __all__ = [
     "dataset_names",
     "describe_dataset",
     "load_digits_arrays",
+    "load_table",
     "make_loader",
     "register_dataset",
+    "source",
     "validate_dataset_config",
 ]

@@ -13,8 +13,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-from glow_train.config import ImageDatasetConfig, typed
-from glow_train.data import celeba, cifar10, digits, folder, mnist
+from glow_train.config import typed
+from glow_train.data import celeba, cifar10, digits, folder, mnist, table
 from glow_train.data.config import as_dict, check_image_keys, int_key
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.errors import ConfigError
@@ -31,7 +31,7 @@ __all__ = [
     "validate_dataset_config",
 ]
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 DATASETS: dict[str, DataSource] = {}
 
 
@@ -43,7 +43,7 @@ def register_dataset(entry: DataSource) -> DataSource:
     return entry
 
 
-for _module in (digits, mnist, cifar10, celeba, folder):
+for _module in (digits, mnist, cifar10, celeba, folder, table):
     register_dataset(_module.SOURCE)
 
 
@@ -76,22 +76,25 @@ def dataset_config(name: str, /, **overrides: Any) -> dict[str, Any]:
 def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any]:
     """Check a dataset config and return it as a plain dict.
 
-    Types and unknown keys are the schema's; then the name (a registered source),
-    ``image_size`` (positive), ``channels`` (1 or 3), and unless ``shape_only``,
-    ``n_bits`` (1..8), the loader sizes when present and the source's own keys.
+    Types and unknown keys are the source's schema's; then the name (a registered
+    source), for images ``image_size`` (positive) and ``channels`` (1 or 3), and unless
+    ``shape_only``, ``n_bits`` (1..8), the loader sizes when present and the source's
+    own keys.
     Whether ``image_size`` suits the model (divisible by ``2^L``) is the model's check.
 
     Raises:
         ConfigError: naming the offending key and value.
     """
     given = as_dict(cfg)
-    checked = as_dict(typed(ImageDatasetConfig, given, "dataset"))
+    entry = source(given.get("name"))
+    checked = as_dict(typed(entry.schema, given, "dataset"))
     cfg = {key: checked[key] for key in given}  # converted, without the keys not given
-    entry = source(cfg["name"])
-    check_image_keys(cfg)
+    if entry.kind == "image":
+        check_image_keys(cfg)
     if shape_only:
         return cfg
-    int_key(cfg, "n_bits", 1, 8)
+    if entry.kind == "image":
+        int_key(cfg, "n_bits", 1, 8)
     for key in ("batch_size", "eval_batch_size"):
         if cfg.get(key) is not None:
             int_key(cfg, key, 1)
@@ -116,7 +119,8 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
 
     Args:
         cfg: the dataset config (``cfg.dataset`` of the run: a Mapping or DictConfig).
-        split: ``"train"`` or ``"test"`` (CelebA's ``valid`` partition is not used).
+        split: ``"train"`` or ``"test"``; ``"val"`` for the table source (the image
+            sources have none yet; CelebA's ``valid`` partition is not used).
 
     Returns:
         A map-style dataset of ``(item, int label)`` with a ``num_classes`` attribute
@@ -129,5 +133,8 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
     """
     cfg = validate_dataset_config(cfg)
     if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use 'train' or 'test'")
-    return source(cfg["name"]).build(cfg, split)
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    entry = source(cfg["name"])
+    if split == "val" and entry.kind == "image":
+        raise ConfigError(f"dataset={entry.name} has no validation split; use 'train' or 'test'")
+    return entry.build(cfg, split)

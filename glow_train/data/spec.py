@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from glow_train.config import ImageDatasetConfig
 
 __all__ = ["DataSpec", "DataSource", "KINDS", "image_spec"]
 
@@ -28,17 +30,38 @@ class DataSpec:
         shape: the shape of one item, ``(C, H, W)`` for images, ``(D,)`` for vectors.
         n_bits: bit depth of quantised data (images: 1..8), ``None`` for continuous data.
         num_classes: number of label values, 0 when the data has no labels.
+        columns: vectors: the name of each of the ``D`` dimensions (for windows
+            ``<column>[t]``, ``t`` in ``0..W-1``, time-major).
+        loc, scale: vectors: per-dimension mean and standard deviation of the
+            training split; the objective standardises with them and adds the
+            log-determinant, so likelihoods stay in the data's own units.
+        transform: vectors: ``"log_return"`` when the items are log-returns of the
+            columns, else ``None``.
+        window: time series: the window length ``W`` (``None`` for rows of a table).
+        series: time series: the columns the windows were cut from.
     """
 
     kind: str
     shape: tuple[int, ...]
     n_bits: int | None
     num_classes: int = 0
+    columns: tuple[str, ...] = ()
+    loc: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
+    transform: str | None = None
+    window: int | None = None
+    series: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown data kind {self.kind!r}; one of {', '.join(KINDS)}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        for key in ("columns", "series"):
+            object.__setattr__(self, key, tuple(str(c) for c in getattr(self, key)))
+        for key in ("loc", "scale"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, tuple(float(v) for v in value))
 
     @property
     def num_dims(self) -> int:
@@ -51,7 +74,13 @@ class DataSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers, for checkpoints and ``eval.json``."""
-        return {**asdict(self), "shape": list(self.shape)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataSpec:
+        """The inverse of :meth:`to_dict` (a checkpoint's ``data``); unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def _no_check(cfg: dict[str, Any]) -> None:
@@ -80,7 +109,10 @@ class DataSource:
         build: ``(checked config, split) -> Dataset`` of ``(item, int label)``.
         num_classes: number of label values, 0 when the source has no labels.
         validate: the source's own checks of its config (after the common ones).
-        describe: ``(checked config, num_classes) -> DataSpec``, without loading data.
+        describe: ``(checked config, num_classes) -> DataSpec``; image sources need no
+            data for it, the table source reads its file (the statistics).
+        kind: the :data:`KINDS` entry of what it yields.
+        schema: the dataclass that types its ``dataset.*`` keys.
     """
 
     name: str
@@ -88,6 +120,8 @@ class DataSource:
     num_classes: int = 0
     validate: Callable[[dict[str, Any]], None] = _no_check
     describe: Callable[[dict[str, Any], int], DataSpec] = image_spec
+    kind: str = "image"
+    schema: type = ImageDatasetConfig
 
     def spec(self, cfg: dict[str, Any]) -> DataSpec:
         return self.describe(cfg, self.num_classes)

@@ -12,9 +12,11 @@ from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import InvertibleLinear
 from glow_train.flows.priors import GaussianPrior, LearnedPrior, SplitPrior
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
+from glow_train.flows.standardize import Standardize
 from glow_train.flows.step import FlowStep
 
 __all__ = [
+    "Standardize",
     "ActNorm",
     "Coupling",
     "Flow",

@@ -33,6 +33,7 @@ __all__ = [
     "ZeroInit",
     "conv_conditioner",
     "mlp_conditioner",
+    "ACTIVATIONS",
     "COUPLINGS",
 ]
 
@@ -100,15 +101,42 @@ def conv_conditioner(in_channels: int, hidden_channels: int, out_channels: int) 
     )
 
 
-def mlp_conditioner(in_features: int, hidden_features: int, out_features: int) -> nn.Module:
-    """Linear → ReLU → Linear → ReLU → zero-initialised Linear, for ``(B, D)`` input."""
-    return nn.Sequential(
-        nn.Linear(in_features, hidden_features),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_features, hidden_features),
-        nn.ReLU(inplace=True),
-        ZeroInit(nn.Linear(hidden_features, out_features)),
-    )
+#: ``model.activation`` of the MLP conditioners
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+}
+
+
+def mlp_conditioner(
+    in_features: int,
+    hidden_features: int,
+    out_features: int,
+    hidden_layers: int = 2,
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> nn.Module:
+    """``hidden_layers`` × (Linear → activation [→ Dropout]) → zero-initialised Linear,
+    for ``(B, D)`` input. The defaults give the layers (and state-dict keys) of the
+    original two-layer ReLU MLP."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
+    if hidden_layers < 1:
+        raise ValueError(f"hidden_layers must be at least 1, got {hidden_layers}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, hidden_features), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = hidden_features
+    return nn.Sequential(*layers, ZeroInit(nn.Linear(width, out_features)))
 
 
 class Coupling(Flow):
@@ -119,9 +147,18 @@ class Coupling(Flow):
         hidden_channels: width of the conditioner.
         kind: ``"affine"`` or ``"additive"`` (``model.coupling``).
         dense: use an MLP conditioner (vectors) instead of convolutions (images).
+        mlp: options of :func:`mlp_conditioner` (``hidden_layers``, ``activation``,
+            ``dropout``), for ``dense`` only.
     """
 
-    def __init__(self, num_channels: int, hidden_channels: int, kind: str, dense: bool = False):
+    def __init__(
+        self,
+        num_channels: int,
+        hidden_channels: int,
+        kind: str,
+        dense: bool = False,
+        mlp: dict | None = None,
+    ):
         super().__init__()
         if kind not in COUPLINGS:
             raise ValueError(f"unknown coupling {kind!r}; choose one of {', '.join(COUPLINGS)}")
@@ -131,8 +168,12 @@ class Coupling(Flow):
         self.split = num_channels // 2
         changed = num_channels - self.split
         out = 2 * changed if kind == "affine" else changed
-        make = mlp_conditioner if dense else conv_conditioner
-        self.net = make(self.split, hidden_channels, out)
+        if dense:
+            self.net = mlp_conditioner(self.split, hidden_channels, out, **(mlp or {}))
+        else:
+            if mlp:
+                raise ValueError("conditioner options are for dense (MLP) couplings")
+            self.net = conv_conditioner(self.split, hidden_channels, out)
 
     def _shift_and_log_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
         h = self.net(x_a).to(x_a.dtype)

@@ -19,15 +19,22 @@ class FlowStep(FlowSequence):
         coupling: ``"affine"`` or ``"additive"``.
         lu: LU-parameterised channel mixing.
         dense: an MLP conditioner for vectors instead of convolutions.
+        mlp: the MLP conditioner's options (see :func:`~glow_train.flows.coupling.mlp_conditioner`).
     """
 
     def __init__(
-        self, num_channels: int, hidden_channels: int, coupling: str, lu: bool, dense: bool = False
+        self,
+        num_channels: int,
+        hidden_channels: int,
+        coupling: str,
+        lu: bool,
+        dense: bool = False,
+        mlp: dict | None = None,
     ):
         super().__init__(
             [
                 ActNorm(num_channels),
                 InvertibleLinear(num_channels, lu=lu),
-                Coupling(num_channels, hidden_channels, coupling, dense=dense),
+                Coupling(num_channels, hidden_channels, coupling, dense=dense, mlp=mlp),
             ]
         )

@@ -28,6 +28,9 @@ class Glow1D(FlowModel):
         K: number of steps.
         hidden_features: width of the MLP conditioners.
         coupling: ``"affine"`` or ``"additive"``.
+        hidden_layers: hidden layers per MLP conditioner.
+        activation: ``relu``, ``elu``, ``gelu`` or ``tanh``.
+        dropout: dropout probability after each hidden layer (training mode only).
         lu: LU-parameterised linear maps.
         num_classes: if > 0, the prior is class-conditional.
     """
@@ -43,9 +46,12 @@ class Glow1D(FlowModel):
         coupling: str,
         lu: bool,
         num_classes: int = 0,
+        hidden_layers: int = 2,
+        activation: str = "relu",
+        dropout: float = 0.0,
     ):
         super().__init__()
-        check_positive(K=K, hidden_features=hidden_features)
+        check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
         check_coupling(coupling)
         if dim < 2:
             raise ValueError(f"dim must be at least 2, got {dim}")
@@ -56,11 +62,15 @@ class Glow1D(FlowModel):
             coupling=coupling,
             lu=lu,
             num_classes=num_classes,
+            hidden_layers=hidden_layers,
+            activation=activation,
+            dropout=float(dropout),
         )
         self.num_dims = dim
         self.num_classes = num_classes
+        mlp = dict(hidden_layers=hidden_layers, activation=activation, dropout=float(dropout))
         self.flow = FlowSequence(
-            FlowStep(dim, hidden_features, coupling, lu, dense=True) for _ in range(K)
+            FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp) for _ in range(K)
         )
         self.prior = LearnedPrior((dim,), num_classes=num_classes)
 

@@ -55,6 +55,10 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_image(tag, image, step)
 
+    def histogram(self, tag: str, values: Any, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_histogram(tag, values, step)
+
     def step(self, stats: dict[str, Any], rate: float, skipped_steps: int, step: int) -> None:
         """The scalars of a training step and the bar's figures."""
         for key, value in (

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from glow_train.checkpoint import load_checkpoint, resolve_checkpoint
 from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from glow_train.errors import ConfigError
+from glow_train.evaluate import density_of
 from glow_train.runtime import freed_memory_kept
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
@@ -63,14 +64,19 @@ def train(
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             effective = trainer.batch_size * dist.world_size
             start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"
-            chosen = [cfg.precision, "channels_last maps"]  # what was picked for the device
+            chosen = [cfg.precision]  # what was picked for the device
+            if trainer.spec.kind == "image":
+                chosen.append("channels_last maps")
             if dist.device.type == "cpu" and freed_memory_kept():
                 chosen.append("freed memory kept")
             if cfg.train.compile:
                 chosen.append("compiled")
+            items = "images" if trainer.spec.kind == "image" else "items"
+            if density_of(trainer.spec):
+                items += f": {density_of(trainer.spec)}"
             print(
                 f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / "
-                f"{len(trainer.test_set)} test images), "
+                f"{len(trainer.test_set)} test {items}), "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"batch {trainer.batch_size} x {dist.world_size} process(es) = {effective}, "
                 f"device {dist.device}, {', '.join(chosen)}; run folder {run_dir}"

@@ -8,7 +8,6 @@ from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import evaluate_objective
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
-from glow_train.sample import sample_grid
+from glow_train.sample import sample_images
+from glow_train.sample_formats import sample_format
 from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
@@ -288,32 +288,26 @@ class Trainer:
         return result.value
 
     def write_samples(self, final: bool = False) -> Path | None:
-        """Sample grids to TensorBoard (and ``samples.png`` when ``final``); a model whose
-        samples are not finite is reported in the log, not drawn."""
+        """Samples to TensorBoard (and ``samples.png``, or ``samples.csv`` for vector data,
+        when ``final``); a model whose samples are not finite is reported in the log,
+        not drawn."""
         n = int(self.cfg.train.num_samples)
         try:
-            grid = sample_grid(
-                self.eval_objective,
-                n=n,
-                temperatures=list(self.cfg.train.sample_temperatures),
-                seed=self.seed,
-                nrow=int(math.ceil(math.sqrt(n))),
-                padding=GRID_PADDING,
-            )
+            samples = {
+                float(t): sample_images(self.eval_objective, n, float(t), self.seed)
+                for t in self.cfg.train.sample_temperatures
+            }
         except NonFiniteError as err:
             self.monitor.log(f"step {self.step}: no samples: {err}")
             return None
         finally:
             self.objective.train()
-        for temperature, image in grid.items():
-            self.monitor.image(f"samples/T={temperature:g}", image, self.step)
+        writer = sample_format(self.spec, padding=GRID_PADDING)
+        writer.tensorboard(self.monitor, samples, self.step)
         if not final:
             return None
-        from torchvision.utils import save_image
-
-        out = self.run_dir / "samples.png"
-        temperature = 0.7 if 0.7 in grid else next(iter(grid))
-        save_image(grid[temperature], out)
+        out = self.run_dir / f"samples{writer.suffix}"
+        writer.write(out, samples[0.7 if 0.7 in samples else next(iter(samples))])
         return out
 
     def save(self, name: str) -> Path | None:
