@@ -89,7 +89,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(
                 f"dataset.batch_size={self.batch_size} is larger than the "
-                f"{self.sampler.per_rank} training images per process; lower it"
+                f"{self.sampler.per_rank} training items per process; lower it"
             )
         if tcfg.cosine_decay and self.total_steps is None:
             raise ConfigError(
