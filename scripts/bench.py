@@ -178,6 +178,7 @@ def main() -> None:
     print(f"{shape}, batch {args.batch_size}, {device}, {allocator}, median of {args.repeats}")
     print("| system | train img/s | sample img/s | peak memory (MiB) |")
     print("|---|---|---|---|")
+
     def rate(v: float) -> str:
         return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 

@@ -189,7 +189,11 @@ def test_a_version_1_checkpoint_resumes_as_it_did_before(tmp_path):
         (train_main, ["dataset.n_bits=abc"], "dataset.n_bits=abc"),
         (train_main, ["model.K=2.5"], "model.K=2.5: Value '2.5' of type 'float'"),
         (train_main, ["train.lrr=1"], "Key 'lrr' not in 'TrainLoopConfig'"),
-        (train_main, ["dataset=imagenet"], "choose one of celeba, cifar10, csv, digits, folder, mnist"),
+        (
+            train_main,
+            ["dataset=imagenet"],
+            "choose one of celeba, cifar10, csv, digits, folder, mnist",
+        ),
         (sample_main, ["ema=maybe"], "ema=maybe: Value 'maybe' is not a valid bool"),
         (eval_main, ["draws=two"], "draws=two"),
     ],

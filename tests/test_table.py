@@ -134,7 +134,8 @@ def test_log_returns(tmp_path):
             [["1", "2"], ["", "3"], ["4", "NA"], ["5", "6"]],
             {},
             DataError,
-            "2 missing values in column 'x' \\(1: line 3\\); 'y' \\(1: line 4\\); set dataset.dropna=true",
+            "2 missing values in column 'x' \\(1: line 3\\); 'y' \\(1: line 4\\); "
+            "set dataset.dropna=true",
         ),
         (
             [["1", "5"], ["2", "5"], ["3", "5"], ["4", "5"], ["6", "5"]],
