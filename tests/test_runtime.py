@@ -37,10 +37,14 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
         )
         for flag in ("0", "1")
     ]
-    # default: the freed 64 MiB goes back to the system and is faulted in again
-    # (1,024 pages of 4 KiB per tensor); kept: reused
-    assert faults[0] > 5 * 16 * 200, faults
-    assert faults[1] < faults[0] / 5, faults
+    # kept: the second round reuses the first round's memory, no page is faulted in
+    # again (of 5 x 16 x 1,024 pages allocated)
+    assert faults[1] < 5 * 16 * 1024 / 20, faults
+    # default: glibc usually hands the freed 64 MiB back and faults it in again
+    # (81,765 faults on the development machine); how often depends on its dynamic
+    # thresholds, so this half only compares when it happened
+    if faults[0] > 5 * 16 * 200:
+        assert faults[1] < faults[0] / 5, faults
 
 
 def test_idempotent():
