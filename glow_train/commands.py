@@ -212,7 +212,8 @@ def _eval_app(cfg: DictConfig) -> None:
         summary, unit = report.summary, report.summary["unit"]
         print(f"eval: {report.json_path}")
         if report.csv_path is not None:
-            print(f"per-image {unit}: {report.csv_path}")
+            item = "image" if summary["metric"] == "bpd" else "item"
+            print(f"per-{item} {unit}: {report.csv_path}")
         if summary["stderr"] is not None:
             print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
         value = summary[summary["metric"]]

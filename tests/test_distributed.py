@@ -138,3 +138,63 @@ def test_time_limit_stops_every_rank_at_the_same_step(tmp_path):
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(v, rank1[k]) for k, v in rank0.items())
     assert 0 < load_checkpoint(tmp_path / "r" / "last.pt")["step"] < 100000
+
+
+def test_two_processes_train_a_table_like_one(tmp_path):
+    """Vectors take the same DDP path: one group, one run folder, one samples.csv,
+    identical weights on both ranks, and the sharded test figure of a single process."""
+    rng = torch.Generator().manual_seed(0)
+    rows = torch.randn(600, 3, generator=rng) @ torch.tensor(
+        [[1.0, 0.5, 0], [0, 1, 0.3], [0, 0, 2]]
+    )
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "a,b,c\n" + "".join(",".join(f"{v:.6f}" for v in r) + "\n" for r in rows.tolist())
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    runs = tmp_path / "runs"
+    overrides = [
+        "dataset=csv",
+        f"dataset.path={path}",
+        "dataset.batch_size=32",
+        "dataset.eval_batch_size=50",
+        "model=glow1d",
+        "model.K=2",
+        "model.hidden_features=16",
+        "train.time_limit=null",
+        "train.warmup_steps=5",
+        "train.eval_every_steps=null",
+        "train.sample_every=null",
+        "train.num_samples=4",
+        "train.progress=false",
+        "train.max_steps=12",
+        f"run_dir={runs}/r",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*cmd, str(script), str(tmp_path), *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run folder:") == 1 and "x 2 process(es)" in proc.stdout
+    assert "samples.csv" in {p.name for p in (runs / "r").iterdir()}
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    state = load_checkpoint(runs / "r" / "last.pt")
+    objective, _ = load_objective(runs / "r" / "last.pt")
+    single = evaluate_objective(
+        objective,
+        build_dataset(state["config"]["dataset"], "test"),
+        batch_size=50,
+        device="cpu",
+        seed=state["config"]["train"]["eval_seed"],
+    )
+    assert single.metric == "nats_per_dim" and single.num_items == 120
+    assert abs(single.value - state["last_test_score"]) < 1e-6
