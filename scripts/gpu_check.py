@@ -110,12 +110,14 @@ def run_one(name, precision, use_compile, args, device, train_set, test_set) -> 
                     torch.cuda.synchronize()
                 started = time.perf_counter()
             stats = trainer.train_step(*trainer.prepare_batch(batch, step))
-            losses.append(stats["score"])
+            if stats["score"] is not None:  # the default step reports the previous one's
+                losses.append(stats["score"])
             if started is not None:
                 timed_images += len(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started if started is not None else float("nan")
+        trainer.settle()  # the last step's outcome
         test_bpd = trainer.evaluate()
         k = max(1, min(10, len(losses) // 4))
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k

@@ -147,10 +147,20 @@ def _tiny_trainer(tmp_path, *extra):
     return trainer
 
 
-def test_non_finite_batch_is_skipped_without_changing_weights(tmp_path):
-    trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
+@pytest.mark.parametrize("optimizer", ["adam", "adamax"])  # deferred and immediate steps
+def test_non_finite_batch_is_skipped_without_changing_weights(tmp_path, optimizer):
+    trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3", f"train.optimizer={optimizer}")
+    assert trainer.optim.deferred == (optimizer == "adam")
+
+    def step(x):
+        """One step, its outcome counted (a deferred step's flags are read at settle)."""
+        skipped = trainer.progress.skipped_steps
+        trainer.train_step(x, noise, y)
+        trainer.settle()
+        return trainer.progress.skipped_steps > skipped
+
     x, noise, y = trainer.prepare_batch(next(iter(trainer.loader)), 0)
-    assert not trainer.train_step(x, noise, y)["skipped"]
+    assert not step(x)
     optimizer, ema = trainer.optim.optimizer, trainer.optim.ema
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     opt_before = [t.clone() for s in optimizer.state.values() for t in s.values()]
@@ -159,8 +169,7 @@ def test_non_finite_batch_is_skipped_without_changing_weights(tmp_path):
 
     planted = x.clone()
     planted[0, 0, 0, 0] = float("nan")
-    stats = trainer.train_step(planted, noise, y)
-    assert stats["skipped"] and trainer.progress.skipped_steps == 1
+    assert step(planted) and trainer.progress.skipped_steps == 1
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     after = [t for s in optimizer.state.values() for t in s.values()]
@@ -169,8 +178,34 @@ def test_non_finite_batch_is_skipped_without_changing_weights(tmp_path):
         assert torch.equal(v, ema_before[k]), k
     assert trainer.optim.lr == lr_before  # the schedule did not move either
 
-    assert not trainer.train_step(x, noise, y)["skipped"]  # a good step resets the bad run
+    assert not step(x)  # a good step resets the bad run
     assert trainer.progress.bad_in_a_row == 0 and trainer.progress.skipped_steps == 1
+    assert trainer.optim.lr != lr_before
+
+
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
+def test_deferred_step_reads_each_outcome_one_step_later(tmp_path):
+    """The default step never waits for its own flags: train_step returns the previous
+    step's figures, and the schedule of step t+1 counts every good step before it."""
+    trainer = _tiny_trainer(tmp_path)
+    x, noise, y = trainer.prepare_batch(next(iter(trainer.loader)), 0)
+    first = trainer.train_step(x, noise, y)
+    assert first["step"] == 0 and first["score"] is None  # nothing known yet
+    lr_during_second = []
+    real_step = trainer.optim.optimizer.step
+
+    def spy(*args, **kwargs):
+        lr_during_second.append(trainer.optim.lr)
+        return real_step(*args, **kwargs)
+
+    trainer.optim.optimizer.step = spy
+    second = trainer.train_step(x, noise, y)
+    assert second["step"] == 1 and second["score"] is not None and not second["skipped"]
+    # the update of step 2 ran at the learning rate after one good step
+    assert lr_during_second == [trainer.optim.scheduler.get_last_lr()[0]]
+    assert trainer.optim.scheduler.last_epoch == 1
+    trainer.settle()
+    assert trainer.optim.scheduler.last_epoch == 2
 
 
 def test_consecutive_bad_steps_stop_with_a_clear_message(tmp_path, monkeypatch):

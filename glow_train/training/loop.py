@@ -47,6 +47,7 @@ class TrainResult:
 
 def evaluate_and_keep_best(trainer: Any) -> None:
     """The test figure now; ``best.pt`` when it is the best so far."""
+    trainer.settle()
     score = trainer.evaluate()
     p, label = trainer.progress, trainer.objective.metric_label
     p.last_test_score = score
@@ -84,12 +85,24 @@ def periodic(trainer: Any, end_of_epoch: bool) -> None:
     every_epochs = tcfg.eval_every_epochs
     if end_of_epoch and every_epochs is not None and trainer.progress.epoch % every_epochs == 0:
         eval_now = True
+    sample_now = tcfg.sample_every is not None and trainer.step % int(tcfg.sample_every) == 0
+    save_now = bool(tcfg.ckpt_every) and trainer.step % int(tcfg.ckpt_every) == 0
+    if eval_now or save_now:
+        trainer.settle()  # on every rank: the schedule advances alike everywhere
     if eval_now:
         evaluate_and_keep_best(trainer)
-    if main and tcfg.sample_every is not None and trainer.step % int(tcfg.sample_every) == 0:
+    if main and sample_now:
         trainer.write_samples()
-    if main and tcfg.ckpt_every and trainer.step % int(tcfg.ckpt_every) == 0:
+    if main and save_now:
         trainer.save("last.pt")
+
+
+def _stop(trainer: Any) -> bool:
+    """A signal or the time limit seen on any rank (agreed flags), or a step/epoch limit."""
+    seen, p = trainer.stop_seen, trainer.progress
+    return (
+        seen["signalled"] or seen["time_up"] or reached_limits(trainer.cfg.train, p.step, p.epoch)
+    )
 
 
 def fit(trainer: Any) -> TrainResult:
@@ -118,21 +131,23 @@ def fit(trainer: Any) -> TrainResult:
                 if trainer.step % int(tcfg.log_every) == 0 or trainer.step == 1:
                     rate = seen / max(time.monotonic() - tick, 1e-9)
                     tick, seen = time.monotonic(), 0
-                    trainer.monitor.step(stats, rate, p.skipped_steps, trainer.step)
+                    trainer.monitor.step(stats, rate, p.skipped_steps)
                 trainer.monitor.advance()
                 end_of_epoch = p.batch_in_epoch >= trainer.steps_per_epoch
                 if end_of_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-                # every rank takes the same decision: the flags were all-reduced
-                interrupted = stats["signalled"]
-                stop = interrupted or stats["time_up"] or reached_limits(tcfg, p.step, p.epoch)
-                if stop:
-                    break
-                periodic(trainer, end_of_epoch)
-                if end_of_epoch:
+                stop = _stop(trainer)
+                if not stop:
+                    periodic(trainer, end_of_epoch)
+                    stop = _stop(trainer)  # periodic work may have settled a pending step
+                if stop or end_of_epoch:
                     break
             if batches == 0:  # nothing left of this epoch (e.g. resumed at its very end)
                 p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+        trainer.settle()  # every rank: the last step counts before anything is written
+        interrupted = trainer.stop_seen["signalled"]
+        if p.bad_in_a_row >= int(tcfg.max_bad_steps):
+            raise diverged(trainer)
         trainer.monitor.close_bar()
         # Still under the signal handlers: a second SIGTERM cannot cut the final save
         # short (a second Ctrl-C still aborts at once).

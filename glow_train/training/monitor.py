@@ -59,8 +59,10 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_histogram(tag, values, step)
 
-    def step(self, stats: dict[str, Any], rate: float, skipped_steps: int, step: int) -> None:
-        """The scalars of a training step and the bar's figures."""
+    def step(self, stats: dict[str, Any], rate: float, skipped_steps: int) -> None:
+        """The scalars of the step ``stats["step"]`` and the bar's figures (a deferred
+        step's loss is known one step later: before that, only the rate is shown)."""
+        step = stats["step"]
         for key, value in (
             (f"train/{self.metric}", stats["score"]),
             ("lr", stats["lr"]),
@@ -68,9 +70,15 @@ class Monitor:
             ("images_per_sec", rate),
             ("skipped_steps", skipped_steps),
         ):
-            self.scalar(key, value, step)
+            if value is not None:
+                self.scalar(key, value, step)
+        figures = (
+            {}
+            if stats["score"] is None
+            else {self.label.replace("/", "_"): f"{stats['score']:.3f}"}
+        )
         self.bar.set_postfix(
-            **{self.label.replace("/", "_"): f"{stats['score']:.3f}"},
+            **figures,
             lr=f"{stats['lr']:.1e}",
             img_s=f"{rate:.0f}",
             skipped=skipped_steps,

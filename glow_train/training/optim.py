@@ -2,12 +2,28 @@
 
 Everything the step changes lives here (optimiser, learning-rate schedule,
 GradScaler, EMA); the trainer decides what to feed it and when to stop.
+
+Two ways to take a step, with the same result:
+
+- **deferred** (fused Adam without a GradScaler: the default on CPU and CUDA). The
+  step never waits for its own result. Whether the loss or gradient was finite is
+  a flag on the device that fused Adam and the EMA obey there (a skipped step
+  changes nothing); the flags, the loss and the gradient norm are copied to the
+  host without blocking and read at the next step, after its backward pass has
+  been queued, when the device has long finished them. The schedule, the counters
+  and the stop flags (signal, time limit) therefore lag one step: the outcome of
+  step ``t`` is known during step ``t+1``, and :meth:`Optimization.flush` settles
+  the last one before anything reads the state (evaluation, checkpoints, the end).
+  The learning rate of step ``t+1`` still counts every good step before it.
+- **immediate** (Adamax, or fp16 with its GradScaler): one host synchronisation per
+  step reads the flags before the update.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -89,6 +105,7 @@ class Optimization:
         self.grad_clip = tcfg.grad_clip
         self.ema_decay = tcfg.ema_decay
         self.ema: AveragedModel | None = None
+        self._pending: tuple[torch.Tensor, Any] | None = None
 
     def make_ema(self, module: nn.Module) -> None:
         """Start the EMA from ``module``'s current weights (when ``train.ema_decay`` is set)."""
@@ -98,19 +115,32 @@ class Optimization:
             )
 
     @property
+    def deferred(self) -> bool:
+        """Fused Adam without a GradScaler: it skips an update itself when told so on
+        the device (``found_inf``). Read from the groups, which a resumed run takes
+        from its checkpoint."""
+        groups = self.optimizer.param_groups
+        return bool(groups[0].get("fused")) and not self.scaler.is_enabled()
+
+    @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def step(
         self, module: nn.Module, loss: torch.Tensor, signalled: bool, time_up: bool
-    ) -> StepOutcome:
+    ) -> StepOutcome | None:
         """Back-propagate ``loss`` and update ``module``, unless anything is non-finite.
 
         A skipped step changes no weight, optimiser moment, EMA average or schedule.
         With fp16, a gradient overflow at a finite loss is the GradScaler's business:
         it skips the update and lowers its scale. Ranks agree on all of this, and on
         stopping (a signal or the time limit on any rank), through one all-reduce.
+
+        Returns the outcome of the step that became known: this one (immediate), or
+        the previous one (deferred; ``None`` when there is none).
         """
+        if self.deferred:
+            return self._deferred_step(module, loss, signalled, time_up)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         clip = self.grad_clip
@@ -144,3 +174,69 @@ class Optimization:
                 if self.ema is not None:
                     self.ema.update_parameters(module)
         return StepOutcome(values[4], values[5], skipped, overflow, signalled, time_up)
+
+    def _flags(self, module, loss, signalled, time_up) -> tuple[torch.Tensor, torch.Tensor]:
+        """Back-propagate and clip; ``(agreed flags, this rank's loss and grad norm)``."""
+        loss.backward()
+        clip = self.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            module.parameters(), float(clip) if clip is not None else float("inf")
+        )
+        flags = torch.stack(
+            [
+                (~torch.isfinite(loss.detach())).float(),
+                (~torch.isfinite(grad_norm)).float(),
+                torch.tensor(float(signalled), device=loss.device),
+                torch.tensor(float(time_up), device=loss.device),
+            ]
+        )
+        return all_reduce_max(flags), torch.stack([loss.detach().float(), grad_norm.float()])
+
+    def _deferred_step(self, module, loss, signalled, time_up) -> StepOutcome | None:
+        flags, figures = self._flags(module, loss, signalled, time_up)
+        bad = flags[:2].amax()  # 1.0: skip this update (every rank agrees)
+        previous = self.flush()  # the schedule now counts every good step before this one
+        self.optimizer.found_inf = bad
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        if self.ema is not None:
+            self._masked_ema_update(module, 1.0 - bad)
+        values = torch.cat([flags, figures])
+        if values.is_cuda:  # to pinned host memory, without waiting for it
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+        else:
+            self._pending = (values, None)
+        return previous
+
+    @torch.no_grad()
+    def _masked_ema_update(self, module: nn.Module, good: torch.Tensor) -> None:
+        """``AveragedModel.update_parameters`` (copy at the first update, then
+        ``ema += (1 - decay)(p - ema)``), applied only where ``good`` is 1, on the device."""
+        ema = self.ema
+        first = (ema.n_averaged == 0).float()
+        weight = (first + (1.0 - first) * (1.0 - float(self.ema_decay))) * good
+        averaged = [p.detach() for p in ema.module.parameters()]
+        current = [p.detach() for p in module.parameters()]
+        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].device))
+        ema.n_averaged += good.to(ema.n_averaged.device).long()
+
+    def flush(self) -> StepOutcome | None:
+        """Settle the deferred step, if one is pending: read its flags (waiting for the
+        device only if it has not finished them) and advance the schedule if it was good."""
+        if self._pending is None:
+            return None
+        values, event = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        v = values.tolist()
+        skipped = bool(v[0]) or bool(v[1])
+        if not skipped:
+            self.scheduler.step()
+        return StepOutcome(v[4], v[5], skipped, False, bool(v[2]), bool(v[3]))

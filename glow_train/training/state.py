@@ -19,7 +19,7 @@ from glow_train import __version__
 from glow_train.data.spec import DataSpec
 from glow_train.errors import CheckpointError
 from glow_train.objective import Objective
-from glow_train.training.optim import Optimization
+from glow_train.training.optim import Optimization, StepOutcome
 
 __all__ = ["Progress", "checkpoint_state", "restore", "model_record"]
 
@@ -36,6 +36,16 @@ class Progress:
     skipped_steps: int = 0
     overflow_steps: int = 0
     bad_in_a_row: int = 0  # not saved: a resumed run starts with a clean record
+
+    def count(self, outcome: StepOutcome) -> None:
+        """Add a step's outcome to the skip and overflow counters."""
+        if outcome.skipped:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+        elif outcome.overflow:
+            self.overflow_steps += 1
+        else:
+            self.bad_in_a_row = 0
 
 
 def model_record(objective: Objective) -> dict[str, Any]:

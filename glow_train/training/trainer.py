@@ -30,7 +30,7 @@ from glow_train.sample_formats import sample_format
 from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
-from glow_train.training.optim import Optimization
+from glow_train.training.optim import Optimization, StepOutcome
 from glow_train.training.schedule import total_steps
 from glow_train.training.state import Progress, checkpoint_state, restore
 
@@ -112,6 +112,7 @@ class Trainer:
             fp16=self.amp_dtype == torch.float16,
         )
         self.progress = Progress()
+        self.stop_seen = {"signalled": False, "time_up": False}  # on any rank, agreed
         self.last_good: tuple[Path, int] | None = None  # the newest checkpoint saved healthy
         self.probe: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
         self.wrapped: torch.nn.Module = self.objective
@@ -243,31 +244,43 @@ class Trainer:
         time_up: bool = False,
     ) -> dict[str, Any]:
         """One optimiser step; skipped if anything is non-finite (see
-        :meth:`glow_train.training.optim.Optimization.step`)."""
+        :meth:`glow_train.training.optim.Optimization.step`). Returns the figures of
+        the step whose outcome became known: this one, or under the deferred step
+        (the default) the previous one, whose flags the device finished meanwhile."""
         self.objective.train()
         self.optim.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             nll = self.wrapped(x, noise, y)
         loss = self.objective.score(nll).mean()
+        deferred = self.optim.deferred
         outcome = self.optim.step(self.objective, loss, signalled, time_up)
-        p = self.progress
-        if outcome.skipped:
-            p.skipped_steps += 1
-            p.bad_in_a_row += 1
-        elif outcome.overflow:
-            p.overflow_steps += 1
-        else:
-            p.bad_in_a_row = 0
-        p.step += 1
+        self.progress.step += 1
+        return self._record(outcome, self.progress.step - 1 if deferred else self.progress.step)
+
+    def _record(self, outcome: StepOutcome | None, step: int) -> dict[str, Any]:
+        """Count the outcome of step ``step`` once it is known; the figures the loop logs
+        (``score`` and ``grad_norm`` are ``None`` when no outcome is known yet). A signal
+        or the time limit seen on any rank is kept in :attr:`stop_seen`."""
+        if outcome is None:  # the first deferred step: nothing known yet
+            return {"step": step, "score": None, "grad_norm": None, "lr": self.optim.lr}
+        self.stop_seen["signalled"] |= outcome.signalled
+        self.stop_seen["time_up"] |= outcome.time_up
+        self.progress.count(outcome)
         return {
+            "step": step,
             "score": outcome.loss,
             "grad_norm": outcome.grad_norm,
             "skipped": outcome.skipped,
             "overflow": outcome.overflow,
-            "signalled": outcome.signalled,
-            "time_up": outcome.time_up,
             "lr": self.optim.lr,
         }
+
+    def settle(self) -> None:
+        """Count the deferred step's outcome now, before anything reads the state
+        (evaluation, checkpoints, the end of the run)."""
+        outcome = self.optim.flush()
+        if outcome is not None:
+            self._record(outcome, self.progress.step)
 
     # ------------------------------------------------------------ evaluation
     @property
