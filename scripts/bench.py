@@ -35,7 +35,7 @@ from glow_train import Glow, keep_freed_memory
 from glow_train.training.optim import make_optimizer
 
 
-def glow_train_system(args, device, precision: str, memory_saving: bool):
+def glow_train_system(args, device, precision: str, memory_saving: bool, compiled: bool = False):
     model = Glow(args.channels, args.size, args.K, args.L, args.hidden, "affine", True).to(device)
     x0 = torch.rand(args.batch_size, args.channels, args.size, args.size, device=device) - 0.5
     model.initialize(x0)
@@ -47,11 +47,13 @@ def glow_train_system(args, device, precision: str, memory_saving: bool):
         (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
     )
 
+    density = torch.compile(model) if compiled else model  # calling it gives log_prob
+
     def step():
         x = torch.rand_like(x0) - 0.5
         opt.zero_grad(set_to_none=True)
         with autocast():
-            loss = -model.log_prob(x).mean()
+            loss = -density(x).mean()
         loss.backward()
         opt.step()
 
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="also time normflows")
     parser.add_argument("--json", help="also write the table here")
     parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile'd training steps"
+    )
+    parser.add_argument(
         "--default-allocator",
         action="store_true",
         help="leave glibc's malloc thresholds alone (the console scripts raise them; "
@@ -147,6 +152,13 @@ def main() -> None:
         "glow-train bf16": glow_train_system(args, device, "bf16", False),
         "glow-train fp32 memory-saving": glow_train_system(args, device, "fp32", True),
     }
+    if args.compile:
+        for precision in ("fp32", "bf16"):
+            started = time.perf_counter()
+            step, sample = glow_train_system(args, device, precision, False, compiled=True)
+            step()  # compiles
+            print(f"compiling the {precision} step took {time.perf_counter() - started:.0f} s")
+            systems[f"glow-train {precision} compiled"] = (step, sample)
     if args.peers:
         systems["normflows fp32"] = normflows_system(args, device)
     for step, sample in systems.values():
