@@ -9,8 +9,10 @@ state dict of the :class:`~glow_train.objective.Objective`: the flow's weights u
 ``flow.``, a trainable dequantiser's under ``dequantizer.``), ``ema`` (the
 ``AveragedModel`` of the objective, or ``None``), ``optimizer``, ``scheduler``,
 ``scaler`` (state dicts), ``step``, ``epoch``, ``batch_in_epoch``, ``world_size``,
-``batch_size``, ``metric`` (``"bpd"`` or ``"nats_per_dim"``), ``best_score``,
-``last_test_score`` (in that unit), ``skipped_steps``, ``overflow_steps`` (fp16)
+``batch_size``, ``metric`` (``"bpd"`` or ``"nats_per_dim"``), ``best_score`` (on
+the split named by ``selection``: ``"val"``, or ``"test"`` for runs without a
+validation split and older checkpoints), ``last_test_score``, ``last_val_score``
+(in that unit), ``skipped_steps``, ``overflow_steps`` (fp16)
 and ``rng`` (torch CPU and CUDA generator states).
 
 Version-1 files (the flow's state dict under ``model``, ``best_bpd`` /

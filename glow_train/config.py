@@ -66,6 +66,8 @@ class ImageDatasetConfig:
     channels: int | None = None
     n_bits: int | None = None
     test_fraction: float | None = None
+    val_size: float | None = None
+    split_seed: int | None = None
     hflip: bool | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None

@@ -130,7 +130,7 @@ def test_config_errors_are_value_errors_and_glow_errors():
 
 
 def test_digits_split_counts_and_values():
-    train = build_dataset(dataset_config("digits"), "train")
+    train = build_dataset(dataset_config("digits", val_size=0), "train")
     test = build_dataset(dataset_config("digits"), "test")
     assert (len(train), len(test)) == (1500, 297)
     assert train.num_classes == 10
@@ -163,8 +163,26 @@ def test_digits_pad_to_larger_size():
     assert image.sum() == int(images[0].astype(np.int64).sum())  # the border is zero
 
 
+def test_validation_images_are_held_out_of_train_by_seed():
+    cfg = dataset_config("digits")  # val_size: 200
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert (len(train), len(val)) == (1300, 200) and val.num_classes == 10
+    picked = set(val.indices)
+    assert picked.isdisjoint(train.indices) and picked | set(train.indices) == set(range(1500))
+    assert set(build_dataset(cfg, "val").indices) == picked  # the same seed, the same images
+    other = build_dataset({**cfg, "split_seed": 1}, "val")
+    assert set(other.indices) != picked
+    assert len(build_dataset({**cfg, "val_size": 0.1}, "val")) == 150
+    with pytest.raises(ConfigError, match="no validation split"):
+        build_dataset({**cfg, "val_size": 0}, "val")
+    with pytest.raises(ConfigError, match="leaves no training images"):
+        build_dataset({**cfg, "val_size": 1500}, "train")
+    with pytest.raises(ConfigError, match="val_size must be a fraction"):
+        build_dataset({**cfg, "val_size": 2.5}, "train")
+
+
 def test_digits_epoch_through_loader():
-    train = build_dataset(dataset_config("digits"), "train")
+    train = build_dataset(dataset_config("digits", val_size=0), "train")
     batches = list(make_loader(train, 64))
     assert len(batches) == 24  # ceil(1500 / 64)
     batch = batches[0]
@@ -194,7 +212,7 @@ def mnist_root(tmp_path):
 
 def test_mnist_from_idx_files_padded_to_32(mnist_root):
     root, data = mnist_root
-    cfg = dataset_config("mnist", root=str(root), download=False)
+    cfg = dataset_config("mnist", root=str(root), download=False, val_size=0)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     assert (len(train), len(test)) == (5, 3) and train.num_classes == 10
     for dataset, (images, labels) in ((train, data["train"]), (test, data["t10k"])):
@@ -259,7 +277,7 @@ def cifar_root(tmp_path):
 def test_cifar10_from_pickled_batches(cifar_root, monkeypatch):
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", existence_only)
     root, batches = cifar_root
-    cfg = dataset_config("cifar10", root=root, download=False)
+    cfg = dataset_config("cifar10", root=root, download=False, val_size=0)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     assert (len(train), len(test)) == (10, 2) and train.num_classes == 10
     data, labels = batches["data_batch_3"]
@@ -328,7 +346,7 @@ def celeba_root(tmp_path):
 
 def test_celeba_partitions_crop_and_resize(celeba_root, monkeypatch):
     monkeypatch.setattr("torchvision.datasets.celeba.check_integrity", existence_only)
-    cfg = dataset_config("celeba", root=celeba_root, image_size=16)
+    cfg = dataset_config("celeba", root=celeba_root, image_size=16, val_size=0)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     assert (len(train), len(test)) == (3, 2) and train.num_classes == 0
     image, label = test[0]
@@ -433,7 +451,7 @@ def test_folder_resize_shorter_side_then_centre_crop(tmp_path):
 def test_folder_split_is_by_name_and_stable(tmp_path):
     for i in range(60):
         Image.new("L", (4, 4), i).save(tmp_path / f"img{i:03d}.png")
-    cfg = folder_cfg(tmp_path, test_fraction=0.3)
+    cfg = folder_cfg(tmp_path, test_fraction=0.3, val_size=0)
     train = {p.name for p in build_dataset(cfg, "train").files}
     test = {p.name for p in build_dataset(cfg, "test").files}
     assert not train & test and len(train | test) == 60

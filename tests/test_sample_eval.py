@@ -232,7 +232,9 @@ def test_ema_false_uses_the_raw_weights(run, ckpt, tmp_path):
 
 def test_train_split(ckpt):
     report = evaluate(ckpt, split="train")
-    assert report.summary["num_images"] == 1500 and report.summary["split"] == "train"
+    assert report.summary["num_images"] == 1300 and report.summary["split"] == "train"
+    val = evaluate(ckpt, split="val")  # the 200 held-out training images
+    assert val.summary["num_images"] == 200 and val.summary["split"] == "val"
     assert report.json_path == ckpt.parent / "eval" / "last_digits_train" / "eval.json"
 
 

@@ -101,9 +101,11 @@ def test_console_script_end_to_end_from_another_directory(tmp_path):
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/bpd", "test/bpd", "lr", "grad_norm", "images_per_sec", "skipped_steps"):
+    for tag in ("train/bpd", "val/bpd", "test/bpd", "lr", "grad_norm", "images_per_sec"):
         assert tag in tags["scalars"], tag
-    assert [e.step for e in events.Scalars("test/bpd")] == [6, 12]
+    # validation figures choose best.pt along the way; the test figure only at the end
+    assert [e.step for e in events.Scalars("val/bpd")] == [6, 12]
+    assert [e.step for e in events.Scalars("test/bpd")] == [12]
     assert any(t.startswith("samples/T=0.7") for t in tags["images"])
 
 
@@ -336,12 +338,22 @@ def test_atomic_save_leaves_previous_file_on_failure(tmp_path, monkeypatch):
 def test_resume_with_a_larger_global_batch_at_the_end_of_an_epoch(tmp_path):
     """A different global batch can leave less than one batch of the epoch: go on."""
     first = train(
-        compose_train(*TINY, "dataset.batch_size=100", "train.max_steps=14", f"run_dir={tmp_path}")
+        compose_train(
+            *TINY,
+            "dataset.val_size=0",
+            "dataset.batch_size=100",
+            "train.max_steps=14",
+            f"run_dir={tmp_path}",
+        )
     )
     assert load_checkpoint(first.last_ckpt)["batch_in_epoch"] == 14  # 1400 of 1500 images
     resumed = train(
         compose_train(
-            *TINY, "dataset.batch_size=700", "train.max_steps=16", f"ckpt={first.last_ckpt}"
+            *TINY,
+            "dataset.val_size=0",
+            "dataset.batch_size=700",
+            "train.max_steps=16",
+            f"ckpt={first.last_ckpt}",
         )
     )
     state = load_checkpoint(resumed.last_ckpt)
@@ -379,6 +391,7 @@ def test_max_epochs_alone_sets_the_cosine_length(tmp_path):
             "train.cosine_decay=true",
             "train.warmup_steps=0",
             "train.max_epochs=1",
+            "dataset.val_size=0",
             "dataset.batch_size=500",
             f"run_dir={tmp_path}",
         )

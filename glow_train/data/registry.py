@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
@@ -29,6 +30,8 @@ __all__ = [
     "dataset_names",
     "dataset_config",
     "validate_dataset_config",
+    "validation_set",
+    "validation_size",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -100,6 +103,14 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
             int_key(cfg, key, 1)
     if cfg.get("num_workers") is not None:
         int_key(cfg, "num_workers", 0)
+    if entry.kind == "image" and cfg.get("val_size") is not None:
+        value = float(cfg["val_size"])
+        if value < 0 or (value >= 1 and not value.is_integer()):
+            raise ConfigError(
+                f"dataset.val_size must be a fraction in [0, 1) or a count, got {value:g}"
+            )
+        if cfg.get("split_seed") is not None:
+            int_key(cfg, "split_seed", 0)
     entry.validate(cfg)
     return cfg
 
@@ -119,8 +130,10 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
 
     Args:
         cfg: the dataset config (``cfg.dataset`` of the run: a Mapping or DictConfig).
-        split: ``"train"`` or ``"test"``; ``"val"`` for the table source (the image
-            sources have none yet; CelebA's ``valid`` partition is not used).
+        split: ``"train"``, ``"val"`` or ``"test"``. An image source's validation
+            images are ``dataset.val_size`` of its training images, drawn with
+            ``dataset.split_seed``, and ``"train"`` is the rest (CelebA's own
+            ``valid`` partition is not used); the table source cuts its own.
 
     Returns:
         A map-style dataset of ``(item, int label)`` with a ``num_classes`` attribute
@@ -135,6 +148,57 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     entry = source(cfg["name"])
-    if split == "val" and entry.kind == "image":
-        raise ConfigError(f"dataset={entry.name} has no validation split; use 'train' or 'test'")
-    return entry.build(cfg, split)
+    if entry.kind != "image" or split == "test":
+        return entry.build(cfg, split)
+    full = entry.build(cfg, "train")
+    n_val = validation_size(cfg, len(full))
+    if split == "val" and n_val == 0:
+        raise ConfigError(
+            f"dataset={entry.name} has no validation split (dataset.val_size=0); set "
+            "dataset.val_size or use split=test"
+        )
+    if n_val == 0:
+        return full
+    if n_val >= len(full):
+        raise ConfigError(
+            f"dataset.val_size={cfg['val_size']} leaves no training images of {len(full)}; lower it"
+        )
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(_seed(cfg)))
+    chosen = order[:n_val] if split == "val" else order[n_val:]
+    return HeldOut(full, chosen.sort().values.tolist())
+
+
+def validation_set(cfg: Any) -> Dataset | None:
+    """The configured dataset's validation split, or ``None`` when it has none."""
+    cfg = validate_dataset_config(cfg)
+    entry = source(cfg["name"])
+    if entry.kind == "image" and not float(cfg.get("val_size") or 0):
+        return None
+    data = build_dataset(cfg, "val")
+    return data if len(data) > 0 else None
+
+
+def _seed(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("split_seed") or 0)
+
+
+def validation_size(cfg: dict[str, Any], num_train: int) -> int:
+    """``dataset.val_size`` of an image source as a count of its ``num_train`` training
+    images (``None`` or 0: no validation split)."""
+    value = float(cfg.get("val_size") or 0)
+    return int(value) if value >= 1 else int(round(value * num_train))
+
+
+class HeldOut(Dataset):
+    """The items ``indices`` of ``dataset`` (validation images, or the training images
+    left after them), with its ``num_classes``."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+        self.num_classes = getattr(dataset, "num_classes", 0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]

@@ -3,7 +3,8 @@ evaluation, sample grids and checkpoints, stopping, and the final report.
 
 The functions take the trainer (duck-typed, so this module does not import it):
 its ``objective``, ``optim``, ``progress``, ``monitor``, ``loader``, ``sampler``,
-``prepare_batch``, ``train_step``, ``evaluate``, ``write_samples`` and ``save``.
+``prepare_batch``, ``train_step``, ``evaluate`` and ``save``; :func:`write_samples` draws
+from its EMA model.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glow_train.errors import GlowError
+from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
+from glow_train.sample import sample_images
+from glow_train.sample_formats import sample_format
 from glow_train.training.schedule import reached_limits
 from glow_train.training.signals import Interrupt
+
+GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
 
 __all__ = ["fit", "TrainResult", "TrainingDiverged"]
 
@@ -36,31 +41,62 @@ class TrainResult:
     run_dir: Path
     step: int
     metric: str
-    best_score: float | None
+    best_score: float | None  # on the ``selection`` split
     last_test_score: float | None
     best_ckpt: Path | None
     last_ckpt: Path
     skipped_steps: int
     interrupted: bool
     model: FlowModel  # the raw (unwrapped) model; EMA weights are in the checkpoints
+    selection: str = "test"  # the split best_score and best.pt were chosen on
+    last_val_score: float | None = None
 
 
 def evaluate_and_keep_best(trainer: Any) -> None:
-    """The test figure now; ``best.pt`` when it is the best so far."""
+    """The selection split's figure now (validation, else test); ``best.pt`` when it is
+    the best so far. Test figures never choose anything when there is a validation split."""
     trainer.settle()
-    score = trainer.evaluate()
+    split = trainer.selection
+    score = trainer.evaluate(split)
     p, label = trainer.progress, trainer.objective.metric_label
-    p.last_test_score = score
+    if split == "val":
+        p.last_val_score = score
+    else:
+        p.last_test_score = score
     improved = math.isfinite(score) and (p.best_score is None or score < p.best_score)
     if improved:
         p.best_score = score
-    trainer.monitor.scalar(f"test/{trainer.objective.metric}", score, trainer.step)
+    trainer.monitor.scalar(f"{split}/{trainer.objective.metric}", score, trainer.step)
     trainer.monitor.log(
-        f"step {trainer.step} epoch {p.epoch}: test {label} {score:.4f}"
+        f"step {trainer.step} epoch {p.epoch}: {split} {label} {score:.4f}"
         + (" (best)" if improved else f" (best {_figure(p.best_score)})")
     )
     if trainer.dist.is_main and improved:
         trainer.save("best.pt")
+
+
+def write_samples(trainer: Any, final: bool = False) -> Path | None:
+    """Samples to TensorBoard (and ``samples.png``, or ``samples.csv`` for vector data,
+    when ``final``); a model whose samples are not finite is reported in the log,
+    not drawn."""
+    n = int(trainer.cfg.train.num_samples)
+    try:
+        samples = {
+            float(t): sample_images(trainer.eval_objective, n, float(t), trainer.seed)
+            for t in trainer.cfg.train.sample_temperatures
+        }
+    except NonFiniteError as err:
+        trainer.monitor.log(f"step {trainer.step}: no samples: {err}")
+        return None
+    finally:
+        trainer.objective.train()
+    writer = sample_format(trainer.spec, padding=GRID_PADDING)
+    writer.tensorboard(trainer.monitor, samples, trainer.step)
+    if not final:
+        return None
+    out = trainer.run_dir / f"samples{writer.suffix}"
+    writer.write(out, samples[0.7 if 0.7 in samples else next(iter(samples))])
+    return out
 
 
 def _figure(score: float | None) -> str:
@@ -92,7 +128,7 @@ def periodic(trainer: Any, end_of_epoch: bool) -> None:
     if eval_now:
         evaluate_and_keep_best(trainer)
     if main and sample_now:
-        trainer.write_samples()
+        write_samples(trainer)
     if main and save_now:
         trainer.save("last.pt")
 
@@ -160,8 +196,13 @@ def fit(trainer: Any) -> TrainResult:
 
 
 def finish(trainer: Any, interrupted: bool) -> TrainResult:
+    """The last selection figure (and ``best.pt``), then the test figure of the final
+    model, ``last.pt`` and the samples; the report names the split of each figure."""
     main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
     evaluate_and_keep_best(trainer)
+    if trainer.selection == "val":
+        p.last_test_score = trainer.evaluate("test")
+        trainer.monitor.scalar(f"test/{trainer.objective.metric}", p.last_test_score, trainer.step)
     if not math.isfinite(p.last_test_score):
         trainer.monitor.close()
         raise TrainingDiverged(
@@ -171,14 +212,21 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
     samples = None
     if main:
         trainer.save("last.pt")
-        samples = trainer.write_samples(final=True)
+        samples = write_samples(trainer, final=True)
         trainer.monitor.close()
     best = trainer.run_dir / "best.pt"
     if main:
         print(f"run folder: {trainer.run_dir}")
-        print(
-            f"test {label}: {p.last_test_score:.4f} (best {p.best_score:.4f}, step {trainer.step})"
-        )
+        if trainer.selection == "val":
+            print(
+                f"val {label}: {p.last_val_score:.4f} (best {p.best_score:.4f}); "
+                f"test {label}: {p.last_test_score:.4f} (final model, step {trainer.step})"
+            )
+        else:
+            print(
+                f"test {label}: {p.last_test_score:.4f} (best {p.best_score:.4f}, step "
+                f"{trainer.step}; no validation split: best.pt was chosen on test)"
+            )
         print(f"best checkpoint: {best}")
         if samples is not None:
             print(f"samples: {samples}")
@@ -193,4 +241,6 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
         skipped_steps=p.skipped_steps,
         interrupted=interrupted,
         model=trainer.model,
+        selection=trainer.selection,
+        last_val_score=p.last_val_score,
     )

@@ -74,8 +74,9 @@ def train(
             items = "images" if trainer.spec.kind == "image" else "items"
             if density_of(trainer.spec):
                 items += f": {density_of(trainer.spec)}"
+            val = f"{len(trainer.val_set)} val / " if trainer.val_set is not None else ""
             print(
-                f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / "
+                f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / {val}"
                 f"{len(trainer.test_set)} test {items}), "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"batch {trainer.batch_size} x {dist.world_size} process(es) = {effective}, "

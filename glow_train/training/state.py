@@ -31,8 +31,9 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_score: float | None = None
+    best_score: float | None = None  # on the selection split (validation, else test)
     last_test_score: float | None = None
+    last_val_score: float | None = None
     skipped_steps: int = 0
     overflow_steps: int = 0
     bad_in_a_row: int = 0  # not saved: a resumed run starts with a clean record
@@ -61,8 +62,10 @@ def checkpoint_state(
     progress: Progress,
     world_size: int,
     batch_size: int,
+    selection: str = "test",
 ) -> dict[str, Any]:
-    """The whole state of a run as one plain dict (format version 2)."""
+    """The whole state of a run as one plain dict (format version 2). ``selection``:
+    the split ``best_score`` (and ``best.pt``) is chosen on, ``"val"`` or ``"test"``."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -84,7 +87,9 @@ def checkpoint_state(
         "batch_size": batch_size,
         "metric": objective.metric,
         "best_score": progress.best_score,
+        "selection": selection,
         "last_test_score": progress.last_test_score,
+        "last_val_score": progress.last_val_score,
         "skipped_steps": progress.skipped_steps,
         "overflow_steps": progress.overflow_steps,
         "rng": rng,
@@ -137,6 +142,7 @@ def restore(
         batch_in_epoch=int(state["batch_in_epoch"]),
         best_score=state.get("best_score"),
         last_test_score=state.get("last_test_score"),
+        last_val_score=state.get("last_val_score"),
         skipped_steps=int(state.get("skipped_steps", 0)),
         overflow_steps=int(state.get("overflow_steps", 0)),
     )

@@ -20,13 +20,12 @@ from torch.utils.data import Dataset
 from glow_train.checkpoint import save_checkpoint
 from glow_train.config import parse_duration
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
+from glow_train.data.registry import validation_set
 from glow_train.distributed import DistInfo, EpochSampler
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import evaluate_objective
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
-from glow_train.sample import sample_images
-from glow_train.sample_formats import sample_format
 from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
@@ -37,7 +36,6 @@ from glow_train.training.state import Progress, checkpoint_state, restore
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
 PROBE_SIZE = 16  # items of the health check run before every checkpoint
 
 
@@ -62,6 +60,7 @@ class Trainer:
         run_dir: Path | None,
         train_set: Dataset | None = None,
         test_set: Dataset | None = None,
+        val_set: Dataset | None = None,
     ):
         cfg = check_config(cfg)
         self.cfg, self.dist, self.run_dir = cfg, dist, run_dir
@@ -81,6 +80,11 @@ class Trainer:
         # Datasets can be passed in (items of cfg.dataset's shape).
         self.train_set = train_set if train_set is not None else build_dataset(cfg.dataset, "train")
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
+        if val_set is None and train_set is None:
+            val_set = validation_set(cfg.dataset)
+        self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
+        #: the split best.pt is chosen on: validation when there is one, never test if so
+        self.selection = "val" if self.val_set is not None else "test"
         self.batch_size = int(cfg.dataset.batch_size)
         self.sampler = EpochSampler(
             len(self.train_set), seed=self.seed, rank=dist.rank, world_size=dist.world_size
@@ -212,6 +216,7 @@ class Trainer:
             self.progress,
             self.dist.world_size,
             self.batch_size,
+            self.selection,
         )
 
     # ------------------------------------------------------------------ steps
@@ -288,10 +293,11 @@ class Trainer:
         """The EMA's copy of the objective when there is one, else the trained one."""
         return self.optim.ema.module if self.optim.ema is not None else self.objective
 
-    def evaluate(self) -> float:
+    def evaluate(self, split: str = "test") -> float:
+        """The EMA's (or the model's) score on ``split`` (``"val"`` or ``"test"``)."""
         result = evaluate_objective(
             self.eval_objective,
-            self.test_set,
+            self.val_set if split == "val" else self.test_set,
             batch_size=int(self.cfg.dataset.eval_batch_size),
             device=self.device,
             seed=int(self.cfg.train.eval_seed),
@@ -299,29 +305,6 @@ class Trainer:
         )
         self.objective.train()
         return result.value
-
-    def write_samples(self, final: bool = False) -> Path | None:
-        """Samples to TensorBoard (and ``samples.png``, or ``samples.csv`` for vector data,
-        when ``final``); a model whose samples are not finite is reported in the log,
-        not drawn."""
-        n = int(self.cfg.train.num_samples)
-        try:
-            samples = {
-                float(t): sample_images(self.eval_objective, n, float(t), self.seed)
-                for t in self.cfg.train.sample_temperatures
-            }
-        except NonFiniteError as err:
-            self.monitor.log(f"step {self.step}: no samples: {err}")
-            return None
-        finally:
-            self.objective.train()
-        writer = sample_format(self.spec, padding=GRID_PADDING)
-        writer.tensorboard(self.monitor, samples, self.step)
-        if not final:
-            return None
-        out = self.run_dir / f"samples{writer.suffix}"
-        writer.write(out, samples[0.7 if 0.7 in samples else next(iter(samples))])
-        return out
 
     def save(self, name: str) -> Path | None:
         """Write ``run_dir/name`` if the model is :meth:`healthy`; else keep the file
