@@ -265,6 +265,47 @@ def test_time_limit_stops_the_run_with_a_checkpoint(tmp_path):
     assert state["step"] == result.step and state["last_test_score"] == result.last_test_score
 
 
+def test_clock_horizon():
+    from glow_train.training.schedule import clock_horizon, lr_factor
+
+    # 100 steps in 10 s, 30 s left: 300 more steps, capped by a step limit
+    assert clock_horizon(120, 100, 10.0, 30.0, None) == 420
+    assert clock_horizon(120, 100, 10.0, 30.0, 400) == 400
+    assert clock_horizon(0, 0, 0.0, 30.0, None) is None  # no rate yet
+    tcfg = compose_train("train.warmup_steps=10", "train.max_steps=null").train
+    assert lr_factor(tcfg, 10, 50) == 1.0  # no horizon yet: constant after the warm-up
+    assert lr_factor(tcfg, 10, 10, horizon=110) == 1.0
+    assert lr_factor(tcfg, 10, 60, horizon=110) == pytest.approx(0.5)
+    assert lr_factor(tcfg, 10, 200, horizon=110) == 0.0
+
+
+def test_a_time_limited_run_ends_at_a_low_learning_rate(tmp_path):
+    """The cosine decay follows the clock when the time limit ends the run."""
+    result = train(
+        compose_train(
+            *TINY,
+            "train.max_steps=null",
+            "train.time_limit=4s",
+            "train.cosine_decay=true",
+            f"run_dir={tmp_path}",
+        )
+    )
+    state = load_checkpoint(result.last_ckpt)
+    horizon, lr = state["schedule_horizon"], state["optimizer"]["param_groups"][0]["lr"]
+    assert horizon is not None and abs(horizon - result.step) <= max(20, result.step // 5)
+    assert lr < 0.1 * float(state["config"]["train"]["lr"]), (result.step, horizon, lr)
+    # a resumed run starts from the recorded horizon
+    trainer = Trainer(
+        compose_train(
+            *TINY, "train.max_steps=null", "train.time_limit=4s", f"ckpt={result.last_ckpt}"
+        ),
+        DistInfo(),
+        tmp_path,
+    )
+    trainer.prepare(state, result.last_ckpt)
+    assert trainer.optim.horizon == horizon
+
+
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ckpt")

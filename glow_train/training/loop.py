@@ -19,7 +19,7 @@ from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
 from glow_train.sample import sample_images
 from glow_train.sample_formats import sample_format
-from glow_train.training.schedule import reached_limits
+from glow_train.training.schedule import CLOCK_EVERY, clock_horizon, reached_limits
 from glow_train.training.signals import Interrupt
 
 GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
@@ -145,7 +145,8 @@ def fit(trainer: Any) -> TrainResult:
     """Train until a limit, a signal or divergence; always end with a checkpoint."""
     tcfg, p = trainer.cfg.train, trainer.progress
     trainer.monitor.open(trainer.run_dir, trainer.total_steps, trainer.step, bool(tcfg.progress))
-    started = time.monotonic()
+    started, first_step = time.monotonic(), p.step
+    follow_clock = trainer.time_limit is not None and bool(tcfg.cosine_decay)
     stop = reached_limits(tcfg, p.step, p.epoch)
     interrupted = False
     with Interrupt(verbose=trainer.dist.is_main) as interrupt:
@@ -162,6 +163,17 @@ def fit(trainer: Any) -> TrainResult:
                 stats = trainer.train_step(x, noise, y, interrupt.requested, time_up)
                 p.batch_in_epoch += 1
                 seen += len(batch) * trainer.dist.world_size
+                if follow_clock and trainer.step % CLOCK_EVERY == 0:
+                    elapsed = time.monotonic() - started
+                    trainer.set_horizon(
+                        clock_horizon(
+                            trainer.step,
+                            trainer.step - first_step,
+                            elapsed,
+                            trainer.time_limit - elapsed,
+                            trainer.total_steps,
+                        )
+                    )
                 if p.bad_in_a_row >= int(tcfg.max_bad_steps):
                     raise diverged(trainer)
                 if trainer.step % int(tcfg.log_every) == 0 or trainer.step == 1:

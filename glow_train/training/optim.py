@@ -22,7 +22,6 @@ Two ways to take a step, with the same result:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -98,8 +97,11 @@ class Optimization:
             weight_decay=float(tcfg.weight_decay),
             device_type=device_type,
         )
+        #: the clock's estimate of the final step (see glow_train.training.schedule);
+        #: None: the step limit is the horizon
+        self.horizon: int | None = None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(lr_factor, tcfg, steps_per_epoch)
+            self.optimizer, lambda step: lr_factor(tcfg, steps_per_epoch, step, self.horizon)
         )
         self.scaler = torch.amp.GradScaler(device_type, enabled=fp16)
         self.grad_clip = tcfg.grad_clip

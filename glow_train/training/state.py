@@ -79,6 +79,7 @@ def checkpoint_state(
         "ema": optim.ema.state_dict() if optim.ema is not None else None,
         "optimizer": optim.optimizer.state_dict(),
         "scheduler": optim.scheduler.state_dict(),
+        "schedule_horizon": optim.horizon,
         "scaler": optim.scaler.state_dict(),
         "step": progress.step,
         "epoch": progress.epoch,
@@ -135,6 +136,7 @@ def restore(
     except ValueError as err:
         raise CheckpointError(f"{source}: optimiser state does not fit: {err}") from err
     optim.scheduler.load_state_dict(state["scheduler"])
+    optim.horizon = state.get("schedule_horizon")
     optim.scaler.load_state_dict(state["scaler"])
     progress = Progress(
         step=int(state["step"]),

@@ -21,7 +21,7 @@ from glow_train.checkpoint import save_checkpoint
 from glow_train.config import parse_duration
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
 from glow_train.data.registry import validation_set
-from glow_train.distributed import DistInfo, EpochSampler
+from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import evaluate_objective
 from glow_train.models import FlowModel, build_model
@@ -95,10 +95,10 @@ class Trainer:
                 f"dataset.batch_size={self.batch_size} is larger than the "
                 f"{self.sampler.per_rank} training items per process; lower it"
             )
-        if tcfg.cosine_decay and self.total_steps is None:
+        if tcfg.cosine_decay and self.total_steps is None and self.time_limit is None:
             raise ConfigError(
-                "train.cosine_decay needs train.max_steps or train.max_epochs to decay over "
-                "(or train.cosine_decay=false)"
+                "train.cosine_decay needs train.max_steps, train.max_epochs or "
+                "train.time_limit to decay over (or train.cosine_decay=false)"
             )
         self.loader = make_loader(
             self.train_set,
@@ -279,6 +279,15 @@ class Trainer:
             "overflow": outcome.overflow,
             "lr": self.optim.lr,
         }
+
+    def set_horizon(self, estimate: int | None) -> None:
+        """Let the cosine decay end at the clock's estimate of the final step; every
+        rank takes the smallest estimate, so the schedule stays the same everywhere."""
+        value = torch.tensor([-(estimate if estimate is not None else 2**62)], device=self.device)
+        agreed = -int(all_reduce_max(value).item())
+        if agreed < 2**62:
+            self.optim.horizon = agreed
+            self.monitor.scalar("schedule_horizon", agreed, self.step)
 
     def settle(self) -> None:
         """Count the deferred step's outcome now, before anything reads the state
