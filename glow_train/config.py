@@ -148,6 +148,7 @@ class TrainLoopConfig:
     num_samples: int = MISSING
     compile: bool = MISSING
     memory_saving: bool = MISSING
+    dequantization: str = MISSING
     cudnn_benchmark: bool = MISSING
     progress: bool = MISSING
 

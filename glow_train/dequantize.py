@@ -18,8 +18,8 @@ generator the caller seeds, so the trainer and ``glow-eval`` draw the same
 numbers), ``forward`` turns ``(x, noise)`` into the flow's continuous input and
 the per-sample log-density of that choice (:math:`\log q(u \mid x)`; 0 for
 uniform noise on a unit-volume bin), and ``to_data`` maps model output back.
-:class:`Uniform` serves quantised data, :class:`Identity` continuous data; a
-trainable (variational) dequantiser is a third subclass with parameters.
+:class:`Uniform` serves quantised data, :class:`Identity` continuous data, and
+:class:`glow_train.variational.Variational` learns its noise (``train.dequantization``).
 """
 
 from __future__ import annotations
@@ -194,15 +194,21 @@ class Identity(Dequantizer):
         return x
 
 
-DEQUANTIZERS: dict[str, type[Dequantizer]] = {"uniform": Uniform, "identity": Identity}
+DEQUANTIZERS = ("uniform", "variational", "identity")
 
 
-def build_dequantizer(name: str, n_bits: int | None) -> Dequantizer:
-    """The dequantiser ``name`` for data of ``n_bits`` (``None``: continuous)."""
+def build_dequantizer(name: str, n_bits: int | None, **settings: Any) -> Dequantizer:
+    """The dequantiser ``name`` for data of ``n_bits`` (``None``: continuous);
+    ``settings`` are the rest of its :meth:`Dequantizer.config` (``variational``:
+    ``channels`` and ``hidden``)."""
     if name not in DEQUANTIZERS:
         raise ConfigError(f"unknown dequantizer {name!r}; choose one of {', '.join(DEQUANTIZERS)}")
     if name == "identity":
         return Identity()
     if n_bits is None:
         raise ConfigError(f"dequantizer {name!r} needs quantised data (n_bits)")
-    return DEQUANTIZERS[name](n_bits)
+    if name == "variational":
+        from glow_train.variational import Variational
+
+        return Variational(n_bits, **settings)
+    return Uniform(n_bits)

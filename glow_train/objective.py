@@ -37,7 +37,7 @@ from glow_train.checkpoint import CheckpointError, load_checkpoint, model_config
 from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
-from glow_train.errors import NonFiniteError
+from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.flows.standardize import Standardize
 from glow_train.models.base import FlowModel, rebuild
 from glow_train.models.registry import MODELS
@@ -191,12 +191,23 @@ class Objective(nn.Module):
         return {**self.dequantizer.config(), "standardize": dims}
 
 
-def build_objective(flow: FlowModel, spec: DataSpec) -> Objective:
-    """The objective for ``flow`` on data described by ``spec``: uniform dequantisation
-    of quantised data, none for continuous data."""
-    name = "uniform" if spec.quantized else "identity"
-    standardize = None if spec.loc is None else Standardize(spec.loc, spec.scale)
-    return Objective(flow, build_dequantizer(name, spec.n_bits), standardize)
+def build_objective(flow: FlowModel, spec: DataSpec, dequantization: str = "uniform") -> Objective:
+    """The objective for ``flow`` on data described by ``spec``: ``dequantization``
+    (``uniform`` or ``variational``) of quantised data, none for continuous data."""
+    if not spec.quantized:
+        if dequantization != "uniform":
+            raise ConfigError(
+                f"train.dequantization={dequantization} is for quantised images; "
+                f"{spec.kind} data is continuous (use train.dequantization=uniform)"
+            )
+        standardize = None if spec.loc is None else Standardize(spec.loc, spec.scale)
+        return Objective(flow, build_dequantizer("identity", None), standardize)
+    if dequantization not in ("uniform", "variational"):
+        raise ConfigError(
+            f"train.dequantization must be uniform or variational, got {dequantization!r}"
+        )
+    settings = {"channels": spec.shape[0]} if dequantization == "variational" else {}
+    return Objective(flow, build_dequantizer(dequantization, spec.n_bits, **settings))
 
 
 def load_objective(
@@ -211,8 +222,11 @@ def load_objective(
         raise CheckpointError(f"{path} holds an unknown model {name!r}")
     flow = rebuild(MODELS[name], state, path, ema)
     try:
-        settings = state["objective_config"]
-        dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"])
+        settings = dict(state["objective_config"])
+        extra = {
+            k: v for k, v in settings.items() if k not in ("dequantizer", "n_bits", "standardize")
+        }
+        dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"], **extra)
         dequantizer.load_state_dict(objective_weights(state, ema, "dequantizer"))
         standardize = None
         if settings.get("standardize") is not None:

@@ -76,7 +76,9 @@ class Trainer:
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
         flow.set_memory_saving(bool(tcfg.memory_saving))
-        self.objective: Objective = build_objective(flow, self.spec).to(self.device)
+        self.objective: Objective = build_objective(flow, self.spec, str(tcfg.dequantization)).to(
+            self.device
+        )
         # Datasets can be passed in (items of cfg.dataset's shape).
         self.train_set = train_set if train_set is not None else build_dataset(cfg.dataset, "train")
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
