@@ -40,7 +40,7 @@ __all__ = [
     "packaged_defaults",
     "fill_defaults",
     "typed",
-    "drop_retired_keys",
+    "upgrade_keys",
     "check_train",
     "parse_duration",
     "PRECISIONS",
@@ -268,12 +268,20 @@ def parse_duration(value: Any) -> float | None:
 RETIRED_KEYS = {"train": ("channels_last",)}  # the model always runs channels_last now
 
 
-def drop_retired_keys(values: Any) -> Any:
-    """``values`` (a run config) without the :data:`RETIRED_KEYS` it may hold."""
+#: keys added after runs were saved without them, with the value those runs used
+ADDED_KEYS = {"train": {"dequantization": "uniform"}}
+
+
+def upgrade_keys(values: Any) -> Any:
+    """``values`` (a run config, e.g. an older checkpoint's) without the
+    :data:`RETIRED_KEYS` and with every missing :data:`ADDED_KEYS` entry."""
     values = OmegaConf.to_container(values) if OmegaConf.is_config(values) else dict(values)
-    for section, keys in RETIRED_KEYS.items():
+    for section in set(RETIRED_KEYS) | set(ADDED_KEYS):
         if isinstance(values.get(section), Mapping):
-            values[section] = {k: v for k, v in values[section].items() if k not in keys}
+            kept = {
+                k: v for k, v in values[section].items() if k not in RETIRED_KEYS.get(section, ())
+            }
+            values[section] = {**ADDED_KEYS.get(section, {}), **kept}
     return values
 
 

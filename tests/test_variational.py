@@ -12,9 +12,9 @@ from torch import Tensor
 from torch.distributions import Normal, SigmoidTransform, TransformedDistribution
 
 from glow_train.cli import eval_main, train_main
+from glow_train.dequantize import Variational
 from glow_train.models.base import FlowModel
 from glow_train.objective import Objective, load_objective
-from glow_train.variational import Variational
 
 
 class UniformBox(FlowModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from glow_train.config import TrainConfig, check_train, drop_retired_keys, typed
+from glow_train.config import TrainConfig, check_train, typed, upgrade_keys
 from glow_train.data import validate_dataset_config
 from glow_train.errors import require_int
 from glow_train.models import model_class
@@ -18,7 +18,7 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
 
     Idempotent, so the trainer can check what :func:`glow_train.training.train` checked.
     """
-    cfg = typed(TrainConfig, drop_retired_keys(cfg))
+    cfg = typed(TrainConfig, upgrade_keys(cfg))
     options = OmegaConf.to_container(cfg.model, resolve=True)
     options.setdefault("name", "glow")  # configs of version-1 checkpoints name no model
     schema = model_class(options["name"]).schema
