@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adam", "adamax")
+OPTIMIZERS = ("adam", "adamw", "adamax")
 
 
 # --------------------------------------------------------------------------- schemas
@@ -105,6 +105,7 @@ class GlowConfig:
     hidden_channels: int = MISSING
     coupling: str = MISSING
     lu: bool = MISSING
+    dropout: float = 0.0  # absent from older checkpoints' configs: none
 
 
 @dataclass
@@ -309,7 +310,7 @@ def check_train(cfg: DictConfig) -> None:
         raise ConfigError(f"precision={cfg.precision!r}; use {', '.join(PRECISIONS)}")
     t = cfg.train
     if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer={t.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
+        raise ConfigError(f"train.optimizer={t.optimizer!r}; use {', '.join(OPTIMIZERS)}")
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if cfg.seed < 0:

@@ -109,3 +109,42 @@ def test_variational_is_for_images(tmp_path):
         tmp_path,
     )
     assert status != 0 and "train.dequantization=variational is for quantised images" in err
+
+
+def test_conditioner_dropout_trains_only_and_keeps_the_state_dict():
+    from glow_train import Glow
+
+    torch.manual_seed(0)
+    plain = Glow(1, 8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True)
+    dropped = Glow(1, 8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True, dropout=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    dropped.load_state_dict(perturb(plain, 0.2).state_dict())
+    x = torch.rand(4, 1, 8, 8) - 0.5
+    dropped.initialize(x)
+    plain.load_state_dict(dropped.state_dict())
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped.log_prob(x), plain.log_prob(x))  # eval: no dropout
+    dropped.train()
+    assert not torch.allclose(dropped.log_prob(x), plain.log_prob(x))
+
+
+def test_adamw_decouples_weight_decay(tmp_path):
+    from test_train import compose_train
+
+    from glow_train.training import train
+
+    result = train(
+        compose_train(
+            *TINY,
+            "train.max_steps=3",
+            "train.optimizer=adamw",
+            "train.weight_decay=0.1",
+            "model.dropout=0.1",
+            f"run_dir={tmp_path}",
+        )
+    )
+    from glow_train.checkpoint import load_checkpoint
+
+    groups = load_checkpoint(result.last_ckpt)["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == 0.1 and groups[0]["fused"]
+    assert "decoupled_weight_decay" not in groups[0] or groups[0]["decoupled_weight_decay"]

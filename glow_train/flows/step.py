@@ -19,6 +19,7 @@ class FlowStep(FlowSequence):
         coupling: ``"affine"`` or ``"additive"``.
         lu: LU-parameterised channel mixing.
         dense: an MLP conditioner for vectors instead of convolutions.
+        dropout: the convolutional conditioner's dropout (images).
         mlp: the MLP conditioner's options (see :func:`~glow_train.flows.coupling.mlp_conditioner`).
     """
 
@@ -30,11 +31,14 @@ class FlowStep(FlowSequence):
         lu: bool,
         dense: bool = False,
         mlp: dict | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__(
             [
                 ActNorm(num_channels),
                 InvertibleLinear(num_channels, lu=lu),
-                Coupling(num_channels, hidden_channels, coupling, dense=dense, mlp=mlp),
+                Coupling(
+                    num_channels, hidden_channels, coupling, dense=dense, mlp=mlp, dropout=dropout
+                ),
             ]
         )

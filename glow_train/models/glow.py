@@ -51,6 +51,8 @@ class Glow(FlowModel):
         coupling: ``"affine"`` or ``"additive"``.
         lu: LU-parameterised 1×1 convolutions (else a plain matrix with ``slogdet``).
         num_classes: if > 0, the top prior is class-conditional (pass ``y``).
+        dropout: dropout after the conditioners' hidden layers, in training mode only
+            (``model.dropout``; against overfitting small datasets).
 
     Input is continuous, ``(B, C, H, W)``, normally in ``[-0.5, 0.5)``
     (:func:`glow_train.preprocess`).
@@ -69,6 +71,7 @@ class Glow(FlowModel):
         coupling: str,
         lu: bool,
         num_classes: int = 0,
+        dropout: float = 0.0,
     ):
         super().__init__()
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -89,6 +92,7 @@ class Glow(FlowModel):
             coupling=coupling,
             lu=lu,
             num_classes=num_classes,
+            dropout=float(dropout),
         )
         self.image_shape = (in_channels, height, width)
         self.num_dims = in_channels * height * width
@@ -100,7 +104,9 @@ class Glow(FlowModel):
         for level in range(L):
             c, h, w = 4 * c, h // 2, w // 2
             levels.append(
-                FlowSequence(FlowStep(c, hidden_channels, coupling, lu) for _ in range(K))
+                FlowSequence(
+                    FlowStep(c, hidden_channels, coupling, lu, dropout=dropout) for _ in range(K)
+                )
             )
             if level < L - 1:
                 keep = c // 2

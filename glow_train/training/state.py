@@ -8,6 +8,7 @@ with another number of processes or batch size.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,11 @@ def checkpoint_state(
 
 
 def _check_same_model(state: dict[str, Any], objective: Objective, source: Path) -> None:
-    saved, current = state["model_config"], model_record(objective)
+    current = model_record(objective)
+    # arguments added since the checkpoint was written take their defaults
+    signature = inspect.signature(type(objective.flow).__init__).parameters.values()
+    defaults = {p.name: p.default for p in signature if p.default is not inspect.Parameter.empty}
+    saved = {**{k: v for k, v in defaults.items() if k in current}, **state["model_config"]}
     if saved == current:
         return
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
