@@ -193,13 +193,9 @@ class Objective(nn.Module):
 
 def build_objective(flow: FlowModel, spec: DataSpec, dequantization: str = "uniform") -> Objective:
     """The objective for ``flow`` on data described by ``spec``: ``dequantization``
-    (``uniform`` or ``variational``) of quantised data, none for continuous data."""
-    if not spec.quantized:
-        if dequantization != "uniform":
-            raise ConfigError(
-                f"train.dequantization={dequantization} is for quantised images; "
-                f"{spec.kind} data is continuous (use train.dequantization=uniform)"
-            )
+    (``uniform`` or ``variational``) of quantised data; continuous data has none (the
+    setting does not apply to it)."""
+    if not spec.quantized:  # continuous data: nothing to dequantise, whatever was asked
         standardize = None if spec.loc is None else Standardize(spec.loc, spec.scale)
         return Objective(flow, build_dequantizer("identity", None), standardize)
     if dequantization not in ("uniform", "variational"):

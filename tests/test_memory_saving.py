@@ -99,6 +99,19 @@ def test_autocast_is_restored_in_the_recomputation():
         torch.testing.assert_close(grads_b[name], g, atol=1e-2, rtol=1e-2, msg=name)
 
 
+def test_memory_saving_refuses_dropout(tmp_path):
+    from test_train import TINY, compose_train
+
+    from glow_train.errors import ConfigError
+    from glow_train.training import train
+
+    cfg = compose_train(
+        *TINY, "train.memory_saving=true", "model.dropout=0.1", f"run_dir={tmp_path}"
+    )
+    with pytest.raises(ConfigError, match="set model.dropout=0 with it"):
+        train(cfg)
+
+
 def test_trainer_option(tmp_path):
     from test_train import TINY, compose_train
 
@@ -107,7 +120,11 @@ def test_trainer_option(tmp_path):
     runs = []
     for flag in ("false", "true"):
         cfg = compose_train(
-            *TINY, "train.max_steps=5", f"train.memory_saving={flag}", f"run_dir={tmp_path / flag}"
+            *TINY,
+            "train.max_steps=5",
+            "model.dropout=0",
+            f"train.memory_saving={flag}",
+            f"run_dir={tmp_path / flag}",
         )
         runs.append(train(cfg).model.state_dict())
     for name, value in runs[0].items():

@@ -44,6 +44,7 @@ def run(tmp_path_factory):
         "train.eval_every_steps=null",
         "train.sample_every=null",
         "train.progress=false",
+        "train.dequantization=uniform",  # the independent computation below is uniform's
         "device=cpu",
         f"run_dir={run_dir}",
     ]

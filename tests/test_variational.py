@@ -100,17 +100,6 @@ def test_variational_dequantisation_end_to_end(tmp_path):
     assert test_line == f"test bpd: {info['last_test_score']:.4f}"  # the same bound as the trainer
 
 
-def test_variational_is_for_images(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("a,b\n" + "".join(f"{i},{i % 7}\n" for i in range(50)))
-    status, _, err = run_console(
-        train_main,
-        ["dataset=csv", f"dataset.path={path}", "model=glow1d", "train.dequantization=variational"],
-        tmp_path,
-    )
-    assert status != 0 and "train.dequantization=variational is for quantised images" in err
-
-
 def test_conditioner_dropout_trains_only_and_keeps_the_state_dict():
     from glow_train import Glow
 

@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glow_train.config import TrainConfig, check_train, typed, upgrade_keys
 from glow_train.data import validate_dataset_config
-from glow_train.errors import require_int
+from glow_train.errors import ConfigError, require_int
 from glow_train.models import model_class
 
 __all__ = ["check_config"]
@@ -28,4 +28,9 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
     for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
         require_int(f"dataset.{key}", cfg.dataset.get(key), low)
     check_train(cfg)
+    if cfg.train.memory_saving and float(cfg.model.get("dropout") or 0) > 0:
+        raise ConfigError(
+            "train.memory_saving recomputes each layer, which would draw other dropout "
+            "masks; set model.dropout=0 with it"
+        )
     return cfg

@@ -256,6 +256,9 @@ class Trainer:
         (the default) the previous one, whose flags the device finished meanwhile."""
         self.objective.train()
         self.optim.optimizer.zero_grad(set_to_none=True)
+        # dropout draws from the global generator: seed it per (seed, step, rank) too,
+        # so a resumed run drops the same units whatever ran in between
+        torch.manual_seed(step_seed(self.seed, self.step, self.dist.rank) + 1)
         with self._autocast():
             nll = self.wrapped(x, noise, y)
         loss = self.objective.score(nll).mean()
