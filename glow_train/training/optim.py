@@ -144,25 +144,10 @@ class Optimization:
         """
         if self.deferred:
             return self._deferred_step(module, loss, signalled, time_up)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        clip = self.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            module.parameters(), float(clip) if clip is not None else float("inf")
-        )
-        flags = torch.stack(
-            [
-                (~torch.isfinite(loss.detach())).float(),
-                (~torch.isfinite(grad_norm)).float(),
-                torch.tensor(float(signalled), device=loss.device),
-                torch.tensor(float(time_up), device=loss.device),
-            ]
-        )
+        flags, figures = self._flags(module, loss, signalled, time_up)
         # one host synchronisation for the whole step: the agreed flags and this
         # rank's loss and gradient norm come back together
-        values = torch.cat(
-            [all_reduce_max(flags), loss.detach().float().view(1), grad_norm.float().view(1)]
-        ).tolist()
+        values = torch.cat([flags, figures]).tolist()
         loss_bad, grad_bad, signalled, time_up = (bool(v) for v in values[:4])
         overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
         skipped = (loss_bad or grad_bad) and not overflow
@@ -179,8 +164,10 @@ class Optimization:
         return StepOutcome(values[4], values[5], skipped, overflow, signalled, time_up)
 
     def _flags(self, module, loss, signalled, time_up) -> tuple[torch.Tensor, torch.Tensor]:
-        """Back-propagate and clip; ``(agreed flags, this rank's loss and grad norm)``."""
-        loss.backward()
+        """Back-propagate (scaled under fp16), unscale and clip; ``(agreed flags, this
+        rank's loss and grad norm)``. Without a GradScaler the scaling is the identity."""
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         clip = self.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             module.parameters(), float(clip) if clip is not None else float("inf")
