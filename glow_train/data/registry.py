@@ -30,7 +30,7 @@ __all__ = [
     "dataset_names",
     "dataset_config",
     "validate_dataset_config",
-    "validation_set",
+    "train_and_validation",
     "validation_size",
 ]
 
@@ -150,32 +150,44 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
     entry = source(cfg["name"])
     if entry.kind != "image" or split == "test":
         return entry.build(cfg, split)
-    full = entry.build(cfg, "train")
-    n_val = validation_size(cfg, len(full))
-    if split == "val" and n_val == 0:
+    train, val = _held_out(entry, cfg)
+    if split == "train":
+        return train
+    if val is None:
         raise ConfigError(
             f"dataset={entry.name} has no validation split (dataset.val_size=0); set "
             "dataset.val_size or use split=test"
         )
+    return val
+
+
+def train_and_validation(cfg: Any) -> tuple[Dataset, Dataset | None]:
+    """The configured dataset's training split and its validation split (``None``
+    when it has none), reading an image source's training data once for both."""
+    cfg = validate_dataset_config(cfg)
+    entry = source(cfg["name"])
+    if entry.kind == "image":
+        return _held_out(entry, cfg)
+    val = entry.build(cfg, "val")
+    return entry.build(cfg, "train"), (val if len(val) > 0 else None)
+
+
+def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
+    """An image source's ``(train, val)``: ``dataset.val_size`` of its training images,
+    drawn with ``dataset.split_seed``, are validation (``None`` when there are none)."""
+    full = entry.build(cfg, "train")
+    n_val = validation_size(cfg, len(full))
     if n_val == 0:
-        return full
+        return full, None
     if n_val >= len(full):
         raise ConfigError(
             f"dataset.val_size={cfg['val_size']} leaves no training images of {len(full)}; lower it"
         )
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(_seed(cfg)))
-    chosen = order[:n_val] if split == "val" else order[n_val:]
-    return HeldOut(full, chosen.sort().values.tolist())
-
-
-def validation_set(cfg: Any) -> Dataset | None:
-    """The configured dataset's validation split, or ``None`` when it has none."""
-    cfg = validate_dataset_config(cfg)
-    entry = source(cfg["name"])
-    if entry.kind == "image" and not float(cfg.get("val_size") or 0):
-        return None
-    data = build_dataset(cfg, "val")
-    return data if len(data) > 0 else None
+    return (
+        HeldOut(full, order[n_val:].sort().values.tolist()),
+        HeldOut(full, order[:n_val].sort().values.tolist()),
+    )
 
 
 def _seed(cfg: dict[str, Any]) -> int:

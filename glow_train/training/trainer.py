@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from glow_train.checkpoint import save_checkpoint
 from glow_train.config import parse_duration
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
-from glow_train.data.registry import validation_set
+from glow_train.data.registry import train_and_validation
 from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import evaluate_objective
@@ -80,10 +80,11 @@ class Trainer:
             self.device
         )
         # Datasets can be passed in (items of cfg.dataset's shape).
-        self.train_set = train_set if train_set is not None else build_dataset(cfg.dataset, "train")
+        if train_set is None:  # the source's training data is read once for both
+            train_set, held_out = train_and_validation(cfg.dataset)
+            val_set = val_set if val_set is not None else held_out
+        self.train_set = train_set
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
-        if val_set is None and train_set is None:
-            val_set = validation_set(cfg.dataset)
         self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
         #: the split best.pt is chosen on: validation when there is one, never test if so
         self.selection = "val" if self.val_set is not None else "test"
