@@ -66,11 +66,16 @@ def test_every_dataset_composes(dataset):
 
 @pytest.mark.parametrize(
     "experiment,expected",
-    [("mnist", (16, 2, 256)), ("cifar10", (32, 3, 512)), ("celeba", (32, 4, 512))],
+    [
+        ("mnist", (16, 2, 256)),
+        ("cifar10", (32, 3, 512)),
+        ("celeba", (32, 4, 512)),
+        ("celeba_hq256", (32, 6, 512)),
+    ],
 )
 def test_experiment_presets_have_the_papers_settings(experiment, expected):
     cfg = compose_train(f"experiment={experiment}")
-    assert cfg.dataset.name == experiment
+    assert cfg.dataset.name == {"celeba_hq256": "folder"}.get(experiment, experiment)
     assert (cfg.model.K, cfg.model.L, cfg.model.hidden_channels) == expected
     assert cfg.dataset.image_size % 2**cfg.model.L == 0
 
