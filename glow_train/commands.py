@@ -175,6 +175,7 @@ def _sample_app(cfg: DictConfig) -> None:
             ema=cfg.ema,
             precision=cfg.precision,
             start_price=cfg.start_price,
+            y=_plain(cfg.y),
         )
         for path in paths:
             print(path)
@@ -218,7 +219,8 @@ def _eval_app(cfg: DictConfig) -> None:
             print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
         value = summary[summary["metric"]]
         if summary["metric"] == "bpd":
-            print(f"{summary['split']} bpd: {value:.4f}")
+            given = " (of p(x|y): class-conditional)" if summary.get("conditional") else ""
+            print(f"{summary['split']} bpd: {value:.4f}{given}")
         else:  # continuous data: a negative log-likelihood per dimension
             of = f" (density of the {summary['density_of']})" if summary.get("density_of") else ""
             print(f"{summary['split']} nll: {value:.4f} {unit}{of}")

@@ -9,14 +9,13 @@ their defaults lists, so OmegaConf itself rejects ``train.lr=abc``,
 
 Library callers that pass plain dicts get the same checks through :func:`typed`.
 Range checks (``lr > 0``, ``n_bits`` in 1..8, ...) stay with the code that owns
-each group: :func:`check_train` here for ``train.*`` and the top level,
+each group: :func:`glow_train.training.checks.check_train` for ``train.*`` and the top level,
 :func:`glow_train.data.validate_dataset_config` for ``dataset.*``, the model
 classes for ``model.*``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ __all__ = [
     "fill_defaults",
     "typed",
     "upgrade_keys",
-    "check_train",
     "parse_duration",
     "PRECISIONS",
     "OPTIMIZERS",
@@ -66,6 +64,7 @@ class ImageDatasetConfig:
     channels: int | None = None
     n_bits: int | None = None
     test_fraction: float | None = None
+    classes: bool | None = None
     val_size: float | None = None
     split_seed: int | None = None
     hflip: bool | None = None
@@ -106,6 +105,7 @@ class GlowConfig:
     coupling: str = MISSING
     lu: bool = MISSING
     dropout: float = 0.0  # absent from older checkpoints' configs: none
+    conditional: bool = False  # likewise; True: num_classes from the dataset's labels
 
 
 @dataclass
@@ -150,6 +150,7 @@ class TrainLoopConfig:
     compile: bool = MISSING
     memory_saving: bool = MISSING
     dequantization: str = MISSING
+    class_loss_weight: float = MISSING
     cudnn_benchmark: bool = MISSING
     progress: bool = MISSING
 
@@ -186,6 +187,7 @@ class SampleConfig:
     ema: bool = MISSING
     precision: str = MISSING
     start_price: float | None = None
+    y: Any = None  # a class, "all" or null; checked by glow_train.sample.class_choice
 
 
 @dataclass
@@ -270,7 +272,7 @@ RETIRED_KEYS = {"train": ("channels_last",)}  # the model always runs channels_l
 
 
 #: keys added after runs were saved without them, with the value those runs used
-ADDED_KEYS = {"train": {"dequantization": "uniform"}}
+ADDED_KEYS = {"train": {"dequantization": "uniform", "class_loss_weight": 0.0}}
 
 
 def upgrade_keys(values: Any) -> Any:
@@ -302,44 +304,3 @@ def typed(schema: type, values: Any, where: str = "") -> DictConfig:
             raise ConfigError(f"{prefix}{key}: {message}") from err
         raise ConfigError(f"{where or 'config'}: {message}") from err
     return cfg
-
-
-def check_train(cfg: DictConfig) -> None:
-    """Range checks of the top-level keys and ``train.*`` (types are the schema's)."""
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision={cfg.precision!r}; use {', '.join(PRECISIONS)}")
-    t = cfg.train
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer={t.optimizer!r}; use {', '.join(OPTIMIZERS)}")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be positive, got {t.lr}")
-    if cfg.seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
-    for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
-        if t[key] is not None and t[key] < 1:
-            raise ConfigError(f"train.{key} must be at least 1 (or null), got {t[key]}")
-    for key in ("eval_every_steps", "eval_every_epochs", "sample_every", "ckpt_every"):
-        if t[key] is not None and t[key] < 1:
-            raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")
-    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
-    if t.grad_clip is not None and t.grad_clip <= 0:
-        raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
-    if t.warmup_steps < 0 or t.weight_decay < 0:
-        raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
-    if t.num_samples < 1:
-        raise ConfigError(f"train.num_samples must be at least 1, got {t.num_samples}")
-    temperatures = list(t.sample_temperatures)
-    if not temperatures or not all(math.isfinite(x) and x >= 0 for x in temperatures):
-        raise ConfigError(
-            f"train.sample_temperatures must be one or more numbers >= 0, got {temperatures}"
-        )
-    if t.eval_seed < 0:
-        raise ConfigError(f"train.eval_seed must be >= 0, got {t.eval_seed}")
-    parse_duration(t.time_limit)
-    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
-    if all(t[k] is None for k in ("max_steps", "max_epochs", "time_limit")):
-        raise ConfigError(
-            "no stopping rule: set train.max_steps, train.max_epochs or train.time_limit"
-        )

@@ -318,6 +318,7 @@ def evaluate(
         **({"nll": result.value} if result.metric == "nats_per_dim" else {}),
         **({"density_of": density_of(spec)} if density_of(spec) else {}),
         "stderr": result.stderr,
+        "conditional": objective.flow.num_classes > 0,  # the figure is of p(x|y)
         "metric": result.metric,
         "unit": METRICS[result.metric],
         "dataset": data_cfg["name"],

@@ -11,6 +11,11 @@ reported unit is bits per dimension,
 .. math::  \mathrm{bpd} = \frac{\mathrm{nll}}{D \log 2}
                         = \frac{-\log p(x + u) + D \log 2^{n}}{D \log 2}.
 
+A class-conditional flow scores :math:`p(x \mid y)` the same way. With the auxiliary
+classifier of the paper's code (``train.class_loss_weight`` :math:`w > 0`) the
+training loss adds :math:`w` times the cross-entropy of :math:`p(y \mid z_L)` in
+bits per image to the bits/dim; evaluation reports bits/dim alone.
+
 For continuous data (:class:`~glow_train.dequantize.Identity`) it is
 :math:`-\log p(x)` and the unit is nats per dimension. :math:`\log p` is the
 flow's log-density in nats (:meth:`glow_train.Glow.log_prob`), ``D`` the number of
@@ -31,19 +36,22 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glow_train.checkpoint import CheckpointError, load_checkpoint, model_config, objective_weights
 from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
-from glow_train.errors import ConfigError, NonFiniteError
+from glow_train.errors import ConfigError, DataError, NonFiniteError
+from glow_train.flows.coupling import ZeroInit
 from glow_train.flows.standardize import Standardize
 from glow_train.models.base import FlowModel, rebuild
 from glow_train.models.registry import MODELS
 
 __all__ = [
     "Objective",
+    "ClassHead",
     "bits_per_dim",
     "build_objective",
     "load_objective",
@@ -73,6 +81,19 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, n_bits: int) -> Tensor:
     return (-log_prob + num_dims * n_bits * math.log(2.0)) / (num_dims * math.log(2.0))
 
 
+class ClassHead(nn.Module):
+    r"""Logits of :math:`p(y \mid z_L)`, ``(B, num_classes)``, from the channel means of
+    the top latent ``(B, C, h, w)``: a zero-initialised linear layer (the paper's
+    ``ycond`` classifier), so it starts at the uniform distribution."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.linear = ZeroInit(nn.Linear(channels, num_classes))
+
+    def forward(self, z_top: Tensor) -> Tensor:
+        return self.linear(z_top.float().mean(dim=(2, 3)))
+
+
 class Objective(nn.Module):
     """A flow and its dequantiser, scored in nats per item.
 
@@ -83,19 +104,30 @@ class Objective(nn.Module):
             layer between the data and the flow whose log-determinant is part of
             the likelihood (:class:`~glow_train.flows.Standardize`).
 
+        class_head: the auxiliary classifier on the top latent of a class-conditional
+            flow (:class:`ClassHead`), trained when ``class_weight > 0``.
+
     Calling it, ``objective(x, noise, y)``, takes data already on the model's grid
     (:meth:`prepare`) and the noise drawn for it (:meth:`noise`) and returns the
     per-item negative log-likelihood in nats, ``(B,)``, in at least float32.
     :meth:`score` converts that to the reported unit (:attr:`metric`).
+    ``objective(x, noise, y, class_weight)`` adds ``class_weight · D ·`` the
+    classifier's cross-entropy in nats, so that :meth:`score` of it is the paper's
+    loss, bits/dim plus ``class_weight`` times the class bits per image.
     """
 
     def __init__(
-        self, flow: FlowModel, dequantizer: Dequantizer, standardize: Standardize | None = None
+        self,
+        flow: FlowModel,
+        dequantizer: Dequantizer,
+        standardize: Standardize | None = None,
+        class_head: ClassHead | None = None,
     ):
         super().__init__()
         self.flow = flow
         self.dequantizer = dequantizer
         self.standardize = standardize
+        self.class_head = class_head
         self.num_dims = flow.num_dims
         self.metric = "bpd" if dequantizer.n_bits is not None else "nats_per_dim"
         self._offset = dequantizer.discretization_nats(self.num_dims)
@@ -115,19 +147,42 @@ class Objective(nn.Module):
         return self.dequantizer.noise(x, generator)
 
     def labels(self, batch: Batch) -> Tensor | None:
-        """The labels the flow takes from a batch: ``y`` for a class-conditional flow."""
-        return batch.y if self.flow.num_classes > 0 else None
+        """The labels the flow takes from a batch: ``y`` for a class-conditional flow.
 
-    def forward(self, x: Tensor, noise: Tensor | None, y: Tensor | None = None) -> Tensor:
-        """Per-item negative log-likelihood in nats, ``(B,)``."""
+        Raises:
+            DataError: a class-conditional flow given unlabelled items (label -1).
+        """
+        if self.flow.num_classes == 0:
+            return None
+        if bool((batch.y < 0).any()):
+            raise DataError(
+                "this model is class-conditional (p(x|y)) and the data has no labels; "
+                "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
+            )
+        return batch.y
+
+    def forward(
+        self, x: Tensor, noise: Tensor | None, y: Tensor | None = None, class_weight: float = 0.0
+    ) -> Tensor:
+        """Per-item negative log-likelihood in nats, ``(B,)`` (plus the weighted class
+        loss when ``class_weight > 0``, see the class docstring)."""
         x, log_q = self.dequantizer(x, noise)
         x, logdet = self._standardized(x)
-        log_prob = self.flow.log_prob(x, y)
+        if class_weight > 0:
+            if self.class_head is None or y is None:
+                raise ConfigError("a class loss needs a class head and labels")
+            log_prob, z_top = self.flow.log_prob_and_top(x, y)
+        else:
+            log_prob = self.flow.log_prob(x, y)
         log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
         if logdet is not None:
             log_prob = log_prob + logdet
         nll = -log_prob + self._offset
-        return nll if log_q is None else nll + log_q
+        nll = nll if log_q is None else nll + log_q
+        if class_weight > 0:
+            ce = F.cross_entropy(self.class_head(z_top), y.long(), reduction="none")
+            nll = nll + class_weight * self.num_dims * ce
+        return nll
 
     def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.standardize is None:
@@ -188,13 +243,27 @@ class Objective(nn.Module):
         """What a checkpoint records to rebuild the dequantiser and the standardisation
         (``objective_config``; the statistics themselves are buffers in the weights)."""
         dims = None if self.standardize is None else int(self.standardize.loc.numel())
-        return {**self.dequantizer.config(), "standardize": dims}
+        head = None
+        if self.class_head is not None:
+            head = list(self.class_head.linear.layer.weight.shape[::-1])  # [channels, classes]
+        return {**self.dequantizer.config(), "standardize": dims, "class_head": head}
 
 
-def build_objective(flow: FlowModel, spec: DataSpec, dequantization: str = "uniform") -> Objective:
+def build_objective(
+    flow: FlowModel, spec: DataSpec, dequantization: str = "uniform", class_loss_weight: float = 0.0
+) -> Objective:
     """The objective for ``flow`` on data described by ``spec``: ``dequantization``
     (``uniform`` or ``variational``) of quantised data; continuous data has none (the
-    setting does not apply to it)."""
+    setting does not apply to it). ``class_loss_weight > 0`` adds the auxiliary
+    classifier of a class-conditional image flow."""
+    head = None
+    if class_loss_weight > 0:
+        if flow.num_classes < 1 or not hasattr(flow, "log_prob_and_top"):
+            raise ConfigError(
+                "train.class_loss_weight > 0 needs a class-conditional image model: "
+                "set model.conditional=true (or train.class_loss_weight=0)"
+            )
+        head = ClassHead(flow.latent_shapes[-1][0], flow.num_classes)
     if not spec.quantized:  # continuous data: nothing to dequantise, whatever was asked
         standardize = None if spec.loc is None else Standardize(spec.loc, spec.scale)
         return Objective(flow, build_dequantizer("identity", None), standardize)
@@ -203,7 +272,7 @@ def build_objective(flow: FlowModel, spec: DataSpec, dequantization: str = "unif
             f"train.dequantization must be uniform or variational, got {dequantization!r}"
         )
     settings = {"channels": spec.shape[0]} if dequantization == "variational" else {}
-    return Objective(flow, build_dequantizer(dequantization, spec.n_bits, **settings))
+    return Objective(flow, build_dequantizer(dequantization, spec.n_bits, **settings), None, head)
 
 
 def load_objective(
@@ -219,20 +288,24 @@ def load_objective(
     flow = rebuild(MODELS[name], state, path, ema)
     try:
         settings = dict(state["objective_config"])
-        extra = {
-            k: v for k, v in settings.items() if k not in ("dequantizer", "n_bits", "standardize")
-        }
+        own = ("dequantizer", "n_bits", "standardize", "class_head")
+        extra = {k: v for k, v in settings.items() if k not in own}
         dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"], **extra)
         dequantizer.load_state_dict(objective_weights(state, ema, "dequantizer"))
         standardize = None
         if settings.get("standardize") is not None:
             standardize = Standardize.placeholder(int(settings["standardize"]))
             standardize.load_state_dict(objective_weights(state, ema, "standardize"))
+        class_head = None
+        if settings.get("class_head") is not None:
+            class_head = ClassHead(*settings["class_head"])
+            class_head.load_state_dict(objective_weights(state, ema, "class_head"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the dequantiser ({err})") from err
     info = {k: v for k, v in state.items() if k not in ("objective", "ema", "optimizer", "scaler")}
     info["ema_used"] = bool(ema and state.get("ema") is not None)
-    return Objective(flow, dequantizer, standardize).to(device).eval(), info
+    objective = Objective(flow, dequantizer, standardize, class_head)
+    return objective.to(device).eval(), info
 
 
 def load_model(

@@ -25,7 +25,12 @@ from glow_train.data.spec import DataSpec
 from glow_train.distributed import resolve_device
 from glow_train.errors import ConfigError, require_int
 from glow_train.objective import Objective, load_objective
-from glow_train.sample_formats import TableSamples, sample_format, table_paths
+from glow_train.sample_formats import (
+    TableSamples,
+    image_format,
+    output_paths,
+    sample_format,
+)
 
 __all__ = [
     "sample_images",
@@ -55,7 +60,8 @@ def sample_images(
     seeded with ``seed`` on the model's device: the same seed and batch size give
     the same images on the same device (each batch draws its latents level by
     level, so another batch size consumes the random stream in another order and
-    gives other images). ``y``: ``(n,)`` class labels for a class-conditional model.
+    gives other images). ``y``: ``(n,)`` class labels for a class-conditional model
+    (``None``: the classes in turn, ``i mod num_classes``).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -63,6 +69,8 @@ def sample_images(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     device = next(objective.parameters()).device
     objective.eval()
+    if y is None and objective.flow.num_classes > 0:
+        y = torch.arange(n) % objective.flow.num_classes
     gen = torch.Generator(device).manual_seed(seed)
     batch_size = batch_size or n
     chunks = []
@@ -81,11 +89,13 @@ def sample_grid(
     nrow: int,
     padding: int,
     batch_size: int | None = None,
+    y: torch.Tensor | None = None,
 ) -> dict[float, torch.Tensor]:
-    """One ``make_grid`` image ``(C, H', W')`` per temperature, each from the same seed."""
+    """One ``make_grid`` image ``(C, H', W')`` per temperature, each from the same seed
+    (``y``: the class of each image, as in :func:`sample_images`)."""
     return {
         float(t): make_grid(
-            sample_images(objective, n, float(t), seed, batch_size), nrow=nrow, padding=padding
+            sample_images(objective, n, float(t), seed, batch_size, y), nrow=nrow, padding=padding
         )
         for t in temperatures
     }
@@ -98,13 +108,14 @@ def sample_rows(
     seed: int,
     padding: int,
     batch_size: int | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One grid ``(C, H', W')`` with a row of ``n`` samples per temperature.
 
     Every row uses the same seed, hence the same standard-normal draws scaled by its
     temperature: column ``j`` shows one latent at increasing (or decreasing) temperatures.
     """
-    images = [sample_images(objective, n, float(t), seed, batch_size) for t in temperatures]
+    images = [sample_images(objective, n, float(t), seed, batch_size, y) for t in temperatures]
     return make_grid(torch.cat(images), nrow=n, padding=padding)
 
 
@@ -123,67 +134,31 @@ def _temperatures(value: float | Sequence[float]) -> list[float]:
     return out
 
 
-def _writable_extensions() -> dict[str, str]:
-    """Extension -> Pillow format name, for the formats Pillow can write."""
-    from PIL import Image
+def class_choice(
+    y: int | str | None, num_classes: int, n: int, layout: str
+) -> tuple[torch.Tensor | None, str, int]:
+    """``glow-sample y=``: the labels to draw, the file-name tag and the images per grid.
 
-    Image.init()
-    return {ext: kind for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE}
-
-
-def image_format(path: Path) -> str:
-    """The Pillow format a file name asks for (``PNG`` for ``.png``, ``JPEG`` for ``.jpg``)."""
-    return _writable_extensions()[path.suffix.lower()]
-
-
-def _label(t: float) -> str:
-    return f"T{t:g}"
-
-
-def output_paths(
-    ckpt: Path,
-    temperatures: list[float],
-    layout: str,
-    out: str | os.PathLike | None,
-    suffix: str = ".png",
-) -> list[Path]:
-    """Where :func:`sample` writes: one path per grid, each labelled with its temperature(s).
-
-    ``out`` ending in an image extension Pillow writes (``.png``, ``.jpg``, ``.webp``, ...)
-    is the file itself, written in that format (``_T<t>`` is added before the suffix
-    when there are several grids); an existing folder, or a name without an
-    extension, is a folder; ``None`` is ``<checkpoint folder>/samples/``. File names
-    in a folder are ``<ckpt stem>_T<t>.png`` (``_rows_T0-0.7-1.png`` for ``layout=rows``).
-    Samples of vector data (``suffix=".csv"``) are CSV files, named the same way.
-
-    Raises:
-        ConfigError: an extension that is no image format, or an existing file
-            that is not an image.
+    ``y=<class>`` draws ``n`` images of that class (``_y<class>``); ``y=all`` one row of
+    ``n`` per class in one grid (``_yall``); ``None`` the classes in turn (no tag).
     """
-    labels = (
-        [_label(t) for t in temperatures]
-        if layout == "grids"
-        else ["rows_T" + "-".join(f"{t:g}" for t in temperatures)]
-    )
-    if suffix == ".csv":
-        return table_paths(ckpt, labels, out)
-    if out is not None and not Path(out).is_dir():
-        out = Path(out)
-        if out.suffix.lower() in _writable_extensions():
-            if len(labels) == 1:
-                return [out]
-            return [out.with_name(f"{out.stem}_{label}{out.suffix}") for label in labels]
-        if out.is_file():
-            raise ConfigError(
-                f"out={out} is an existing file; pass a folder or an image file name (.png, .jpg)"
-            )
-        if out.suffix:
-            raise ConfigError(
-                f"out={out}: {out.suffix!r} is not an image format Pillow writes; name a "
-                ".png, .jpg or .webp file, or a folder"
-            )
-    folder = Path(out) if out is not None else ckpt.parent / "samples"
-    return [folder / f"{ckpt.stem}_{label}.png" for label in labels]
+    if y is None:
+        return None, "", n
+    if num_classes < 1:
+        raise ConfigError(
+            f"y={y}: this model is not class-conditional; train one with model.conditional=true"
+        )
+    if str(y).lower() == "all":
+        if layout != "grids":
+            raise ConfigError("y=all draws one row per class; use it with layout=grids")
+        return torch.arange(num_classes).repeat_interleave(n), "_yall", n * num_classes
+    try:
+        label = int(str(y))
+    except ValueError:
+        label = -1
+    if not 0 <= label < num_classes:
+        raise ConfigError(f"y must be a class in 0..{num_classes - 1} or all, got {y!r}")
+    return torch.full((n,), label), f"_y{label}", n
 
 
 def _write_tables(
@@ -239,6 +214,7 @@ def sample(
     ema: bool | None = None,
     precision: str | None = None,
     start_price: float | None = None,
+    y: int | str | None = None,
 ) -> list[Path]:
     """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
     for a model of vectors).
@@ -264,6 +240,7 @@ def sample(
             the priors, the 1x1 convolutions and the stream between layers stay fp32).
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
+        y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
 
     Returns:
         The written files. They are written only after every grid was drawn, each
@@ -310,7 +287,10 @@ def sample(
             )
         if not math.isfinite(float(start_price)) or float(start_price) <= 0:
             raise ConfigError(f"start_price must be a number > 0, got {start_price!r}")
-    paths = output_paths(ckpt, temperatures, layout, out, writer.suffix)
+    labels, tag, count = class_choice(y, objective.flow.num_classes, n, layout)
+    if labels is not None and labels.numel() > n:  # y=all: a row of n per class
+        nrow = n
+    paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
     autocast = (
@@ -325,11 +305,12 @@ def sample(
             )
     with autocast:
         if layout == "grids":
-            grids = list(
-                sample_grid(objective, n, temperatures, seed, nrow, padding, batch_size).values()
+            drawn = sample_grid(
+                objective, count, temperatures, seed, nrow, padding, batch_size, labels
             )
+            grids = list(drawn.values())
         else:
-            grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size)]
+            grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size, labels)]
     for path, grid in zip(paths, grids, strict=True):
         kind = image_format(path)
         write_atomic(path, lambda tmp, grid=grid, kind=kind: save_image(grid, tmp, format=kind))

@@ -26,7 +26,14 @@ from torch import Tensor
 from glow_train.data.spec import DataSpec
 from glow_train.errors import ConfigError
 
-__all__ = ["ImageSamples", "TableSamples", "sample_format", "table_paths"]
+__all__ = [
+    "ImageSamples",
+    "TableSamples",
+    "sample_format",
+    "table_paths",
+    "output_paths",
+    "image_format",
+]
 
 HISTOGRAM_COLUMNS = 8  # TensorBoard histograms of at most this many columns
 
@@ -118,7 +125,7 @@ def _write_rows(
 
 def table_paths(ckpt: Path, labels: list[str], out: str | os.PathLike | None) -> list[Path]:
     """Where samples of a vector model go: ``out`` a ``.csv`` file or a folder (see
-    :func:`glow_train.sample.output_paths`)."""
+    :func:`output_paths`)."""
     if out is not None and not Path(out).is_dir():
         out = Path(out)
         if out.suffix.lower() == ".csv":
@@ -131,6 +138,71 @@ def table_paths(ckpt: Path, labels: list[str], out: str | os.PathLike | None) ->
             )
     folder = Path(out) if out is not None else ckpt.parent / "samples"
     return [folder / f"{ckpt.stem}_{label}.csv" for label in labels]
+
+
+def _writable_extensions() -> dict[str, str]:
+    """Extension -> Pillow format name, for the formats Pillow can write."""
+    from PIL import Image
+
+    Image.init()
+    return {ext: kind for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE}
+
+
+def image_format(path: Path) -> str:
+    """The Pillow format a file name asks for (``PNG`` for ``.png``, ``JPEG`` for ``.jpg``)."""
+    return _writable_extensions()[path.suffix.lower()]
+
+
+def _label(t: float) -> str:
+    return f"T{t:g}"
+
+
+def output_paths(
+    ckpt: Path,
+    temperatures: list[float],
+    layout: str,
+    out: str | os.PathLike | None,
+    suffix: str = ".png",
+    tag: str = "",
+) -> list[Path]:
+    """Where :func:`sample` writes: one path per grid, each labelled with its temperature(s).
+
+    ``out`` ending in an image extension Pillow writes (``.png``, ``.jpg``, ``.webp``, ...)
+    is the file itself, written in that format (``_T<t>`` is added before the suffix
+    when there are several grids); an existing folder, or a name without an
+    extension, is a folder; ``None`` is ``<checkpoint folder>/samples/``. File names
+    in a folder are ``<ckpt stem>_T<t>.png`` (``_rows_T0-0.7-1.png`` for ``layout=rows``),
+    followed by ``tag`` (the class, ``_y3`` or ``_yall``).
+    Samples of vector data (``suffix=".csv"``) are CSV files, named the same way.
+
+    Raises:
+        ConfigError: an extension that is no image format, or an existing file
+            that is not an image.
+    """
+    labels = (
+        [_label(t) + tag for t in temperatures]
+        if layout == "grids"
+        else ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
+    )
+    if suffix == ".csv":
+        return table_paths(ckpt, labels, out)
+    if out is not None and not Path(out).is_dir():
+        out = Path(out)
+        if out.suffix.lower() in _writable_extensions():
+            if len(labels) == 1:
+                return [out]
+            return [out.with_name(f"{out.stem}_{label}{out.suffix}") for label in labels]
+        if out.is_file():
+            raise ConfigError(
+                f"out={out} is an existing file; pass a folder or an image file name (.png, .jpg)"
+            )
+        if out.suffix:
+            raise ConfigError(
+                f"out={out}: {out.suffix!r} is not an image format Pillow writes; name a "
+                ".png, .jpg or .webp file, or a folder"
+            )
+    folder = Path(out) if out is not None else ckpt.parent / "samples"
+    return [folder / f"{ckpt.stem}_{label}.png" for label in labels]
 
 
 def sample_format(spec: DataSpec, **options: Any) -> ImageSamples | TableSamples:

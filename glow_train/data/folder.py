@@ -1,4 +1,9 @@
-"""Any directory of images (recursive), with a train/test split by file-name hash."""
+"""Any directory of images (recursive), with a train/test split by file-name hash.
+
+With ``dataset.classes=true`` the first level of sub-folders are the classes
+(``root/<class>/**/*.png``, labels by the sorted folder names, as torchvision's
+``ImageFolder`` numbers them); otherwise every image has the label -1 (none).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glow_train.data.config import require_key
-from glow_train.data.spec import DataSource
+from glow_train.data.spec import DataSource, DataSpec, image_spec
 from glow_train.data.transforms import ToUint8
 from glow_train.errors import ConfigError, DataError
 
-__all__ = ["SOURCE", "ImageFolder", "IMAGE_EXTENSIONS"]
+__all__ = ["SOURCE", "ImageFolder", "IMAGE_EXTENSIONS", "class_folders"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
@@ -41,6 +46,20 @@ def _readable(path: Path) -> bool:
         return False
 
 
+def class_folders(root: str | os.PathLike) -> list[str]:
+    """The class names of a folder of class sub-folders: its sub-directories, sorted."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist (dataset.root)")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(
+            f"dataset.classes=true but {root} has no sub-folders; put each class's images "
+            "in <root>/<class>/ or set dataset.classes=false"
+        )
+    return names
+
+
 class ImageFolder(Dataset):
     """Every image under a directory (recursive), with a deterministic train/test split.
 
@@ -61,9 +80,8 @@ class ImageFolder(Dataset):
         split: ``"train"`` or ``"test"``.
         test_fraction: share of files (by hash) held out for ``"test"``, in ``[0, 1)``.
         transform: PIL image -> uint8 tensor.
+        classes: label each image by its first-level sub-folder (:func:`class_folders`).
     """
-
-    num_classes = 0
 
     def __init__(
         self,
@@ -71,9 +89,12 @@ class ImageFolder(Dataset):
         split: str,
         test_fraction: float,
         transform: Callable[[Image.Image], Tensor],
+        classes: bool = False,
     ) -> None:
         self.root = Path(root).expanduser()
         self.transform = transform
+        self.class_names = class_folders(self.root) if classes else []
+        self.num_classes = len(self.class_names)
         if not self.root.is_dir():
             raise DataError(
                 f"image folder {self.root} does not exist (dataset.root); "
@@ -109,6 +130,7 @@ class ImageFolder(Dataset):
                 f"{self.root}: {shown}",
                 stacklevel=3,
             )
+        self.labels = [self._label(p) for p in self.files]
         if not self.files:
             if chosen:
                 reason = "no readable image"
@@ -119,13 +141,24 @@ class ImageFolder(Dataset):
                 f"add images or adjust dataset.test_fraction"
             )
 
+    def _label(self, path: Path) -> int:
+        if not self.class_names:
+            return -1
+        parts = path.relative_to(self.root).parts
+        if len(parts) < 2 or parts[0] not in self.class_names:
+            raise DataError(
+                f"{path} is not inside a class sub-folder of {self.root} "
+                "(dataset.classes=true); move it into <root>/<class>/ or set dataset.classes=false"
+            )
+        return self.class_names.index(parts[0])
+
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         with Image.open(self.files[index]) as img:
             img.load()
-            return self.transform(img), -1
+            return self.transform(img), self.labels[index]
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -140,7 +173,13 @@ def validate(cfg: dict[str, Any]) -> None:
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="resize")
-    return ImageFolder(cfg["root"], split, float(cfg["test_fraction"]), transform)
+    classes = bool(cfg.get("classes"))
+    return ImageFolder(cfg["root"], split, float(cfg["test_fraction"]), transform, classes)
 
 
-SOURCE = DataSource("folder", build, num_classes=0, validate=validate)
+def describe(cfg: dict[str, Any], num_classes: int) -> DataSpec:
+    """The image spec, with as many classes as class sub-folders when ``classes``."""
+    return image_spec(cfg, len(class_folders(cfg["root"])) if cfg.get("classes") else 0)
+
+
+SOURCE = DataSource("folder", build, num_classes=0, validate=validate, describe=describe)

@@ -169,6 +169,11 @@ class Glow(FlowModel):
         _, logdet, log_prior = self._encode(x, y)
         return log_prior + logdet
 
+    def log_prob_and_top(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`log_prob` and the top latent ``z_L`` (for the auxiliary classifier)."""
+        latents, logdet, log_prior = self._encode(x, y)
+        return log_prior + logdet, latents[-1]
+
     def _decode(
         self,
         latents: Sequence[Tensor | None],

@@ -42,11 +42,20 @@ def model_class(name: Any) -> type[FlowModel]:
 def build_model(options: Mapping[str, Any], spec: DataSpec) -> FlowModel:
     """The model named by ``options["name"]`` (the ``model.*`` config) for ``spec``'s data.
 
+    ``conditional: true`` makes it class-conditional on ``spec.num_classes`` labels.
+
     Raises:
         ConfigError: an unknown name, or values the model refuses.
     """
     options = dict(options)
     cls = model_class(options.pop("name"))
+    if options.pop("conditional", False):
+        if spec.num_classes < 1:
+            raise ConfigError(
+                "model.conditional=true needs labelled data, and this dataset has no labels; "
+                "use digits, mnist, cifar10 or dataset=folder dataset.classes=true"
+            )
+        options["num_classes"] = spec.num_classes
     try:
         return cls.for_data(spec, options)
     except (TypeError, ValueError) as err:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from glow_train.config import TrainConfig, check_train, typed, upgrade_keys
+from glow_train.config import (
+    OPTIMIZERS,
+    PRECISIONS,
+    TrainConfig,
+    parse_duration,
+    typed,
+    upgrade_keys,
+)
 from glow_train.data import validate_dataset_config
 from glow_train.errors import ConfigError, require_int
 from glow_train.models import model_class
 
-__all__ = ["check_config"]
+__all__ = ["check_config", "check_train"]
 
 
 def check_config(cfg: DictConfig | dict) -> DictConfig:
@@ -34,3 +43,46 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
             "masks; set model.dropout=0 with it"
         )
     return cfg
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Range checks of the top-level keys and ``train.*`` (types are the schema's)."""
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r}; use {', '.join(PRECISIONS)}")
+    t = cfg.train
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r}; use {', '.join(OPTIMIZERS)}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
+    for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (or null), got {t[key]}")
+    for key in ("eval_every_steps", "eval_every_epochs", "sample_every", "ckpt_every"):
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")
+    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
+    if t.class_loss_weight < 0:
+        raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
+    if t.warmup_steps < 0 or t.weight_decay < 0:
+        raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
+    if t.num_samples < 1:
+        raise ConfigError(f"train.num_samples must be at least 1, got {t.num_samples}")
+    temperatures = list(t.sample_temperatures)
+    if not temperatures or not all(math.isfinite(x) and x >= 0 for x in temperatures):
+        raise ConfigError(
+            f"train.sample_temperatures must be one or more numbers >= 0, got {temperatures}"
+        )
+    if t.eval_seed < 0:
+        raise ConfigError(f"train.eval_seed must be >= 0, got {t.eval_seed}")
+    parse_duration(t.time_limit)
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
+    if all(t[k] is None for k in ("max_steps", "max_epochs", "time_limit")):
+        raise ConfigError(
+            "no stopping rule: set train.max_steps, train.max_epochs or train.time_limit"
+        )

@@ -239,6 +239,8 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
                 f"test {label}: {p.last_test_score:.4f} (best {p.best_score:.4f}, step "
                 f"{trainer.step}; no validation split: best.pt was chosen on test)"
             )
+        if trainer.model.num_classes > 0:
+            print(f"(class-conditional: every {label} above is of p(x|y), given the label)")
         print(f"best checkpoint: {best}")
         if samples is not None:
             print(f"samples: {samples}")

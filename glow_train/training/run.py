@@ -75,6 +75,8 @@ def train(
             if density_of(trainer.spec):
                 items += f": {density_of(trainer.spec)}"
             val = f"{len(trainer.val_set)} val / " if trainer.val_set is not None else ""
+            if trainer.model.num_classes > 0:
+                items += f", {trainer.model.num_classes} classes: a model of p(x|y)"
             print(
                 f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / {val}"
                 f"{len(trainer.test_set)} test {items}), "

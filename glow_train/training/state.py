@@ -130,7 +130,13 @@ def restore(
     of the epoch; an epoch with less than a batch left is finished.
     """
     _check_same_model(state, objective, source)
-    objective.load_state_dict(state["objective"])
+    try:
+        objective.load_state_dict(state["objective"])
+    except RuntimeError as err:  # e.g. train.class_loss_weight switched on or off
+        raise CheckpointError(
+            f"{source} does not fit this run's objective ({str(err).splitlines()[0]}); resume "
+            "with the run's train.dequantization and train.class_loss_weight"
+        ) from err
     if optim.ema is not None:
         if state.get("ema") is not None:
             optim.ema.load_state_dict(state["ema"])

@@ -76,9 +76,10 @@ class Trainer:
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
         flow.set_memory_saving(bool(tcfg.memory_saving))
-        self.objective: Objective = build_objective(flow, self.spec, str(tcfg.dequantization)).to(
-            self.device
-        )
+        self.class_weight = float(tcfg.class_loss_weight)  # the auxiliary class loss's
+        deq = str(tcfg.dequantization)
+        self.objective: Objective = build_objective(flow, self.spec, deq, self.class_weight)
+        self.objective.to(self.device)
         # Datasets can be passed in (items of cfg.dataset's shape).
         if train_set is None:  # the source's training data is read once for both
             train_set, held_out = train_and_validation(cfg.dataset)
@@ -261,7 +262,7 @@ class Trainer:
         # so a resumed run drops the same units whatever ran in between
         torch.manual_seed(step_seed(self.seed, self.step, self.dist.rank) + 1)
         with self._autocast():
-            nll = self.wrapped(x, noise, y)
+            nll = self.wrapped(x, noise, y, self.class_weight)
         loss = self.objective.score(nll).mean()
         deferred = self.optim.deferred
         outcome = self.optim.step(self.objective, loss, signalled, time_up)
