@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.checkpoint import resolve_checkpoint
 from glow_train.config import EvalConfig, SampleConfig
-from glow_train.errors import CheckpointError, GlowError
+from glow_train.errors import CheckpointError, ConfigError, GlowError
 
 CONFIG_MODULE = "glow_train.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -161,6 +161,9 @@ def _sample_app(cfg: DictConfig) -> None:
 
     def run():
         ckpt = _require_ckpt(cfg, "glow-sample")
+        if cfg.mode != "sample":
+            _latent_mode(cfg, ckpt)
+            return
         paths = sample(
             ckpt,
             _plain(cfg.temperature),
@@ -182,6 +185,41 @@ def _sample_app(cfg: DictConfig) -> None:
         _say_which(cfg, ckpt, "glow-sample")
 
     _report("glow-sample", run)
+
+
+def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
+    """glow-sample mode=interpolate|direction|manipulate (:mod:`glow_train.latent_modes`)."""
+    from pathlib import Path
+
+    from glow_train.distributed import resolve_device
+    from glow_train.latent_modes import (
+        MODES,
+        interpolate_strip,
+        manipulate_strip,
+        save_direction,
+    )
+
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    path, device = Path(ckpt), resolve_device(str(cfg.device))
+    common = dict(device=device, ema=cfg.ema)
+    if cfg.mode == "interpolate":
+        strip = dict(steps=cfg.steps, interp=cfg.interp, y=cfg.y, padding=cfg.padding, out=cfg.out)
+        print(interpolate_strip(path, _plain(cfg.a), _plain(cfg.b), **strip, **common))
+    elif cfg.mode == "direction":
+        batch = cfg.batch_size or 256
+        out, found = save_direction(
+            path, _plain(cfg.attribute), max_images=cfg.max_images, batch_size=batch, **common
+        )
+        print(out)
+        print(
+            f"direction of {found['attribute']}: mean latent of {found['count_with']} images "
+            f"with it minus {found['count_without']} without"
+        )
+    else:
+        strip = dict(alpha=_plain(cfg.alpha), y=cfg.y, padding=cfg.padding, out=cfg.out)
+        print(manipulate_strip(path, _plain(cfg.attribute), _plain(cfg.image), **strip, **common))
+    _say_which(cfg, ckpt, "glow-sample")
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")

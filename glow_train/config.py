@@ -188,6 +188,15 @@ class SampleConfig:
     precision: str = MISSING
     start_price: float | None = None
     y: Any = None  # a class, "all" or null; checked by glow_train.sample.class_choice
+    mode: str = MISSING  # sample|interpolate|direction|manipulate (glow_train.latent_modes)
+    a: Any = None  # interpolate: test-set indices or image files
+    b: Any = None
+    steps: int = MISSING
+    interp: str = MISSING
+    attribute: Any = None  # direction / manipulate
+    image: Any = None
+    alpha: Any = MISSING
+    max_images: int = MISSING
 
 
 @dataclass
