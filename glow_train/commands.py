@@ -232,6 +232,9 @@ def _eval_app(cfg: DictConfig) -> None:
         dataset = _plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
+        if cfg.ood is not None:
+            _ood(cfg, ckpt)
+            return
         report = evaluate(
             ckpt,
             split=cfg.split,
@@ -264,6 +267,38 @@ def _eval_app(cfg: DictConfig) -> None:
             print(f"{summary['split']} nll: {value:.4f} {unit}{of}")
 
     _report("glow-eval", run)
+
+
+def _ood(cfg: DictConfig, ckpt: str) -> None:
+    """glow-eval ood=...: both sets' figures and the AUROCs (:mod:`glow_train.ood`)."""
+    from glow_train.ood import evaluate_ood
+
+    s = evaluate_ood(
+        ckpt,
+        cfg.ood,
+        split=cfg.split,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        train_images=cfg.ood_train_images,
+        out=cfg.out,
+        device=str(cfg.device),
+        ema=cfg.ema,
+        progress=cfg.progress,
+    )
+    _say_which(cfg, ckpt, "glow-eval")
+    inside, outside = s["in_distribution"], s["out_of_distribution"]
+    print(f"eval: {s['json_path']}")
+    print(
+        f"in-distribution ({inside['dataset']} {inside['split']}): {s['bpd_in']:.4f} bpd, "
+        f"{s['num_in']} images"
+    )
+    print(
+        f"out-of-distribution ({outside['source']}): {s['bpd_ood']:.4f} bpd, {s['num_ood']} images"
+    )
+    print(
+        f"AUROC by bpd: {s['auroc_bpd']:.4f}; by typicality (|bpd - {s['train_bpd_mean']:.4f}|, "
+        f"the mean of {s['train_images']} training images): {s['auroc_typicality']:.4f}"
+    )
 
 
 #: config name -> its Hydra app

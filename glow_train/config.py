@@ -214,6 +214,8 @@ class EvalConfig:
     device: str = MISSING
     ema: bool = MISSING
     progress: bool = MISSING
+    ood: str | None = None  # a dataset name or a folder of images (glow_train.ood)
+    ood_train_images: int = MISSING
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None

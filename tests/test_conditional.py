@@ -149,6 +149,8 @@ def test_glow_sample_by_class_and_glow_eval_of_p_x_given_y(conditional_run, tmp_
     assert "(of p(x|y): class-conditional)" in out
     summary = json.loads(Path(out.split("eval: ")[1].split()[0]).read_text())
     assert summary["conditional"] is True and 1 < summary["bpd"] < 4
+    line = one_line_error(eval_main, [ckpt, "ood=mnist"], tmp_path, "glow-eval")
+    assert "ood= needs p(x) and this model is class-conditional (p(x|y))" in line
 
 
 def test_class_options_refused_where_they_cannot_apply(tmp_path):
