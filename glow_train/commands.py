@@ -121,17 +121,58 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return merged
 
 
+def auto_resume(cfg: DictConfig) -> DictConfig:
+    """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there.
+
+    The same command continues a requeued job: the config is this command line's (the
+    trainer refuses a checkpoint of another model), not the checkpoint's.
+    """
+    from pathlib import Path
+
+    if cfg.run_dir is None:
+        raise CheckpointError(
+            "ckpt=auto resumes the run folder's last.pt: give run_dir= (under -m each job "
+            "has its own folder)"
+        )
+    last = Path(cfg.run_dir) / "last.pt"
+    with open_dict(cfg):
+        cfg.ckpt = str(last) if last.is_file() else None
+    return cfg
+
+
+def sweep_objective(result, multirun: bool) -> float | None:
+    """What the task returns to a sweeper: the final model's validation figure, or its
+    test figure when there is no validation split (said so under ``-m``)."""
+    value = result.last_val_score if result.selection == "val" else result.last_test_score
+    if multirun:
+        why = "" if result.selection == "val" else " (no validation split: the test figure)"
+        print(f"objective for the sweeper: {result.selection} {result.metric} {value:.4f}{why}")
+    return value
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
-def _train_app(cfg: DictConfig) -> None:
+def _train_app(cfg: DictConfig) -> float | None:
+    from hydra.types import RunMode
+
     from glow_train.training import train
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    returned: list[float | None] = [None]
 
     def run():
         config = cfg
-        if cfg.ckpt is not None:
-            config = resume_config(cfg, list(HydraConfig.get().overrides.task))
-        train(config)
+        if multirun and cfg.run_dir is None:  # the job's own folder: multirun/<date>/<time>/<n>
+            with open_dict(config):
+                config.run_dir = hydra_cfg.runtime.output_dir
+        if cfg.ckpt == "auto":
+            config = auto_resume(config)
+        elif cfg.ckpt is not None:
+            config = resume_config(cfg, list(hydra_cfg.overrides.task))
+        returned[0] = sweep_objective(train(config), multirun)
 
     _report("glow-train", run)
+    return returned[0]
 
 
 def _plain(value: object) -> object:

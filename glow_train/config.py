@@ -151,6 +151,7 @@ class TrainLoopConfig:
     memory_saving: bool = MISSING
     dequantization: str = MISSING
     class_loss_weight: float = MISSING
+    preempt_signal: str | None = MISSING
     cudnn_benchmark: bool = MISSING
     progress: bool = MISSING
 
@@ -283,7 +284,9 @@ RETIRED_KEYS = {"train": ("channels_last",)}  # the model always runs channels_l
 
 
 #: keys added after runs were saved without them, with the value those runs used
-ADDED_KEYS = {"train": {"dequantization": "uniform", "class_loss_weight": 0.0}}
+ADDED_KEYS = {
+    "train": {"dequantization": "uniform", "class_loss_weight": 0.0, "preempt_signal": "SIGUSR2"}
+}
 
 
 def upgrade_keys(values: Any) -> Any:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from glow_train.cluster import export_torch_env
 from glow_train.errors import ConfigError
 
 __all__ = [
@@ -78,10 +79,12 @@ def resolve_device(spec: str | torch.device, local_rank: int = 0) -> torch.devic
 
 
 def setup_distributed(device: str | torch.device) -> DistInfo:
-    """Initialise the process group if torchrun started us; return this rank's info.
+    """Initialise the process group if torchrun (or submitit, or ``srun`` with several
+    tasks: :mod:`glow_train.cluster`) started us; return this rank's info.
 
     ``device`` is the run's ``device`` setting (``auto|cpu|cuda|cuda:N``).
     """
+    export_torch_env()  # submitit / srun tasks: their variables as torchrun's
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

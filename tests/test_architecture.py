@@ -281,3 +281,21 @@ def test_an_overflowing_sample_is_drawn_clamped_and_a_broken_model_refused(monke
     monkeypatch.setattr(objective.flow, "sample", lambda n, t, g, y: draws[1:].repeat(3, 1))
     with pytest.raises(NonFiniteError, match="3 of 3 samples .* not finite: the model diverged"):
         objective.sample(3, 1.0)
+
+
+def test_every_package_and_config_folder_is_installed():
+    """A regular (non-editable) install ships exactly the packages pyproject.toml lists:
+    every folder of modules under glow_train/ and of YAML under configs/ must be there."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = PACKAGE.parent
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    code = {_module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("*.py")}
+    configs = {
+        "glow_train.configs"
+        + "".join("." + part for part in p.parent.relative_to(root / "configs").parts)
+        for p in (root / "configs").rglob("*.yaml")
+    }
+    assert code | configs <= listed, sorted((code | configs) - listed)

@@ -17,6 +17,7 @@ from glow_train.config import (
 from glow_train.data import validate_dataset_config
 from glow_train.errors import ConfigError, require_int
 from glow_train.models import model_class
+from glow_train.training.signals import preempt_signal
 
 __all__ = ["check_config", "check_train"]
 
@@ -66,6 +67,7 @@ def check_train(cfg: DictConfig) -> None:
         raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
+    preempt_signal(t.preempt_signal)
     if t.class_loss_weight < 0:
         raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
     if t.warmup_steps < 0 or t.weight_decay < 0:

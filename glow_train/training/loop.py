@@ -20,7 +20,7 @@ from glow_train.models import FlowModel
 from glow_train.sample import sample_images
 from glow_train.sample_formats import sample_format
 from glow_train.training.schedule import CLOCK_EVERY, clock_horizon, reached_limits
-from glow_train.training.signals import Interrupt
+from glow_train.training.signals import Interrupt, preempt_signal
 
 GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
 
@@ -149,7 +149,8 @@ def fit(trainer: Any) -> TrainResult:
     follow_clock = trainer.time_limit is not None and bool(tcfg.cosine_decay)
     stop = reached_limits(tcfg, p.step, p.epoch)
     interrupted = False
-    with Interrupt(verbose=trainer.dist.is_main) as interrupt:
+    preempt = preempt_signal(tcfg.preempt_signal)
+    with Interrupt(verbose=trainer.dist.is_main, preempt=preempt) as interrupt:
         while not stop:
             trainer.sampler.set_epoch(p.epoch, p.batch_in_epoch * trainer.batch_size)
             tick, seen, batches = time.monotonic(), 0, 0

@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM during training: finish the step, save, then stop."""
+"""SIGINT/SIGTERM (and the scheduler's pre-emption signal) during training: finish the
+step, save, then stop."""
 
 from __future__ import annotations
 
@@ -7,25 +8,47 @@ from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["Interrupt"]
+from glow_train.errors import ConfigError
+
+__all__ = ["Interrupt", "preempt_signal"]
+
+
+def preempt_signal(name: str | None) -> int | None:
+    """``train.preempt_signal`` (``SIGUSR2``, ``USR1``, ...) as a signal number (``None``: off)."""
+    if name is None:
+        return None
+    text = str(name).upper()
+    text = text if text.startswith("SIG") else f"SIG{text}"
+    if text not in signal.Signals.__members__ or text in ("SIGKILL", "SIGSTOP"):
+        raise ConfigError(
+            f"train.preempt_signal={name!r} is not a signal that can be caught; use e.g. SIGUSR2"
+        )
+    return int(signal.Signals[text])
 
 
 class Interrupt:
-    """SIGINT/SIGTERM -> stop at the next step boundary; a second SIGINT aborts at once.
+    """SIGINT/SIGTERM or ``preempt`` -> stop at the next step boundary; a second SIGINT
+    aborts at once.
 
     Use as a context manager around the loop; ``requested`` turns true on the first
-    signal. Outside the main thread signals are left alone.
+    signal. Outside the main thread signals are left alone. When the pre-emption
+    signal stopped the run and a Python handler was installed before ours (submitit's,
+    which requeues the job), that handler is called on exit, after the checkpoint.
     """
 
-    def __init__(self, verbose: bool):
+    def __init__(self, verbose: bool, preempt: int | None = None):
         self.requested = False
         self.verbose = verbose
+        self.preempt = preempt
+        self.preempted: tuple[int, Any] | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        if signum == self.preempt:
+            self.preempted = (signum, frame)
         if self.verbose:
             tqdm.write(
                 f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
@@ -33,7 +56,10 @@ class Interrupt:
             )
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = [signal.SIGINT, signal.SIGTERM]
+        if self.preempt is not None and self.preempt not in signals:
+            signals.append(self.preempt)
+        for sig in signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
@@ -43,3 +69,7 @@ class Interrupt:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.preempted is not None and exc[0] is None:
+            handler = self._previous.get(self.preempted[0])
+            if callable(handler):  # e.g. submitit's: requeue the job, now that it is saved
+                handler(*self.preempted)
