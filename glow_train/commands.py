@@ -162,6 +162,8 @@ def _train_app(cfg: DictConfig) -> float | None:
 
     def run():
         config = cfg
+        if multirun:
+            print(f"job {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
         if multirun and cfg.run_dir is None:  # the job's own folder: multirun/<date>/<time>/<n>
             with open_dict(config):
                 config.run_dir = hydra_cfg.runtime.output_dir

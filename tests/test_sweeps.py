@@ -160,3 +160,19 @@ def test_the_preemption_signal_is_handed_on_after_the_save(monkeypatch):
     assert preempt_signal(None) is None and preempt_signal("SIGUSR1") == signal.SIGUSR1
     with pytest.raises(ConfigError, match="train.preempt_signal='SIGKILL' is not a signal"):
         preempt_signal("SIGKILL")
+
+
+@pytest.mark.parametrize("preset", ["slurm_gpu", "slurm_cpu"])
+def test_slurm_presets_compose_to_submitit_settings(preset):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs glow-train[cluster]")
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    overrides = [f"hydra/launcher={preset}", "hydra.launcher.nodes=2"]
+    with initialize_config_module("glow_train.configs", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["nodes"] == 2 and launcher["signal_delay_s"] == 90
+    if preset == "slurm_gpu":  # one task (DDP rank) per GPU
+        assert OmegaConf.select(cfg, "hydra.launcher.tasks_per_node") == launcher["gpus_per_node"]
