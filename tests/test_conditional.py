@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import perturb, run_console
+from helpers import brute_force_logdet, perturb, run_console
 from PIL import Image
 from test_reliability import one_line_error
 
@@ -46,6 +46,22 @@ def test_conditional_density_is_the_unconditional_one_with_the_class_prior():
         expected = plain.log_prob(x[i : i + 1])
         torch.testing.assert_close(got[i : i + 1], expected, rtol=0, atol=1e-10)
     assert not torch.allclose(got, cond.log_prob(x, torch.tensor([2, 2, 0, 0])))
+
+
+def test_conditional_log_determinant_against_the_brute_force_jacobian():
+    cond = conditional_glow()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64) - 0.5
+    y = torch.tensor([1, 2])
+    _, logdet = cond.encode(x, y)
+    for i in range(2):
+        expected = brute_force_logdet(lambda v, i=i: flat_at(cond, v, y[i]), x[i : i + 1])
+        torch.testing.assert_close(logdet[i : i + 1], expected, rtol=0, atol=1e-8)
+
+
+def flat_at(flow, v, label):
+    """All of ``flow``'s latents of ``v`` given ``label``, flattened: ``(B, D)``."""
+    latents, _ = flow.encode(v, label.expand(v.shape[0]))
+    return torch.cat([z.reshape(v.shape[0], -1) for z in latents], dim=1)
 
 
 def test_conditional_round_trip_and_samples_by_class():
