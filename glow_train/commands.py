@@ -9,6 +9,7 @@ print one line and exit with status 2. The console scripts' entry points are in
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -94,84 +95,39 @@ def _report(prog: str, fn: Callable[[], object]) -> None:
         sys.exit(2)
 
 
-def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The config of a resumed run: the checkpoint's, plus this command line's overrides.
-
-    A plain ``glow-train ckpt=.../last.pt`` continues the run as it was configured
-    (whatever the defaults are now); ``train.max_steps=...`` and other ``key=value``
-    overrides still apply. Choosing another dataset, model or experiment would make a
-    different run, so it is refused.
-    """
-    from glow_train.checkpoint import load_checkpoint
-
-    ckpt = resolve_checkpoint(cfg.ckpt, ("last.pt",))
-    state = load_checkpoint(ckpt, mmap=True)
-    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS]
-    if groups:
-        raise CheckpointError(
-            f"cannot change {', '.join(groups)} when resuming {cfg.ckpt}; "
-            "start a new run instead (without ckpt=)"
-        )
-    base = OmegaConf.create(state["config"])
-    extra = [o for o in overrides if not o.startswith("ckpt=")]
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
-    with open_dict(merged):
-        merged.ckpt = str(ckpt)
-        merged.run_dir = cfg.run_dir if cfg.run_dir is not None else None
-    return merged
-
-
-def auto_resume(cfg: DictConfig) -> DictConfig:
-    """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there.
-
-    The same command continues a requeued job: the config is this command line's (the
-    trainer refuses a checkpoint of another model), not the checkpoint's.
-    """
-    from pathlib import Path
-
-    if cfg.run_dir is None:
-        raise CheckpointError(
-            "ckpt=auto resumes the run folder's last.pt: give run_dir= (under -m each job "
-            "has its own folder)"
-        )
-    last = Path(cfg.run_dir) / "last.pt"
-    with open_dict(cfg):
-        cfg.ckpt = str(last) if last.is_file() else None
-    return cfg
-
-
-def sweep_objective(result, multirun: bool) -> float | None:
-    """What the task returns to a sweeper: the final model's validation figure, or its
-    test figure when there is no validation split (said so under ``-m``)."""
-    value = result.last_val_score if result.selection == "val" else result.last_test_score
-    if multirun:
-        why = "" if result.selection == "val" else " (no validation split: the test figure)"
-        print(f"objective for the sweeper: {result.selection} {result.metric} {value:.4f}{why}")
-    return value
-
-
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def _train_app(cfg: DictConfig) -> float | None:
+    from pathlib import Path
+
     from hydra.types import RunMode
 
+    from glow_train.cluster import export_torch_env
+    from glow_train.runtime import keep_freed_memory
     from glow_train.training import train
+    from glow_train.training.resume import auto_resume, resume_config, sweep_objective
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     returned: list[float | None] = [None]
+    keep_freed_memory()  # again: a submitit task runs this function without the console script
+    export_torch_env()  # a submitit / srun task knows its rank from here on
+    main = int(os.environ.get("RANK", "0")) == 0
 
     def run():
         config = cfg
-        if multirun:
+        if multirun and main:
             print(f"job {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
         if multirun and cfg.run_dir is None:  # the job's own folder: multirun/<date>/<time>/<n>
+            folder = Path(hydra_cfg.runtime.output_dir)
+            if folder.is_relative_to(Path.cwd()):  # as the user named it: multirun/...
+                folder = folder.relative_to(Path.cwd())
             with open_dict(config):
-                config.run_dir = hydra_cfg.runtime.output_dir
+                config.run_dir = str(folder)
         if cfg.ckpt == "auto":
             config = auto_resume(config)
         elif cfg.ckpt is not None:
-            config = resume_config(cfg, list(hydra_cfg.overrides.task))
-        returned[0] = sweep_objective(train(config), multirun)
+            config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
+        returned[0] = sweep_objective(train(config), multirun and main)
 
     _report("glow-train", run)
     return returned[0]

@@ -71,8 +71,11 @@ def test_submitit_local_two_tasks_form_one_group_and_one_run(tmp_path):
     status, out, err = run_console(train_main, args, tmp_path)
     assert status == 0, err
     (job,) = jobs(sweep)
-    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.out"))
-    assert "batch 64 x 2 process(es) = 128" in logs  # rank 0 speaks for the group of two
+    logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")}
+    (rank0,) = [text for name, text in logs.items() if name.endswith("_0_log.out")]
+    (rank1,) = [text for name, text in logs.items() if name.endswith("_1_log.out")]
+    assert "batch 64 x 2 process(es) = 128" in rank0  # rank 0 speaks for the group of two
+    assert "objective for the sweeper: val bpd" in rank0 and "objective" not in rank1
     assert len(list(job.glob("*.pt"))) == 2  # one last.pt and one best.pt
     state = torch.load(job / "last.pt", weights_only=True)
     assert state["step"] == 4 and state["world_size"] == 2

@@ -1,0 +1,66 @@
+"""How a ``glow-train`` command line continues a run: ``ckpt=<file>`` (the checkpoint's
+config plus this command line's overrides), ``ckpt=auto`` (a requeued job's own
+folder) and the figure a finished task returns to a Hydra sweeper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from glow_train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from glow_train.training.loop import TrainResult
+
+__all__ = ["resume_config", "auto_resume", "sweep_objective"]
+
+
+def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]) -> DictConfig:
+    """The config of a resumed run: the checkpoint's, plus this command line's overrides.
+
+    A plain ``glow-train ckpt=.../last.pt`` continues the run as it was configured
+    (whatever the defaults are now); ``train.max_steps=...`` and other ``key=value``
+    overrides still apply. Choosing another entry of ``groups`` (dataset, model,
+    experiment) would make a different run, so it is refused.
+    """
+    ckpt = resolve_checkpoint(cfg.ckpt, ("last.pt",))
+    state = load_checkpoint(ckpt, mmap=True)
+    chosen = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups]
+    if chosen:
+        raise CheckpointError(
+            f"cannot change {', '.join(chosen)} when resuming {cfg.ckpt}; "
+            "start a new run instead (without ckpt=)"
+        )
+    base = OmegaConf.create(state["config"])
+    extra = [o for o in overrides if not o.startswith("ckpt=")]
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
+    with open_dict(merged):
+        merged.ckpt = str(ckpt)
+        merged.run_dir = cfg.run_dir if cfg.run_dir is not None else None
+    return merged
+
+
+def auto_resume(cfg: DictConfig) -> DictConfig:
+    """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there.
+
+    The same command continues a requeued job: the config is this command line's (the
+    trainer refuses a checkpoint of another model), not the checkpoint's.
+    """
+    if cfg.run_dir is None:
+        raise CheckpointError(
+            "ckpt=auto resumes the run folder's last.pt: give run_dir= (under -m each job "
+            "has its own folder)"
+        )
+    last = Path(cfg.run_dir) / "last.pt"
+    with open_dict(cfg):
+        cfg.ckpt = str(last) if last.is_file() else None
+    return cfg
+
+
+def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
+    """What the task returns to a sweeper: the final model's validation figure, or its
+    test figure when there is no validation split (said so under ``-m``)."""
+    value = result.last_val_score if result.selection == "val" else result.last_test_score
+    if multirun:
+        why = "" if result.selection == "val" else " (no validation split: the test figure)"
+        print(f"objective for the sweeper: {result.selection} {result.metric} {value:.4f}{why}")
+    return value
