@@ -227,7 +227,8 @@ def sample(
             else ``last.pt``).
         temperature: one temperature or several (one grid, or one row, each).
         n: samples per grid (``layout="grids"``) or per row (``layout="rows"``).
-        nrow: images per grid row (``None``: ``ceil(sqrt(n))``); unused for rows.
+        nrow: images per grid row (``None``: ``ceil(sqrt(n))``, or for a class-conditional
+            model drawing the classes in turn, one column per class); unused for rows.
         padding: pixels between images.
         layout: ``"grids"`` (a file per temperature) or ``"rows"`` (one file).
         seed: seeds the latents; every temperature uses the same draws.
@@ -265,7 +266,8 @@ def sample(
         )
     temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
     n = require_int("n", opts.n, 1)
-    nrow = require_int("nrow", nrow, 1, allow_none=True) or math.ceil(math.sqrt(n))
+    given_nrow = require_int("nrow", nrow, 1, allow_none=True)
+    nrow = given_nrow or math.ceil(math.sqrt(n))
     padding = require_int("padding", opts.padding, 0)
     seed = require_int("seed", opts.seed, 0)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
@@ -290,6 +292,8 @@ def sample(
     labels, tag, count = class_choice(y, objective.flow.num_classes, n, layout)
     if labels is not None and labels.numel() > n:  # y=all: a row of n per class
         nrow = n
+    elif labels is None and objective.flow.num_classes and given_nrow is None:
+        nrow = objective.flow.num_classes  # the classes in turn: a column per class
     paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")

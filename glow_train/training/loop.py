@@ -90,7 +90,8 @@ def write_samples(trainer: Any, final: bool = False) -> Path | None:
         return None
     finally:
         trainer.objective.train()
-    writer = sample_format(trainer.spec, padding=GRID_PADDING)
+    classes = trainer.model.num_classes  # conditional: the classes in turn, a column each
+    writer = sample_format(trainer.spec, padding=GRID_PADDING, nrow=classes or None)
     writer.tensorboard(trainer.monitor, samples, trainer.step)
     if not final:
         return None
