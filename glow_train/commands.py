@@ -81,18 +81,21 @@ def check_command_line(config_name: str, prog: str) -> None:
         sys.exit(2)
 
 
-def _report(prog: str, fn: Callable[[], object]) -> None:
-    """Run ``fn``; a user-fixable error is one line and exit status 2. (Ctrl-C is
+def _report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:
+    """Run ``fn``; a user-fixable error is one line and exit status 2, or with
+    ``exit_on_error=False`` (one job of a sweep) one line and ``False``. (Ctrl-C is
     handled once, in :mod:`glow_train.cli`, around the imports and the whole run.)"""
     try:
         fn()
+        return True
     except GlowError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        message = str(err)
     except OSError as err:  # e.g. an output path under a file, a read-only folder
-        where = f": {err.filename}" if err.filename else ""
-        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
+        message = f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    if exit_on_error:
         sys.exit(2)
+    return False
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
@@ -129,8 +132,11 @@ def _train_app(cfg: DictConfig) -> float | None:
             config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
         returned[0] = sweep_objective(train(config), multirun and main)
 
-    _report("glow-train", run)
-    return returned[0]
+    if _report("glow-train", run, exit_on_error=not multirun):
+        return returned[0]
+    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on
+    print(f"job {hydra_cfg.job.num} failed; the sweep goes on", file=sys.stderr)
+    return float("nan")
 
 
 def _plain(value: object) -> object:
@@ -232,7 +238,12 @@ def _eval_app(cfg: DictConfig) -> None:
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
         if cfg.ood is not None:
-            _ood(cfg, ckpt)
+            if chosen or cfg.n_bits is not None:
+                raise ConfigError(
+                    "ood= scores the checkpoint's own data against the other images: "
+                    "dataset=<name> and n_bits= do not apply (dataset.<key>= still does)"
+                )
+            _ood(cfg, ckpt, dataset)
             return
         report = evaluate(
             ckpt,
@@ -268,13 +279,15 @@ def _eval_app(cfg: DictConfig) -> None:
     _report("glow-eval", run)
 
 
-def _ood(cfg: DictConfig, ckpt: str) -> None:
+def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:
     """glow-eval ood=...: both sets' figures and the AUROCs (:mod:`glow_train.ood`)."""
     from glow_train.ood import evaluate_ood
 
     s = evaluate_ood(
         ckpt,
         cfg.ood,
+        dataset_overrides=overrides,
+        draws=cfg.draws,
         split=cfg.split,
         seed=cfg.seed,
         batch_size=cfg.batch_size,

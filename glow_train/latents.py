@@ -90,8 +90,9 @@ def interpolate(
     else:
         a = torch.cat([z.flatten().double() for z in za])
         b = torch.cat([z.flatten().double() for z in zb])
-        omega = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
-        if float(omega) < 1e-6:  # (nearly) parallel: the sphere's arc is the line
+        norms = a.norm() * b.norm()
+        omega = torch.arccos((a @ b / norms).clamp(-1, 1)) if norms > 0 else torch.tensor(0.0)
+        if float(torch.sin(omega)) < 1e-6:  # parallel, opposite or zero: no unique arc
             wa, wb = 1 - t, t
         else:
             wa, wb = (
@@ -110,18 +111,35 @@ def interpolate(
 # ------------------------------------------------------------------------- attributes
 
 
-def attribute_mask(dataset: Dataset, attribute: str) -> tuple[str, Tensor]:
-    """``(attribute name, bool (N,))``: which items of ``dataset`` have ``attribute``.
+def _labels(dataset: Dataset, limit: int) -> Tensor:
+    """The first ``limit`` labels, from the dataset's label list when it keeps one
+    (in-memory images, class folders, torchvision's ``targets``) rather than by
+    decoding every image."""
+    n = min(limit, len(dataset))
+    for owner in (dataset, getattr(dataset, "source", None)):
+        for name in ("labels", "targets"):
+            values = getattr(owner, name, None)
+            if values is not None and len(values) == len(dataset):
+                return torch.as_tensor(values[:n]).long()
+    return torch.tensor([dataset[i][1] for i in range(n)])
+
+
+def attribute_mask(
+    dataset: Dataset, attribute: str, limit: int | None = None
+) -> tuple[str, Tensor]:
+    """``(attribute name, bool (N,))``: which of the first ``limit`` items of ``dataset``
+    have ``attribute``.
 
     CelebA (torchvision's ``CelebA``) offers its 40 attributes by name; labelled data
     offers its classes by index (``"3"``) or, for class folders, by folder name.
     """
+    limit = len(dataset) if limit is None else limit
     inner = getattr(dataset, "source", None)
     names = [n for n in getattr(inner, "attr_names", []) if n]
     if names:
         if attribute not in names:
             raise ConfigError(f"unknown attribute {attribute!r}; CelebA has {', '.join(names)}")
-        return attribute, inner.attr[:, names.index(attribute)].bool()
+        return attribute, inner.attr[:limit, names.index(attribute)].bool()
     num_classes = int(getattr(dataset, "num_classes", 0))
     if num_classes < 1:
         raise ConfigError(
@@ -133,8 +151,7 @@ def attribute_mask(dataset: Dataset, attribute: str) -> tuple[str, Tensor]:
             f"unknown attribute {attribute!r}; the attributes of this data are its classes: "
             f"{', '.join(classes)}"
         )
-    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
-    return str(attribute), labels == classes.index(str(attribute))
+    return str(attribute), _labels(dataset, limit) == classes.index(str(attribute))
 
 
 @torch.no_grad()
@@ -144,9 +161,8 @@ def attribute_direction(
     """The mean latent of the first ``max_images`` items with ``attribute`` minus that of
     those without it, per level: ``{"attribute", "levels": [Tensor, …], "count_with",
     "count_without"}``."""
-    name, mask = attribute_mask(dataset, attribute)
     n = min(len(dataset), max_images)
-    mask = mask[:n]
+    name, mask = attribute_mask(dataset, attribute, n)
     with_, without = int(mask.sum()), int((~mask).sum())
     if with_ == 0 or without == 0:
         raise DataError(
@@ -207,9 +223,10 @@ def load_inputs(refs: Sequence[Any], data_cfg: dict[str, Any], y: Any, num_class
     if y is not None:
         if num_classes == 0:
             raise ConfigError(f"y={y}: this model is not class-conditional; leave y= out")
-        if not 0 <= int(y) < num_classes:
-            raise ConfigError(f"y={y}: the model's classes are 0..{num_classes - 1}")
-        items = [(image, int(y)) for image, _ in items]
+        text = str(y).strip()
+        if not text.isdigit() or not 0 <= int(text) < num_classes:
+            raise ConfigError(f"y must be one class in 0..{num_classes - 1} here, got {y!r}")
+        items = [(image, int(text)) for image, _ in items]
     return collate(items)
 
 

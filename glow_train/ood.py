@@ -98,6 +98,8 @@ def evaluate_ood(
     ood: str,
     *,
     split: str = "test",
+    dataset_overrides: dict[str, Any] | None = None,
+    draws: int = 1,
     seed: int | None = None,
     batch_size: int | None = None,
     train_images: int = 5000,
@@ -109,12 +111,17 @@ def evaluate_ood(
     """Score the checkpoint's ``split`` and ``ood`` per image and write ``eval.json``,
     ``per_image.csv`` and ``ood_per_image.csv``; return the summary (``eval.json``).
 
+    ``dataset_overrides``: keys of the checkpoint's dataset config to replace (e.g. its
+    ``root`` when the data moved); ``draws``: dequantisation draws averaged per image;
     ``train_images``: the first training images whose mean bits/dim is the
     typicality centre.
     """
     device = resolve_device(device)
     ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
     train_images = require_int("ood_train_images", train_images, 1)
+    draws = require_int("draws", draws, 1)
+    if split not in ("test", "val", "train"):
+        raise ConfigError(f"split must be one of test, val, train, got {split!r}")
     objective, info = load_objective(ckpt, ema=ema, device=device)
     if objective.dequantizer.n_bits is None:
         raise ConfigError("ood= scores images; this checkpoint models vectors")
@@ -124,7 +131,7 @@ def evaluate_ood(
             "score an unconditional model"
         )
     saved, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)
-    data_cfg = eval_dataset(saved)
+    data_cfg = eval_dataset(saved, None, dataset_overrides)
     ood_cfg, ood_split = ood_dataset(ood, data_cfg)
     if describe_dataset(ood_cfg).shape != tuple(info["data"]["shape"]):
         raise ConfigError(
@@ -135,6 +142,7 @@ def evaluate_ood(
         batch_size=batch_size or int(data_cfg.get("eval_batch_size") or 128),
         device=device,
         seed=checkpoint_seed if seed is None else seed,
+        draws=draws,
         progress=progress,
     )
     train = build_dataset(data_cfg, "train")
@@ -164,6 +172,7 @@ def evaluate_ood(
         "auroc_bpd": auroc(inside, outside),
         "auroc_typicality": auroc((inside - centre).abs(), (outside - centre).abs()),
         "seed": settings["seed"],
+        "draws": draws,
     }
     folder = Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_ood_{name}"
     write_atomic(folder / "per_image.csv", lambda tmp: _write_csv(tmp, results["in"]))

@@ -137,6 +137,28 @@ def nearest_class_mean(images: torch.Tensor) -> torch.Tensor:
     return torch.cdist(images.flatten(1).float(), means).argmin(1)
 
 
+def test_the_trained_class_head_survives_the_checkpoint(conditional_run):
+    state = torch.load(conditional_run / "last.pt", weights_only=True)
+    for ema, weights in ((True, state["ema"]), (False, state["objective"])):
+        objective, _ = load_objective(conditional_run / "last.pt", ema=ema)
+        prefix = "module.class_head." if ema else "class_head."
+        for key, value in objective.class_head.state_dict().items():
+            assert torch.equal(value, weights[prefix + key]), key
+        assert objective.class_head.linear.layer.weight.abs().sum() > 0  # trained, not zeros
+
+
+def test_latent_modes_take_one_class_for_a_conditional_model(conditional_run, tmp_path):
+    ckpt = f"ckpt={conditional_run}"
+    for y in ("all", "2.5", "10"):
+        args = [ckpt, "mode=interpolate", "a=0", "b=1", f"y={y}"]
+        line = one_line_error(sample_main, args, tmp_path, "glow-sample")
+        assert "y must be one class in 0..9 here" in line, line
+    status, out, err = run_console(
+        sample_main, [ckpt, "mode=interpolate", "a=0", "b=1", "y=4"], tmp_path
+    )
+    assert status == 0, err
+
+
 def test_samples_are_of_the_requested_class_more_often_than_chance(conditional_run):
     objective, _ = load_objective(conditional_run / "last.pt")
     wanted = torch.arange(10).repeat_interleave(20)

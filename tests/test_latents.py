@@ -49,6 +49,19 @@ def test_interpolation_weights_and_exact_ends():
     mid = interpolate(a, b_same, 3, "slerp")
     norm = torch.cat([z[1].flatten() for z in mid]).norm()
     torch.testing.assert_close(norm, torch.cat([z.flatten() for z in a]).norm())
+    # slerp at t = 1/4 against the formula on the whole latent
+    flat_a = torch.cat([z.flatten() for z in a]).double()
+    flat_b = torch.cat([z.flatten() for z in b]).double()
+    omega = torch.arccos(flat_a @ flat_b / (flat_a.norm() * flat_b.norm()))
+    quarter = torch.cat([z[1].flatten() for z in interpolate(a, b, 5, "slerp")]).double()
+    expected = (torch.sin(0.75 * omega) * flat_a + torch.sin(0.25 * omega) * flat_b) / torch.sin(
+        omega
+    )
+    torch.testing.assert_close(quarter, expected, rtol=0, atol=1e-5)
+    # opposite or zero latents have no unique arc: the line instead, never nan
+    for end in ([-z for z in a], [torch.zeros_like(z) for z in a]):
+        path = interpolate(a, end, 3, "slerp")
+        torch.testing.assert_close(path[0][1], (a[0][0] + end[0][0]) / 2)
     with pytest.raises(ConfigError, match="interp must be one of lerp, slerp"):
         interpolate(a, b, 3, "cubic")
     with pytest.raises(ConfigError, match="steps must be at least 2"):
@@ -126,6 +139,7 @@ def test_latent_mode_errors(run, tmp_path):
         (["mode=manipulate", "attribute=7", "image=1"], "no direction for 7 beside"),
         (["mode=direction", "attribute=cat"], "unknown attribute 'cat'; the attributes of this"),
         (["mode=warp"], "mode must be one of sample, interpolate, direction, manipulate"),
+        (["mode=interpolate", "a=1", "b=2", "y=3"], "y=3: this model is not class-conditional"),
     ):
         line = one_line_error(sample_main, [ckpt, *args], tmp_path, "glow-sample")
         assert message in line, line

@@ -81,6 +81,18 @@ def test_glow_eval_ood_scores_both_sets(tmp_path):
     # higher likelihood than digits, AUROC near 0: the known caveat of likelihood scores)
     assert 0 <= summary["auroc_bpd"] <= 1 and 0 <= summary["auroc_typicality"] <= 1
     assert "AUROC by bpd: " in out and "by typicality (|bpd - " in out
+    for extra, message in (
+        (["dataset=mnist"], "dataset=<name> and n_bits= do not apply"),
+        (["n_bits=3"], "dataset=<name> and n_bits= do not apply"),
+    ):
+        args = [f"ckpt={run}/last.pt", f"ood={tmp_path / 'letters'}", *extra]
+        assert message in one_line_error(eval_main, args, tmp_path, "glow-eval")
+    # dataset.<key>= still applies to the checkpoint's data, draws too
+    args = [f"ckpt={run}/last.pt", f"ood={tmp_path / 'letters'}", "dataset.eval_batch_size=50"]
+    status, _, err = run_console(eval_main, [*args, "draws=2", "progress=false"], tmp_path)
+    assert status == 0, err
+    summary = json.loads((run / "eval" / "last_ood_letters" / "eval.json").read_text())
+    assert summary["draws"] == 2 and summary["num_in"] == 297
     for ood, message in (
         (
             "nowhere",

@@ -40,6 +40,16 @@ def test_multirun_jobs_write_into_their_own_job_folders(tmp_path):
     assert out.count("objective for the sweeper: val bpd") == 2
 
 
+def test_a_failed_job_does_not_end_the_sweep(tmp_path):
+    sweep = tmp_path / "multirun"
+    args = ["-m", *FAST, "train.max_steps=2", "model.hidden_channels=0,8"]
+    status, out, err = run_console(train_main, [*args, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert status == 0, err
+    assert "glow-train: error: model: hidden_channels must be at least 1" in err
+    assert "job 0 failed; the sweep goes on" in err
+    assert (sweep / "1" / "last.pt").is_file() and out.count("objective for the sweeper") == 1
+
+
 def test_a_single_run_still_goes_to_runs(tmp_path):
     status, out, err = run_console(train_main, [*FAST, "train.max_steps=2"], tmp_path)
     assert status == 0, err

@@ -68,7 +68,7 @@ def check_train(cfg: DictConfig) -> None:
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
     preempt_signal(t.preempt_signal)
-    if t.class_loss_weight < 0:
+    if not (math.isfinite(t.class_loss_weight) and t.class_loss_weight >= 0):
         raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
     if t.warmup_steps < 0 or t.weight_decay < 0:
         raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from glow_train.distributed import all_reduce_max
 from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
 from glow_train.sample import sample_images
@@ -206,7 +209,21 @@ def fit(trainer: Any) -> TrainResult:
                 f"interrupted at step {trainer.step}: writing {trainer.run_dir / 'last.pt'}"
             )
             trainer.save("last.pt")  # first, before the (possibly long) final evaluation
+        if interrupted and _agreed(trainer, interrupt.preempted is not None):
+            # the scheduler's warning: the job will be requeued and resume last.pt, and the
+            # time before the kill is short, so no final evaluation; hand the signal on now
+            if trainer.dist.is_main:
+                trainer.monitor.log(f"pre-empted at step {trainer.step}: last.pt is saved")
+                trainer.monitor.close()
+            interrupt.hand_on()
+            return result(trainer, interrupted=True)
         return finish(trainer, interrupted)
+
+
+def _agreed(trainer: Any, flag: bool) -> bool:
+    """``flag`` on any rank (one all-reduce; every rank must call it)."""
+    value = torch.tensor([float(flag)], device=trainer.device)
+    return bool(all_reduce_max(value).item())
 
 
 def finish(trainer: Any, interrupted: bool) -> TrainResult:
@@ -246,6 +263,12 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
         print(f"best checkpoint: {best}")
         if samples is not None:
             print(f"samples: {samples}")
+    return result(trainer, interrupted)
+
+
+def result(trainer: Any, interrupted: bool) -> TrainResult:
+    """The :class:`TrainResult` of the run as it stands."""
+    p, best = trainer.progress, trainer.run_dir / "best.pt"
     return TrainResult(
         run_dir=trainer.run_dir,
         step=trainer.step,

@@ -58,8 +58,13 @@ def auto_resume(cfg: DictConfig) -> DictConfig:
 
 def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
     """What the task returns to a sweeper: the final model's validation figure, or its
-    test figure when there is no validation split (said so under ``-m``)."""
+    test figure when there is no validation split (said so under ``-m``); ``nan`` (a
+    failed trial) for a run stopped by a signal before its end."""
     value = result.last_val_score if result.selection == "val" else result.last_test_score
+    if result.interrupted:
+        if multirun:
+            print("objective for the sweeper: nan (interrupted before the end: a failed trial)")
+        return float("nan")
     if multirun:
         why = "" if result.selection == "val" else " (no validation split: the test figure)"
         print(f"objective for the sweeper: {result.selection} {result.metric} {value:.4f}{why}")

@@ -77,6 +77,8 @@ def train(
             val = f"{len(trainer.val_set)} val / " if trainer.val_set is not None else ""
             if trainer.model.num_classes > 0:
                 items += f", {trainer.model.num_classes} classes: a model of p(x|y)"
+                if trainer.class_weight > 0:
+                    items += f"; train bpd includes {trainer.class_weight:g} x class bits"
             print(
                 f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / {val}"
                 f"{len(trainer.test_set)} test {items}), "

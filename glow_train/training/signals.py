@@ -33,7 +33,8 @@ class Interrupt:
     Use as a context manager around the loop; ``requested`` turns true on the first
     signal. Outside the main thread signals are left alone. When the pre-emption
     signal stopped the run and a Python handler was installed before ours (submitit's,
-    which requeues the job), that handler is called on exit, after the checkpoint.
+    which requeues the job), :meth:`hand_on` calls it (the loop does, once ``last.pt``
+    is written; else on exit).
     """
 
     def __init__(self, verbose: bool, preempt: int | None = None):
@@ -66,10 +67,19 @@ class Interrupt:
                 pass
         return self
 
-    def __exit__(self, *exc):
+    def hand_on(self) -> None:
+        """Restore the previous handlers and, after a pre-emption signal, call the
+        previous Python handler with it (submitit's requeues the job): call it once the
+        checkpoint is written."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        if self.preempted is not None and exc[0] is None:
-            handler = self._previous.get(self.preempted[0])
-            if callable(handler):  # e.g. submitit's: requeue the job, now that it is saved
-                handler(*self.preempted)
+        preempted, self.preempted = self.preempted, None
+        if preempted is not None:
+            handler = self._previous.get(preempted[0])
+            if callable(handler):
+                handler(*preempted)
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            self.preempted = None  # an error: nothing was saved to resume from
+        self.hand_on()
