@@ -212,9 +212,12 @@ def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
         strip = dict(steps=cfg.steps, interp=cfg.interp, y=cfg.y, padding=cfg.padding, out=cfg.out)
         print(interpolate_strip(path, _plain(cfg.a), _plain(cfg.b), **strip, **common))
     elif cfg.mode == "direction":
-        batch = cfg.batch_size or 256
         out, found = save_direction(
-            path, _plain(cfg.attribute), max_images=cfg.max_images, batch_size=batch, **common
+            path,
+            _plain(cfg.attribute),
+            max_images=cfg.max_images,
+            batch_size=cfg.batch_size,
+            **common,
         )
         print(out)
         print(

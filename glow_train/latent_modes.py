@@ -16,13 +16,12 @@ from torchvision.utils import make_grid, save_image
 
 from glow_train.checkpoint import write_atomic
 from glow_train.data import validate_dataset_config
-from glow_train.errors import CheckpointError, ConfigError, require_int
+from glow_train.errors import CheckpointError, ConfigError, require_int, require_numbers
 from glow_train.latents import (
     attribute_direction,
     decode,
     direction_path,
     encode,
-    finite_alphas,
     interpolate,
     load_inputs,
     source_dataset,
@@ -103,15 +102,23 @@ def interpolate_strip(
 
 
 def save_direction(
-    ckpt: Path, attribute: Any, *, max_images: int, batch_size: int, device: torch.device, ema: bool
+    ckpt: Path,
+    attribute: Any,
+    *,
+    max_images: int,
+    batch_size: int | None,
+    device: torch.device,
+    ema: bool,
 ) -> tuple[Path, dict[str, Any]]:
     """Compute the attribute's latent direction from the training data and save it
-    beside the checkpoint (:func:`glow_train.latents.direction_path`)."""
+    beside the checkpoint (:func:`glow_train.latents.direction_path`), encoding
+    ``batch_size`` images at a time (``None``: the dataset's ``eval_batch_size``)."""
     if attribute is None:
         raise ConfigError("mode=direction needs attribute= (a class, or a CelebA attribute)")
     max_images = require_int("max_images", max_images, 2)
     objective, data_cfg = _load(ckpt, device, ema)
     dataset = source_dataset(data_cfg)
+    batch_size = require_int("batch_size", batch_size or data_cfg["eval_batch_size"], 1)
     found = attribute_direction(objective, dataset, str(attribute), max_images, batch_size)
     found.update(checkpoint=ckpt.name, dataset=data_cfg["name"])
     path = direction_path(ckpt, found["attribute"])
@@ -135,7 +142,7 @@ def manipulate_strip(
     each ``alpha`` and write the decoded strip."""
     if attribute is None or image is None:
         raise ConfigError("mode=manipulate needs attribute= and image= (test-set index or file)")
-    alphas = finite_alphas(alpha)
+    alphas = require_numbers("alpha", alpha, "[-1,0,1]")
     path_in = direction_path(ckpt, str(attribute))
     if not path_in.is_file():
         raise CheckpointError(

@@ -21,7 +21,6 @@ name) or CelebA's 40 binary attributes (``attribute=Smiling``).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from glow_train.data import Batch, build_dataset, collate, source
 from glow_train.data.transforms import ToUint8
 from glow_train.errors import ConfigError, DataError
 from glow_train.objective import Objective
+from glow_train.sample import class_index
 
 __all__ = [
     "INTERPOLATIONS",
@@ -223,10 +223,10 @@ def load_inputs(refs: Sequence[Any], data_cfg: dict[str, Any], y: Any, num_class
     if y is not None:
         if num_classes == 0:
             raise ConfigError(f"y={y}: this model is not class-conditional; leave y= out")
-        text = str(y).strip()
-        if not text.isdigit() or not 0 <= int(text) < num_classes:
+        label = class_index(y, num_classes)
+        if label is None:
             raise ConfigError(f"y must be one class in 0..{num_classes - 1} here, got {y!r}")
-        items = [(image, int(text)) for image, _ in items]
+        items = [(image, label) for image, _ in items]
     return collate(items)
 
 
@@ -239,17 +239,3 @@ def direction_path(ckpt: Path, attribute: str) -> Path:
 def source_dataset(data_cfg: dict[str, Any]) -> Dataset:
     """The checkpoint's training data (the whole training partition) for directions."""
     return source(data_cfg["name"]).build(data_cfg, "train")
-
-
-def finite_alphas(values: Any) -> list[float]:
-    values = (
-        list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
-    )
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ConfigError(f"alpha must be numbers, e.g. alpha=[-1,0,1]; got {v!r}")
-        out.append(float(v))
-    if not out:
-        raise ConfigError("alpha must name at least one value, e.g. alpha=[-1,0,1]")
-    return out

@@ -42,7 +42,7 @@ from glow_train.data import (
     source,
 )
 from glow_train.distributed import resolve_device
-from glow_train.errors import ConfigError, require_int
+from glow_train.errors import ConfigError, NonFiniteError, require_int
 from glow_train.evaluate import (
     EvalResult,
     _checkpoint_eval_settings,
@@ -133,9 +133,10 @@ def evaluate_ood(
     saved, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)
     data_cfg = eval_dataset(saved, None, dataset_overrides)
     ood_cfg, ood_split = ood_dataset(ood, data_cfg)
-    if describe_dataset(ood_cfg).shape != tuple(info["data"]["shape"]):
+    ood_shape = describe_dataset(ood_cfg).shape
+    if ood_shape != tuple(info["data"]["shape"]):
         raise ConfigError(
-            f"ood={ood} yields images of shape {describe_dataset(ood_cfg).shape}, the model takes "
+            f"ood={ood} yields images of shape {ood_shape}, the model takes "
             f"{tuple(info['data']['shape'])}; use a folder of images (resized to fit)"
         )
     settings = dict(
@@ -155,10 +156,10 @@ def evaluate_ood(
     }
     for name, result in results.items():
         if not math.isfinite(result.value):
-            raise ConfigError(f"non-finite bits/dim on the {name} images: a diverged model?")
+            raise NonFiniteError(f"non-finite bits/dim on the {name} images: a diverged model?")
     centre = results["train"].value
     inside, outside = results["in"].per_item, results["ood"].per_item
-    name = Path(str(ood)).name if Path(os.path.expanduser(str(ood))).is_dir() else str(ood)
+    name = Path(ood_cfg["root"]).name if ood_cfg["name"] == "folder" else str(ood)
     summary = {
         "checkpoint": str(ckpt.resolve()),
         "in_distribution": {"dataset": data_cfg["name"], "split": split},

@@ -23,7 +23,7 @@ from glow_train.checkpoint import resolve_checkpoint, write_atomic
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.data.spec import DataSpec
 from glow_train.distributed import resolve_device
-from glow_train.errors import ConfigError, require_int
+from glow_train.errors import ConfigError, require_int, require_numbers
 from glow_train.objective import Objective, load_objective
 from glow_train.sample_formats import (
     TableSamples,
@@ -37,6 +37,8 @@ __all__ = [
     "sample_grid",
     "sample_rows",
     "sample",
+    "class_choice",
+    "class_index",
     "output_paths",
     "LAYOUTS",
 ]
@@ -123,15 +125,14 @@ def sample_rows(
 
 
 def _temperatures(value: float | Sequence[float]) -> list[float]:
-    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    if not values:
-        raise ConfigError("temperature must name at least one value, e.g. temperature=0.7")
-    out = []
-    for t in values:
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-            raise ConfigError(f"temperature must be a number >= 0, got {t!r}")
-        out.append(float(t))
-    return out
+    return require_numbers("temperature", value, "0.7", low=0)
+
+
+def class_index(y: int | str, num_classes: int) -> int | None:
+    """``y`` as one of ``num_classes`` class indices (``3`` or ``"3"``), or ``None``
+    when it is not one (the caller says what it takes instead)."""
+    text = str(y).strip()
+    return int(text) if text.isdigit() and int(text) < num_classes else None
 
 
 def class_choice(
@@ -152,11 +153,8 @@ def class_choice(
         if layout != "grids":
             raise ConfigError("y=all draws one row per class; use it with layout=grids")
         return torch.arange(num_classes).repeat_interleave(n), "_yall", n * num_classes
-    try:
-        label = int(str(y))
-    except ValueError:
-        label = -1
-    if not 0 <= label < num_classes:
+    label = class_index(y, num_classes)
+    if label is None:
         raise ConfigError(f"y must be a class in 0..{num_classes - 1} or all, got {y!r}")
     return torch.full((n,), label), f"_y{label}", n
 
