@@ -117,6 +117,33 @@ def test_conditioner_dropout_trains_only_and_keeps_the_state_dict():
     assert not torch.allclose(dropped.log_prob(x), plain.log_prob(x))
 
 
+def test_dropout_drops_with_its_probability_and_keeps_the_mean():
+    from glow_train.flows.coupling import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.rand(1_000_003, dtype=torch.float64) + 0.5  # an odd count: a partial last word
+    for p in (0.1, 0.5):
+        y = dropout(x, p)
+        dropped = (y == 0).double().mean().item()
+        assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / x.numel())
+        kept = y != 0
+        torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-4, atol=0)
+        assert abs(y.mean().item() / x.mean().item() - 1) < 0.005  # E[dropout(x)] = x
+    # the gradient is the same mask and scale
+    x = torch.ones(64, 8, requires_grad=True)
+    y = dropout(x, 0.25)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())
+    # seeded by the global generator; the identity at p = 0 and in eval mode
+    torch.manual_seed(3)
+    a = dropout(torch.ones(100), 0.3)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout(torch.ones(100), 0.3))
+    assert torch.equal(dropout(x, 0.0), x)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+
+
 def test_adamw_decouples_weight_decay(tmp_path):
     from test_train import compose_train
 

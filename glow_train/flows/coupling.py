@@ -31,6 +31,8 @@ __all__ = [
     "PointwiseConv2d",
     "ReLU",
     "ZeroInit",
+    "Dropout",
+    "dropout",
     "conv_conditioner",
     "mlp_conditioner",
     "ACTIVATIONS",
@@ -63,6 +65,43 @@ class ZeroInit(nn.Module):
         return y * scale.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
 
 
+DROPOUT_LEVELS = 2**16  # dropout's probability is rounded to a multiple of 1/65,536
+
+
+def dropout(x: Tensor, p: float) -> Tensor:
+    r"""Inverted dropout: each element zeroed with probability ``p'``, the rest scaled by
+    :math:`1/(1-p')`, where :math:`p' = \mathrm{round}(65536\,p)/65536` (within
+    :math:`8\cdot 10^{-6}` of ``p``), so :math:`E[\mathrm{dropout}(x)] = x` exactly.
+
+    The mask comes from 16-bit slices of 64-bit random words, one word per four
+    elements, all from the global generator (seeded per step by the trainer). On the
+    CPU that is 4× fewer draws than ``F.dropout``'s Bernoulli sampling, which spent a
+    fifth of a digits training step generating masks; on CUDA both are cheap.
+    """
+    if p <= 0.0:
+        return x
+    dropped = round(p * DROPOUT_LEVELS)
+    if dropped >= DROPOUT_LEVELS:
+        return torch.zeros_like(x)
+    n = x.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+    # int16 slices are uniform on [-32768, 32767]: keep the top 65536 - dropped values
+    keep = words.view(torch.int16)[:n].view(x.shape) >= dropped - DROPOUT_LEVELS // 2
+    scale = DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped)
+    return x * keep.to(x.dtype).mul_(scale)
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` in training mode (``nn.Dropout``'s behaviour, with the faster mask)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p) if self.training else x
+
+
 class ReLU(nn.Module):
     """``nn.ReLU`` (then dropout of probability ``dropout`` in training mode) that works
     in place wherever autograd allows it cheaply.
@@ -84,7 +123,10 @@ class ReLU(nn.Module):
             needs_copy = x._is_view() and x.requires_grad and torch.is_grad_enabled()
             y = F.relu(x, inplace=not needs_copy)
         if self.dropout > 0 and self.training:
-            y = F.dropout(y, self.dropout, training=True)
+            if torch.compiler.is_compiling():
+                y = F.dropout(y, self.dropout, training=True)
+            else:
+                y = dropout(y, self.dropout)
         return y
 
 
@@ -146,7 +188,7 @@ def mlp_conditioner(
     for _ in range(hidden_layers):
         layers += [nn.Linear(width, hidden_features), ACTIVATIONS[activation]()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         width = hidden_features
     return nn.Sequential(*layers, ZeroInit(nn.Linear(width, out_features)))
 
