@@ -66,6 +66,7 @@ class ImageDatasetConfig:
     test_fraction: float | None = None
     classes: bool | None = None
     val_size: float | None = None
+    val_draw: str | None = None
     split_seed: int | None = None
     hflip: bool | None = None
     batch_size: int | None = None

@@ -111,7 +111,7 @@ def test_folder_class_subfolders_are_labels(tmp_path):
 
 # ------------------------------------------------------- trained on digits, end to end
 
-TRAIN = ["model.conditional=true", "train.class_loss_weight=0.1", "model.K=4"]
+TRAIN = ["model.conditional=true", "train.class_loss_weight=0.1", "model.K=4", "model.L=2"]
 TRAIN += ["model.hidden_channels=32", "model.dropout=0", "train.dequantization=uniform"]
 TRAIN += ["train.max_steps=400", "train.warmup_steps=20", "train.lr=5e-3", "dataset.val_size=0"]
 TRAIN += ["train.eval_every_steps=null", "train.sample_every=null", "train.progress=false"]

@@ -164,7 +164,7 @@ def test_digits_pad_to_larger_size():
 
 
 def test_validation_images_are_held_out_of_train_by_seed():
-    cfg = dataset_config("digits")  # val_size: 200
+    cfg = dataset_config("digits", val_draw="random")  # val_size: 200
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert (len(train), len(val)) == (1300, 200) and val.num_classes == 10
     picked = set(val.indices)
@@ -179,6 +179,17 @@ def test_validation_images_are_held_out_of_train_by_seed():
         build_dataset({**cfg, "val_size": 1500}, "train")
     with pytest.raises(ConfigError, match="val_size must be a fraction"):
         build_dataset({**cfg, "val_size": 2.5}, "train")
+
+
+def test_digits_validate_on_the_last_training_images_by_default():
+    cfg = dataset_config("digits")  # val_draw: last
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert val.indices == list(range(1300, 1500)) and train.indices == list(range(1300))
+    assert torch.equal(val[0][0], build_dataset({**cfg, "val_size": 0}, "train")[1300][0])
+    assert build_dataset({**cfg, "split_seed": 5}, "val").indices == val.indices  # no seed
+    assert len(build_dataset({**cfg, "val_size": 0.1}, "val")) == 150
+    with pytest.raises(ConfigError, match="val_draw must be random or last"):
+        build_dataset({**cfg, "val_draw": "first"}, "train")
 
 
 def test_digits_epoch_through_loader():

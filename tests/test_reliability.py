@@ -113,6 +113,7 @@ def test_a_run_folder_in_use_is_refused_and_freed_when_its_holder_dies(tmp_path)
 
 def test_the_issues_diverging_run_names_no_broken_checkpoint(tmp_path):
     args = ["train.max_steps=50", "train.lr=1.0", "train.warmup_steps=10", "train.ckpt_every=2"]
+    args += ["model.L=2", "model.K=8"]  # the shape of the issue's run
     line = one_line_error(train_main, [*args, "train.progress=false", "run_dir=run"], tmp_path)
     assert "consecutive steps had a non-finite loss" in line
     assert line.endswith("no good checkpoint was written")

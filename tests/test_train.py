@@ -22,6 +22,7 @@ from glow_train.errors import CheckpointError, ConfigError
 from glow_train.training import Trainer, TrainingDiverged, parse_duration, train
 
 TINY = [
+    "model.L=2",  # two levels: the factor-out and split priors run in every tiny test
     "model.K=2",
     "model.hidden_channels=16",
     "train.time_limit=null",

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+VAL_DRAWS = (None, "random", "last")  # dataset.val_draw (None: random)
 DATASETS: dict[str, DataSource] = {}
 
 
@@ -111,6 +112,10 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
             )
         if cfg.get("split_seed") is not None:
             int_key(cfg, "split_seed", 0)
+        if cfg.get("val_draw") not in VAL_DRAWS:
+            raise ConfigError(
+                f"dataset.val_draw must be random or last, got {cfg.get('val_draw')!r}"
+            )
     entry.validate(cfg)
     return cfg
 
@@ -173,8 +178,11 @@ def train_and_validation(cfg: Any) -> tuple[Dataset, Dataset | None]:
 
 
 def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    """An image source's ``(train, val)``: ``dataset.val_size`` of its training images,
-    drawn with ``dataset.split_seed``, are validation (``None`` when there are none)."""
+    """An image source's ``(train, val)``: ``dataset.val_size`` of its training images
+    are validation (``None`` when there are none): drawn with ``dataset.split_seed``
+    (``val_draw: random``, the default), or the last ones in the source's order
+    (``val_draw: last``: for digits, whose images come in writers' blocks, writers the
+    rest of the training split never saw, as the test split's are)."""
     full = entry.build(cfg, "train")
     n_val = validation_size(cfg, len(full))
     if n_val == 0:
@@ -183,7 +191,10 @@ def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset 
         raise ConfigError(
             f"dataset.val_size={cfg['val_size']} leaves no training images of {len(full)}; lower it"
         )
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(_seed(cfg)))
+    if cfg.get("val_draw") == "last":
+        order = torch.arange(len(full)).roll(n_val)  # the last n_val first
+    else:
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(_seed(cfg)))
     return (
         HeldOut(full, order[n_val:].sort().values.tolist()),
         HeldOut(full, order[:n_val].sort().values.tolist()),

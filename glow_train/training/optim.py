@@ -109,6 +109,17 @@ class Optimization:
         self.ema_decay = tcfg.ema_decay
         self.ema: AveragedModel | None = None
         self._pending: tuple[torch.Tensor, Any] | None = None
+        self._param_lists: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}
+
+    def _parameters(self, module: nn.Module) -> list[torch.Tensor]:
+        """``list(module.parameters())``, walked once per module: the walk over some
+        200 submodules cost more than the clipping and EMA arithmetic of a small model.
+        Parameters are updated in place (optimiser, ``load_state_dict``), never replaced."""
+        known = self._param_lists.get(id(module))
+        if known is None or known[0] is not module:
+            known = (module, list(module.parameters()))
+            self._param_lists[id(module)] = known
+        return known[1]
 
     def make_ema(self, module: nn.Module) -> None:
         """Start the EMA from ``module``'s current weights (when ``train.ema_decay`` is set)."""
@@ -170,7 +181,7 @@ class Optimization:
         self.scaler.unscale_(self.optimizer)
         clip = self.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            module.parameters(), float(clip) if clip is not None else float("inf")
+            self._parameters(module), float(clip) if clip is not None else float("inf")
         )
         flags = torch.stack(
             [
@@ -211,8 +222,8 @@ class Optimization:
         ema = self.ema
         first = (ema.n_averaged == 0).float()
         weight = (first + (1.0 - first) * (1.0 - float(self.ema_decay))) * good
-        averaged = [p.detach() for p in ema.module.parameters()]
-        current = [p.detach() for p in module.parameters()]
+        averaged = self._parameters(ema.module)
+        current = self._parameters(module)
         torch._foreach_lerp_(averaged, current, weight.to(averaged[0].device))
         ema.n_averaged += good.to(ema.n_averaged.device).long()
 

@@ -256,7 +256,8 @@ class Trainer:
         :meth:`glow_train.training.optim.Optimization.step`). Returns the figures of
         the step whose outcome became known: this one, or under the deferred step
         (the default) the previous one, whose flags the device finished meanwhile."""
-        self.objective.train()
+        if not self.objective.training:  # evaluation and sampling switch it back after them
+            self.objective.train()
         self.optim.optimizer.zero_grad(set_to_none=True)
         # dropout draws from the global generator: seed it per (seed, step, rank) too,
         # so a resumed run drops the same units whatever ran in between
