@@ -109,19 +109,21 @@ def test_ckpt_auto_starts_fresh_then_resumes(tmp_path):
 
 
 def test_a_preempted_job_rerun_with_the_same_command_ends_as_an_uninterrupted_one(tmp_path):
-    command = [glow_train_cmd(), *FAST, "train.max_steps=100", "ckpt=auto"]
+    # 400 tiny steps (2-4 s) so that the signal lands mid-training, after the handler
+    # (installed just after tb/ appears) and well before the run ends and restores it
+    command = [glow_train_cmd(), *FAST, "train.max_steps=400", "ckpt=auto"]
     proc = subprocess.Popen(
         [*command, f"run_dir={tmp_path / 'a'}"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     while not (tmp_path / "a" / "tb").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+        time.sleep(0.05)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGUSR2)  # SLURM's warning before pre-emption or the time limit
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "SIGUSR2: saving a checkpoint" in out
     stopped = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"]
-    assert 0 < stopped < 100
+    assert 0 < stopped < 400
     for folder in ("a", "b"):  # the requeued job, and an uninterrupted one
         done = subprocess.run(
             [*command, f"run_dir={tmp_path / folder}"], cwd=tmp_path, capture_output=True, text=True
@@ -129,7 +131,7 @@ def test_a_preempted_job_rerun_with_the_same_command_ends_as_an_uninterrupted_on
         assert done.returncode == 0, done.stderr
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 100
+    assert a["step"] == b["step"] == 400
     for key in b["objective"]:
         assert torch.equal(a["objective"][key], b["objective"][key]), key
 
