@@ -17,6 +17,7 @@ from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.data import build_dataset, dataset_config, describe_dataset
 from glow_train.data.spec import DataSpec
 from glow_train.errors import DataError
+from glow_train.flows.priors import gaussian_log_prob
 from glow_train.objective import build_objective, load_objective
 from glow_train.sample import sample_images
 
@@ -35,17 +36,39 @@ def test_conditional_density_is_the_unconditional_one_with_the_class_prior():
     y = torch.tensor([0, 1, 2, 1])
     got = cond.log_prob(x, y)
     weights = {k: v for k, v in cond.state_dict().items() if "class_embedding" not in k}
-    offsets = cond.top_prior.class_embedding.weight.detach()  # (classes, 2C)
+    offsets = cond.top_prior.class_embedding.weight.detach()  # (classes, 2·C·H·W)
+    shape = cond.top_prior.mean.shape
     for i in range(4):
         plain = Glow(**SHAPE).double()
         plain.load_state_dict(weights)
         d_mean, d_log_scale = offsets[y[i]].chunk(2)
         with torch.no_grad():
-            plain.top_prior.mean += d_mean.view(-1, 1, 1)
-            plain.top_prior.log_scale += d_log_scale.view(-1, 1, 1)
+            plain.top_prior.mean += d_mean.view(shape)
+            plain.top_prior.log_scale += d_log_scale.view(shape)
         expected = plain.log_prob(x[i : i + 1])
         torch.testing.assert_close(got[i : i + 1], expected, rtol=0, atol=1e-10)
     assert not torch.allclose(got, cond.log_prob(x, torch.tensor([2, 2, 0, 0])))
+
+
+def test_per_channel_class_offsets_of_older_checkpoints_load_as_equal_per_position_ones():
+    """Checkpoints written with one offset per channel (the paper's ycond) load into the
+    per-element layout as the same offsets at every position: the same density."""
+    cond = conditional_glow()
+    prior = cond.top_prior
+    c = prior.mean.shape[0]
+    per_channel = torch.randn(3, 2 * c, dtype=torch.float64)
+    old_state = {**cond.state_dict(), "top_prior.class_embedding.weight": per_channel}
+    cond.load_state_dict(old_state)
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64) - 0.5
+    y = torch.tensor([0, 1, 2])
+    latents, logdet = cond.encode(x, y)
+    top = latents[-1]
+    d_mean, d_log_scale = per_channel[y].view(3, 2 * c, 1, 1).chunk(2, dim=1)
+    mean, log_scale = prior.mean + d_mean, prior.log_scale + d_log_scale  # broadcast: old way
+    expected = gaussian_log_prob(top, mean, log_scale)
+    _, by_prior = prior.params(y, 3)
+    torch.testing.assert_close(by_prior, log_scale.expand_as(by_prior))
+    torch.testing.assert_close(prior.log_prob(top, y), expected, rtol=0, atol=1e-10)
 
 
 def test_conditional_log_determinant_against_the_brute_force_jacobian():

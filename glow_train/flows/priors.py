@@ -66,7 +66,13 @@ class LearnedPrior(GaussianPrior):
     """Free ``(mean, log_scale)`` of shape ``shape``, zero-initialised (starts as N(0, I)).
 
     With ``num_classes > 0`` the context is a ``(B,)`` tensor of class labels, and a
-    zero-initialised embedding adds a per-class, per-channel offset to both.
+    zero-initialised embedding adds a per-class offset to every element of both:
+    row ``y`` of ``class_embedding`` (``2·numel(shape)`` wide) is the mean's offsets,
+    then the log-scale's, each laid out as ``shape``. The paper's ``ycond`` has one
+    offset per channel, broadcast over positions; that is the special case of equal
+    offsets along each channel, and a checkpoint written with per-channel rows
+    (before this layout) loads as exactly that. Per-element offsets matter when the
+    top latent has few channels (the one-level digits model's has 4 of 4×4 maps).
     """
 
     def __init__(self, shape: tuple[int, ...], num_classes: int = 0):
@@ -75,8 +81,19 @@ class LearnedPrior(GaussianPrior):
         self.log_scale = nn.Parameter(torch.zeros(shape))
         self.num_classes = num_classes
         if num_classes > 0:
-            self.class_embedding = nn.Embedding(num_classes, 2 * shape[0])
+            self.class_embedding = nn.Embedding(num_classes, 2 * math.prod(shape))
             nn.init.zeros_(self.class_embedding.weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "class_embedding.weight"
+        weight = state_dict.get(key)
+        shape = tuple(self.mean.shape)
+        if weight is not None and self.num_classes > 0 and weight.shape[1] == 2 * shape[0]:
+            # per-channel rows (older checkpoints): the same offsets at every position
+            per_channel = weight.view(weight.shape[0], 2 * shape[0], *([1] * (len(shape) - 1)))
+            expanded = per_channel.expand(weight.shape[0], 2 * shape[0], *shape[1:])
+            state_dict[key] = expanded.reshape(weight.shape[0], -1).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
         mean = self.mean.expand(batch_size, *self.mean.shape)
@@ -84,8 +101,8 @@ class LearnedPrior(GaussianPrior):
         if self.num_classes > 0:
             if context is None:
                 raise ValueError("this prior is class-conditional: pass the class labels y")
-            offsets = self.class_embedding(context.long())  # (B, 2C)
-            offsets = offsets.view(batch_size, -1, *([1] * (self.mean.dim() - 1)))
+            offsets = self.class_embedding(context.long())  # (B, 2·numel(shape))
+            offsets = offsets.view(batch_size, 2 * self.mean.shape[0], *self.mean.shape[1:])
             d_mean, d_log_scale = offsets.chunk(2, dim=1)
             mean, log_scale = mean + d_mean, log_scale + d_log_scale
         return mean, log_scale
