@@ -80,6 +80,8 @@ def dropout(x: Tensor, p: float) -> Tensor:
     """
     if p <= 0.0:
         return x
+    if torch.compiler.is_compiling():  # the compiler generates its own fused mask
+        return F.dropout(x, p, training=True)
     dropped = round(p * DROPOUT_LEVELS)
     if dropped >= DROPOUT_LEVELS:
         return torch.zeros_like(x)
@@ -123,10 +125,7 @@ class ReLU(nn.Module):
             needs_copy = x._is_view() and x.requires_grad and torch.is_grad_enabled()
             y = F.relu(x, inplace=not needs_copy)
         if self.dropout > 0 and self.training:
-            if torch.compiler.is_compiling():
-                y = F.dropout(y, self.dropout, training=True)
-            else:
-                y = dropout(y, self.dropout)
+            y = dropout(y, self.dropout)
         return y
 
 

@@ -88,10 +88,15 @@ class LearnedPrior(GaussianPrior):
         key = prefix + "class_embedding.weight"
         weight = state_dict.get(key)
         shape = tuple(self.mean.shape)
-        if weight is not None and self.num_classes > 0 and weight.shape[1] == 2 * shape[0]:
+        per_channel_width = 2 * shape[0]
+        if (
+            weight is not None
+            and self.num_classes > 0
+            and weight.shape[1] == per_channel_width != self.class_embedding.weight.shape[1]
+        ):
             # per-channel rows (older checkpoints): the same offsets at every position
-            per_channel = weight.view(weight.shape[0], 2 * shape[0], *([1] * (len(shape) - 1)))
-            expanded = per_channel.expand(weight.shape[0], 2 * shape[0], *shape[1:])
+            per_channel = weight.view(weight.shape[0], per_channel_width, *([1] * (len(shape) - 1)))
+            expanded = per_channel.expand(weight.shape[0], per_channel_width, *shape[1:])
             state_dict[key] = expanded.reshape(weight.shape[0], -1).clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
