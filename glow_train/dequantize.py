@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glow_train.errors import ConfigError, require_int
-from glow_train.flows.coupling import ZeroInit
+from glow_train.flows.conditioner import ZeroInit
 
 __all__ = [
     "quantize",

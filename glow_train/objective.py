@@ -44,7 +44,7 @@ from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
 from glow_train.errors import ConfigError, DataError, NonFiniteError
-from glow_train.flows.coupling import ZeroInit
+from glow_train.flows.conditioner import ZeroInit
 from glow_train.flows.standardize import Standardize
 from glow_train.models.base import FlowModel, rebuild
 from glow_train.models.registry import MODELS

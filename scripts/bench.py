@@ -5,7 +5,9 @@ Every system is built at the same architecture (a multi-scale Glow of L levels o
 steps with `--hidden` conditioner channels, affine coupling, LU 1x1 convolutions) on
 random images of the given shape; each is warmed up, then timed in alternation with
 the others, and the median of `--repeats` blocks is reported. Absolute figures on a
-shared machine move from run to run: compare ratios from one run.
+shared machine move from run to run: compare ratios from one run. With --peers the
+speed-ups over normflows are medians of ratios taken within each block (neighbouring
+timings share the machine's momentary speed), with their range.
 
     python scripts/bench.py             # glow-train alone, CPU
     python scripts/bench.py --peers     # with normflows (pip install -e '.[bench]')
@@ -129,7 +131,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed block")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--peers", action="store_true", help="also time normflows")
     parser.add_argument("--json", help="also write the table here")
     parser.add_argument(
@@ -205,15 +207,26 @@ def main() -> None:
         "memory-saving step time / plain step time: "
         f"{plain['train_images_per_s'] / saving['train_images_per_s']:.2f}x"
     )
-    peer = next((r for r in rows if r["system"].startswith("normflows")), None)
+    peer = next((name for name in systems if name.startswith("normflows")), None)
     if peer is not None:
+        print(
+            "speed-ups over normflows fp32, each the median over the repeats of the ratio "
+            "within one repeat (min-max in brackets):"
+        )
         for r in rows:
-            if not r["system"].startswith("normflows"):
-                print(
-                    f"{r['system']} / normflows fp32: train "
-                    f"{r['train_images_per_s'] / peer['train_images_per_s']:.2f}x, sample "
-                    f"{r['sample_images_per_s'] / peer['sample_images_per_s']:.2f}x"
-                )
+            name = r["system"]
+            if name == peer:
+                continue
+            for kind, times in (("train", train_s), ("sample", sample_s)):
+                paired = [p / s for p, s in zip(times[peer], times[name], strict=True)]
+                r[f"{kind}_speedup_over_peer"] = statistics.median(paired)
+                r[f"{kind}_speedup_range"] = [min(paired), max(paired)]
+            print(
+                f"{name}: train {r['train_speedup_over_peer']:.2f}x "
+                f"[{min(r['train_speedup_range']):.2f}-{max(r['train_speedup_range']):.2f}], "
+                f"sample {r['sample_speedup_over_peer']:.2f}x "
+                f"[{min(r['sample_speedup_range']):.2f}-{max(r['sample_speedup_range']):.2f}]"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2, allow_nan=False)

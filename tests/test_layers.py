@@ -113,7 +113,7 @@ def test_invconv_lu_weight_is_lu_product_and_logdet_is_sum_log_s():
     assert {"perm", "sign_s"} <= set(dict(layer.named_buffers()))
 
 
-def test_invconv_inverse_cache_follows_parameters_and_mode():
+def test_invconv_inverse_cache_follows_parameter_values():
     layer = InvertibleLinear(4, lu=True).eval()
     first = layer.inverse_matrix()
     assert layer.inverse_matrix() is first  # cached in eval mode
@@ -125,8 +125,11 @@ def test_invconv_inverse_cache_follows_parameters_and_mode():
     other = InvertibleLinear(4, lu=True)
     layer.load_state_dict(other.state_dict())
     torch.testing.assert_close(layer.inverse_matrix(), torch.linalg.inv(other.weight_matrix()))
-    layer.train()
-    assert layer._inverse_cache is None
+    cached = layer.inverse_matrix()
+    layer.train().eval()  # a trainer sampling between steps: nothing changed, nothing rebuilt
+    assert layer.inverse_matrix() is cached
+    layer.log_s.data.mul_(2.0)  # a write that bumps no version counter (as fused Adam's)
+    torch.testing.assert_close(layer.inverse_matrix(), torch.linalg.inv(layer.weight_matrix()))
 
 
 def test_coupling_rejects_unknown_kind():

@@ -118,7 +118,7 @@ def test_conditioner_dropout_trains_only_and_keeps_the_state_dict():
 
 
 def test_dropout_drops_with_its_probability_and_keeps_the_mean():
-    from glow_train.flows.coupling import Dropout, dropout
+    from glow_train.flows.conditioner import Dropout, dropout
 
     torch.manual_seed(0)
     x = torch.rand(1_000_003, dtype=torch.float64) + 0.5  # an odd count: a partial last word

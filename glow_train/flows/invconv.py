@@ -13,9 +13,8 @@ The plain variant (``lu=False``) learns ``W`` directly and takes
 :math:`\log|\det W|` from ``slogdet`` in float64.
 
 Both start from a random rotation. ``W`` and its inverse are built in float64 with
-autocast off; the inverse is cached while the module is in eval mode and rebuilt
-whenever a parameter changes (optimiser step, ``load_state_dict``, EMA copy) or the
-module goes back to training mode.
+autocast off; in eval mode the inverse is cached and rebuilt whenever a parameter or
+buffer changes value (optimiser step, ``load_state_dict``, EMA copy).
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ class InvertibleLinear(Flow):
             self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
         else:
             self.weight = nn.Parameter(w.float())
-        self._inverse_cache: tuple[tuple[int, ...], Tensor] | None = None
+        self._inverse_cache: tuple[list[Tensor], Tensor] | None = None
 
     def weight_matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
         """``W`` as a ``(C, C)`` tensor of ``dtype`` (built in that dtype, autocast off)."""
@@ -72,30 +71,34 @@ class InvertibleLinear(Flow):
             return self.log_s.double().sum()
         return torch.linalg.slogdet(self.weight.double())[1]
 
-    def _param_versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.parameters()) + tuple(
-            p.data_ptr() for p in self.parameters()
+    def _state(self) -> list[Tensor]:
+        return [t.detach() for t in (*self.parameters(), *self.buffers())]
+
+    def _cache_valid(self) -> bool:
+        if self._inverse_cache is None:
+            return False
+        cached, now = self._inverse_cache[0], self._state()
+        return len(cached) == len(now) and all(
+            a.device == b.device and a.dtype == b.dtype and torch.equal(a, b)
+            for a, b in zip(cached, now, strict=True)
         )
 
     def inverse_matrix(self) -> Tensor:
-        """``W^{-1}`` in float64; cached in eval mode until a parameter changes."""
+        """``W^{-1}`` in float64; cached in eval mode while the parameters are unchanged.
+
+        The cache is checked against a copy of the parameters and buffers (a few ``C×C``
+        comparisons), not their version counters: fused optimisers, EMA updates and
+        ``.data`` writes change values without bumping them. So sampling from a model
+        that flips between ``train()`` and ``eval()`` inverts each matrix once per
+        weight update, not once per call.
+        """
         if self.training:
-            self._inverse_cache = None
             return torch.linalg.inv(self.weight_matrix(torch.float64))
-        key = self._param_versions()
-        if self._inverse_cache is None or self._inverse_cache[0] != key:
+        if not self._cache_valid():
             with torch.no_grad():
                 inv = torch.linalg.inv(self.weight_matrix(torch.float64))
-            self._inverse_cache = (key, inv)
+            self._inverse_cache = ([t.clone() for t in self._state()], inv)
         return self._inverse_cache[1]
-
-    def train(self, mode: bool = True):
-        self._inverse_cache = None
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._inverse_cache = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     @staticmethod
     def _mix(x: Tensor, w: Tensor) -> Tensor:

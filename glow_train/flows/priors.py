@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from glow_train.flows.base import autocast_off, logdet_dtype
-from glow_train.flows.coupling import ZeroInit
+from glow_train.flows.conditioner import ZeroInit
 
 __all__ = ["gaussian_log_prob", "GaussianPrior", "LearnedPrior", "SplitPrior"]
 

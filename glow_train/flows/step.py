@@ -1,9 +1,23 @@
-"""One step of flow, shared by the image and the vector model."""
+r"""One step of flow, shared by the image and the vector model.
+
+ActNorm followed by the invertible 1×1 convolution is one affine map per position,
+:math:`z = W\,\mathrm{diag}(s)\,(x + b) = W' x + W' b` with :math:`W' = W\,\mathrm{diag}(s)`,
+so :class:`FlowStep` applies both as a single matrix product with a bias
+(:func:`~glow_train.flows.base.channel_linear`), and inverts them as one:
+:math:`x = \mathrm{diag}(1/s)\,W^{-1} z - b`. The product is formed on the ``C×C``
+parameters, never on the activations, and the log-determinant is that of the two
+layers, :math:`N_\text{sp}(\sum_c \log s_c + \log|\det W|)`. The layers (and their state
+dict) stay as they are; the memory-saving backward and ActNorm's data-dependent
+initialisation run them one by one.
+"""
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
 from glow_train.flows.actnorm import ActNorm
-from glow_train.flows.base import FlowSequence
+from glow_train.flows.base import FlowSequence, autocast_off, channel_linear, logdet_dtype
 from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import InvertibleLinear
 
@@ -20,7 +34,8 @@ class FlowStep(FlowSequence):
         lu: LU-parameterised channel mixing.
         dense: an MLP conditioner for vectors instead of convolutions.
         dropout: the convolutional conditioner's dropout (images).
-        mlp: the MLP conditioner's options (see :func:`~glow_train.flows.coupling.mlp_conditioner`).
+        mlp: the MLP conditioner's options
+            (see :func:`~glow_train.flows.conditioner.mlp_conditioner`).
     """
 
     def __init__(
@@ -42,3 +57,27 @@ class FlowStep(FlowSequence):
                 ),
             ]
         )
+
+    def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        norm, mix, coupling = self.flows
+        if getattr(norm, "_initializing", False) and not norm.initialized:
+            return super().forward_plain(x)  # ActNorm takes its statistics from x first
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with autocast_off(x):
+            w = mix.weight_matrix(dtype) * norm.log_scale.to(dtype).exp()  # W diag(s)
+            bias = w @ norm.bias.to(dtype)
+            h = channel_linear(x, w.to(x.dtype), bias.to(x.dtype))
+        spatial = x[0, 0].numel() if x.dim() > 2 else 1
+        ld_dtype = logdet_dtype(x)
+        log_det = (norm.log_scale.to(ld_dtype).sum() + mix.log_abs_det().to(ld_dtype)) * spatial
+        z, logdet = coupling(h)
+        return z, logdet + log_det
+
+    def inverse(self, z: Tensor) -> Tensor:
+        norm, mix, coupling = self.flows
+        h = coupling.inverse(z)
+        inv = mix.inverse_matrix()  # float64, cached in eval mode
+        with autocast_off(h):
+            # diag(1/s) W^{-1}: row c scaled by exp(-log_scale_c)
+            m = inv * torch.exp(-norm.log_scale.to(inv.dtype))[:, None]
+            return channel_linear(h, m.to(h.dtype), -norm.bias.to(h.dtype))

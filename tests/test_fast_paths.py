@@ -1,0 +1,143 @@
+"""Every fast path computes what the plain one does: values, log-dets, gradients, inverses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import perturb
+from torch import nn
+
+from glow_train import Glow
+from glow_train.flows import FlowSequence, FlowStep
+from glow_train.flows.conditioner import ConvConditioner, conv_conditioner
+from glow_train.flows.fused import conv3x3_relu, fused_available, linear_relu
+
+CL = torch.channels_last
+
+
+def _grads(out: torch.Tensor, inputs, seed: int = 2) -> list[torch.Tensor]:
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return list(torch.autograd.grad((out * weights.to(out.dtype)).sum(), inputs))
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|`` over the whole tensor (elementwise checks fail on the few entries
+    that rounding moves across a ReLU's kink)."""
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def test_fused_kernels_backward_against_finite_differences():
+    """The hand-written backward passes, in float64 (where the forward is the unfused ops)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, layout=torch.contiguous_format):
+        t = torch.randn(*shape, dtype=torch.float64, generator=gen)
+        return t.contiguous(memory_format=layout).requires_grad_()
+
+    x, w, b = leaf(2, 3, 5, 4, layout=CL), leaf(6, 3, 3, 3, layout=CL), leaf(6)
+    assert torch.autograd.gradcheck(conv3x3_relu, (x, w, b))
+    x, w, b = leaf(2, 6, 3, 4, layout=CL), leaf(5, 6), leaf(5)
+    assert torch.autograd.gradcheck(linear_relu, (x, w, b))
+    assert torch.autograd.gradcheck(linear_relu, (leaf(7, 6), w, b))
+
+
+@pytest.mark.skipif(not fused_available(torch.empty(0)), reason="no oneDNN kernels in this build")
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_conv_conditioner_fused_equals_its_layers_float32(dropout):
+    torch.manual_seed(0)
+    net = perturb(conv_conditioner(6, 32, 12, dropout=dropout), scale=0.2).to(memory_format=CL)
+    x = torch.randn(4, 12, 8, 8).contiguous(memory_format=CL)[:, :6].requires_grad_()
+    params = [x, *net.parameters()]
+    outs, grads = [], []
+    for forward in (ConvConditioner.forward, nn.Sequential.forward):
+        torch.manual_seed(5)  # the same dropout masks
+        y = forward(net, x)
+        outs.append(y)
+        grads.append(_grads(y, params))
+    assert outs[0].is_contiguous(memory_format=CL) and outs[0].abs().max() > 0.1
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for fast, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    assert set(net.state_dict()) == {
+        "0.weight", "0.bias", "2.weight", "2.bias", "4.log_scale", "4.layer.weight",
+        "4.layer.bias",
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(not fused_available(torch.empty(0)), reason="no oneDNN kernels in this build")
+def test_conv_conditioner_fused_under_bf16_autocast_matches_its_layers():
+    torch.manual_seed(0)
+    net = perturb(conv_conditioner(6, 32, 12), scale=0.2).to(memory_format=CL)
+    x = torch.randn(4, 6, 8, 8).contiguous(memory_format=CL).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, plain = ConvConditioner.forward(net, x), nn.Sequential.forward(net, x)
+    assert fast.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), plain.float(), rtol=0.05, atol=0.05)
+    g_fast, g_plain = (
+        _grads(fast.float(), list(net.parameters())),
+        _grads(plain.float(), list(net.parameters())),
+    )
+    for a, b in zip(g_fast, g_plain, strict=True):
+        assert a.dtype == torch.float32  # parameters keep float32 gradients
+        assert relative_error(a, b) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("shape", "dense", "layout"),
+    [
+        ((3, 6, 4, 4), False, CL),
+        ((3, 6, 4, 4), False, torch.contiguous_format),
+        ((5, 7), True, None),
+    ],
+)
+def test_flowstep_folds_actnorm_into_the_1x1_conv_exactly(shape, dense, layout):
+    """ActNorm + 1×1 conv as one matrix product: the layer-by-layer result in float64."""
+    torch.manual_seed(0)
+    step = perturb(FlowStep(shape[1], 8, "affine", lu=True, dense=dense).double(), scale=0.3)
+    x = torch.randn(shape, dtype=torch.float64)
+    if layout is not None:
+        step, x = step.to(memory_format=layout), x.contiguous(memory_format=layout)
+    x.requires_grad_()
+    (z, logdet), (z_ref, logdet_ref) = step(x), FlowSequence.forward_plain(step, x)
+    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
+    params = [x, *step.parameters()]
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    per_sample = torch.arange(1.0, shape[0] + 1, dtype=torch.float64)
+
+    def loss(z, logdet):
+        return (z * weights).sum() + (logdet * per_sample).sum()
+
+    fast = torch.autograd.grad(loss(z, logdet), params)
+    plain = torch.autograd.grad(loss(z_ref, logdet_ref), params)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    step.eval()
+    torch.testing.assert_close(step.inverse(z), FlowSequence.inverse(step, z), rtol=0, atol=1e-12)
+
+
+def test_whole_model_fast_paths_match_layer_by_layer_float32(monkeypatch):
+    """A CIFAR-shaped Glow with every fast path (fused conditioners, folded ActNorm) against
+    the same weights run layer by layer: log-likelihood, gradients and samples."""
+    torch.manual_seed(0)
+    model = Glow(3, 16, 2, 2, 16, "affine", True)
+    x = torch.rand(4, 3, 16, 16) - 0.5
+    model.initialize(x)
+    perturb(model, scale=0.05)
+    results = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setattr(FlowStep, "forward_plain", FlowSequence.forward_plain)
+            monkeypatch.setattr(FlowStep, "inverse", FlowSequence.inverse)
+            monkeypatch.setattr(ConvConditioner, "forward", nn.Sequential.forward)
+        log_prob = model.log_prob(x)
+        grads = torch.autograd.grad(log_prob.sum(), list(model.parameters()))
+        model.eval()
+        sample = model.sample(4, 0.7, torch.Generator().manual_seed(3))
+        model.train()
+        results.append((log_prob, grads, sample))
+    (lp, grads, sample), (lp_ref, grads_ref, sample_ref) = results
+    torch.testing.assert_close(lp, lp_ref, rtol=1e-5, atol=1e-3)
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert relative_error(a, b) < 1e-4
+    torch.testing.assert_close(sample, sample_ref, rtol=1e-4, atol=1e-4)
