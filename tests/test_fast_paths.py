@@ -141,3 +141,17 @@ def test_whole_model_fast_paths_match_layer_by_layer_float32(monkeypatch):
     for a, b in zip(grads, grads_ref, strict=True):
         assert relative_error(a, b) < 1e-4
     torch.testing.assert_close(sample, sample_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_layers_follow_copies_and_stay_out_of_the_state_dict():
+    """The EMA deep-copies the model: each copy's fold must run the copy's own layers."""
+    import copy
+
+    model = Glow(3, 8, 2, 2, 8, "affine", True)
+    twin = copy.deepcopy(model)
+    for original, copied in zip(model.modules(), twin.modules(), strict=True):
+        if isinstance(copied, FlowStep):
+            fold = copied.units()[0]
+            assert fold.norm is copied.flows[0] and fold.mix is copied.flows[1]
+            assert fold.norm is not original.flows[0]
+    assert not any("norm_then_mix" in key for key in model.state_dict())

@@ -67,10 +67,14 @@ class _RecomputeByInversion(torch.autograd.Function):
 
 
 def _layers(sequence) -> list:
-    """The layers of a (nested) flow sequence in forward order."""
+    """The layers of a (nested) flow sequence in forward order; a sequence that names its
+    own units (:meth:`~glow_train.flows.step.FlowStep.units`) contributes those."""
     layers = []
     for flow in sequence.flows:
-        layers.extend(_layers(flow) if hasattr(flow, "flows") else [flow])
+        if hasattr(flow, "units"):
+            layers.extend(flow.units())
+        else:
+            layers.extend(_layers(flow) if hasattr(flow, "flows") else [flow])
     return layers
 
 

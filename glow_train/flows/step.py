@@ -17,11 +17,43 @@ import torch
 from torch import Tensor
 
 from glow_train.flows.actnorm import ActNorm
-from glow_train.flows.base import FlowSequence, autocast_off, channel_linear, logdet_dtype
+from glow_train.flows.base import Flow, FlowSequence, autocast_off, channel_linear, logdet_dtype
 from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import InvertibleLinear
 
 __all__ = ["FlowStep"]
+
+
+class _NormThenMix(Flow):
+    """The ActNorm and 1×1 convolution of one :class:`FlowStep` as one layer.
+
+    Not a submodule of the step (the state dict keeps the two layers' own keys): the
+    step holds it outside the module tree and runs it; the memory-saving backward
+    inverts and recomputes it as one layer.
+    """
+
+    def __init__(self, norm: ActNorm, mix: InvertibleLinear):
+        super().__init__()
+        self.norm, self.mix = norm, mix
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        norm, mix = self.norm, self.mix
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with autocast_off(x):
+            w = mix.weight_matrix(dtype) * norm.log_scale.to(dtype).exp()  # W diag(s)
+            bias = w @ norm.bias.to(dtype)
+            z = channel_linear(x, w.to(x.dtype), bias.to(x.dtype))
+        spatial = x[0, 0].numel() if x.dim() > 2 else 1
+        ld_dtype = logdet_dtype(x)
+        logdet = (norm.log_scale.to(ld_dtype).sum() + mix.log_abs_det().to(ld_dtype)) * spatial
+        return z, logdet.expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> Tensor:
+        inv = self.mix.inverse_matrix()  # float64; cached in eval mode
+        with autocast_off(z):
+            # diag(1/s) W^{-1}: row c scaled by exp(-log_scale_c)
+            m = inv * torch.exp(-self.norm.log_scale.to(inv.dtype))[:, None]
+            return channel_linear(z, m.to(z.dtype), -self.norm.bias.to(z.dtype))
 
 
 class FlowStep(FlowSequence):
@@ -57,27 +89,22 @@ class FlowStep(FlowSequence):
                 ),
             ]
         )
+        # outside the module tree (object.__setattr__): no second copy of the two
+        # layers' parameters in the state dict
+        object.__setattr__(self, "_norm_then_mix", _NormThenMix(*self.flows[:2]))
+
+    def units(self) -> list[Flow]:
+        """What the memory-saving backward inverts one at a time: the folded ActNorm and
+        1×1 conv, then the coupling."""
+        return [self._norm_then_mix, self.flows[2]]
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        norm, mix, coupling = self.flows
+        norm = self.flows[0]
         if getattr(norm, "_initializing", False) and not norm.initialized:
             return super().forward_plain(x)  # ActNorm takes its statistics from x first
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        with autocast_off(x):
-            w = mix.weight_matrix(dtype) * norm.log_scale.to(dtype).exp()  # W diag(s)
-            bias = w @ norm.bias.to(dtype)
-            h = channel_linear(x, w.to(x.dtype), bias.to(x.dtype))
-        spatial = x[0, 0].numel() if x.dim() > 2 else 1
-        ld_dtype = logdet_dtype(x)
-        log_det = (norm.log_scale.to(ld_dtype).sum() + mix.log_abs_det().to(ld_dtype)) * spatial
-        z, logdet = coupling(h)
-        return z, logdet + log_det
+        h, logdet = self._norm_then_mix(x)
+        z, ld = self.flows[2](h)
+        return z, logdet + ld
 
     def inverse(self, z: Tensor) -> Tensor:
-        norm, mix, coupling = self.flows
-        h = coupling.inverse(z)
-        inv = mix.inverse_matrix()  # float64, cached in eval mode
-        with autocast_off(h):
-            # diag(1/s) W^{-1}: row c scaled by exp(-log_scale_c)
-            m = inv * torch.exp(-norm.log_scale.to(inv.dtype))[:, None]
-            return channel_linear(h, m.to(h.dtype), -norm.bias.to(h.dtype))
+        return self._norm_then_mix.inverse(self.flows[2].inverse(z))
