@@ -11,6 +11,7 @@ timings share the machine's momentary speed), with their range.
 
     python scripts/bench.py             # glow-train alone, CPU
     python scripts/bench.py --peers     # with normflows (pip install -e '.[bench]')
+    python scripts/bench.py --conditioners   # the conditioners alone, ours vs nn.Conv2d
     python scripts/bench.py --peers --device cuda --K 32 --hidden 512 --batch-size 64 \
         --json out.json
 
@@ -101,6 +102,59 @@ def normflows_system(args, device):
     return step, sample
 
 
+def conditioner_ceiling(args, device) -> None:
+    """Time the couplings' conditioners alone (no flow, no log-dets), ours against plain
+    ``nn.Conv2d`` layers on default-layout maps (what normflows' GlowBlock runs), in
+    alternation: the speed-up the convolution kernels themselves allow."""
+    from torch import nn
+
+    from glow_train.flows.conditioner import conv_conditioner
+
+    def plain(c_in: int, c_out: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(c_in, args.hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(args.hidden, args.hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(args.hidden, c_out, 3, padding=1),
+        )
+
+    cl = torch.channels_last
+    for phase, batch in (("train", args.batch_size), ("sample", args.samples)):
+        sets: dict[str, list] = {"glow-train": [], "nn.Conv2d NCHW": []}
+        c, size = args.channels, args.size
+        for _ in range(args.L):
+            c, size = 4 * c, size // 2
+            for _ in range(args.K):
+                ours = conv_conditioner(c // 2, args.hidden, c).to(device, memory_format=cl)
+                x = torch.randn(batch, c, size, size, device=device)
+                sets["glow-train"].append((ours, x.contiguous(memory_format=cl)[:, : c // 2]))
+                sets["nn.Conv2d NCHW"].append((plain(c // 2, c).to(device), x[:, : c // 2]))
+            c //= 2
+
+        def run(pairs, phase=phase) -> None:
+            with torch.set_grad_enabled(phase == "train"):
+                total = sum(
+                    net(x.requires_grad_(phase == "train")).square().mean() for net, x in pairs
+                )
+                if phase == "train":
+                    total.backward()
+
+        times: dict[str, list[float]] = {name: [] for name in sets}
+        for pairs in sets.values():
+            run(pairs)
+        for _ in range(args.repeats):
+            for name, pairs in sets.items():
+                times[name].append(timed(lambda pairs=pairs: run(pairs), args.steps, device))
+        paired = [p / o for p, o in zip(times["nn.Conv2d NCHW"], times["glow-train"], strict=True)]
+        print(
+            f"conditioners alone, {phase} (batch {batch}): glow-train "
+            f"{statistics.median(times['glow-train']) * 1e3:.1f} ms, nn.Conv2d NCHW "
+            f"{statistics.median(times['nn.Conv2d NCHW']) * 1e3:.1f} ms, speed-up "
+            f"{statistics.median(paired):.2f}x [{min(paired):.2f}-{max(paired):.2f}]"
+        )
+
+
 def timed(fn: Callable[[], None], calls: int, device) -> float:
     """Seconds per call of ``fn`` over ``calls`` calls (synchronised on CUDA)."""
     if device.type == "cuda":
@@ -143,11 +197,20 @@ def main() -> None:
         help="leave glibc's malloc thresholds alone (the console scripts raise them; "
         "the setting is process-wide, so it applies to the peers too)",
     )
+    parser.add_argument(
+        "--conditioners",
+        action="store_true",
+        help="only time the conditioners alone against plain nn.Conv2d ones (forward and "
+        "backward at --batch-size, forward at --samples)",
+    )
     args = parser.parse_args()
     if not args.default_allocator:
         keep_freed_memory()
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if args.conditioners:
+        conditioner_ceiling(args, device)
+        return
 
     systems = {
         "glow-train fp32": glow_train_system(args, device, "fp32", False),
