@@ -233,8 +233,11 @@ def main() -> None:
     train_s = {name: [] for name in systems}
     sample_s = {name: [] for name in systems}
     memory = {}
-    for _ in range(args.repeats):
-        for name, (step, sample) in systems.items():  # alternate: load affects all alike
+    names = list(systems)
+    for repeat in range(args.repeats):
+        # alternate (load affects all alike), each block starting one system later
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            step, sample = systems[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             train_s[name].append(timed(step, args.steps, device))
