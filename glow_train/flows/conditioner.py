@@ -1,10 +1,9 @@
 r"""The coupling layers' conditioner networks.
 
 - :func:`conv_conditioner` (images): conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised
-  conv3×3, as :class:`ConvConditioner`. On the CPU its hidden layers run as fused
-  convolution + bias + ReLU kernels (:mod:`glow_train.flows.fused`) and the output
-  layer's learned scale is folded into its weights; the state dict is that of the
-  plain ``nn.Sequential`` of the same layers.
+  conv3×3, as :class:`ConvConditioner`; in bfloat16 sampling on the CPU its hidden
+  layers run as fused convolution + bias + ReLU kernels (:mod:`glow_train.flows.fused`).
+  The state dict is that of the plain ``nn.Sequential`` of the same layers.
 - :func:`mlp_conditioner` (vectors): Linear → activation [→ dropout] layers and a
   zero-initialised Linear.
 """
@@ -133,36 +132,34 @@ class ConvConditioner(nn.Sequential):
     """conv3×3 → :class:`ReLU` → :class:`PointwiseConv2d` → :class:`ReLU` →
     :class:`ZeroInit` conv3×3, shape-preserving over ``(B, C, H, W)`` maps.
 
-    The layers (and so the state dict) are those of the plain ``nn.Sequential``. Where
-    the fused kernels serve (:func:`~glow_train.flows.fused.fused_available`: CPU,
-    float32 or bfloat16 autocast, eager mode), :meth:`forward` computes the same
-    function with convolution + bias + ReLU in one kernel per hidden layer, and the
-    output layer's scale ``exp(3 log_scale)`` folded into its weights and bias. Under
-    autocast it casts the input and the weights once, to the autocast dtype, and
-    returns that dtype, as the plain layers would. Elsewhere (CUDA, float64, under
-    ``torch.compile``, whose own fusion does the same) it runs the layers one by one.
+    The layers (and so the state dict) are those of the plain ``nn.Sequential``. In
+    bfloat16 inference on the CPU (eval mode, no gradient, autocast to bfloat16:
+    ``glow-sample precision=bf16``) :meth:`forward` computes the same function with
+    convolution + bias + ReLU in one kernel per hidden layer
+    (:mod:`glow_train.flows.fused`), the output layer's scale ``exp(3 log_scale)``
+    folded into its weights and bias, and the input and weights cast once. Everywhere
+    else it runs the layers one by one.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        conv_in, relu_in, pointwise, relu_mid, out = self
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        if x.dim() != 4 or not fused_available(x.new_empty(0, dtype=dtype)):
+        if (
+            self.training  # dropout, ActNorm initialisation: the layers as they are
+            or torch.is_grad_enabled()
+            or x.dim() != 4
+            or not torch.is_autocast_enabled(device)
+            or torch.get_autocast_dtype(device) != torch.bfloat16
+            or not fused_available(x)
+        ):
             return super().forward(x)
+        conv_in, _, pointwise, _, out = self  # eval mode: the ReLUs drop nothing
+        dtype = torch.bfloat16
         scale = torch.exp(out.log_scale * out.log_scale_factor)
-        w_out = out.layer.weight * scale.view(-1, 1, 1, 1)
-        weights = [
-            t.to(dtype)
-            for t in (conv_in.weight, conv_in.bias, pointwise.weight.flatten(1), pointwise.bias)
-        ]
         with torch.autocast(device, enabled=False):
-            h = conv3x3_relu(x.to(dtype), weights[0], weights[1])
-            if relu_in.dropout > 0 and self.training:
-                h = dropout(h, relu_in.dropout)
-            h = linear_relu(h, weights[2], weights[3])
-            if relu_mid.dropout > 0 and self.training:
-                h = dropout(h, relu_mid.dropout)
-            return F.conv2d(h, w_out.to(dtype), (out.layer.bias * scale).to(dtype), padding=1)
+            h = conv3x3_relu(x.to(dtype), conv_in.weight.to(dtype), conv_in.bias.to(dtype))
+            h = linear_relu(h, pointwise.weight.flatten(1).to(dtype), pointwise.bias.to(dtype))
+            w_out = (out.layer.weight * scale.view(-1, 1, 1, 1)).to(dtype)
+            return F.conv2d(h, w_out, (out.layer.bias * scale).to(dtype), padding=1)
 
 
 def conv_conditioner(
