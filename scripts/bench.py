@@ -200,8 +200,8 @@ def main() -> None:
     parser.add_argument(
         "--conditioners",
         action="store_true",
-        help="only time the conditioners alone against plain nn.Conv2d ones (forward and "
-        "backward at --batch-size, forward at --samples)",
+        help="only time the conditioners alone against plain nn.Conv2d ones, in float32 "
+        "(forward and backward at --batch-size, forward at --samples)",
     )
     args = parser.parse_args()
     if not args.default_allocator:

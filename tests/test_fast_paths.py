@@ -142,3 +142,29 @@ def test_folded_layers_follow_copies_and_stay_out_of_the_state_dict():
             assert fold.norm is copied.flows[0] and fold.mix is copied.flows[1]
             assert fold.norm is not original.flows[0]
     assert not any("norm_then_mix" in key for key in model.state_dict())
+
+
+def test_fold_keeps_float32_precision_when_the_actnorm_bias_is_large():
+    """Raw, unstandardised vectors: ActNorm's bias cancels a large offset. Added before
+    the product (not folded into it as W'b) it loses no more than the layers do."""
+    torch.manual_seed(0)
+    step = FlowStep(6, 16, "affine", lu=True, dense=True)
+    x = 0.01 * torch.randn(64, 6) + 1e3
+    step.flows[0].initialize_from(x)
+    exact = FlowStep(6, 16, "affine", lu=True, dense=True).double()
+    exact.load_state_dict(step.state_dict())
+    z_exact = FlowSequence.forward_plain(exact, x.double())[0]
+    assert (step(x)[0].double() - z_exact).abs().max() < 1e-5  # W'x + W'b: about 4e-2
+
+
+def test_fold_after_inference_mode_and_after_replacing_a_layer():
+    from glow_train.flows import ActNorm
+
+    step = perturb(FlowStep(4, 8, "affine", lu=True), scale=0.3).eval()
+    z = torch.randn(2, 4, 3, 3)
+    with torch.inference_mode():
+        cached = step.inverse(z)
+    torch.testing.assert_close(step.inverse(z), cached)  # the cache built there is usable
+    step.flows[0] = ActNorm(4)  # a fresh identity ActNorm replaces the perturbed one
+    assert step.units()[0].norm is step.flows[0]
+    torch.testing.assert_close(step(z)[0], FlowSequence.forward_plain(step, z)[0])

@@ -38,6 +38,7 @@ def fused_available(x: Tensor) -> bool:
     return (
         not torch.compiler.is_compiling()
         and ONEDNN_KERNELS
+        and torch.backends.mkldnn.enabled  # torch.backends.mkldnn.flags(enabled=False)
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
     )

@@ -78,19 +78,24 @@ class InvertibleLinear(Flow):
         if self._inverse_cache is None:
             return False
         cached, now = self._inverse_cache[0], self._state()
-        return len(cached) == len(now) and all(
-            a.device == b.device and a.dtype == b.dtype and torch.equal(a, b)
+        if len(cached) != len(now) or any(
+            (a.device, a.dtype, a.shape) != (b.device, b.dtype, b.shape)
             for a, b in zip(cached, now, strict=True)
-        )
+        ):
+            return False
+        if now[0].device.type == "cpu":
+            return all(torch.equal(a, b) for a, b in zip(cached, now, strict=True))
+        # one host synchronisation for the layer, not one per tensor
+        return bool(torch.stack([(a == b).all() for a, b in zip(cached, now, strict=True)]).all())
 
     def inverse_matrix(self) -> Tensor:
         """``W^{-1}`` in float64; cached in eval mode while the parameters are unchanged.
 
         The cache is checked against a copy of the parameters and buffers (a few ``C×C``
-        comparisons), not their version counters: fused optimisers, EMA updates and
-        ``.data`` writes change values without bumping them. So sampling from a model
-        that flips between ``train()`` and ``eval()`` inverts each matrix once per
-        weight update, not once per call.
+        comparisons; one host synchronisation on a GPU), not their version counters:
+        fused optimisers, EMA updates and ``.data`` writes change values without
+        bumping them. So sampling from a model that flips between ``train()`` and
+        ``eval()`` inverts each matrix once per weight update, not once per call.
         """
         if self.training:
             return torch.linalg.inv(self.weight_matrix(torch.float64))

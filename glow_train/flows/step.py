@@ -1,14 +1,18 @@
 r"""One step of flow, shared by the image and the vector model.
 
 ActNorm followed by the invertible 1×1 convolution is one affine map per position,
-:math:`z = W\,\mathrm{diag}(s)\,(x + b) = W' x + W' b` with :math:`W' = W\,\mathrm{diag}(s)`,
-so :class:`FlowStep` applies both as a single matrix product with a bias
-(:func:`~glow_train.flows.base.channel_linear`), and inverts them as one:
-:math:`x = \mathrm{diag}(1/s)\,W^{-1} z - b`. The product is formed on the ``C×C``
-parameters, never on the activations, and the log-determinant is that of the two
-layers, :math:`N_\text{sp}(\sum_c \log s_c + \log|\det W|)`. The layers (and their state
-dict) stay as they are; the memory-saving backward and ActNorm's data-dependent
-initialisation run them one by one.
+:math:`z = W\,\mathrm{diag}(s)\,(x + b) = W'(x + b)` with
+:math:`W' = W\,\mathrm{diag}(s)`, so :class:`FlowStep` applies both as one bias
+addition and one matrix product (:func:`~glow_train.flows.base.channel_linear`)
+instead of an addition, a multiplication and the product, and inverts them as one:
+:math:`x = \mathrm{diag}(1/s)\,W^{-1} z - b`. :math:`W'` is formed on the ``C×C``
+parameters, never on the activations; the bias is added before the product, as
+ActNorm adds it (as :math:`W'x + W'b` the two terms would cancel when ``|b|`` is large
+against the spread of ``x``). The log-determinant is that of the two layers,
+:math:`N_\text{sp}(\sum_c \log s_c + \log|\det W|)`. The layers (and their state
+dict) stay as they are; ActNorm's data-dependent initialisation runs them one by one,
+and the memory-saving backward inverts the pair as one layer. Forward hooks on the
+ActNorm and the 1×1 convolution do not fire (the step does not call them).
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ class _NormThenMix(Flow):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with autocast_off(x):
             w = mix.weight_matrix(dtype) * norm.log_scale.to(dtype).exp()  # W diag(s)
-            bias = w @ norm.bias.to(dtype)
-            z = channel_linear(x, w.to(x.dtype), bias.to(x.dtype))
+            # the bias first, as ActNorm adds it: folding it into the product as W'b
+            # would subtract two large terms when |b| is large against x's spread
+            z = channel_linear(x + norm._view(norm.bias, x).to(x.dtype), w.to(x.dtype))
         spatial = x[0, 0].numel() if x.dim() > 2 else 1
         ld_dtype = logdet_dtype(x)
         logdet = (norm.log_scale.to(ld_dtype).sum() + mix.log_abs_det().to(ld_dtype)) * spatial
@@ -50,6 +55,8 @@ class _NormThenMix(Flow):
 
     def inverse(self, z: Tensor) -> Tensor:
         inv = self.mix.inverse_matrix()  # float64; cached in eval mode
+        if inv.is_inference() and not torch.is_inference_mode_enabled():
+            inv = inv.clone()  # cached under inference mode: autograd may not save it
         with autocast_off(z):
             # diag(1/s) W^{-1}: row c scaled by exp(-log_scale_c)
             m = inv * torch.exp(-self.norm.log_scale.to(inv.dtype))[:, None]
@@ -93,18 +100,25 @@ class FlowStep(FlowSequence):
         # layers' parameters in the state dict
         object.__setattr__(self, "_norm_then_mix", _NormThenMix(*self.flows[:2]))
 
+    def _fold(self) -> _NormThenMix:
+        fold = self._norm_then_mix
+        if fold.norm is not self.flows[0] or fold.mix is not self.flows[1]:  # replaced
+            fold = _NormThenMix(*self.flows[:2])
+            object.__setattr__(self, "_norm_then_mix", fold)
+        return fold
+
     def units(self) -> list[Flow]:
         """What the memory-saving backward inverts one at a time: the folded ActNorm and
         1×1 conv, then the coupling."""
-        return [self._norm_then_mix, self.flows[2]]
+        return [self._fold(), self.flows[2]]
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
         norm = self.flows[0]
         if getattr(norm, "_initializing", False) and not norm.initialized:
             return super().forward_plain(x)  # ActNorm takes its statistics from x first
-        h, logdet = self._norm_then_mix(x)
+        h, logdet = self._fold()(x)
         z, ld = self.flows[2](h)
         return z, logdet + ld
 
     def inverse(self, z: Tensor) -> Tensor:
-        return self._norm_then_mix.inverse(self.flows[2].inverse(z))
+        return self._fold().inverse(self.flows[2].inverse(z))
