@@ -146,13 +146,19 @@ def conditioner_ceiling(args, device) -> None:
         for _ in range(args.repeats):
             for name, pairs in sets.items():
                 times[name].append(timed(lambda pairs=pairs: run(pairs), args.steps, device))
-        paired = [p / o for p, o in zip(times["nn.Conv2d NCHW"], times["glow-train"], strict=True)]
+        speedup, low, high = paired_speedup(times["nn.Conv2d NCHW"], times["glow-train"])
         print(
             f"conditioners alone, {phase} (batch {batch}): glow-train "
             f"{statistics.median(times['glow-train']) * 1e3:.1f} ms, nn.Conv2d NCHW "
             f"{statistics.median(times['nn.Conv2d NCHW']) * 1e3:.1f} ms, speed-up "
-            f"{statistics.median(paired):.2f}x [{min(paired):.2f}-{max(paired):.2f}]"
+            f"{speedup:.2f}x [{low:.2f}-{high:.2f}]"
         )
+
+
+def paired_speedup(peer: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over the blocks of ``peer time / our time`` within each block."""
+    ratios = [p / o for p, o in zip(peer, ours, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def timed(fn: Callable[[], None], calls: int, device) -> float:
@@ -283,16 +289,13 @@ def main() -> None:
             name = r["system"]
             if name == peer:
                 continue
+            parts = []
             for kind, times in (("train", train_s), ("sample", sample_s)):
-                paired = [p / s for p, s in zip(times[peer], times[name], strict=True)]
-                r[f"{kind}_speedup_over_peer"] = statistics.median(paired)
-                r[f"{kind}_speedup_range"] = [min(paired), max(paired)]
-            print(
-                f"{name}: train {r['train_speedup_over_peer']:.2f}x "
-                f"[{min(r['train_speedup_range']):.2f}-{max(r['train_speedup_range']):.2f}], "
-                f"sample {r['sample_speedup_over_peer']:.2f}x "
-                f"[{min(r['sample_speedup_range']):.2f}-{max(r['sample_speedup_range']):.2f}]"
-            )
+                speedup, low, high = paired_speedup(times[peer], times[name])
+                r[f"{kind}_speedup_over_peer"] = speedup
+                r[f"{kind}_speedup_range"] = [low, high]
+                parts.append(f"{kind} {speedup:.2f}x [{low:.2f}-{high:.2f}]")
+            print(f"{name}: {', '.join(parts)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2, allow_nan=False)

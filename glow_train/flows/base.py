@@ -110,6 +110,14 @@ class FlowSequence(Flow):
             z = flow.inverse(z)
         return z
 
+    def units(self) -> list[Flow]:
+        """The layers the memory-saving backward inverts one at a time, in forward order:
+        nested sequences contribute their own units."""
+        units: list[Flow] = []
+        for flow in self.flows:
+            units.extend(flow.units() if isinstance(flow, FlowSequence) else [flow])
+        return units
+
     def __len__(self) -> int:
         return len(self.flows)
 

@@ -47,10 +47,13 @@ class ZeroInit(nn.Module):
         out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         self.log_scale = nn.Parameter(torch.zeros(out))
 
+    def scale(self) -> Tensor:
+        """The per-channel output scale ``exp(3 * log_scale)``, shape ``(C_out,)``."""
+        return torch.exp(self.log_scale * self.log_scale_factor)
+
     def forward(self, x: Tensor) -> Tensor:
         y = self.layer(x)
-        scale = torch.exp(self.log_scale * self.log_scale_factor)
-        return y * scale.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
+        return y * self.scale().view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
 
 
 DROPOUT_LEVELS = 2**16  # dropout's probability is rounded to a multiple of 1/65,536
@@ -154,7 +157,7 @@ class ConvConditioner(nn.Sequential):
             return super().forward(x)
         conv_in, _, pointwise, _, out = self  # eval mode: the ReLUs drop nothing
         dtype = torch.bfloat16
-        scale = torch.exp(out.log_scale * out.log_scale_factor)
+        scale = out.scale()
         with torch.autocast(device, enabled=False):
             h = conv3x3_relu(x.to(dtype), conv_in.weight.to(dtype), conv_in.bias.to(dtype))
             h = linear_relu(h, pointwise.weight.flatten(1).to(dtype), pointwise.bias.to(dtype))

@@ -111,12 +111,14 @@ class InvertibleLinear(Flow):
         with autocast_off(x):
             return channel_linear(x, w)
 
+    def _logdet(self, x: Tensor) -> Tensor:
+        """``H·W · log|det W|`` per sample of ``x`` (1 for vectors), shape ``(B,)``."""
+        spatial = x[0, 0].numel() if x.dim() > 2 else 1
+        return (self.log_abs_det() * spatial).to(logdet_dtype(x)).expand(x.shape[0])
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        z = self._mix(x, self.weight_matrix(dtype))
-        spatial = x[0, 0].numel() if x.dim() > 2 else 1
-        logdet = (self.log_abs_det() * spatial).to(logdet_dtype(x))
-        return z, logdet.expand(x.shape[0])
+        return self._mix(x, self.weight_matrix(dtype)), self._logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
         return self._mix(z, self.inverse_matrix())

@@ -48,7 +48,7 @@ class _RecomputeByInversion(torch.autograd.Function):
         grad_z = torch.zeros_like(z) if grad_z is None else grad_z
         param_grads: dict[Tensor, Tensor] = {}
         z = z.detach()
-        for flow in reversed(_layers(ctx.sequence)):
+        for flow in reversed(ctx.sequence.units()):
             params = [p for p in flow.parameters() if p.requires_grad]
             with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
                 inputs, z_again, logdet = flow.inverse_for_backward(z)
@@ -64,18 +64,6 @@ class _RecomputeByInversion(torch.autograd.Function):
             z = inputs[0].detach() if n == 1 else torch.cat([t.detach() for t in inputs], dim=1)
         all_params = [p for p in ctx.sequence.parameters() if p.requires_grad]
         return (grad_z, None, None, *[param_grads.get(p) for p in all_params])
-
-
-def _layers(sequence) -> list:
-    """The layers of a (nested) flow sequence in forward order; a sequence that names its
-    own units (:meth:`~glow_train.flows.step.FlowStep.units`) contributes those."""
-    layers = []
-    for flow in sequence.flows:
-        if hasattr(flow, "units"):
-            layers.extend(flow.units())
-        else:
-            layers.extend(_layers(flow) if hasattr(flow, "flows") else [flow])
-    return layers
 
 
 def run_with_inversion(sequence, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from glow_train.flows.actnorm import ActNorm
-from glow_train.flows.base import Flow, FlowSequence, autocast_off, channel_linear, logdet_dtype
+from glow_train.flows.base import Flow, FlowSequence, autocast_off, channel_linear
 from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import InvertibleLinear
 
@@ -48,10 +48,7 @@ class _NormThenMix(Flow):
             # the bias first, as ActNorm adds it: folding it into the product as W'b
             # would subtract two large terms when |b| is large against x's spread
             z = channel_linear(x + norm._view(norm.bias, x).to(x.dtype), w.to(x.dtype))
-        spatial = x[0, 0].numel() if x.dim() > 2 else 1
-        ld_dtype = logdet_dtype(x)
-        logdet = (norm.log_scale.to(ld_dtype).sum() + mix.log_abs_det().to(ld_dtype)) * spatial
-        return z, logdet.expand(x.shape[0])
+        return z, norm._logdet(x) + mix._logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
         inv = self.mix.inverse_matrix()  # float64; cached in eval mode
@@ -96,20 +93,20 @@ class FlowStep(FlowSequence):
                 ),
             ]
         )
-        # outside the module tree (object.__setattr__): no second copy of the two
-        # layers' parameters in the state dict
-        object.__setattr__(self, "_norm_then_mix", _NormThenMix(*self.flows[:2]))
 
     def _fold(self) -> _NormThenMix:
-        fold = self._norm_then_mix
-        if fold.norm is not self.flows[0] or fold.mix is not self.flows[1]:  # replaced
+        """The fold of this step's current ActNorm and 1×1 conv, built on first use (and
+        again if either was replaced). Kept in ``__dict__``, outside the module tree:
+        no second copy of the two layers' parameters in the state dict."""
+        fold = self.__dict__.get("_norm_then_mix")
+        if fold is None or fold.norm is not self.flows[0] or fold.mix is not self.flows[1]:
             fold = _NormThenMix(*self.flows[:2])
-            object.__setattr__(self, "_norm_then_mix", fold)
+            self.__dict__["_norm_then_mix"] = fold
         return fold
 
     def units(self) -> list[Flow]:
-        """What the memory-saving backward inverts one at a time: the folded ActNorm and
-        1×1 conv, then the coupling."""
+        """The folded ActNorm and 1×1 conv, then the coupling: the memory-saving backward
+        inverts the pair as one layer."""
         return [self._fold(), self.flows[2]]
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
