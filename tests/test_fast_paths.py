@@ -10,6 +10,7 @@ from torch import nn
 
 from glow_train import Glow
 from glow_train.flows import FlowSequence, FlowStep
+from glow_train.flows.base import deinterleave, split_channels
 from glow_train.flows.conditioner import ConvConditioner, conv_conditioner
 from glow_train.flows.fused import conv3x3_relu, fused_available, linear_relu
 
@@ -38,32 +39,37 @@ def test_fused_kernels_compute_conv_or_linear_then_relu(dtype):
     torch.testing.assert_close(linear_relu(h, w, b), torch.relu(F.conv2d(h, w[..., None, None], b)))
 
 
-def test_conv_conditioner_runs_its_layers_when_training_or_in_float32():
-    """Gradients, dropout, float32: the plain layers, bit for bit."""
+def test_conv_conditioner_runs_its_layers_when_training_or_with_gradients():
+    """Training mode (dropout), gradients, float64: the plain layers, bit for bit."""
     torch.manual_seed(0)
     net = perturb(conv_conditioner(6, 32, 12, dropout=0.2), scale=0.2).to(memory_format=CL)
     x = torch.randn(4, 6, 8, 8).contiguous(memory_format=CL)
-    for mode, grad, autocast in ((True, True, True), (True, False, True), (False, False, False)):
+    cases = ((True, True, True, x), (True, False, True, x), (False, True, False, x))
+    for mode, grad, autocast, inp in (*cases, (False, False, False, x.double())):
+        net = net.double() if inp.dtype == torch.float64 else net
         net.train(mode)
         with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
             torch.manual_seed(5)
-            fast = ConvConditioner.forward(net, x)
+            fast = ConvConditioner.forward(net, inp)
             torch.manual_seed(5)
-            assert torch.equal(fast, nn.Sequential.forward(net, x))
+            assert torch.equal(fast, nn.Sequential.forward(net, inp))
 
 
 @pytest.mark.skipif(not fused_available(torch.empty(0)), reason="no oneDNN kernels in this build")
-def test_conv_conditioner_fused_in_bf16_inference_matches_its_layers():
+@pytest.mark.parametrize(("autocast", "tolerance"), [(False, 1e-5), (True, 0.02)])
+def test_conv_conditioner_fused_in_inference_matches_its_layers(autocast, tolerance):
+    """Eval mode without gradients, float32 or bfloat16 autocast: the fused kernels, equal
+    to the layers up to rounding (against float64 layers)."""
     torch.manual_seed(0)
     net = perturb(conv_conditioner(6, 32, 12), scale=0.2).to(memory_format=CL).eval()
     x = torch.randn(4, 12, 8, 8).contiguous(memory_format=CL)[:, :6]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         fast, plain = ConvConditioner.forward(net, x), nn.Sequential.forward(net, x)
-    exact = nn.Sequential.forward(net, x).detach()
-    assert fast.dtype == plain.dtype == torch.bfloat16
+    exact = nn.Sequential.forward(net.double(), x.double()).detach()
+    assert fast.dtype == plain.dtype == (torch.bfloat16 if autocast else torch.float32)
     assert not torch.equal(fast, plain)  # the fused path ran (its rounding differs)
-    assert relative_error(fast.float(), exact) < 0.02
-    assert relative_error(fast.float(), plain.float()) < 0.02
+    assert relative_error(fast.double(), exact) < tolerance
+    assert relative_error(plain.double(), exact) < tolerance
     assert set(net.state_dict()) == {
         "0.weight", "0.bias", "2.weight", "2.bias", "4.log_scale", "4.layer.weight",
         "4.layer.bias",
@@ -168,3 +174,37 @@ def test_fold_after_inference_mode_and_after_replacing_a_layer():
     step.flows[0] = ActNorm(4)  # a fresh identity ActNorm replaces the perturbed one
     assert step.units()[0].norm is step.flows[0]
     torch.testing.assert_close(step(z)[0], FlowSequence.forward_plain(step, z)[0])
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 4, 5), (3, 8)])
+def test_channel_splits_are_views_whose_gradients_keep_the_layout(shape):
+    """split_channels / deinterleave: the slices' values, and a gradient that comes back
+    in one piece, channels_last where the input is (slicing returns it in the default
+    layout, which the layers around it then copy)."""
+    x = torch.randn(shape)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=CL)
+    x.requires_grad_()
+    a, b = split_channels(x, 3)
+    even, odd = deinterleave(x)
+    assert torch.equal(a, x[:, :3]) and torch.equal(b, x[:, 3:])
+    assert torch.equal(even, x[:, 0::2]) and torch.equal(odd, x[:, 1::2])
+    assert all(t._base is x for t in (a, b, even, odd))
+
+    def grad(views, weights):
+        total = sum((t * w).sum() for t, w in zip(views, weights, strict=True))
+        return torch.autograd.grad(total, x, retain_graph=True)[0]
+
+    layout = CL if x.dim() == 4 else torch.contiguous_format  # the incoming gradients'
+    wa, wb, we, wo = (
+        torch.randn(t.shape).contiguous(memory_format=layout) for t in (a, b, even, odd)
+    )
+    expected = torch.cat([wa, wb], dim=1)
+    expected[:, 0::2] += we
+    expected[:, 1::2] += wo
+    torch.testing.assert_close(grad((a, b, even, odd), (wa, wb, we, wo)), expected)
+    if x.dim() == 4:
+        assert grad((a, b), (wa, wb)).is_contiguous(memory_format=CL)
+        assert grad((even, odd), (we, wo)).is_contiguous(memory_format=CL)
+        sliced = (x[:, :3], x[:, 3:], x[:, 0::2], x[:, 1::2])
+        assert not grad(sliced, (wa, wb, we, wo)).is_contiguous(memory_format=CL)

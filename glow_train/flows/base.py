@@ -23,7 +23,15 @@ from torch import Tensor, nn
 
 from glow_train.flows.recompute import run_with_inversion
 
-__all__ = ["Flow", "FlowSequence", "logdet_dtype", "autocast_off", "channel_linear"]
+__all__ = [
+    "Flow",
+    "FlowSequence",
+    "logdet_dtype",
+    "autocast_off",
+    "channel_linear",
+    "split_channels",
+    "deinterleave",
+]
 
 
 def logdet_dtype(x: Tensor) -> torch.dtype:
@@ -53,6 +61,29 @@ def channel_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
     return F.conv2d(x, weight.view(*weight.shape, *([1] * (x.dim() - 2))), bias)
+
+
+def split_channels(x: Tensor, first: int) -> tuple[Tensor, Tensor]:
+    """``(x[:, :first], x[:, first:])`` as views whose gradients autograd joins in one
+    concatenation.
+
+    Basic slicing would give each view's gradient a zero-filled tensor of ``x``'s full
+    shape in the default layout (``slice_backward``) and then add the two: two
+    allocations, two fills and an addition per split, and a gradient that no longer
+    matches the ``channels_last`` maps around it, so the layers before it copy it
+    back. ``split``'s backward concatenates, keeping the gradients' layout.
+    """
+    a, b = x.split([first, x.shape[1] - first], dim=1)
+    return a, b
+
+
+def deinterleave(h: Tensor) -> tuple[Tensor, Tensor]:
+    """``(h[:, 0::2], h[:, 1::2])`` (even and odd channels of ``(B, 2C, ...)``) as views
+    whose gradients autograd interleaves back in one ``stack``, in ``h``'s layout
+    (see :func:`split_channels` for what slicing costs)."""
+    c = h.shape[1] // 2
+    even, odd = h.movedim(1, -1).unflatten(-1, (c, 2)).unbind(-1)
+    return even.movedim(-1, 1), odd.movedim(-1, 1)
 
 
 class Flow(nn.Module):

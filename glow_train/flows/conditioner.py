@@ -136,33 +136,40 @@ class ConvConditioner(nn.Sequential):
     :class:`ZeroInit` conv3×3, shape-preserving over ``(B, C, H, W)`` maps.
 
     The layers (and so the state dict) are those of the plain ``nn.Sequential``. In
-    bfloat16 inference on the CPU (eval mode, no gradient, autocast to bfloat16:
-    ``glow-sample precision=bf16``) :meth:`forward` computes the same function with
+    inference on the CPU (eval mode, no gradient; float32, or autocast to bfloat16 as
+    in ``glow-sample precision=bf16``) :meth:`forward` computes the same function with
     convolution + bias + ReLU in one kernel per hidden layer
-    (:mod:`glow_train.flows.fused`), the output layer's scale ``exp(3 log_scale)``
-    folded into its weights and bias, and the input and weights cast once. Everywhere
-    else it runs the layers one by one.
+    (:mod:`glow_train.flows.fused`) and the output layer's scale ``exp(3 log_scale)``
+    folded into its weights and bias; under autocast the input and weights are cast
+    once. Everywhere else (training, gradients, float64, other devices) it runs the
+    layers one by one.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        device = x.device.type
-        if (
-            self.training  # dropout, ActNorm initialisation: the layers as they are
-            or torch.is_grad_enabled()
-            or x.dim() != 4
-            or not torch.is_autocast_enabled(device)
-            or torch.get_autocast_dtype(device) != torch.bfloat16
-            or not fused_available(x)
-        ):
+        dtype = self._inference_dtype(x)
+        if dtype is None:
             return super().forward(x)
         conv_in, _, pointwise, _, out = self  # eval mode: the ReLUs drop nothing
-        dtype = torch.bfloat16
         scale = out.scale()
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             h = conv3x3_relu(x.to(dtype), conv_in.weight.to(dtype), conv_in.bias.to(dtype))
             h = linear_relu(h, pointwise.weight.flatten(1).to(dtype), pointwise.bias.to(dtype))
             w_out = (out.layer.weight * scale.view(-1, 1, 1, 1)).to(dtype)
             return F.conv2d(h, w_out, (out.layer.bias * scale).to(dtype), padding=1)
+
+    def _inference_dtype(self, x: Tensor) -> torch.dtype | None:
+        """The dtype the fused kernels run in, or None where the plain layers run."""
+        if (
+            self.training  # dropout, gradients: the layers as they are
+            or torch.is_grad_enabled()
+            or x.dim() != 4
+            or not fused_available(x)
+        ):
+            return None
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return torch.float32 if x.dtype == torch.float32 else None
+        return torch.bfloat16 if torch.get_autocast_dtype(device) == torch.bfloat16 else None
 
 
 def conv_conditioner(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glow_train.flows.base import Flow, logdet_dtype
+from glow_train.flows.base import Flow, deinterleave, logdet_dtype, split_channels
 from glow_train.flows.conditioner import conv_conditioner, mlp_conditioner
 
 __all__ = ["Coupling", "COUPLINGS"]
@@ -76,7 +76,7 @@ class Coupling(Flow):
         if self.kind == "additive":
             return h, None
         # Interleaved channels, as in the reference: even -> shift, odd -> raw scale.
-        shift, raw = h[:, 0::2], h[:, 1::2]
+        shift, raw = deinterleave(h)
         return shift, F.logsigmoid(raw.to(logdet_dtype(x_a)) + 2.0)
 
     def _transform(self, x_b: Tensor, shift: Tensor, log_scale: Tensor | None):
@@ -94,12 +94,12 @@ class Coupling(Flow):
         return z_b - shift
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        x_a, x_b = split_channels(x, self.split)
         z_b, logdet = self._transform(x_b, *self._shift_and_log_scale(x_a))
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z: Tensor) -> Tensor:
-        z_a, z_b = z[:, : self.split], z[:, self.split :]
+        z_a, z_b = split_channels(z, self.split)
         return torch.cat([z_a, self._untransform(z_b, *self._shift_and_log_scale(z_a))], dim=1)
 
     def inverse_for_backward(self, z: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:

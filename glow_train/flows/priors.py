@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from glow_train.flows.base import autocast_off, logdet_dtype
+from glow_train.flows.base import autocast_off, deinterleave, logdet_dtype
 from glow_train.flows.conditioner import ZeroInit
 
 __all__ = ["gaussian_log_prob", "GaussianPrior", "LearnedPrior", "SplitPrior"]
@@ -128,4 +128,4 @@ class SplitPrior(GaussianPrior):
     def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
         with autocast_off(context):  # one conv per level: keep the prior in full precision
             h = self.net(context)
-        return h[:, 0::2], h[:, 1::2]
+        return deinterleave(h)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from glow_train.config import GlowConfig
 from glow_train.data.spec import DataSpec
 from glow_train.flows import FlowSequence, FlowStep, LearnedPrior, SplitPrior
+from glow_train.flows.base import split_channels
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
@@ -152,7 +153,7 @@ class Glow(FlowModel):
             logdet = logdet + ld
             if i < len(self.split_priors):
                 keep = h.shape[1] // 2
-                h, z = h[:, :keep], h[:, keep:]  # (B, 4C, ..) -> 2 × (B, 2C, ..)
+                h, z = split_channels(h, keep)  # (B, 4C, ..) -> 2 × (B, 2C, ..)
                 log_prior = log_prior + self.split_priors[i].log_prob(z, h)
                 latents.append(z)
         latents.append(h)
