@@ -13,7 +13,7 @@ from glow_train.flows.invconv import InvertibleLinear
 from glow_train.flows.priors import GaussianPrior, LearnedPrior, SplitPrior
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 from glow_train.flows.standardize import Standardize
-from glow_train.flows.step import FlowStep
+from glow_train.flows.step import FlowStep, FlowSteps
 
 __all__ = [
     "Standardize",
@@ -22,6 +22,7 @@ __all__ = [
     "Flow",
     "FlowSequence",
     "FlowStep",
+    "FlowSteps",
     "GaussianPrior",
     "InvertibleLinear",
     "LearnedPrior",

@@ -19,12 +19,14 @@ buffer changes value (optimiser step, ``load_state_dict``, EMA copy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from glow_train.flows.base import Flow, autocast_off, channel_linear, logdet_dtype
 
-__all__ = ["InvertibleLinear"]
+__all__ = ["InvertibleLinear", "stacked_weight_matrices", "stacked_log_abs_det"]
 
 
 class InvertibleLinear(Flow):
@@ -122,3 +124,35 @@ class InvertibleLinear(Flow):
 
     def inverse(self, z: Tensor) -> Tensor:
         return self._mix(z, self.inverse_matrix())
+
+
+def stacked_weight_matrices(layers: Sequence[InvertibleLinear], dtype: torch.dtype) -> Tensor:
+    """``torch.stack([m.weight_matrix(dtype) for m in layers])``, shape ``(K, C, C)``, as
+    one batched computation (autocast off).
+
+    Building one LU matrix is a dozen operations on ``C×C`` tensors and its backward
+    as many again, each costing its fixed overhead whatever the size (about 0.5 ms for
+    ``C = 12`` on the development CPU, against 1.4 ms for the whole folded layer
+    on a CIFAR-sized batch); batched, the ``K`` steps of a level share them. The layers
+    must agree in ``C`` and ``lu``.
+    """
+    first = layers[0]
+    with autocast_off(first.log_s if first.lu else first.weight):
+        if not first.lu:
+            return torch.stack([m.weight for m in layers]).to(dtype)
+        c = first.log_s.numel()
+        eye = torch.eye(c, dtype=dtype, device=first.log_s.device)
+        mask = torch.stack([m.lower_mask for m in layers]).to(dtype)
+        lower = torch.stack([m.lower for m in layers]).to(dtype) * mask + eye
+        sign = torch.stack([m.sign_s for m in layers]).to(dtype)
+        diag = sign * torch.stack([m.log_s for m in layers]).to(dtype).exp()
+        upper = torch.stack([m.upper for m in layers]).to(dtype) * mask.mT + torch.diag_embed(diag)
+        return torch.stack([m.perm for m in layers]).to(dtype) @ lower @ upper
+
+
+def stacked_log_abs_det(layers: Sequence[InvertibleLinear]) -> Tensor:
+    r""":math:`\sum_k \log|\det W_k|` over ``layers`` as a float64 scalar (one batched
+    computation; see :func:`stacked_weight_matrices`)."""
+    if layers[0].lu:
+        return torch.stack([m.log_s for m in layers]).double().sum()
+    return torch.linalg.slogdet(torch.stack([m.weight for m in layers]).double())[1].sum()

@@ -13,19 +13,33 @@ against the spread of ``x``). The log-determinant is that of the two layers,
 dict) stay as they are; ActNorm's data-dependent initialisation runs them one by one,
 and the memory-saving backward inverts the pair as one layer. Forward hooks on the
 ActNorm and the 1×1 convolution do not fire (the step does not call them).
+
+:class:`FlowSteps` runs the ``K`` steps of a level and builds their folded matrices
+in one batched computation (a dozen small operations for all ``K``, not for each).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from glow_train.flows.actnorm import ActNorm
-from glow_train.flows.base import Flow, FlowSequence, autocast_off, channel_linear
+from glow_train.flows.base import Flow, FlowSequence, autocast_off, channel_linear, logdet_dtype
 from glow_train.flows.coupling import Coupling
-from glow_train.flows.invconv import InvertibleLinear
+from glow_train.flows.invconv import (
+    InvertibleLinear,
+    stacked_log_abs_det,
+    stacked_weight_matrices,
+)
 
-__all__ = ["FlowStep"]
+__all__ = ["FlowStep", "FlowSteps"]
+
+
+def _matrix_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the folded matrix is built in: float64 for float64 input, else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class _NormThenMix(Flow):
@@ -40,15 +54,35 @@ class _NormThenMix(Flow):
         super().__init__()
         self.norm, self.mix = norm, mix
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        norm, mix = self.norm, self.mix
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    def matrix(self, dtype: torch.dtype) -> Tensor:
+        r"""The folded matrix :math:`W\,\mathrm{diag}(e^{s})`, ``(C, C)`` in ``dtype``."""
+        with autocast_off(self.mix.log_s if self.mix.lu else self.mix.weight):
+            return self.mix.weight_matrix(dtype) * self.norm.log_scale.to(dtype).exp()
+
+    def apply(self, x: Tensor, w: Tensor) -> Tensor:
+        """:math:`z = W' (x + b)` for the folded matrix ``w`` (autocast off)."""
         with autocast_off(x):
-            w = mix.weight_matrix(dtype) * norm.log_scale.to(dtype).exp()  # W diag(s)
             # the bias first, as ActNorm adds it: folding it into the product as W'b
             # would subtract two large terms when |b| is large against x's spread
-            z = channel_linear(x + norm._view(norm.bias, x).to(x.dtype), w.to(x.dtype))
-        return z, norm._logdet(x) + mix._logdet(x)
+            return channel_linear(x + self.norm._view(self.norm.bias, x).to(x.dtype), w.to(x.dtype))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.apply(x, self.matrix(_matrix_dtype(x)))
+        return z, self.norm._logdet(x) + self.mix._logdet(x)
+
+    @staticmethod
+    def stacked(folds: list[_NormThenMix], x: Tensor) -> tuple[Tensor, Tensor]:
+        """The matrices of ``folds`` as one ``(K, C, C)`` tensor and the sum of their
+        log-determinants for ``x``, shape ``(B,)``, each in one batched computation."""
+        dtype = _matrix_dtype(x)
+        log_scales = torch.stack([f.norm.log_scale for f in folds])  # (K, C)
+        mixes = [f.mix for f in folds]
+        with autocast_off(x):
+            w = stacked_weight_matrices(mixes, dtype) * log_scales.to(dtype).exp()[:, None, :]
+        spatial = x[0, 0].numel() if x.dim() > 2 else 1
+        ld_dtype = logdet_dtype(x)
+        logdet = (log_scales.to(ld_dtype).sum() + stacked_log_abs_det(mixes).to(ld_dtype)) * spatial
+        return w, logdet.expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
         inv = self.mix.inverse_matrix()  # float64; cached in eval mode
@@ -109,13 +143,56 @@ class FlowStep(FlowSequence):
         inverts the pair as one layer."""
         return [self._fold(), self.flows[2]]
 
-    def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def initializing(self) -> bool:
+        """Whether the ActNorm takes its statistics from the next input (then the layers
+        run one by one)."""
         norm = self.flows[0]
-        if getattr(norm, "_initializing", False) and not norm.initialized:
+        return bool(getattr(norm, "_initializing", False) and not norm.initialized)
+
+    def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.initializing():
             return super().forward_plain(x)  # ActNorm takes its statistics from x first
         h, logdet = self._fold()(x)
         z, ld = self.flows[2](h)
         return z, logdet + ld
 
+    def forward_given(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_plain` with the folded matrix ``w`` built by the caller, and
+        without the fold's log-determinant (the caller has it): see :class:`FlowSteps`."""
+        return self.flows[2](self._fold().apply(x, w))
+
     def inverse(self, z: Tensor) -> Tensor:
         return self._fold().inverse(self.flows[2].inverse(z))
+
+
+class FlowSteps(FlowSequence):
+    r"""``K`` :class:`FlowStep` s on the same channels, run in order (a Glow level, the
+    1-D Glow's flow); the state dict is that of a :class:`FlowSequence`.
+
+    The plain forward builds the ``K`` folded matrices :math:`W_k\,\mathrm{diag}(e^{s_k})`
+    in one batched computation, and their log-determinants in one sum
+    (:func:`~glow_train.flows.invconv.stacked_weight_matrices`), then runs each step
+    with its matrix: the same values as step by step. ActNorm initialisation, a single
+    step and steps that differ in width or parameterisation run step by step, as does
+    the memory-saving backward (one layer at a time by construction).
+    """
+
+    def __init__(self, steps: Iterable[FlowStep]):
+        super().__init__(steps)
+        if not all(isinstance(step, FlowStep) for step in self.flows):
+            raise TypeError("FlowSteps holds FlowStep layers only")
+
+    def _batchable(self) -> bool:
+        steps = list(self.flows)
+        kinds = {(step.flows[1].lu, step.flows[0].log_scale.shape) for step in steps}
+        return len(steps) > 1 and len(kinds) == 1 and not any(s.initializing() for s in steps)
+
+    def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self._batchable():
+            return super().forward_plain(x)
+        steps = list(self.flows)
+        weights, logdet = _NormThenMix.stacked([step._fold() for step in steps], x)
+        for step, w in zip(steps, weights.unbind(0), strict=True):
+            x, ld = step.forward_given(x, w)
+            logdet = logdet + ld
+        return x, logdet

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from glow_train.config import GlowConfig
 from glow_train.data.spec import DataSpec
-from glow_train.flows import FlowSequence, FlowStep, LearnedPrior, SplitPrior
+from glow_train.flows import FlowStep, FlowSteps, LearnedPrior, SplitPrior
 from glow_train.flows.base import split_channels
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 from glow_train.models.base import FlowModel, check_coupling, check_positive
@@ -105,7 +105,7 @@ class Glow(FlowModel):
         for level in range(L):
             c, h, w = 4 * c, h // 2, w // 2
             levels.append(
-                FlowSequence(
+                FlowSteps(
                     FlowStep(c, hidden_channels, coupling, lu, dropout=dropout) for _ in range(K)
                 )
             )

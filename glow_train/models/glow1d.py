@@ -9,7 +9,7 @@ from torch import Tensor
 
 from glow_train.config import Glow1DConfig
 from glow_train.data.spec import DataSpec
-from glow_train.flows import FlowSequence, FlowStep, LearnedPrior
+from glow_train.flows import FlowStep, FlowSteps, LearnedPrior
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
 __all__ = ["Glow1D"]
@@ -69,7 +69,7 @@ class Glow1D(FlowModel):
         self.num_dims = dim
         self.num_classes = num_classes
         mlp = dict(hidden_layers=hidden_layers, activation=activation, dropout=float(dropout))
-        self.flow = FlowSequence(
+        self.flow = FlowSteps(
             FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp) for _ in range(K)
         )
         self.prior = LearnedPrior((dim,), num_classes=num_classes)
