@@ -79,8 +79,10 @@ def split_channels(x: Tensor, first: int) -> tuple[Tensor, Tensor]:
 
 def deinterleave(h: Tensor) -> tuple[Tensor, Tensor]:
     """``(h[:, 0::2], h[:, 1::2])`` (even and odd channels of ``(B, 2C, ...)``) as views
-    whose gradients autograd interleaves back in one ``stack``, in ``h``'s layout
-    (see :func:`split_channels` for what slicing costs)."""
+    whose gradients autograd interleaves back in one ``stack``: channels_last for a
+    channels_last ``h`` (see :func:`split_channels` for what slicing costs)."""
+    if h.shape[1] % 2:
+        raise ValueError(f"deinterleave needs an even number of channels, got {h.shape[1]}")
     c = h.shape[1] // 2
     even, odd = h.movedim(1, -1).unflatten(-1, (c, 2)).unbind(-1)
     return even.movedim(-1, 1), odd.movedim(-1, 1)

@@ -1,9 +1,9 @@
 r"""The coupling layers' conditioner networks.
 
 - :func:`conv_conditioner` (images): conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised
-  conv3×3, as :class:`ConvConditioner`; in sampling on the CPU (float32 or bfloat16)
-  its hidden layers run as fused convolution + bias + ReLU kernels
-  (:mod:`glow_train.flows.fused`).
+  conv3×3, as :class:`ConvConditioner`; in inference on the CPU (eval mode without
+  gradients: sampling, validation, ``glow-eval``; float32 or bfloat16) its hidden
+  layers run as fused convolution + bias + ReLU kernels (:mod:`glow_train.flows.fused`).
   The state dict is that of the plain ``nn.Sequential`` of the same layers.
 - :func:`mlp_conditioner` (vectors): Linear → activation [→ dropout] layers and a
   zero-initialised Linear.

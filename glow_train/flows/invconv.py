@@ -127,8 +127,8 @@ class InvertibleLinear(Flow):
 
 
 def stacked_weight_matrices(layers: Sequence[InvertibleLinear], dtype: torch.dtype) -> Tensor:
-    """``torch.stack([m.weight_matrix(dtype) for m in layers])``, shape ``(K, C, C)``, as
-    one batched computation (autocast off).
+    """``torch.stack([m.weight_matrix(dtype) for m in layers])`` up to rounding (a batched
+    product instead of K), shape ``(K, C, C)``, as one batched computation (autocast off).
 
     Building one LU matrix is a dozen operations on ``C×C`` tensors and its backward
     as many again, each costing its fixed overhead whatever the size (about 0.5 ms for

@@ -172,9 +172,11 @@ class FlowSteps(FlowSequence):
     The plain forward builds the ``K`` folded matrices :math:`W_k\,\mathrm{diag}(e^{s_k})`
     in one batched computation, and their log-determinants in one sum
     (:func:`~glow_train.flows.invconv.stacked_weight_matrices`), then runs each step
-    with its matrix: the same values as step by step. ActNorm initialisation, a single
-    step and steps that differ in width or parameterisation run step by step, as does
-    the memory-saving backward (one layer at a time by construction).
+    with its matrix: the same values as step by step up to rounding (equal to 1e-12
+    in float64). ActNorm initialisation, a single step, steps that differ in width or
+    parameterisation, a replaced step and a step with forward hooks run step by step
+    (see :meth:`_batchable`), as does the memory-saving backward (one layer at a time
+    by construction).
     """
 
     def __init__(self, steps: Iterable[FlowStep]):
@@ -183,9 +185,21 @@ class FlowSteps(FlowSequence):
             raise TypeError("FlowSteps holds FlowStep layers only")
 
     def _batchable(self) -> bool:
+        """Whether the batched forward applies: two or more plain :class:`FlowStep` s
+        of one width and parameterisation, none initialising, none with hooks or its
+        own memory-saving flag (the batched path does not call the steps)."""
         steps = list(self.flows)
-        kinds = {(step.flows[1].lu, step.flows[0].log_scale.shape) for step in steps}
-        return len(steps) > 1 and len(kinds) == 1 and not any(s.initializing() for s in steps)
+        if len(steps) < 2 or not all(type(step) is FlowStep for step in steps):
+            return False
+        if any(
+            step.initializing()
+            or step.memory_saving
+            or step._forward_hooks
+            or step._forward_pre_hooks
+            for step in steps
+        ):
+            return False
+        return len({(step.flows[1].lu, step.flows[0].log_scale.shape) for step in steps}) == 1
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self._batchable():
