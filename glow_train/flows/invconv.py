@@ -54,24 +54,18 @@ class InvertibleLinear(Flow):
             self.weight = nn.Parameter(w.float())
         self._inverse_cache: tuple[list[Tensor], Tensor] | None = None
 
+    def _parameterisation(self) -> list[Tensor]:
+        """The tensors ``W`` is built from: :data:`_LU_TENSORS`, or ``[weight]``."""
+        return [getattr(self, name) for name in (_LU_TENSORS if self.lu else ("weight",))]
+
     def weight_matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
         """``W`` as a ``(C, C)`` tensor of ``dtype`` (built in that dtype, autocast off)."""
         with autocast_off(self.log_s if self.lu else self.weight):
-            if not self.lu:
-                return self.weight.to(dtype)
-            eye = torch.eye(self.log_s.numel(), dtype=dtype, device=self.log_s.device)
-            mask = self.lower_mask.to(dtype)
-            lower = self.lower.to(dtype) * mask + eye
-            upper = self.upper.to(dtype) * mask.T + torch.diag(
-                self.sign_s.to(dtype) * torch.exp(self.log_s.to(dtype))
-            )
-            return self.perm.to(dtype) @ lower @ upper
+            return _build_weights(self.lu, self._parameterisation(), dtype)
 
     def log_abs_det(self) -> Tensor:
         """:math:`\\log|\\det W|` as a float64 scalar."""
-        if self.lu:
-            return self.log_s.double().sum()
-        return torch.linalg.slogdet(self.weight.double())[1]
+        return _log_abs_dets(self.lu, self.log_s if self.lu else self.weight)
 
     def _state(self) -> list[Tensor]:
         return [t.detach() for t in (*self.parameters(), *self.buffers())]
@@ -126,6 +120,31 @@ class InvertibleLinear(Flow):
         return self._mix(z, self.inverse_matrix())
 
 
+#: the LU parameterisation's tensors, in the order :func:`_build_weights` takes them
+_LU_TENSORS = ("perm", "lower", "upper", "sign_s", "log_s", "lower_mask")
+
+
+def _build_weights(lu: bool, tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """``W`` from a layer's :meth:`~InvertibleLinear._parameterisation`, each tensor with
+    the same optional leading batch dimensions: :math:`P\\,L\\,(U + \\mathrm{diag}(
+    \\mathrm{sign}(s)\\,e^{\\log|s|}))` with the masks applied, or the plain weight."""
+    if not lu:
+        return tensors[0].to(dtype)
+    perm, lower, upper, sign, log_s, mask = (t.to(dtype) for t in tensors)
+    eye = torch.eye(log_s.shape[-1], dtype=dtype, device=log_s.device)
+    lower = lower * mask + eye
+    upper = upper * mask.mT + torch.diag_embed(sign * torch.exp(log_s))
+    return perm @ lower @ upper
+
+
+def _log_abs_dets(lu: bool, source: Tensor) -> Tensor:
+    """:math:`\\log|\\det W|` in float64 from ``log_s`` (LU: its sum) or the plain weight
+    (``slogdet``), each with optional leading batch dimensions."""
+    if lu:
+        return source.double().sum(-1)
+    return torch.linalg.slogdet(source.double())[1]
+
+
 def stacked_weight_matrices(layers: Sequence[InvertibleLinear], dtype: torch.dtype) -> Tensor:
     """``torch.stack([m.weight_matrix(dtype) for m in layers])`` up to rounding (a batched
     product instead of K), shape ``(K, C, C)``, as one batched computation (autocast off).
@@ -138,21 +157,12 @@ def stacked_weight_matrices(layers: Sequence[InvertibleLinear], dtype: torch.dty
     """
     first = layers[0]
     with autocast_off(first.log_s if first.lu else first.weight):
-        if not first.lu:
-            return torch.stack([m.weight for m in layers]).to(dtype)
-        c = first.log_s.numel()
-        eye = torch.eye(c, dtype=dtype, device=first.log_s.device)
-        mask = torch.stack([m.lower_mask for m in layers]).to(dtype)
-        lower = torch.stack([m.lower for m in layers]).to(dtype) * mask + eye
-        sign = torch.stack([m.sign_s for m in layers]).to(dtype)
-        diag = sign * torch.stack([m.log_s for m in layers]).to(dtype).exp()
-        upper = torch.stack([m.upper for m in layers]).to(dtype) * mask.mT + torch.diag_embed(diag)
-        return torch.stack([m.perm for m in layers]).to(dtype) @ lower @ upper
+        tensors = zip(*(m._parameterisation() for m in layers), strict=True)
+        return _build_weights(first.lu, [torch.stack(group) for group in tensors], dtype)
 
 
 def stacked_log_abs_det(layers: Sequence[InvertibleLinear]) -> Tensor:
     r""":math:`\sum_k \log|\det W_k|` over ``layers`` as a float64 scalar (one batched
     computation; see :func:`stacked_weight_matrices`)."""
-    if layers[0].lu:
-        return torch.stack([m.log_s for m in layers]).double().sum()
-    return torch.linalg.slogdet(torch.stack([m.weight for m in layers]).double())[1].sum()
+    lu = layers[0].lu
+    return _log_abs_dets(lu, torch.stack([m.log_s if lu else m.weight for m in layers])).sum()
