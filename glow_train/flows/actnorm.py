@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from glow_train.flows.base import Flow, logdet_dtype
+from glow_train.flows.base import Flow, logdet_dtype, positions
 
 __all__ = ["ActNorm"]
 
@@ -53,8 +53,7 @@ class ActNorm(Flow):
         self.initialized.fill_(1)
 
     def _logdet(self, x: Tensor) -> Tensor:
-        spatial = x[0, 0].numel() if x.dim() > 2 else 1
-        ld = self.log_scale.to(logdet_dtype(x)).sum() * spatial
+        ld = self.log_scale.to(logdet_dtype(x)).sum() * positions(x)
         return ld.expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

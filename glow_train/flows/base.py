@@ -27,6 +27,7 @@ __all__ = [
     "Flow",
     "FlowSequence",
     "logdet_dtype",
+    "positions",
     "autocast_off",
     "channel_linear",
     "split_channels",
@@ -35,8 +36,15 @@ __all__ = [
 
 
 def logdet_dtype(x: Tensor) -> torch.dtype:
-    """dtype for log-determinants of ``x``: float64 stays float64, anything else float32."""
+    """dtype for log-determinants of ``x`` (and the ``C×C`` matrices they come from):
+    float64 stays float64, anything else float32."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def positions(x: Tensor) -> int:
+    """Positions per channel of ``x``: ``H·W`` of ``(B, C, H, W)`` maps, 1 for ``(B, D)``
+    vectors (a per-channel log-determinant counts once per position)."""
+    return x[0, 0].numel() if x.dim() > 2 else 1
 
 
 def autocast_off(x: Tensor) -> AbstractContextManager:

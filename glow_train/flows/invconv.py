@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from glow_train.flows.base import Flow, autocast_off, channel_linear, logdet_dtype
+from glow_train.flows.base import Flow, autocast_off, channel_linear, logdet_dtype, positions
 
 __all__ = ["InvertibleLinear", "stacked_weight_matrices", "stacked_log_abs_det"]
 
@@ -109,12 +109,10 @@ class InvertibleLinear(Flow):
 
     def _logdet(self, x: Tensor) -> Tensor:
         """``H·W · log|det W|`` per sample of ``x`` (1 for vectors), shape ``(B,)``."""
-        spatial = x[0, 0].numel() if x.dim() > 2 else 1
-        return (self.log_abs_det() * spatial).to(logdet_dtype(x)).expand(x.shape[0])
+        return (self.log_abs_det() * positions(x)).to(logdet_dtype(x)).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return self._mix(x, self.weight_matrix(dtype)), self._logdet(x)
+        return self._mix(x, self.weight_matrix(logdet_dtype(x))), self._logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
         return self._mix(z, self.inverse_matrix())

@@ -26,7 +26,14 @@ import torch
 from torch import Tensor
 
 from glow_train.flows.actnorm import ActNorm
-from glow_train.flows.base import Flow, FlowSequence, autocast_off, channel_linear, logdet_dtype
+from glow_train.flows.base import (
+    Flow,
+    FlowSequence,
+    autocast_off,
+    channel_linear,
+    logdet_dtype,
+    positions,
+)
 from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import (
     InvertibleLinear,
@@ -35,11 +42,6 @@ from glow_train.flows.invconv import (
 )
 
 __all__ = ["FlowStep", "FlowSteps"]
-
-
-def _matrix_dtype(x: Tensor) -> torch.dtype:
-    """The dtype the folded matrix is built in: float64 for float64 input, else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class _NormThenMix(Flow):
@@ -67,21 +69,20 @@ class _NormThenMix(Flow):
             return channel_linear(x + self.norm._view(self.norm.bias, x).to(x.dtype), w.to(x.dtype))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.apply(x, self.matrix(_matrix_dtype(x)))
+        z = self.apply(x, self.matrix(logdet_dtype(x)))
         return z, self.norm._logdet(x) + self.mix._logdet(x)
 
     @staticmethod
     def stacked(folds: list[_NormThenMix], x: Tensor) -> tuple[Tensor, Tensor]:
         """The matrices of ``folds`` as one ``(K, C, C)`` tensor and the sum of their
         log-determinants for ``x``, shape ``(B,)``, each in one batched computation."""
-        dtype = _matrix_dtype(x)
+        dtype = logdet_dtype(x)  # of the matrices and the log-dets alike
         log_scales = torch.stack([f.norm.log_scale for f in folds])  # (K, C)
         mixes = [f.mix for f in folds]
         with autocast_off(x):
             w = stacked_weight_matrices(mixes, dtype) * log_scales.to(dtype).exp()[:, None, :]
-        spatial = x[0, 0].numel() if x.dim() > 2 else 1
-        ld_dtype = logdet_dtype(x)
-        logdet = (log_scales.to(ld_dtype).sum() + stacked_log_abs_det(mixes).to(ld_dtype)) * spatial
+        logdet = log_scales.to(dtype).sum() + stacked_log_abs_det(mixes).to(dtype)
+        logdet = logdet * positions(x)
         return w, logdet.expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
