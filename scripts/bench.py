@@ -143,8 +143,9 @@ def conditioner_ceiling(args, device) -> None:
         times: dict[str, list[float]] = {name: [] for name in sets}
         for pairs in sets.values():
             run(pairs)
-        for _ in range(args.repeats):
-            for name, pairs in sets.items():
+        for repeat in range(args.repeats):
+            for name in rotated(list(sets), repeat):
+                pairs = sets[name]
                 times[name].append(timed(lambda pairs=pairs: run(pairs), args.steps, device))
         speedup, low, high = paired_speedup(times["nn.Conv2d NCHW"], times["glow-train"])
         print(
@@ -153,6 +154,13 @@ def conditioner_ceiling(args, device) -> None:
             f"{statistics.median(times['nn.Conv2d NCHW']) * 1e3:.1f} ms, speed-up "
             f"{speedup:.2f}x [{low:.2f}-{high:.2f}]"
         )
+
+
+def rotated(names: list[str], block: int) -> list[str]:
+    """The order to time ``names`` in within block ``block``: each block starts one
+    system later, so no system always follows the same one."""
+    shift = block % len(names)
+    return names[shift:] + names[:shift]
 
 
 def paired_speedup(peer: list[float], ours: list[float]) -> tuple[float, float, float]:
@@ -239,10 +247,8 @@ def main() -> None:
     train_s = {name: [] for name in systems}
     sample_s = {name: [] for name in systems}
     memory = {}
-    names = list(systems)
     for repeat in range(args.repeats):
-        # alternate (load affects all alike), each block starting one system later
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+        for name in rotated(list(systems), repeat):  # alternate: load affects all alike
             step, sample = systems[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
