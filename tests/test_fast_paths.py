@@ -76,6 +76,28 @@ def test_conv_conditioner_fused_in_inference_matches_its_layers(autocast, tolera
     }  # fmt: skip
 
 
+def assert_same_function_float64(flow: nn.Module, reference, x: torch.Tensor) -> torch.Tensor:
+    """``flow(x)`` against ``reference(x)`` (each ``(z, logdet)``, float64): values and
+    log-dets to 1e-12, and the gradients (to ``x`` and every parameter of ``flow``) of a
+    loss weighting ``z`` elementwise and each sample's log-det differently, to 1e-10.
+    Returns ``z``."""
+    (z, logdet), (z_ref, logdet_ref) = flow(x), reference(x)
+    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
+    params = [x, *flow.parameters()]
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    per_sample = torch.arange(1.0, x.shape[0] + 1, dtype=torch.float64)
+
+    def loss(z, logdet):
+        return (z * weights).sum() + (logdet * per_sample).sum()
+
+    fast = torch.autograd.grad(loss(z, logdet), params)
+    plain = torch.autograd.grad(loss(z_ref, logdet_ref), params)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    return z
+
+
 @pytest.mark.parametrize(
     ("shape", "dense", "layout"),
     [
@@ -92,20 +114,7 @@ def test_flowstep_folds_actnorm_into_the_1x1_conv_exactly(shape, dense, layout):
     if layout is not None:
         step, x = step.to(memory_format=layout), x.contiguous(memory_format=layout)
     x.requires_grad_()
-    (z, logdet), (z_ref, logdet_ref) = step(x), FlowSequence.forward_plain(step, x)
-    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
-    params = [x, *step.parameters()]
-    weights = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    per_sample = torch.arange(1.0, shape[0] + 1, dtype=torch.float64)
-
-    def loss(z, logdet):
-        return (z * weights).sum() + (logdet * per_sample).sum()
-
-    fast = torch.autograd.grad(loss(z, logdet), params)
-    plain = torch.autograd.grad(loss(z_ref, logdet_ref), params)
-    for a, b in zip(fast, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    z = assert_same_function_float64(step, lambda v: FlowSequence.forward_plain(step, v), x)
     step.eval()
     torch.testing.assert_close(step.inverse(z), FlowSequence.inverse(step, z), rtol=0, atol=1e-12)
 
@@ -123,17 +132,9 @@ def test_flowsteps_build_their_matrices_together_exactly(shape, dense, lu):
         steps, x = steps.to(memory_format=CL), x.contiguous(memory_format=CL)
     x.requires_grad_()
     assert steps._batchable()  # the batched path runs, not the fallback
-    (z, logdet), (z_ref, logdet_ref) = steps(x), FlowSequence.forward_plain(steps, x)
-    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
-    weights = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    params = [x, *steps.parameters()]
-    fast = torch.autograd.grad((z * weights).sum() + logdet.sum(), params)
-    plain = torch.autograd.grad((z_ref * weights).sum() + logdet_ref.sum(), params)
-    for a, b in zip(fast, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_same_function_float64(steps, lambda v: FlowSequence.forward_plain(steps, v), x)
     if dense:  # and the log-det is that of the Jacobian
-        torch.testing.assert_close(logdet, brute_force_logdet(lambda v: steps(v)[0], x))
+        torch.testing.assert_close(steps(x)[1], brute_force_logdet(lambda v: steps(v)[0], x))
     assert set(steps.state_dict()) == set(FlowSequence(list(steps)).state_dict())
     with pytest.raises(TypeError, match="FlowStep layers only"):
         FlowSteps([nn.Identity()])
