@@ -27,7 +27,7 @@ from glow_train.errors import CheckpointError, ConfigError, GlowError
 
 CONFIG_MODULE = "glow_train.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("dataset", "model", "experiment")
+GROUPS = ("dataset", "model", "preset", "experiment")
 
 
 def _one_line(err: BaseException) -> str:
@@ -154,6 +154,17 @@ def _require_ckpt(cfg: DictConfig, prog: str) -> str:
     return str(resolve_checkpoint(cfg.ckpt, ("best.pt", "last.pt")))
 
 
+def _say_precision(cfg: DictConfig, prog: str) -> None:
+    """On stderr, the precision ``precision=`` resolves to on ``device=``, e.g.
+    ``glow-sample: precision auto -> bf16 (CPU has native bf16)``."""
+    from glow_train.distributed import resolve_device
+    from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
+
+    device = resolve_device(str(cfg.device))
+    chosen = resolve_precision(str(cfg.precision), device, INFERENCE_PRECISIONS)
+    print(f"{prog}: {chosen.describe()}", file=sys.stderr)
+
+
 def _say_which(cfg: DictConfig, used: str, prog: str) -> None:
     """On stderr, which checkpoint of a run folder was used (stdout stays the results)."""
     if used != str(cfg.ckpt):
@@ -169,6 +180,7 @@ def _sample_app(cfg: DictConfig) -> None:
         if cfg.mode != "sample":
             _latent_mode(cfg, ckpt)
             return
+        _say_precision(cfg, "glow-sample")
         paths = sample(
             ckpt,
             _plain(cfg.temperature),
@@ -240,6 +252,8 @@ def _eval_app(cfg: DictConfig) -> None:
         dataset = _plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
+        if cfg.precision != "fp32":  # fp32 (the default) keeps figures comparable
+            _say_precision(cfg, "glow-eval")
         if cfg.ood is not None:
             if chosen or cfg.n_bits is not None:
                 raise ConfigError(
@@ -262,6 +276,7 @@ def _eval_app(cfg: DictConfig) -> None:
             device=str(cfg.device),
             ema=cfg.ema,
             progress=cfg.progress,
+            precision=cfg.precision,
         )
         _say_which(cfg, ckpt, "glow-eval")
         summary, unit = report.summary, report.summary["unit"]
@@ -299,6 +314,7 @@ def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:
         device=str(cfg.device),
         ema=cfg.ema,
         progress=cfg.progress,
+        precision=cfg.precision,
     )
     _say_which(cfg, ckpt, "glow-eval")
     inside, outside = s["in_distribution"], s["out_of_distribution"]

@@ -45,7 +45,7 @@ __all__ = [
     "OPTIMIZERS",
 ]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "adamax")
 
 
@@ -162,6 +162,7 @@ class TrainConfig:
     """The whole ``glow-train`` config; ``dataset`` and ``model`` are typed by their
     group's own schema (each group entry names it in its defaults list)."""
 
+    preset: str | None = None  # the preset file the dataset chose (configs/preset/)
     seed: int = MISSING
     device: str = MISSING
     precision: str = MISSING
@@ -218,6 +219,7 @@ class EvalConfig:
     progress: bool = MISSING
     ood: str | None = None  # a dataset name or a folder of images (glow_train.ood)
     ood_train_images: int = MISSING
+    precision: str = MISSING  # fp32|bf16|auto (glow_train.precision)
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None

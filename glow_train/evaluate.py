@@ -36,6 +36,7 @@ from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
 from glow_train.errors import CheckpointError, ConfigError, NonFiniteError, require_int
 from glow_train.objective import METRICS, Objective, load_objective
+from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
 
 __all__ = [
     "EvalResult",
@@ -218,6 +219,7 @@ def evaluate(
     device: str | torch.device | None = None,
     ema: bool | None = None,
     progress: bool | None = None,
+    precision: str | None = None,
 ) -> EvalReport:
     """A checkpoint's score on a dataset split (bits/dim for images); writes ``eval.json``.
 
@@ -243,6 +245,8 @@ def evaluate(
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
         ema: use the EMA weights when the checkpoint has them.
         progress: show a progress bar.
+        precision: ``"fp32"`` (figures comparable across machines), ``"bf16"`` or
+            ``"auto"`` (:func:`glow_train.precision.resolve_precision`).
 
     Returns:
         The summary (also in ``eval.json``), the full result and the written paths.
@@ -260,6 +264,7 @@ def evaluate(
         per_image=per_image,
         ema=ema,
         progress=progress,
+        precision=precision,
     )
     if opts.split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
@@ -268,6 +273,7 @@ def evaluate(
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
     device = resolve_device(device if device is not None else opts.device)
+    chosen = resolve_precision(opts.precision, device, INFERENCE_PRECISIONS)
     ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
 
     objective, info = load_objective(ckpt, ema=opts.ema, device=device)
@@ -297,16 +303,17 @@ def evaluate(
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
 
     data = build_dataset(data_cfg, opts.split)
-    result = evaluate_objective(
-        objective,
-        data,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        draws=draws,
-        num_workers=int(data_cfg.get("num_workers") or 0),
-        progress=opts.progress,
-    )
+    with chosen.autocast(device.type):
+        result = evaluate_objective(
+            objective,
+            data,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            draws=draws,
+            num_workers=int(data_cfg.get("num_workers") or 0),
+            progress=opts.progress,
+        )
     if not math.isfinite(result.value):
         bad = int((~torch.isfinite(result.per_item)).sum())
         raise NonFiniteError(
@@ -328,6 +335,7 @@ def evaluate(
         "checkpoint": str(ckpt.resolve()),
         "step": info.get("step"),
         "seed": seed,
+        "precision": chosen.name,
         "batch_size": batch_size,
         "n_bits": objective.dequantizer.n_bits,
         "ema": info["ema_used"],

@@ -51,6 +51,7 @@ from glow_train.evaluate import (
     evaluate_objective,
 )
 from glow_train.objective import load_objective
+from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
 
@@ -107,6 +108,7 @@ def evaluate_ood(
     device: str | torch.device = "auto",
     ema: bool = True,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score the checkpoint's ``split`` and ``ood`` per image and write ``eval.json``,
     ``per_image.csv`` and ``ood_per_image.csv``; return the summary (``eval.json``).
@@ -114,9 +116,10 @@ def evaluate_ood(
     ``dataset_overrides``: keys of the checkpoint's dataset config to replace (e.g. its
     ``root`` when the data moved); ``draws``: dequantisation draws averaged per image;
     ``train_images``: the first training images whose mean bits/dim is the
-    typicality centre.
+    typicality centre; ``precision``: as :func:`glow_train.evaluate.evaluate`'s.
     """
     device = resolve_device(device)
+    chosen = resolve_precision(precision, device, INFERENCE_PRECISIONS)
     ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
     train_images = require_int("ood_train_images", train_images, 1)
     draws = require_int("draws", draws, 1)
@@ -147,13 +150,14 @@ def evaluate_ood(
         progress=progress,
     )
     train = build_dataset(data_cfg, "train")
-    results: dict[str, EvalResult] = {
-        "in": evaluate_objective(objective, build_dataset(data_cfg, split), **settings),
-        "ood": evaluate_objective(objective, build_dataset(ood_cfg, ood_split), **settings),
-        "train": evaluate_objective(
-            objective, Subset(train, range(min(train_images, len(train)))), **settings
-        ),
-    }
+    with chosen.autocast(device.type):
+        results: dict[str, EvalResult] = {
+            "in": evaluate_objective(objective, build_dataset(data_cfg, split), **settings),
+            "ood": evaluate_objective(objective, build_dataset(ood_cfg, ood_split), **settings),
+            "train": evaluate_objective(
+                objective, Subset(train, range(min(train_images, len(train)))), **settings
+            ),
+        }
     for name, result in results.items():
         if not math.isfinite(result.value):
             raise NonFiniteError(f"non-finite bits/dim on the {name} images: a diverged model?")
@@ -174,6 +178,7 @@ def evaluate_ood(
         "auroc_typicality": auroc((inside - centre).abs(), (outside - centre).abs()),
         "seed": settings["seed"],
         "draws": draws,
+        "precision": chosen.name,
     }
     folder = Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_ood_{name}"
     write_atomic(folder / "per_image.csv", lambda tmp: _write_csv(tmp, results["in"]))

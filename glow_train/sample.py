@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from glow_train.data.spec import DataSpec
 from glow_train.distributed import resolve_device
 from glow_train.errors import ConfigError, require_int, require_numbers
 from glow_train.objective import Objective, load_objective
+from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
 from glow_train.sample_formats import (
     TableSamples,
     image_format,
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 LAYOUTS = ("grids", "rows")
-SAMPLE_PRECISIONS = ("fp32", "bf16")
 
 
 @torch.no_grad()
@@ -235,8 +234,10 @@ def sample(
         out: see :func:`output_paths`.
         device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
-        precision: ``"fp32"`` or ``"bf16"`` (the coupling networks under bf16 autocast;
-            the priors, the 1x1 convolutions and the stream between layers stay fp32).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (the coupling networks under
+            bf16 autocast; the priors, the 1x1 convolutions and the stream between layers
+            stay fp32); ``"auto"`` is bf16 where the device computes it natively
+            (:func:`glow_train.precision.resolve_precision`).
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
         y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
@@ -258,10 +259,6 @@ def sample(
         ema=ema,
         precision=precision,
     )
-    if opts.precision not in SAMPLE_PRECISIONS:
-        raise ConfigError(
-            f"precision must be one of {', '.join(SAMPLE_PRECISIONS)}, got {opts.precision!r}"
-        )
     temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
     n = require_int("n", opts.n, 1)
     given_nrow = require_int("nrow", nrow, 1, allow_none=True)
@@ -276,6 +273,7 @@ def sample(
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
     ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
     device = resolve_device(device if device is not None else opts.device)
+    chosen = resolve_precision(opts.precision, device, INFERENCE_PRECISIONS)
     objective, info = load_objective(ckpt, ema=opts.ema, device=device)
     spec = DataSpec.from_dict(info["data"])
     writer = sample_format(spec, padding=padding, nrow=nrow)
@@ -295,11 +293,7 @@ def sample(
     paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if opts.precision == "bf16"
-        else nullcontext()
-    )
+    autocast = chosen.autocast(device.type)
     if isinstance(writer, TableSamples):
         with autocast:
             return _write_tables(
