@@ -155,8 +155,10 @@ def _require_ckpt(cfg: DictConfig, prog: str) -> str:
 
 
 def _say_precision(cfg: DictConfig, prog: str) -> None:
-    """On stderr, the precision ``precision=`` resolves to on ``device=``, e.g.
-    ``glow-sample: precision auto -> bf16 (CPU has native bf16)``."""
+    """On stderr, the precision ``precision=`` resolved to on ``device=`` unless it is the
+    default fp32, e.g. ``glow-eval: precision auto -> bf16 (CPU has native bf16)``."""
+    if cfg.precision == "fp32":  # glow-eval's default: figures comparable across machines
+        return
     from glow_train.distributed import resolve_device
     from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
 
@@ -180,7 +182,6 @@ def _sample_app(cfg: DictConfig) -> None:
         if cfg.mode != "sample":
             _latent_mode(cfg, ckpt)
             return
-        _say_precision(cfg, "glow-sample")
         paths = sample(
             ckpt,
             _plain(cfg.temperature),
@@ -196,6 +197,7 @@ def _sample_app(cfg: DictConfig) -> None:
             precision=cfg.precision,
             start_price=cfg.start_price,
             y=_plain(cfg.y),
+            report=lambda line: print(f"glow-sample: {line}", file=sys.stderr),
         )
         for path in paths:
             print(path)
@@ -252,8 +254,6 @@ def _eval_app(cfg: DictConfig) -> None:
         dataset = _plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
-        if cfg.precision != "fp32":  # fp32 (the default) keeps figures comparable
-            _say_precision(cfg, "glow-eval")
         if cfg.ood is not None:
             if chosen or cfg.n_bits is not None:
                 raise ConfigError(
@@ -279,6 +279,7 @@ def _eval_app(cfg: DictConfig) -> None:
             precision=cfg.precision,
         )
         _say_which(cfg, ckpt, "glow-eval")
+        _say_precision(cfg, "glow-eval")
         summary, unit = report.summary, report.summary["unit"]
         print(f"eval: {report.json_path}")
         if report.csv_path is not None:
@@ -317,6 +318,7 @@ def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:
         precision=cfg.precision,
     )
     _say_which(cfg, ckpt, "glow-eval")
+    _say_precision(cfg, "glow-eval")
     inside, outside = s["in_distribution"], s["out_of_distribution"]
     print(f"eval: {s['json_path']}")
     print(

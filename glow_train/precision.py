@@ -100,9 +100,7 @@ def resolve_precision(
     """
     device = torch.device(device)
     if requested != "auto" and requested not in allowed:
-        raise ConfigError(
-            f"precision={requested!r} is not a precision; use one of auto, {', '.join(allowed)}"
-        )
+        raise ConfigError(f"precision={requested} is not one of auto, {', '.join(allowed)}")
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 or auto on CPU")
     native, name = native_bf16(device)
