@@ -155,9 +155,10 @@ def _require_ckpt(cfg: DictConfig, prog: str) -> str:
 
 
 def _say_precision(cfg: DictConfig, prog: str) -> None:
-    """On stderr, the precision ``precision=`` resolved to on ``device=`` unless it is the
-    default fp32, e.g. ``glow-eval: precision auto -> bf16 (CPU has native bf16)``."""
-    if cfg.precision == "fp32":  # glow-eval's default: figures comparable across machines
+    """On stderr, once the command succeeded (an error stays one line), the precision
+    ``precision=`` resolved to on ``device=``, e.g. ``glow-sample: precision auto -> bf16
+    (CPU has native bf16)``; nothing for an explicit fp32 (glow-eval's default)."""
+    if cfg.precision == "fp32":
         return
     from glow_train.distributed import resolve_device
     from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
@@ -197,11 +198,11 @@ def _sample_app(cfg: DictConfig) -> None:
             precision=cfg.precision,
             start_price=cfg.start_price,
             y=_plain(cfg.y),
-            report=lambda line: print(f"glow-sample: {line}", file=sys.stderr),
         )
         for path in paths:
             print(path)
         _say_which(cfg, ckpt, "glow-sample")
+        _say_precision(cfg, "glow-sample")
 
     _report("glow-sample", run)
 

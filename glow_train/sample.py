@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -212,7 +212,6 @@ def sample(
     precision: str | None = None,
     start_price: float | None = None,
     y: int | str | None = None,
-    report: Callable[[str], object] | None = None,
 ) -> list[Path]:
     """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
     for a model of vectors).
@@ -242,9 +241,6 @@ def sample(
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
         y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
-        report: called once, when every option was checked and before the decoding
-            starts, with the precision line (``precision auto -> bf16 (CPU has native
-            bf16)``); glow-sample prints it on stderr.
 
     Returns:
         The written files. They are written only after every grid was drawn, each
@@ -297,8 +293,6 @@ def sample(
     paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    if report is not None:
-        report(chosen.describe())
     autocast = chosen.autocast(device.type)
     if isinstance(writer, TableSamples):
         with autocast:

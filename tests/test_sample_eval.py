@@ -45,6 +45,7 @@ def run(tmp_path_factory):
         "train.sample_every=null",
         "train.progress=false",
         "train.dequantization=uniform",  # the independent computation below is uniform's
+        "precision=fp32",  # the same checkpoint on every machine (auto: bf16 where native)
         "device=cpu",
         f"run_dir={run_dir}",
     ]
