@@ -29,14 +29,13 @@ This module imports no model: the model registry rebuilds what a file holds.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from glow_train.errors import CheckpointError
+from glow_train.outputs import write_atomic
 
 __all__ = [
     "FORMAT",
@@ -53,38 +52,6 @@ __all__ = [
 
 FORMAT = "glow-train"
 FORMAT_VERSION = 2
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
-
-    A failure (or an interrupt) at any moment leaves the previous ``path`` intact and
-    no temporary file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...]) -> Path:

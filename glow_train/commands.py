@@ -4,7 +4,9 @@
 -> :mod:`glow_train.sample` / :mod:`glow_train.evaluate`. Errors the user can fix
 (:class:`glow_train.errors.GlowError`, and a command line the typed configs refuse)
 print one line and exit with status 2. The console scripts' entry points are in
-:mod:`glow_train.cli`, which imports this module only once it can answer Ctrl-C.
+:mod:`glow_train.cli`. This module imports only Hydra and OmegaConf at the top (PyTorch
+inside the apps), so ``--help``, ``--cfg`` and a command line the configs refuse answer
+without loading PyTorch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -21,9 +24,26 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from glow_train.checkpoint import resolve_checkpoint
 from glow_train.config import EvalConfig, SampleConfig
 from glow_train.errors import CheckpointError, ConfigError, GlowError
+
+
+def _own_plugins_visible() -> None:
+    """Let Hydra find this project's sweeper (``hydra_plugins/glow_train_sweeper``).
+
+    A regular install puts it into site-packages' ``hydra_plugins``, where Hydra finds
+    it; an editable install maps it through an import hook that Hydra's plugin scan
+    (``pkgutil.walk_packages`` over ``hydra_plugins.__path__``) cannot list, so the
+    source folder is added to that path.
+    """
+    import hydra_plugins
+
+    own = Path(__file__).resolve().parent.parent / "hydra_plugins"
+    if (own / "glow_train_sweeper").is_dir() and str(own) not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(str(own))
+
+
+_own_plugins_visible()
 
 CONFIG_MODULE = "glow_train.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -100,8 +120,6 @@ def _report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def _train_app(cfg: DictConfig) -> float | None:
-    from pathlib import Path
-
     from hydra.types import RunMode
 
     from glow_train.cluster import export_torch_env
@@ -134,7 +152,11 @@ def _train_app(cfg: DictConfig) -> float | None:
 
     if _report("glow-train", run, exit_on_error=not multirun):
         return returned[0]
-    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on
+    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on; the
+    # job folder Hydra made for it goes too if the job left nothing in it
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     print(f"job {hydra_cfg.job.num} failed; the sweep goes on", file=sys.stderr)
     return float("nan")
 
@@ -149,6 +171,8 @@ def _plain(value: object) -> object:
 def _require_ckpt(cfg: DictConfig, prog: str) -> str:
     """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
     ``last.pt``), which :func:`_say_which` reports once the command succeeded."""
+    from glow_train.checkpoint import resolve_checkpoint
+
     if cfg.ckpt is None:
         raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
     return str(resolve_checkpoint(cfg.ckpt, ("best.pt", "last.pt")))
@@ -179,6 +203,7 @@ def _sample_app(cfg: DictConfig) -> None:
             seed=cfg.seed,
             batch_size=cfg.batch_size,
             out=cfg.out,
+            overwrite=cfg.overwrite,
             device=str(cfg.device),
             ema=cfg.ema,
             precision=cfg.precision,
@@ -208,8 +233,9 @@ def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     path, device = Path(ckpt), resolve_device(str(cfg.device))
     common = dict(device=device, ema=cfg.ema)
+    written = dict(out=cfg.out, overwrite=cfg.overwrite)
     if cfg.mode == "interpolate":
-        strip = dict(steps=cfg.steps, interp=cfg.interp, y=cfg.y, padding=cfg.padding, out=cfg.out)
+        strip = dict(steps=cfg.steps, interp=cfg.interp, y=cfg.y, padding=cfg.padding, **written)
         print(interpolate_strip(path, _plain(cfg.a), _plain(cfg.b), **strip, **common))
     elif cfg.mode == "direction":
         out, found = save_direction(
@@ -225,7 +251,7 @@ def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
             f"with it minus {found['count_without']} without"
         )
     else:
-        strip = dict(alpha=_plain(cfg.alpha), y=cfg.y, padding=cfg.padding, out=cfg.out)
+        strip = dict(alpha=_plain(cfg.alpha), y=cfg.y, padding=cfg.padding, **written)
         print(manipulate_strip(path, _plain(cfg.attribute), _plain(cfg.image), **strip, **common))
     _say_which(cfg, ckpt, "glow-sample")
 
@@ -259,6 +285,7 @@ def _eval_app(cfg: DictConfig) -> None:
             n_bits=cfg.n_bits,
             per_image=cfg.per_image,
             out=cfg.out,
+            overwrite=cfg.overwrite,
             device=str(cfg.device),
             ema=cfg.ema,
             progress=cfg.progress,
@@ -296,6 +323,7 @@ def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:
         batch_size=cfg.batch_size,
         train_images=cfg.ood_train_images,
         out=cfg.out,
+        overwrite=cfg.overwrite,
         device=str(cfg.device),
         ema=cfg.ema,
         progress=cfg.progress,

@@ -185,6 +185,7 @@ class SampleConfig:
     seed: int = MISSING
     batch_size: int | None = None
     out: str | None = None
+    overwrite: bool = MISSING
     device: str = MISSING
     ema: bool = MISSING
     precision: str = MISSING
@@ -213,6 +214,7 @@ class EvalConfig:
     n_bits: int | None = None
     per_image: bool = MISSING
     out: str | None = None
+    overwrite: bool = MISSING
     device: str = MISSING
     ema: bool = MISSING
     progress: bool = MISSING

@@ -14,22 +14,23 @@ import math
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import resolve_checkpoint, write_atomic
+from glow_train.checkpoint import resolve_checkpoint
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.data.spec import DataSpec
 from glow_train.distributed import resolve_device
 from glow_train.errors import ConfigError, require_int, require_numbers
 from glow_train.objective import Objective, load_objective
+from glow_train.outputs import Outputs, dataset_inputs, sample_targets, write_atomic
 from glow_train.sample_formats import (
     TableSamples,
     image_format,
-    output_paths,
     sample_format,
+    writable_extensions,
 )
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "sample",
     "class_choice",
     "class_index",
-    "output_paths",
+    "output_names",
     "LAYOUTS",
 ]
 
@@ -95,6 +96,8 @@ def sample_grid(
 ) -> dict[float, torch.Tensor]:
     """One ``make_grid`` image ``(C, H', W')`` per temperature, each from the same seed
     (``y``: the class of each image, as in :func:`sample_images`)."""
+    from torchvision.utils import make_grid  # torchvision loads in about a second: on use
+
     return {
         float(t): make_grid(
             sample_images(objective, n, float(t), seed, batch_size, y), nrow=nrow, padding=padding
@@ -117,11 +120,21 @@ def sample_rows(
     Every row uses the same seed, hence the same standard-normal draws scaled by its
     temperature: column ``j`` shows one latent at increasing (or decreasing) temperatures.
     """
+    from torchvision.utils import make_grid
+
     images = [sample_images(objective, n, float(t), seed, batch_size, y) for t in temperatures]
     return make_grid(torch.cat(images), nrow=n, padding=padding)
 
 
 # ------------------------------------------------------------------ checkpoints and files
+
+
+def output_names(temperatures: list[float], layout: str, tag: str = "") -> list[str]:
+    """The label of each file :func:`sample` writes: ``T0.7`` per temperature
+    (``layout="grids"``) or one ``rows_T0-0.7-1``, followed by ``tag`` (``_y3``, ``_yall``)."""
+    if layout == "grids":
+        return [f"T{t:g}{tag}" for t in temperatures]
+    return ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
 
 
 def _temperatures(value: float | Sequence[float]) -> list[float]:
@@ -177,12 +190,13 @@ def _write_tables(
         if layout == "grids"
         else [(paths[0], list(drawn.items()))]
     )
+    column = temperature_column(writer.columns)
     written = []
     for path, parts in jobs:
 
         def write(tmp, parts=parts, prices=False):
             for i, (t, x) in enumerate(parts):
-                leading = [] if layout == "grids" else [("temperature", f"{t:g}")]
+                leading = [] if layout == "grids" else [(column, f"{t:g}")]
                 if prices:
                     writer.write_prices(tmp, x, start_price, leading, append=i > 0)
                 else:
@@ -191,10 +205,24 @@ def _write_tables(
         write_atomic(path, write)
         written.append(path)
         if start_price is not None:
-            price_path = path.with_name(f"{path.stem}_prices.csv")
+            price_path = prices_path(path)
             write_atomic(price_path, lambda tmp, write=write: write(tmp, prices=True))
             written.append(price_path)
     return written
+
+
+def prices_path(path: Path) -> Path:
+    """Where the price paths of the samples in ``path`` go (``start_price``)."""
+    return path.with_name(f"{path.stem}_prices.csv")
+
+
+def temperature_column(columns: list[str]) -> str:
+    """The name of the temperature column of ``layout=rows`` tables: ``temperature``,
+    or with leading underscores until it is not one of the data's ``columns``."""
+    name = "temperature"
+    while name in columns:
+        name = "_" + name
+    return name
 
 
 def sample(
@@ -213,6 +241,7 @@ def sample(
     precision: str | None = None,
     start_price: float | None = None,
     y: int | str | None = None,
+    overwrite: bool | None = None,
 ) -> list[Path]:
     """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
     for a model of vectors).
@@ -232,7 +261,7 @@ def sample(
         seed: seeds the latents; every temperature uses the same draws.
         batch_size: images decoded at once (``None``: all ``n``); part of what the
             images depend on, with the seed and the device.
-        out: see :func:`output_paths`.
+        out: a file or a folder (:func:`glow_train.outputs.sample_targets`).
         device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
         precision: ``"fp32"`` or ``"bf16"`` (the coupling networks under bf16 autocast;
@@ -240,13 +269,16 @@ def sample(
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
         y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
+        overwrite: replace existing files that ``out`` names (the checkpoint and the
+            dataset's files are never written; see :mod:`glow_train.outputs`).
 
     Returns:
         The written files. They are written only after every grid was drawn, each
         atomically, so a failure leaves no partial file.
 
     Raises:
-        ConfigError: an invalid option. CheckpointError: an unusable checkpoint.
+        ConfigError: an invalid option, or a target the output policy refuses (checked
+            before anything is drawn). CheckpointError: an unusable checkpoint.
     """
     opts = fill_defaults(
         "sample",
@@ -257,6 +289,7 @@ def sample(
         seed=seed,
         ema=ema,
         precision=precision,
+        overwrite=overwrite,
     )
     if opts.precision not in SAMPLE_PRECISIONS:
         raise ConfigError(
@@ -292,9 +325,15 @@ def sample(
         nrow = n
     elif labels is None and objective.flow.num_classes and given_nrow is None:
         nrow = objective.flow.num_classes  # the classes in turn: a column per class
-    paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
-    if any(p.resolve() == ckpt.resolve() for p in paths):
-        raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
+    names = output_names(temperatures, layout, tag)
+    extensions = [".csv"] if writer.suffix == ".csv" else writable_extensions()
+    targets = sample_targets(ckpt, names, out, writer.suffix, extensions)
+    if start_price is not None:
+        targets += [replace(t, path=prices_path(t.path)) for t in targets]
+    outputs = Outputs(overwrite=bool(opts.overwrite))
+    outputs.protect(ckpt, "the checkpoint")
+    paths = dataset_inputs(outputs, (info.get("config") or {}).get("dataset")).claim(targets, out)
+    paths = paths[: len(names)]  # the price files follow their tables
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if opts.precision == "bf16"
@@ -313,6 +352,8 @@ def sample(
             grids = list(drawn.values())
         else:
             grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size, labels)]
+    from torchvision.utils import save_image
+
     for path, grid in zip(paths, grids, strict=True):
         kind = image_format(path)
         write_atomic(path, lambda tmp, grid=grid, kind=kind: save_image(grid, tmp, format=kind))
