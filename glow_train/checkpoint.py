@@ -13,7 +13,8 @@ state dict of the :class:`~glow_train.objective.Objective`: the flow's weights u
 the split named by ``selection``: ``"val"``, or ``"test"`` for runs without a
 validation split and older checkpoints), ``last_test_score``, ``last_val_score``
 (in that unit), ``skipped_steps``, ``overflow_steps`` (fp16)
-and ``rng`` (torch CPU and CUDA generator states).
+``rng`` (torch CPU and CUDA generator states) and ``finished`` (the final evaluation
+was done; ``False`` when a signal stopped the run, absent from older files).
 
 Version-1 files (the flow's state dict under ``model``, ``best_bpd`` /
 ``last_test_bpd``, no model name) are upgraded on load by :func:`upgrade_v1`, so
@@ -29,6 +30,8 @@ This module imports no model: the model registry rebuilds what a file holds.
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,12 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch.load fails on arbitrary bytes in many ways
+        if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path} was written by torch.save but is not a glow-train checkpoint: it holds "
+                "Python objects (a whole model or optimiser?), which are not loaded; pass a "
+                "last.pt or best.pt written by glow-train"
+            ) from err
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, or not written by torch.save)"
         ) from err

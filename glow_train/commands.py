@@ -125,7 +125,12 @@ def _train_app(cfg: DictConfig) -> float | None:
     from glow_train.cluster import export_torch_env
     from glow_train.runtime import keep_freed_memory
     from glow_train.training import train
-    from glow_train.training.resume import auto_resume, resume_config, sweep_objective
+    from glow_train.training.resume import (
+        auto_resume,
+        finished_run,
+        resume_config,
+        sweep_objective,
+    )
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -146,6 +151,12 @@ def _train_app(cfg: DictConfig) -> float | None:
                 config.run_dir = str(folder)
         if cfg.ckpt == "auto":
             config = auto_resume(config)
+            done = finished_run(config) if config.ckpt is not None else None
+            if done is not None:  # a requeued job that had already finished: not an error
+                if main:
+                    print(done[0])
+                returned[0] = done[1]
+                return
         elif cfg.ckpt is not None:
             config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
         returned[0] = sweep_objective(train(config), multirun and main)
@@ -292,6 +303,13 @@ def _eval_app(cfg: DictConfig) -> None:
         )
         _say_which(cfg, ckpt, "glow-eval")
         summary, unit = report.summary, report.summary["unit"]
+        if summary.get("n_bits") != summary.get("model_n_bits"):
+            print(
+                f"glow-eval: note: the model was trained on {summary['model_n_bits']}-bit "
+                f"images; n_bits={summary['n_bits']} scores it on {summary['n_bits']}-bit ones, "
+                "so the figure is not comparable with its training figures",
+                file=sys.stderr,
+            )
         print(f"eval: {report.json_path}")
         if report.csv_path is not None:
             item = "image" if summary["metric"] == "bpd" else "item"

@@ -81,7 +81,7 @@ class TableDatasetConfig:
     name: str | None = None
     path: str | None = None
     columns: list[str] | None = None
-    header: str | None = None
+    header: Any = None  # auto|true|false; true/false arrive as booleans (checked by the source)
     delimiter: str | None = None
     dropna: bool | None = None
     window: int | None = None

@@ -205,6 +205,24 @@ def _checkpoint_eval_settings(info: dict[str, Any], ckpt: Path) -> tuple[dict[st
         ) from err
 
 
+def _shape_mismatch(data_cfg: Mapping[str, Any], spec: DataSpec, model: dict, ckpt: Path) -> str:
+    """What to set so that the data fits the model: image keys for an image model, the
+    columns (or the window) for a vector model."""
+    given = "x".join(map(str, spec.shape))
+    wanted = "x".join(map(str, model["shape"]))
+    what = f"dataset {data_cfg['name']} yields {given} {spec.kind}s but the model of {ckpt} takes"
+    if model["kind"] != "vector":
+        return f"{what} {wanted} images; set dataset.image_size= and dataset.channels= to match"
+    columns = model.get("columns") or []
+    if model.get("window"):
+        return (
+            f"{what} windows of {model['window']} steps of {', '.join(model.get('series') or [])} "
+            f"({wanted} values); set dataset.columns= and dataset.window= to match"
+        )
+    named = f" ({', '.join(columns)})" if columns else ""
+    return f"{what} {wanted} columns{named}; set dataset.columns= to those columns"
+
+
 def evaluate(
     ckpt: str | os.PathLike,
     *,
@@ -283,20 +301,12 @@ def evaluate(
     spec = describe_dataset(data_cfg)
     shape = spec.shape
     model_shape = tuple(info["data"]["shape"])
-    if shape != model_shape:
-        raise ConfigError(
-            "dataset {} yields {} {}s but the model of {} takes {}; set "
-            "dataset.image_size= and dataset.channels= to match".format(
-                data_cfg["name"],
-                "x".join(map(str, shape)),
-                spec.kind,
-                ckpt,
-                "x".join(map(str, model_shape)),
-            )
-        )
+    if shape != model_shape or spec.kind != info["data"]["kind"]:
+        raise ConfigError(_shape_mismatch(data_cfg, spec, info["data"], ckpt))
     seed = checkpoint_seed if seed is None else seed
     if batch_size is None:
         batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
+    model_bits = objective.dequantizer.n_bits
     if n_bits is not None and n_bits != objective.dequantizer.n_bits:
         objective = Objective(objective.flow, build_dequantizer("uniform", n_bits)).eval()
     targets = eval_targets(
@@ -344,6 +354,7 @@ def evaluate(
         "seed": seed,
         "batch_size": batch_size,
         "n_bits": objective.dequantizer.n_bits,
+        "model_n_bits": model_bits,  # what it was trained on (n_bits= may differ)
         "ema": info["ema_used"],
         "device": str(device),
         "dataset_config": data_cfg,
