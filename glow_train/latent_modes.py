@@ -48,7 +48,7 @@ def _tag(ref: Any) -> str:
     return _safe(Path(str(ref)).stem if not str(ref).lstrip("-").isdigit() else f"test{ref}")
 
 
-def _strip_path(
+def _claim_strip(
     ckpt: Path, name: str, out: Any, overwrite: bool, data_cfg: dict, inputs: list[Any]
 ) -> Path:
     """Where a strip goes (:func:`glow_train.outputs.strip_target`), checked against the
@@ -98,7 +98,7 @@ def interpolate_strip(
             "model interpolates within one class (pick two images of one class, or pass y=)"
         )
     name = f"interp_{interp}_{_tag(a)}_{_tag(b)}"
-    path = _strip_path(ckpt, name, out, overwrite, data_cfg, [a, b])
+    path = _claim_strip(ckpt, name, out, overwrite, data_cfg, [a, b])
     z = encode(objective, batch.x, labels)
     za, zb = [l[:1] for l in z], [l[1:] for l in z]
     mixed = interpolate(za, zb, steps, interp)
@@ -158,7 +158,7 @@ def manipulate_strip(
     direction = torch.load(path_in, weights_only=True)
     objective, data_cfg = _load(ckpt, device, ema)
     name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
-    path = _strip_path(ckpt, name, out, overwrite, data_cfg, [image])
+    path = _claim_strip(ckpt, name, out, overwrite, data_cfg, [image])
     batch = load_inputs([image], data_cfg, y, objective.flow.num_classes)
     labels = objective.labels(batch)
     z = encode(objective, batch.x, labels)

@@ -87,6 +87,12 @@ class GlowSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch) -> None:
         """Each job is composed on its own in :meth:`launch_valid`."""
 
+    def _shown(self, overrides) -> str:
+        """A job's overrides as shown: those that differ between the jobs (the swept
+        values), all of them when the sweep has one job."""
+        varying = [o for o in overrides if o not in self._common]
+        return " ".join(varying or overrides)
+
     def launch_valid(self, batch, first: int) -> tuple[list[JobReturn], dict[int, tuple]]:
         """Launch the jobs of ``batch`` that compose, in runs of consecutive ones so
         that each keeps its number; return their results and the failures by number."""
@@ -99,7 +105,7 @@ class GlowSweeper(BasicSweeper):
             if why is None:
                 run.append(list(overrides))
                 continue
-            print(f"{PROG}: job {i} ({' '.join(overrides)}): {why}", file=sys.stderr)
+            print(f"{PROG}: job {i} ({self._shown(overrides)}): {why}", file=sys.stderr)
             failures[i] = (overrides, why)
             if run:
                 results += self.launcher.launch(run, initial_job_idx=start)
@@ -115,6 +121,8 @@ class GlowSweeper(BasicSweeper):
         params.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self.split_arguments(parser.parse_overrides(params), self.max_batch_size)
+        jobs = [list(job) for batch in self.overrides for job in batch]
+        self._common = set.intersection(*map(set, jobs)) if len(jobs) > 1 else set()
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -135,6 +143,6 @@ class GlowSweeper(BasicSweeper):
         if failures:
             print(f"{PROG}: {len(failures)} of {total} jobs failed:", file=sys.stderr)
             for i, (overrides, why) in sorted(failures.items()):
-                print(f"  job {i} ({' '.join(overrides)}): {why}", file=sys.stderr)
+                print(f"  job {i} ({self._shown(overrides)}): {why}", file=sys.stderr)
             sys.exit(1)
         return returns
