@@ -77,12 +77,20 @@ def check_command_line(config_name: str, prog: str) -> None:
     or an unknown key is one line and exit status 2 rather than Hydra's report; for
     glow-sample and glow-eval, a key they do not take is named with the ones they do.
 
-    Command lines with Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps) are
-    left to Hydra.
+    Under ``-m`` the overrides every job shares are checked the same way (each job's
+    swept values are composed by the sweeper, :mod:`hydra_plugins.glow_train_sweeper`).
+    Other command lines with Hydra's own flags (``--help``, ``--cfg``) are left to Hydra.
     """
     overrides = sys.argv[1:]
-    if any(arg.startswith("-") for arg in overrides):
+    flags = {arg for arg in overrides if arg.startswith("-")}
+    if flags - {"-m", "--multirun"}:
         return
+    if flags:
+        try:
+            overrides = _shared_overrides([arg for arg in overrides if arg not in flags])
+        except HydraException as err:
+            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(2)
     if config_name in OPTIONS:
         for arg in overrides:
             key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
@@ -99,6 +107,18 @@ def check_command_line(config_name: str, prog: str) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _shared_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's command line that are not swept (nor Hydra's own)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [
+        o.input_line
+        for o in parsed
+        if not o.is_sweep_override() and not o.is_hydra_override() and o.input_line
+    ]
 
 
 def _report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:

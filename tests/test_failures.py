@@ -175,6 +175,16 @@ def test_a_value_that_does_not_compose_fails_alone(tmp_path):
     assert out.count("objective for the sweeper") == 1
 
 
+def test_a_bad_value_every_job_shares_is_one_line_before_any_job(tmp_path):
+    sweep = tmp_path / "multirun"
+    args = ["-m", *SWEEP, "train.lr=abc", "model.K=1,2", f"hydra.sweep.dir={sweep}"]
+    line = one_line_error(train_main, args, tmp_path, "glow-train")
+    assert line == (
+        "glow-train: error: train.lr=abc: Value 'abc' of type 'str' could not be converted to Float"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failing_job_is_listed_and_the_sweep_exits_non_zero(tmp_path):
     sweep = tmp_path / "multirun"
     args = ["-m", *SWEEP, "train.lr=-1,1e-3", f"hydra.sweep.dir={sweep}"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
+from glow_train.outputs import write_atomic
 from glow_train.sample import sample_images
 from glow_train.sample_formats import sample_format
 from glow_train.training.schedule import CLOCK_EVERY, clock_horizon, reached_limits
@@ -96,8 +97,8 @@ def write_samples(trainer: Any, final: bool = False) -> Path | None:
     if not final:
         return None
     out = trainer.run_dir / f"samples{writer.suffix}"
-    writer.write(out, samples[0.7 if 0.7 in samples else next(iter(samples))])
-    return out
+    chosen = samples[0.7 if 0.7 in samples else next(iter(samples))]
+    return write_atomic(out, lambda tmp: writer.write(tmp, chosen))
 
 
 def _figure(score: float | None) -> str:

@@ -18,6 +18,7 @@ from glow_train.checkpoint import load_checkpoint, resolve_checkpoint
 from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from glow_train.errors import ConfigError
 from glow_train.evaluate import density_of
+from glow_train.outputs import write_atomic
 from glow_train.runtime import freed_memory_kept
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
@@ -78,7 +79,9 @@ def train(
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.started = True
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            write_atomic(
+                run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True)
+            )
             effective = trainer.batch_size * dist.world_size
             start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"
             chosen = [cfg.precision]  # what was picked for the device
