@@ -68,11 +68,13 @@ def _run(config_name: str, prog: str) -> None:
     keep_freed_memory()  # before the first tensor: see glow_train.runtime
     _warnings_as_lines(prog)
     try:
-        from glow_train.commands import APPS, check_command_line  # Hydra, OmegaConf: light
+        from glow_train.command_line import check_command_line  # Hydra, OmegaConf: light
 
         check_command_line(config_name, prog)
         if not _hydra_only(sys.argv[1:]):
             _load(config_name)
+        from glow_train.commands import APPS
+
         APPS[config_name]()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)

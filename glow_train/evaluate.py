@@ -36,7 +36,7 @@ from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
 from glow_train.errors import CheckpointError, ConfigError, NonFiniteError, require_int
 from glow_train.objective import METRICS, Objective, load_objective
-from glow_train.outputs import Outputs, dataset_inputs, eval_targets, write_atomic
+from glow_train.outputs import claim_outputs, eval_targets, write_atomic
 
 __all__ = [
     "EvalResult",
@@ -156,25 +156,6 @@ def eval_dataset(
     cfg = dict(dataset if dataset is not None else checkpoint_dataset)
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return check_dataset(cfg)
-
-
-def eval_outputs(
-    ckpt: Path,
-    targets: tuple[Any, list[Any]],
-    out: Any,
-    overwrite: bool,
-    datasets: list[Mapping[str, Any] | None],
-) -> tuple[Path, list[Path]]:
-    """``targets`` (:func:`glow_train.outputs.eval_targets`) checked against the output
-    policy: never the checkpoint or a dataset's files; a file ``out`` names only
-    with ``overwrite``."""
-    outputs = Outputs(overwrite=bool(overwrite))
-    outputs.protect(ckpt, "the checkpoint")
-    for dataset in datasets:
-        dataset_inputs(outputs, dataset)
-    json_target, csv_targets = targets
-    paths = outputs.claim([json_target, *csv_targets], out)
-    return paths[0], paths[1:]
 
 
 def _write_csv(path: Path, result: EvalResult) -> None:
@@ -315,8 +296,8 @@ def evaluate(
         out,
         ["per_image.csv"] if opts.per_image else [],
     )
-    json_path, csvs = eval_outputs(
-        ckpt, targets, out, opts.overwrite, [checkpoint_dataset, data_cfg]
+    json_path, *csvs = claim_outputs(
+        [targets[0], *targets[1]], out, opts.overwrite, ckpt, [checkpoint_dataset, data_cfg]
     )
     csv_path = csvs[0] if csvs else None
 

@@ -24,7 +24,7 @@ from glow_train.latents import (
     source_dataset,
 )
 from glow_train.objective import load_objective
-from glow_train.outputs import Outputs, dataset_inputs, strip_target, write_atomic
+from glow_train.outputs import claim_outputs, strip_target, write_atomic
 from glow_train.sample_formats import image_format, writable_extensions
 
 __all__ = ["MODES", "interpolate_strip", "save_direction", "manipulate_strip"]
@@ -53,13 +53,9 @@ def _claim_strip(
 ) -> Path:
     """Where a strip goes (:func:`glow_train.outputs.strip_target`), checked against the
     output policy: never the checkpoint, the dataset's files or the input images."""
-    outputs = dataset_inputs(Outputs(overwrite=bool(overwrite)), data_cfg)
-    outputs.protect(ckpt, "the checkpoint")
-    for ref in inputs:
-        if not str(ref).lstrip("-").isdigit():  # an image file, not a test-set index
-            outputs.protect(ref, f"the input image {ref}")
+    images = [(r, f"the input image {r}") for r in inputs if not str(r).lstrip("-").isdigit()]
     target = strip_target(ckpt, name, out, writable_extensions())
-    return outputs.claim([target], out)[0]
+    return claim_outputs([target], out, overwrite, ckpt, [data_cfg], images)[0]
 
 
 def _write(path: Path, images: torch.Tensor, padding: int) -> Path:

@@ -48,11 +48,10 @@ from glow_train.evaluate import (
     _checkpoint_eval_settings,
     _write_csv,
     eval_dataset,
-    eval_outputs,
     evaluate_objective,
 )
 from glow_train.objective import load_objective
-from glow_train.outputs import ood_targets, write_atomic
+from glow_train.outputs import claim_outputs, ood_targets, write_atomic
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
 
@@ -162,8 +161,9 @@ def evaluate_ood(
             f"{tuple(info['data']['shape'])}; use a folder of images (resized to fit)"
         )
     name = Path(ood_cfg["root"]).name if ood_cfg["name"] == "folder" else str(ood)
-    json_path, (in_csv, ood_csv) = eval_outputs(
-        ckpt, ood_targets(ckpt, name, out), out, overwrite, [saved, data_cfg, ood_cfg]
+    json_target, csv_targets = ood_targets(ckpt, name, out)
+    json_path, in_csv, ood_csv = claim_outputs(
+        [json_target, *csv_targets], out, overwrite, ckpt, [saved, data_cfg, ood_cfg]
     )
     settings = dict(
         batch_size=batch_size or int(data_cfg.get("eval_batch_size") or 128),

@@ -42,6 +42,7 @@ __all__ = [
     "eval_targets",
     "strip_target",
     "ood_targets",
+    "claim_outputs",
 ]
 
 
@@ -270,3 +271,22 @@ def ood_targets(
     return eval_targets(
         ckpt, f"{ckpt.stem}_ood_{name}", out, ["per_image.csv", "ood_per_image.csv"]
     )
+
+
+def claim_outputs(
+    targets: list[Target],
+    out: Any,
+    overwrite: bool,
+    ckpt: Path,
+    datasets: Iterable[Mapping[str, Any] | None] = (),
+    files: Iterable[tuple[Any, str]] = (),
+) -> list[Path]:
+    """:meth:`Outputs.claim` of ``targets`` with a command's usual inputs protected: the
+    checkpoint, each dataset config's files and further ``(file, what it is)`` pairs."""
+    outputs = Outputs(overwrite=bool(overwrite))
+    outputs.protect(ckpt, "the checkpoint")
+    for dataset in datasets:
+        dataset_inputs(outputs, dataset)
+    for path, what in files:
+        outputs.protect(path, what)
+    return outputs.claim(targets, out)

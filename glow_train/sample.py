@@ -25,11 +25,14 @@ from glow_train.data.spec import DataSpec
 from glow_train.distributed import resolve_device
 from glow_train.errors import ConfigError, require_int, require_numbers
 from glow_train.objective import Objective, load_objective
-from glow_train.outputs import Outputs, dataset_inputs, sample_targets, write_atomic
+from glow_train.outputs import claim_outputs, sample_targets, write_atomic
 from glow_train.sample_formats import (
     TableSamples,
     image_format,
+    output_names,
+    prices_path,
     sample_format,
+    temperature_column,
     writable_extensions,
 )
 
@@ -40,7 +43,6 @@ __all__ = [
     "sample",
     "class_choice",
     "class_index",
-    "output_names",
     "LAYOUTS",
 ]
 
@@ -129,14 +131,6 @@ def sample_rows(
 # ------------------------------------------------------------------ checkpoints and files
 
 
-def output_names(temperatures: list[float], layout: str, tag: str = "") -> list[str]:
-    """The label of each file :func:`sample` writes: ``T0.7`` per temperature
-    (``layout="grids"``) or one ``rows_T0-0.7-1``, followed by ``tag`` (``_y3``, ``_yall``)."""
-    if layout == "grids":
-        return [f"T{t:g}{tag}" for t in temperatures]
-    return ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
-
-
 def _temperatures(value: float | Sequence[float]) -> list[float]:
     return require_numbers("temperature", value, "0.7", low=0)
 
@@ -209,20 +203,6 @@ def _write_tables(
             write_atomic(price_path, lambda tmp, write=write: write(tmp, prices=True))
             written.append(price_path)
     return written
-
-
-def prices_path(path: Path) -> Path:
-    """Where the price paths of the samples in ``path`` go (``start_price``)."""
-    return path.with_name(f"{path.stem}_prices.csv")
-
-
-def temperature_column(columns: list[str]) -> str:
-    """The name of the temperature column of ``layout=rows`` tables: ``temperature``,
-    or with leading underscores until it is not one of the data's ``columns``."""
-    name = "temperature"
-    while name in columns:
-        name = "_" + name
-    return name
 
 
 def sample(
@@ -330,10 +310,8 @@ def sample(
     targets = sample_targets(ckpt, names, out, writer.suffix, extensions)
     if start_price is not None:
         targets += [replace(t, path=prices_path(t.path)) for t in targets]
-    outputs = Outputs(overwrite=bool(opts.overwrite))
-    outputs.protect(ckpt, "the checkpoint")
-    paths = dataset_inputs(outputs, (info.get("config") or {}).get("dataset")).claim(targets, out)
-    paths = paths[: len(names)]  # the price files follow their tables
+    dataset = (info.get("config") or {}).get("dataset")
+    paths = claim_outputs(targets, out, opts.overwrite, ckpt, [dataset])[: len(names)]
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if opts.precision == "bf16"

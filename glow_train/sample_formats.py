@@ -30,6 +30,9 @@ __all__ = [
     "sample_format",
     "image_format",
     "writable_extensions",
+    "output_names",
+    "prices_path",
+    "temperature_column",
 ]
 
 HISTOGRAM_COLUMNS = 8  # TensorBoard histograms of at most this many columns
@@ -136,6 +139,28 @@ def image_format(path: Path) -> str:
 def writable_extensions() -> list[str]:
     """The image file extensions Pillow can write (``.png``, ``.jpg``, ``.webp``, ...)."""
     return list(_writable_extensions())
+
+
+def output_names(temperatures: list[float], layout: str, tag: str = "") -> list[str]:
+    """The label of each file of samples: ``T0.7`` per temperature (``layout="grids"``)
+    or one ``rows_T0-0.7-1``, followed by ``tag`` (the class: ``_y3``, ``_yall``)."""
+    if layout == "grids":
+        return [f"T{t:g}{tag}" for t in temperatures]
+    return ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
+
+
+def prices_path(path: Path) -> Path:
+    """Where the price paths of the samples in the table ``path`` go (``start_price``)."""
+    return path.with_name(f"{path.stem}_prices.csv")
+
+
+def temperature_column(columns: list[str]) -> str:
+    """The name of the temperature column of ``layout=rows`` tables: ``temperature``,
+    with leading underscores until it is not one of the data's ``columns``."""
+    name = "temperature"
+    while name in columns:
+        name = "_" + name
+    return name
 
 
 def sample_format(spec: DataSpec, **options: Any) -> ImageSamples | TableSamples:

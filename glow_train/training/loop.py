@@ -233,7 +233,7 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
             f"{trainer.last_good_text()}"
         )
     samples = None
-    trainer.finished = True  # last.pt now records a run with its final figures
+    p.finished = True  # last.pt now records a run with its final figures
     if main:
         trainer.save("last.pt")
         samples = write_samples(trainer, final=True)

@@ -26,7 +26,7 @@ from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import evaluate_objective
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
-from glow_train.training.checks import check_config
+from glow_train.training.checks import check_config, fitted_batch_size
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization, StepOutcome
@@ -93,14 +93,7 @@ class Trainer:
         self.sampler = EpochSampler(
             len(self.train_set), seed=self.seed, rank=dist.rank, world_size=dist.world_size
         )
-        if 0 < self.sampler.per_rank < self.batch_size:  # a small table: one batch per epoch
-            if dist.is_main:
-                print(
-                    f"note: dataset.batch_size={self.batch_size} is larger than the "
-                    f"{self.sampler.per_rank} training items per process; using batches of "
-                    f"{self.sampler.per_rank}"
-                )
-            self.batch_size = self.sampler.per_rank
+        self.batch_size = fitted_batch_size(self.batch_size, self.sampler.per_rank, dist.is_main)
         self.steps_per_epoch = self.sampler.per_rank // self.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -130,7 +123,6 @@ class Trainer:
         self.progress = Progress()
         self.stop_seen = {"signalled": False, "time_up": False}  # on any rank, agreed
         self.last_good: tuple[Path, int] | None = None  # the newest checkpoint saved healthy
-        self.finished = False  # the final evaluation is done: a checkpoint saved now says so
         self.probe: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
         self.wrapped: torch.nn.Module = self.objective
         self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
@@ -221,9 +213,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(self.cfg.train.cudnn_benchmark)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"finished": self.finished, **self._state()}
-
-    def _state(self) -> dict[str, Any]:
         return checkpoint_state(
             self.cfg,
             self.objective,
