@@ -1,10 +1,11 @@
 """The console scripts' entry points: ``glow-train``, ``glow-sample``, ``glow-eval``.
 
 Ctrl-C at any moment, start-up included, ends with one line
-(``glow-train: aborted``) and exit status 130. While the heavy modules load
-(PyTorch, torchvision, TensorBoard: about two seconds), an interrupt is only
-noted, because an import can swallow the ``KeyboardInterrupt`` it would raise;
-it takes effect as soon as they are loaded.
+(``glow-train: aborted``) and exit status 130. The command line is checked against
+the configs first, with Hydra and OmegaConf alone, so ``--help``, ``--cfg`` and a
+refused option answer without loading PyTorch. While the heavy modules load
+(PyTorch, TensorBoard), an interrupt is only noted, because an import can swallow
+the ``KeyboardInterrupt`` it would raise; it takes effect as soon as they are loaded.
 """
 
 from __future__ import annotations
@@ -40,15 +41,40 @@ def _load(config_name: str) -> None:
         raise KeyboardInterrupt
 
 
+def _warnings_as_lines(prog: str) -> None:
+    """Show warnings as ``<prog>: warning: <message>``, one line, without the source
+    line and path of the code that raised them."""
+    import warnings
+
+    def one_line(message, category, filename, lineno, line=None):
+        return f"{prog}: warning: {str(message).splitlines()[0] if str(message) else category}\n"
+
+    warnings.formatwarning = one_line
+
+
+#: Hydra's flags that print something and run no task: no heavy import is needed
+_HYDRA_ONLY = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
+_HYDRA_ONLY += ("--shell-completion", "-sc")
+
+
+def _hydra_only(args: list[str]) -> bool:
+    """Whether the command line only asks Hydra for help, the config or its info."""
+    return any(arg in _HYDRA_ONLY or arg.startswith(("--cfg=", "--info=")) for arg in args)
+
+
 def _run(config_name: str, prog: str) -> None:
     from glow_train.runtime import keep_freed_memory
 
     keep_freed_memory()  # before the first tensor: see glow_train.runtime
+    _warnings_as_lines(prog)
     try:
-        _load(config_name)
-        from glow_train.commands import APPS, check_command_line
+        from glow_train.command_line import check_command_line  # Hydra, OmegaConf: light
 
         check_command_line(config_name, prog)
+        if not _hydra_only(sys.argv[1:]):
+            _load(config_name)
+        from glow_train.commands import APPS
+
         APPS[config_name]()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)

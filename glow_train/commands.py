@@ -4,7 +4,9 @@
 -> :mod:`glow_train.sample` / :mod:`glow_train.evaluate`. Errors the user can fix
 (:class:`glow_train.errors.GlowError`, and a command line the typed configs refuse)
 print one line and exit with status 2. The console scripts' entry points are in
-:mod:`glow_train.cli`, which imports this module only once it can answer Ctrl-C.
+:mod:`glow_train.cli`; the command line is checked first by
+:mod:`glow_train.command_line`. This module imports only Hydra and OmegaConf at the top
+(PyTorch inside the apps), so ``--help`` and ``--cfg`` answer without loading PyTorch.
 """
 
 from __future__ import annotations
@@ -12,73 +14,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from pathlib import Path
 
 import hydra
-from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
-from glow_train.checkpoint import resolve_checkpoint
-from glow_train.config import EvalConfig, SampleConfig
+from glow_train.command_line import CONFIG_PATH, GROUPS, check_command_line
 from glow_train.errors import CheckpointError, ConfigError, GlowError
 
-CONFIG_MODULE = "glow_train.configs"
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("dataset", "model", "preset", "experiment")
-
-
-def _one_line(err: BaseException) -> str:
-    """A Hydra composition error (several lines, a cause) as one line."""
-    text = str(err).split("\nConfig search path")[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0].rstrip(".") if lines else type(err).__name__
-    first = first.removeprefix("Error merging override ")
-    options = [line for line in text.splitlines()[1:] if line.startswith("\t")]
-    if options:  # an unknown group entry: Hydra lists the available ones
-        return f"{first}; choose one of {', '.join(o.strip() for o in options)}"
-    cause = err.__cause__
-    if cause is not None and str(cause).strip():
-        return f"{first}: {str(cause).splitlines()[0]}"
-    return "; ".join(lines) if lines else first
-
-
-#: the top-level keys glow-sample and glow-eval take (glow-train takes its groups too)
-OPTIONS = {
-    "sample": [f.name for f in fields(SampleConfig)],
-    "eval": [f.name for f in fields(EvalConfig)],
-}
-
-
-def check_command_line(config_name: str, prog: str) -> None:
-    """Compose the config once before Hydra runs the app, so a value of the wrong type
-    or an unknown key is one line and exit status 2 rather than Hydra's report; for
-    glow-sample and glow-eval, a key they do not take is named with the ones they do.
-
-    Command lines with Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps) are
-    left to Hydra.
-    """
-    overrides = sys.argv[1:]
-    if any(arg.startswith("-") for arg in overrides):
-        return
-    if config_name in OPTIONS:
-        for arg in overrides:
-            key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
-            if key not in OPTIONS[config_name] and key != "hydra":
-                print(
-                    f"{prog}: error: {key} is not an option of {prog}; it takes "
-                    f"{', '.join(OPTIONS[config_name])} (see {prog} --help)",
-                    file=sys.stderr,
-                )
-                sys.exit(2)
-    try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            compose(config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+__all__ = ["APPS", "check_command_line"]
 
 
 def _report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:
@@ -100,14 +45,17 @@ def _report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def _train_app(cfg: DictConfig) -> float | None:
-    from pathlib import Path
-
     from hydra.types import RunMode
 
     from glow_train.cluster import export_torch_env
     from glow_train.runtime import keep_freed_memory
     from glow_train.training import train
-    from glow_train.training.resume import auto_resume, resume_config, sweep_objective
+    from glow_train.training.resume import (
+        auto_resume,
+        finished_run,
+        resume_config,
+        sweep_objective,
+    )
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -128,13 +76,23 @@ def _train_app(cfg: DictConfig) -> float | None:
                 config.run_dir = str(folder)
         if cfg.ckpt == "auto":
             config = auto_resume(config)
+            done = finished_run(config) if config.ckpt is not None else None
+            if done is not None:  # a requeued job that had already finished: not an error
+                if main:
+                    print(done[0])
+                returned[0] = done[1]
+                return
         elif cfg.ckpt is not None:
             config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
         returned[0] = sweep_objective(train(config), multirun and main)
 
     if _report("glow-train", run, exit_on_error=not multirun):
         return returned[0]
-    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on
+    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on; the
+    # job folder Hydra made for it goes too if the job left nothing in it
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     print(f"job {hydra_cfg.job.num} failed; the sweep goes on", file=sys.stderr)
     return float("nan")
 
@@ -149,6 +107,8 @@ def _plain(value: object) -> object:
 def _require_ckpt(cfg: DictConfig, prog: str) -> str:
     """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
     ``last.pt``), which :func:`_say_which` reports once the command succeeded."""
+    from glow_train.checkpoint import resolve_checkpoint
+
     if cfg.ckpt is None:
         raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
     return str(resolve_checkpoint(cfg.ckpt, ("best.pt", "last.pt")))
@@ -193,6 +153,7 @@ def _sample_app(cfg: DictConfig) -> None:
             seed=cfg.seed,
             batch_size=cfg.batch_size,
             out=cfg.out,
+            overwrite=cfg.overwrite,
             device=str(cfg.device),
             ema=cfg.ema,
             precision=cfg.precision,
@@ -223,8 +184,9 @@ def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     path, device = Path(ckpt), resolve_device(str(cfg.device))
     common = dict(device=device, ema=cfg.ema)
+    written = dict(out=cfg.out, overwrite=cfg.overwrite)
     if cfg.mode == "interpolate":
-        strip = dict(steps=cfg.steps, interp=cfg.interp, y=cfg.y, padding=cfg.padding, out=cfg.out)
+        strip = dict(steps=cfg.steps, interp=cfg.interp, y=cfg.y, padding=cfg.padding, **written)
         print(interpolate_strip(path, _plain(cfg.a), _plain(cfg.b), **strip, **common))
     elif cfg.mode == "direction":
         out, found = save_direction(
@@ -240,7 +202,7 @@ def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
             f"with it minus {found['count_without']} without"
         )
     else:
-        strip = dict(alpha=_plain(cfg.alpha), y=cfg.y, padding=cfg.padding, out=cfg.out)
+        strip = dict(alpha=_plain(cfg.alpha), y=cfg.y, padding=cfg.padding, **written)
         print(manipulate_strip(path, _plain(cfg.attribute), _plain(cfg.image), **strip, **common))
     _say_which(cfg, ckpt, "glow-sample")
 
@@ -274,6 +236,7 @@ def _eval_app(cfg: DictConfig) -> None:
             n_bits=cfg.n_bits,
             per_image=cfg.per_image,
             out=cfg.out,
+            overwrite=cfg.overwrite,
             device=str(cfg.device),
             ema=cfg.ema,
             progress=cfg.progress,
@@ -282,6 +245,13 @@ def _eval_app(cfg: DictConfig) -> None:
         _say_which(cfg, ckpt, "glow-eval")
         _say_precision(cfg, "glow-eval")
         summary, unit = report.summary, report.summary["unit"]
+        if summary.get("n_bits") != summary.get("model_n_bits"):
+            print(
+                f"glow-eval: note: the model was trained on {summary['model_n_bits']}-bit "
+                f"images; n_bits={summary['n_bits']} scores it on {summary['n_bits']}-bit ones, "
+                "so the figure is not comparable with its training figures",
+                file=sys.stderr,
+            )
         print(f"eval: {report.json_path}")
         if report.csv_path is not None:
             item = "image" if summary["metric"] == "bpd" else "item"
@@ -313,6 +283,7 @@ def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:
         batch_size=cfg.batch_size,
         train_images=cfg.ood_train_images,
         out=cfg.out,
+        overwrite=cfg.overwrite,
         device=str(cfg.device),
         ema=cfg.ema,
         progress=cfg.progress,

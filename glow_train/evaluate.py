@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from glow_train.checkpoint import resolve_checkpoint, write_atomic
+from glow_train.checkpoint import resolve_checkpoint
 from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import SPLITS, DataSpec, build_dataset, describe_dataset, make_loader
 from glow_train.data import validate_dataset_config as check_dataset
@@ -36,6 +36,7 @@ from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
 from glow_train.errors import CheckpointError, ConfigError, NonFiniteError, require_int
 from glow_train.objective import METRICS, Objective, load_objective
+from glow_train.outputs import claim_outputs, eval_targets, write_atomic
 from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
 
 __all__ = [
@@ -158,24 +159,6 @@ def eval_dataset(
     return check_dataset(cfg)
 
 
-def _output_paths(
-    ckpt: Path, dataset: str, split: str, out: str | os.PathLike | None
-) -> tuple[Path, Path]:
-    """``eval.json`` and ``per_image.csv`` in the output folder (default
-    ``<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/``); an ``out`` ending in
-    ``.json`` names the JSON file itself and the CSV goes beside it as ``<stem>_per_image.csv``.
-    """
-    if out is not None and str(out).lower().endswith(".json"):
-        json_path = Path(out)
-        return json_path, json_path.with_name(f"{json_path.stem}_per_image.csv")
-    if out is not None and Path(out).is_file():
-        raise ConfigError(f"out={out} is an existing file; pass a folder or a .json file name")
-    folder = (
-        Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_{dataset}_{split}"
-    )
-    return folder / "eval.json", folder / "per_image.csv"
-
-
 def _write_csv(path: Path, result: EvalResult) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -216,6 +199,7 @@ def evaluate(
     n_bits: int | None = None,
     per_image: bool | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
     progress: bool | None = None,
@@ -241,7 +225,10 @@ def evaluate(
         batch_size: items per batch (``None``: the dataset's ``eval_batch_size``).
         n_bits: bit depth the images are quantised to (``None``: the model's).
         per_image: also write a CSV ``index,label,<metric>`` (label empty when unknown).
-        out: see :func:`_output_paths`.
+        out: a folder, or a ``.json`` file (:func:`glow_train.outputs.eval_targets`);
+            default ``<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/``.
+        overwrite: replace existing files that ``out`` names (never the checkpoint or
+            the dataset's files: :mod:`glow_train.outputs`).
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
         ema: use the EMA weights when the checkpoint has them.
         progress: show a progress bar.
@@ -265,6 +252,7 @@ def evaluate(
         ema=ema,
         progress=progress,
         precision=precision,
+        overwrite=overwrite,
     )
     if opts.split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
@@ -282,25 +270,24 @@ def evaluate(
     spec = describe_dataset(data_cfg)
     shape = spec.shape
     model_shape = tuple(info["data"]["shape"])
-    if shape != model_shape:
-        raise ConfigError(
-            "dataset {} yields {} {}s but the model of {} takes {}; set "
-            "dataset.image_size= and dataset.channels= to match".format(
-                data_cfg["name"],
-                "x".join(map(str, shape)),
-                spec.kind,
-                ckpt,
-                "x".join(map(str, model_shape)),
-            )
-        )
+    if shape != model_shape or spec.kind != info["data"]["kind"]:
+        raise ConfigError(spec.mismatch_message(data_cfg, info["data"], ckpt))
     seed = checkpoint_seed if seed is None else seed
     if batch_size is None:
         batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
+    model_bits = objective.dequantizer.n_bits
     if n_bits is not None and n_bits != objective.dequantizer.n_bits:
         objective = Objective(objective.flow, build_dequantizer("uniform", n_bits)).eval()
-    json_path, csv_path = _output_paths(ckpt, data_cfg["name"], opts.split, out)
-    if json_path.resolve() == ckpt.resolve():
-        raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
+    targets = eval_targets(
+        ckpt,
+        f"{ckpt.stem}_{data_cfg['name']}_{opts.split}",
+        out,
+        ["per_image.csv"] if opts.per_image else [],
+    )
+    json_path, *csvs = claim_outputs(
+        [targets[0], *targets[1]], out, opts.overwrite, ckpt, [checkpoint_dataset, data_cfg]
+    )
+    csv_path = csvs[0] if csvs else None
 
     data = build_dataset(data_cfg, opts.split)
     with chosen.autocast(device.type):
@@ -338,6 +325,7 @@ def evaluate(
         "precision": chosen.name,
         "batch_size": batch_size,
         "n_bits": objective.dequantizer.n_bits,
+        "model_n_bits": model_bits,  # what it was trained on (n_bits= may differ)
         "ema": info["ema_used"],
         "device": str(device),
         "dataset_config": data_cfg,
@@ -346,4 +334,4 @@ def evaluate(
         write_atomic(csv_path, lambda tmp: _write_csv(tmp, result))
     text = json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n"
     write_atomic(json_path, lambda tmp: tmp.write_text(text))
-    return EvalReport(summary, result, json_path, csv_path if opts.per_image else None)
+    return EvalReport(summary, result, json_path, csv_path)

@@ -7,14 +7,11 @@ direction files (``torch.save`` of a dict, beside the checkpoint).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import write_atomic
 from glow_train.data import validate_dataset_config
 from glow_train.errors import CheckpointError, ConfigError, require_int, require_numbers
 from glow_train.latents import (
@@ -27,7 +24,8 @@ from glow_train.latents import (
     source_dataset,
 )
 from glow_train.objective import load_objective
-from glow_train.sample_formats import image_format
+from glow_train.outputs import claim_outputs, strip_target, write_atomic
+from glow_train.sample_formats import image_format, writable_extensions
 
 __all__ = ["MODES", "interpolate_strip", "save_direction", "manipulate_strip"]
 
@@ -50,18 +48,19 @@ def _tag(ref: Any) -> str:
     return _safe(Path(str(ref)).stem if not str(ref).lstrip("-").isdigit() else f"test{ref}")
 
 
-def _strip_path(ckpt: Path, name: str, out: str | os.PathLike | None) -> Path:
-    """``out`` as an image file, or a folder (default ``<checkpoint folder>/samples/``)."""
-    if out is not None and Path(out).suffix and not Path(out).is_dir():
-        try:
-            image_format(Path(out))
-        except KeyError:
-            raise ConfigError(f"out={out}: name a .png (or .jpg) file, or a folder") from None
-        return Path(out)
-    return Path(out or ckpt.parent / "samples") / f"{ckpt.stem}_{name}.png"
+def _claim_strip(
+    ckpt: Path, name: str, out: Any, overwrite: bool, data_cfg: dict, inputs: list[Any]
+) -> Path:
+    """Where a strip goes (:func:`glow_train.outputs.strip_target`), checked against the
+    output policy: never the checkpoint, the dataset's files or the input images."""
+    images = [(r, f"the input image {r}") for r in inputs if not str(r).lstrip("-").isdigit()]
+    target = strip_target(ckpt, name, out, writable_extensions())
+    return claim_outputs([target], out, overwrite, ckpt, [data_cfg], images)[0]
 
 
 def _write(path: Path, images: torch.Tensor, padding: int) -> Path:
+    from torchvision.utils import make_grid, save_image  # about a second to load: on use
+
     grid = make_grid(images, nrow=len(images), padding=padding)
     kind = image_format(path)
     return write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))
@@ -79,6 +78,7 @@ def interpolate_strip(
     out: Any,
     device: torch.device,
     ema: bool,
+    overwrite: bool = False,
 ) -> Path:
     """Encode ``a`` and ``b`` (test-set indices or image files), interpolate every
     level's latent in ``steps`` points and write the decoded strip (one row)."""
@@ -93,8 +93,9 @@ def interpolate_strip(
             f"a and b are of classes {int(labels[0])} and {int(labels[1])}; a class-conditional "
             "model interpolates within one class (pick two images of one class, or pass y=)"
         )
+    name = f"interp_{interp}_{_tag(a)}_{_tag(b)}"
+    path = _claim_strip(ckpt, name, out, overwrite, data_cfg, [a, b])
     z = encode(objective, batch.x, labels)
-    path = _strip_path(ckpt, f"interp_{interp}_{_tag(a)}_{_tag(b)}", out)
     za, zb = [l[:1] for l in z], [l[1:] for l in z]
     mixed = interpolate(za, zb, steps, interp)
     y_all = None if labels is None else labels[:1].expand(steps)
@@ -137,6 +138,7 @@ def manipulate_strip(
     out: Any,
     device: torch.device,
     ema: bool,
+    overwrite: bool = False,
 ) -> Path:
     """Encode ``image``, add ``alpha`` times the saved direction of ``attribute`` for
     each ``alpha`` and write the decoded strip."""
@@ -151,16 +153,39 @@ def manipulate_strip(
         )
     direction = torch.load(path_in, weights_only=True)
     objective, data_cfg = _load(ckpt, device, ema)
+    name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
+    path = _claim_strip(ckpt, name, out, overwrite, data_cfg, [image])
     batch = load_inputs([image], data_cfg, y, objective.flow.num_classes)
     labels = objective.labels(batch)
     z = encode(objective, batch.x, labels)
     if [tuple(d.shape) for d in direction["levels"]] != [tuple(l.shape[1:]) for l in z]:
         raise CheckpointError(f"{path_in} was computed for another model; compute it again")
+    _check_alphas(alphas, z, direction["levels"])
     steps = torch.tensor(alphas)
     edited = [
         l + steps.view(-1, *([1] * (l.dim() - 1))).to(l) * d.to(l)
         for l, d in zip(z, direction["levels"], strict=True)
     ]
     y_all = None if labels is None else labels.expand(len(alphas))
-    name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
-    return _write(_strip_path(ckpt, name, out), decode(objective, edited, y_all), padding)
+    return _write(path, decode(objective, edited, y_all), padding)
+
+
+#: how far ``alpha`` may move the latent, in lengths of the image's own latent
+MAX_EDIT = 10.0
+
+
+def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch.Tensor]) -> None:
+    """Refuse an ``alpha`` that moves the latent more than :data:`MAX_EDIT` times its own
+    length: the decoded image no longer depends on the input and saturates."""
+    length = float(torch.sqrt(sum((l.double() ** 2).sum() for l in z)))
+    step = float(torch.sqrt(sum((d.double() ** 2).sum() for d in levels)))
+    if step == 0:
+        return
+    limit = MAX_EDIT * length / step
+    worst = max(alphas, key=abs)
+    if abs(worst) > limit:
+        raise ConfigError(
+            f"alpha={worst:g} moves the image's latent {abs(worst) * step / length:.3g} times "
+            f"its own length along the direction; the strip would be saturated: keep every "
+            f"alpha within +-{limit:.3g} (e.g. alpha=[-1,-0.5,0,0.5,1])"
+        )

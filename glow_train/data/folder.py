@@ -96,9 +96,10 @@ class ImageFolder(Dataset):
         self.class_names = class_folders(self.root) if classes else []
         self.num_classes = len(self.class_names)
         if not self.root.is_dir():
+            where = "" if self.root.is_absolute() else f", relative to {Path.cwd()}"
             raise DataError(
-                f"image folder {self.root} does not exist (dataset.root); "
-                f"point dataset.root at a directory of images"
+                f"image folder {self.root} does not exist (dataset.root{where}); "
+                f"pass dataset.root=<a directory of images>"
             )
         files = sorted(
             p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()

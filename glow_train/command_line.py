@@ -1,0 +1,131 @@
+"""The command line, checked before Hydra runs an app: one line and exit status 2 for a
+value of the wrong type, an unknown key or an option another command takes.
+
+Imports only Hydra and OmegaConf (no PyTorch), so these answers come at once. It also
+lets Hydra find this project's sweeper (:mod:`hydra_plugins.glow_train_sweeper`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from glow_train.config import EvalConfig, SampleConfig
+
+__all__ = [
+    "check_command_line",
+    "make_sweeper_visible",
+    "CONFIG_MODULE",
+    "CONFIG_PATH",
+    "GROUPS",
+    "OPTIONS",
+]
+
+
+def make_sweeper_visible() -> None:
+    """Make ``hydra/sweeper=glow`` (:mod:`hydra_plugins.glow_train_sweeper`, the default
+    of ``glow-train -m``) composable and instantiable.
+
+    Importing the plugin stores its config node. A regular install puts the plugin into
+    site-packages' ``hydra_plugins``, where Hydra's plugin scan finds the class; an
+    editable install maps it through an import hook the scan (``pkgutil`` over
+    ``hydra_plugins.__path__``) cannot list, so the source folder is added to that path,
+    and the class is registered directly if Hydra scanned before this ran.
+    """
+    from pathlib import Path
+
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    import hydra_plugins
+    from hydra_plugins.glow_train_sweeper import glow_sweeper
+
+    own = Path(__file__).resolve().parent.parent / "hydra_plugins"
+    if (own / "glow_train_sweeper").is_dir() and str(own) not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(str(own))
+    if Plugins in Singleton._instances:  # scanned already, perhaps without the sweeper
+        plugins, cls = Plugins.instance(), glow_sweeper.GlowSweeper
+        if f"{cls.__module__}.{cls.__name__}" not in plugins.class_name_to_class:
+            plugins._register(cls)
+
+
+make_sweeper_visible()
+
+CONFIG_MODULE = "glow_train.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+GROUPS = ("dataset", "model", "preset", "experiment")
+
+
+def _one_line(err: BaseException) -> str:
+    """A Hydra composition error (several lines, a cause) as one line."""
+    text = str(err).split("\nConfig search path")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].rstrip(".") if lines else type(err).__name__
+    first = first.removeprefix("Error merging override ")
+    options = [line for line in text.splitlines()[1:] if line.startswith("\t")]
+    if options:  # an unknown group entry: Hydra lists the available ones
+        return f"{first}; choose one of {', '.join(o.strip() for o in options)}"
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        return f"{first}: {str(cause).splitlines()[0]}"
+    return "; ".join(lines) if lines else first
+
+
+#: the top-level keys glow-sample and glow-eval take (glow-train takes its groups too)
+OPTIONS = {
+    "sample": [f.name for f in fields(SampleConfig)],
+    "eval": [f.name for f in fields(EvalConfig)],
+}
+
+
+def check_command_line(config_name: str, prog: str) -> None:
+    """Compose the config once before Hydra runs the app, so a value of the wrong type
+    or an unknown key is one line and exit status 2 rather than Hydra's report; for
+    glow-sample and glow-eval, a key they do not take is named with the ones they do.
+
+    Under ``-m`` the overrides every job shares are checked the same way (each job's
+    swept values are composed by the sweeper, :mod:`hydra_plugins.glow_train_sweeper`).
+    Other command lines with Hydra's own flags (``--help``, ``--cfg``) are left to Hydra.
+    """
+    overrides = sys.argv[1:]
+    flags = {arg for arg in overrides if arg.startswith("-")}
+    if flags - {"-m", "--multirun"}:
+        return
+    if flags:
+        try:
+            overrides = _shared_overrides([arg for arg in overrides if arg not in flags])
+        except HydraException as err:
+            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+    if config_name in OPTIONS:
+        for arg in overrides:
+            key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+            if key not in OPTIONS[config_name] and key != "hydra":
+                print(
+                    f"{prog}: error: {key} is not an option of {prog}; it takes "
+                    f"{', '.join(OPTIONS[config_name])} (see {prog} --help)",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _shared_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's command line that are not swept (nor Hydra's own)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [
+        o.input_line
+        for o in parsed
+        if not o.is_sweep_override() and not o.is_hydra_override() and o.input_line
+    ]
