@@ -21,6 +21,7 @@ from glow_train.runtime import freed_memory_kept
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
 from glow_train.training.schedule import reached_limits
+from glow_train.training.sizing import describe_chosen
 from glow_train.training.trainer import Trainer, TrainResult
 
 __all__ = ["train"]
@@ -46,7 +47,12 @@ def train(
     lock = None
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
-        if state is not None and reached_limits(cfg.train, state["step"], state["epoch"]):
+        resolved_later = cfg.train.max_steps == "auto"  # the trainer resolves it; then the loop stops
+        if (
+            state is not None
+            and not resolved_later
+            and reached_limits(cfg.train, state["step"], state["epoch"])
+        ):
             raise ConfigError(
                 f"nothing to do: {cfg.ckpt} is at step {state['step']} (epoch "
                 f"{state['epoch']}), already at train.max_steps={cfg.train.max_steps} / "
@@ -61,6 +67,7 @@ def train(
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.started = True
+            cfg = trainer.cfg  # with any auto setting resolved
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             effective = trainer.batch_size * dist.world_size
             start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"
@@ -71,6 +78,11 @@ def train(
                 chosen.append("freed memory kept")
             if cfg.train.compile:
                 chosen.append("compiled")
+            if trainer.auto_chosen:
+                chosen.append(
+                    f"auto for {len(trainer.train_set)} training items: "
+                    + describe_chosen(trainer.auto_chosen)
+                )
             items = "images" if trainer.spec.kind == "image" else "items"
             if density_of(trainer.spec):
                 items += f": {density_of(trainer.spec)}"

@@ -31,6 +31,7 @@ from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization, StepOutcome
 from glow_train.training.schedule import total_steps
+from glow_train.training.sizing import resolve_auto
 from glow_train.training.state import Progress, checkpoint_state, restore
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
@@ -73,6 +74,16 @@ class Trainer:
             raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
 
         self.spec = describe_dataset(cfg.dataset)
+        # Datasets can be passed in (items of cfg.dataset's shape).
+        if train_set is None:  # the source's training data is read once for both
+            train_set, held_out = train_and_validation(cfg.dataset)
+            val_set = val_set if val_set is not None else held_out
+        self.train_set = train_set
+        #: the settings given as auto and what they resolved to for this training split
+        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set))
+        if self.auto_chosen:
+            cfg = check_config(cfg)
+            self.cfg, tcfg = cfg, cfg.train
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
         flow.set_memory_saving(bool(tcfg.memory_saving))
@@ -80,11 +91,6 @@ class Trainer:
         deq = str(tcfg.dequantization)
         self.objective: Objective = build_objective(flow, self.spec, deq, self.class_weight)
         self.objective.to(self.device)
-        # Datasets can be passed in (items of cfg.dataset's shape).
-        if train_set is None:  # the source's training data is read once for both
-            train_set, held_out = train_and_validation(cfg.dataset)
-            val_set = val_set if val_set is not None else held_out
-        self.train_set = train_set
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
         self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
         #: the split best.pt is chosen on: validation when there is one, never test if so
