@@ -85,6 +85,7 @@ class TableDatasetConfig:
     delimiter: str | None = None
     dropna: bool | None = None
     window: int | None = None
+    context: int | None = None
     stride: int | None = None
     transform: str | None = None
     val_size: float | None = None

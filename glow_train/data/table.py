@@ -57,27 +57,36 @@ class VectorDataset(Dataset):
 
 
 class Table:
-    """The three splits of a ``dataset=csv`` config as arrays, and their description."""
+    """The three splits of a ``dataset=csv`` config as arrays, and their description.
 
-    def __init__(self, parts: dict[str, np.ndarray], columns: list[str], cfg: dict[str, Any]):
+    ``series``: for time series, the file columns the windows were cut from (the
+    dimensions repeat them, time-major); empty for rows of a table.
+    """
+
+    def __init__(
+        self,
+        parts: dict[str, np.ndarray],
+        columns: list[str],
+        cfg: dict[str, Any],
+        series: list[str] | None = None,
+    ):
         self.parts = parts  # split -> (N, D) float64
         self.columns = columns  # names of the D dimensions
         train = parts["train"]
         self.loc = train.mean(axis=0)
         self.scale = train.std(axis=0)
         window = cfg.get("window")
-        self.series = _series_names(columns, window)
+        self.series = list(series or [])
         constant = self.scale <= 1e-12 * np.maximum(np.abs(self.loc), 1.0)
         if constant.any():
-            names = list(
-                dict.fromkeys(_column_of(columns, window, int(i)) for i in np.flatnonzero(constant))
-            )
+            names = list(dict.fromkeys(self._column_of(int(i)) for i in np.flatnonzero(constant)))
             raise DataError(
                 f"dataset.path={cfg['path']}: column(s) {', '.join(map(repr, names))} are "
                 "constant on the training split and have no density; leave them out of "
                 "dataset.columns"
             )
         transform = cfg.get("transform") or "none"
+        context = cfg.get("context")
         self.spec = DataSpec(
             "vector",
             (len(columns),),
@@ -87,23 +96,16 @@ class Table:
             loc=self.loc.tolist(),
             scale=self.scale.tolist(),
             transform=None if transform == "none" else transform,
-            window=window,
+            window=None if window is None and context is None else int(window or 1),
             series=self.series,
+            context=None if context is None else int(context),
         )
 
-
-def _series_names(columns: list[str], window: int | None) -> list[str]:
-    if window is None:
-        return []
-    return [c[: -len("[0]")] for c in columns[: len(columns) // window]]
-
-
-def _column_of(columns: list[str], window: int | None, dim: int) -> str:
-    """The file column behind dimension ``dim`` (a window's dims repeat the columns)."""
-    if window is None:
-        return columns[dim]
-    names = _series_names(columns, window)
-    return names[dim % len(names)]
+    def _column_of(self, dim: int) -> str:
+        """The file column behind dimension ``dim`` (a window's dims repeat the columns)."""
+        if not self.series:
+            return self.columns[dim]
+        return self.series[dim % len(self.series)]
 
 
 # --------------------------------------------------------------------------- splitting
@@ -146,8 +148,10 @@ def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def _split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
-    window, stride = int(cfg["window"]), int(cfg["stride"])
+    window, stride = int(cfg.get("window") or 1), int(cfg["stride"])
     t = len(series)
+    if cfg.get("context") is not None:
+        return _split_with_context(series, cfg, path, window, stride)
     if window > t:
         raise DataError(
             f"dataset.window={window} is longer than the series in {path} ({t} values); "
@@ -176,6 +180,43 @@ def _split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[s
     return parts
 
 
+def _split_with_context(
+    series: np.ndarray, cfg: dict[str, Any], path: Path, window: int, stride: int
+) -> dict[str, np.ndarray]:
+    """Items of ``context + window`` consecutive steps whose window lies in the part; the
+    context may reach back into the part before (the past is known when forecasting)."""
+    context, t = int(cfg["context"]), len(series)
+    span = context + window
+    if span >= t:
+        raise DataError(
+            f"dataset.context={context} with dataset.window={window} spans {span} steps, and "
+            f"the series in {path} has {t}; lower dataset.context"
+        )
+    n_test, n_val = _size(cfg, "test_size", t), _size(cfg, "val_size", t)
+    bounds = {
+        "train": (0, t - n_test - n_val),
+        "val": (t - n_test - n_val, t - n_test),
+        "test": (t - n_test, t),
+    }
+    parts = {}
+    for split, (a, b) in bounds.items():
+        first = max(a - context, 0)
+        starts = range(first, b - span + 1, stride)
+        if len(starts) == 0:
+            if split == "val" and n_val == 0:
+                parts[split] = np.empty((0, span * series.shape[1]))
+                continue
+            raise DataError(
+                f"dataset.path={path}: the {split} part ({max(b - a, 0)} of {t} steps) holds no "
+                f"window of {window} after a context of {context}; lower dataset.context or "
+                "change dataset.test_size/val_size"
+            )
+        parts[split] = np.stack([series[s : s + span].reshape(-1) for s in starts])
+    if len(parts["train"]) < 2:
+        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
+    return parts
+
+
 # --------------------------------------------------------------------------- the source
 
 _CACHE: dict[tuple, Table] = {}
@@ -186,6 +227,7 @@ _SPLIT_KEYS = (
     "delimiter",
     "dropna",
     "window",
+    "context",
     "stride",
     "transform",
     "val_size",
@@ -229,14 +271,13 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
                 f"{i + 1}), which has no log-return; use dataset.transform=none"
             )
         values = np.diff(np.log(values), axis=0)
-    window = cfg.get("window")
-    if window is None:
-        parts = _split_rows(values, cfg, path)
-        dims = columns
-    else:
-        parts = _split_series(values, cfg, path)
-        dims = [f"{c}[{t}]" for t in range(int(window)) for c in columns]
-    return Table(parts, dims, cfg)
+    window, context = cfg.get("window"), cfg.get("context")
+    if window is None and context is None:
+        return Table(_split_rows(values, cfg, path), columns, cfg)
+    parts = _split_series(values, cfg, path)
+    first = -int(context or 0)  # context steps are numbered -C..-1, the window's 0..W-1
+    dims = [f"{c}[{t}]" for t in range(first, int(window or 1)) for c in columns]
+    return Table(parts, dims, cfg, series=columns)
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -249,11 +290,16 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"dataset.transform must be one of {', '.join(TRANSFORMS)}, got {cfg['transform']!r}"
         )
-    if cfg.get("window") is not None:
-        int_key(cfg, "window", 1)
+    if cfg.get("context") is not None:
+        int_key(cfg, "context", 1)
+    if cfg.get("window") is not None or cfg.get("context") is not None:
+        if cfg.get("window") is not None:
+            int_key(cfg, "window", 1)
         int_key(cfg, "stride", 1)
     elif (cfg.get("transform") or "none") != "none":
-        raise ConfigError("dataset.transform=log_return needs a time series: set dataset.window")
+        raise ConfigError(
+            "dataset.transform=log_return needs a time series: set dataset.window or dataset.context"
+        )
     int_key(cfg, "split_seed", 0)
     columns = cfg.get("columns")
     if columns is not None and len(columns) == 0:
@@ -267,7 +313,7 @@ def validate(cfg: dict[str, Any]) -> None:
 def describe(cfg: dict[str, Any], num_classes: int) -> DataSpec:
     validate(cfg)
     spec = load_table(cfg).spec
-    if spec.num_dims < 2:
+    if spec.num_dims - spec.context_dims < (1 if spec.context else 2):
         raise ConfigError(
             f"dataset=csv yields {spec.num_dims}-dimensional items; a flow needs at least 2: "
             "choose more columns or set dataset.window"

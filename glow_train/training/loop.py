@@ -94,6 +94,8 @@ def write_samples(trainer: Any, final: bool = False) -> Path | None:
     when ``final``); a model whose samples are not finite is reported in the log,
     not drawn."""
     n = int(trainer.cfg.train.num_samples)
+    if getattr(trainer.model, "context_dims", 0):  # p(window | context): no free samples
+        return None
     try:
         samples = {
             float(t): sample_images(trainer.eval_objective, n, float(t), trainer.seed)
