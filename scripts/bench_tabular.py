@@ -89,7 +89,9 @@ def mixture_table(folder: Path, n: int = 2000, d: int = 4, seed: int = 1):
     comps = []
     for _ in weights:
         a = rng.normal(size=(d, d)) * 0.5
-        comps.append(stats.multivariate_normal(rng.normal(scale=3.0, size=d), a @ a.T + 0.1 * np.eye(d)))
+        comps.append(
+            stats.multivariate_normal(rng.normal(scale=3.0, size=d), a @ a.T + 0.1 * np.eye(d))
+        )
     which = rng.choice(len(weights), size=n, p=weights)
     x = np.stack([comps[k].rvs(random_state=rng) for k in which])
 
@@ -166,11 +168,19 @@ def glow1d_defaults(path: Path, options: dict, run_dir: Path) -> dict:
     return {"nats": result.best_test_score, "seconds": seconds, "step": result.best_step}
 
 
+def standardized(parts: dict) -> tuple[dict, float]:
+    """The splits standardised with the training statistics, and the log-Jacobian per
+    item, so that figures on them convert back to the data's own units."""
+    loc, scale = parts["train"].mean(0), parts["train"].std(0)
+    return {k: (v - loc) / scale for k, v in parts.items()}, float(-np.log(scale).sum())
+
+
 def gaussian(parts: dict) -> dict:
     start = time.perf_counter()
-    train = parts["train"]
+    data, log_jac = standardized(parts)
+    train = data["train"]
     dist = stats.multivariate_normal(train.mean(0), np.cov(train, rowvar=False, bias=True))
-    nats = -dist.logpdf(parts["test"]).mean() / train.shape[1]
+    nats = -(dist.logpdf(data["test"]).mean() + log_jac) / train.shape[1]
     return {"nats": float(nats), "seconds": time.perf_counter() - start}
 
 
@@ -178,15 +188,16 @@ def gmm(parts: dict, max_components: int = 8) -> dict:
     from sklearn.mixture import GaussianMixture
 
     start = time.perf_counter()
+    data, log_jac = standardized(parts)
     best = None
     for k in range(1, max_components + 1):
         model = GaussianMixture(k, covariance_type="full", n_init=2, random_state=0)
-        model.fit(parts["train"])
-        val = -model.score(parts["val"])
+        model.fit(data["train"])
+        val = -model.score(data["val"])
         if best is None or val < best[0]:
             best = (val, k, model)
     _, k, model = best
-    nats = -model.score(parts["test"]) / parts["train"].shape[1]
+    nats = -(model.score(data["test"]) + log_jac) / data["train"].shape[1]
     return {"nats": float(nats), "seconds": time.perf_counter() - start, "components": k}
 
 
@@ -196,9 +207,8 @@ def zuko_flow(parts: dict, kind: str, patience: int = 20, max_epochs: int = 1000
 
     start = time.perf_counter()
     torch.manual_seed(0)
-    loc, scale = parts["train"].mean(0), parts["train"].std(0)
-    log_jac = -np.log(scale).sum()
-    data = {k: torch.from_numpy((v - loc) / scale).float() for k, v in parts.items()}
+    arrays, log_jac = standardized(parts)
+    data = {k: torch.from_numpy(v).float() for k, v in arrays.items()}
     d = data["train"].shape[1]
     make = zuko.flows.NSF if kind == "nsf" else zuko.flows.MAF
     flow = make(features=d, transforms=4, hidden_features=[128, 128])

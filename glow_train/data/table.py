@@ -298,7 +298,8 @@ def validate(cfg: dict[str, Any]) -> None:
         int_key(cfg, "stride", 1)
     elif (cfg.get("transform") or "none") != "none":
         raise ConfigError(
-            "dataset.transform=log_return needs a time series: set dataset.window or dataset.context"
+            "dataset.transform=log_return needs a time series: set dataset.window or "
+            "dataset.context"
         )
     int_key(cfg, "split_seed", 0)
     columns = cfg.get("columns")

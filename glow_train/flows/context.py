@@ -54,7 +54,9 @@ class ContextCoupling(nn.Module):
         super().__init__()
         self.split = num_features // 2
         changed = num_features - self.split
-        self.net = mlp_conditioner(self.split + context_features, hidden_features, 2 * changed, **mlp)
+        self.net = mlp_conditioner(
+            self.split + context_features, hidden_features, 2 * changed, **mlp
+        )
 
     def _shift_and_log_scale(self, x_a: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         out = self.net(torch.cat([x_a, h.to(x_a.dtype)], dim=1)).to(x_a.dtype)

@@ -20,7 +20,7 @@ __all__ = ["Glow1D"]
 
 
 class Glow1D(FlowModel):
-    """Glow for vectors ``(B, D)`` (``model=glow1d``).
+    r"""Glow for vectors ``(B, D)`` (``model=glow1d``).
 
     The same steps of flow as :class:`glow_train.Glow` with dense layers: ActNorm
     per feature, an invertible linear map, an MLP coupling; one learned Gaussian
@@ -94,7 +94,11 @@ class Glow1D(FlowModel):
             self.encoder = ContextEncoder(self.context_dims, width, activation)
             self.steps = nn.ModuleList(
                 nn.ModuleList(
-                    [ActNorm(dim), InvertibleLinear(dim, lu=lu), ContextCoupling(dim, width, width, mlp)]
+                    [
+                        ActNorm(dim),
+                        InvertibleLinear(dim, lu=lu),
+                        ContextCoupling(dim, width, width, mlp),
+                    ]
                 )
                 for _ in range(K)
             )

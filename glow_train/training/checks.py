@@ -88,7 +88,8 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     if t.early_stopping is not None:
         if t.early_stopping < 1:
             raise ConfigError(
-                f"train.early_stopping must be at least 1 evaluation (or null), got {t.early_stopping}"
+                "train.early_stopping must be at least 1 evaluation (or null), got "
+                f"{t.early_stopping}"
             )
         if t.eval_every_steps is None and t.eval_every_epochs is None:
             raise ConfigError(

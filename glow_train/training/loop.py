@@ -280,7 +280,11 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
     if main:
         print(f"run folder: {trainer.run_dir}")
         if best_test is not None:
-            stop = f"stopped early at step {trainer.step}" if early else f"ended at step {trainer.step}"
+            stop = (
+                f"stopped early at step {trainer.step}"
+                if early
+                else f"ended at step {trainer.step}"
+            )
             print(
                 f"val {label}: {p.best_score:.4f} (best, step {p.best_step}); test {label}: "
                 f"{best_test:.4f} (best.pt, the model chosen on validation; {stop}, "

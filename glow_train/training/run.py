@@ -47,7 +47,9 @@ def train(
     lock = None
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
-        resolved_later = cfg.train.max_steps == "auto"  # the trainer resolves it; then the loop stops
+        resolved_later = (
+            cfg.train.max_steps == "auto"
+        )  # the trainer resolves it; then the loop stops
         if (
             state is not None
             and not resolved_later

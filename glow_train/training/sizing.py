@@ -84,7 +84,9 @@ def resolve_auto(cfg: DictConfig, n_train: int) -> tuple[DictConfig, dict[str, A
         return cfg, {}
     sizing = cfg.sizing
     reference = float(sizing.get("reference_items") or 1000)
-    chosen = {key: sized_value(_get(sizing, key), n_train, reference, AUTO_KEYS[key]) for key in keys}
+    chosen = {
+        key: sized_value(_get(sizing, key), n_train, reference, AUTO_KEYS[key]) for key in keys
+    }
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(cfg):
         for key, value in chosen.items():
@@ -95,4 +97,6 @@ def resolve_auto(cfg: DictConfig, n_train: int) -> tuple[DictConfig, dict[str, A
 
 def describe_chosen(chosen: dict[str, Any]) -> str:
     """``auto for 398 items: model.K=6, ...`` for the start-up line."""
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()
+    )
