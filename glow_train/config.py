@@ -225,6 +225,8 @@ class EvalConfig:
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None
+    # the model group dataset=csv selects for training; unused (the checkpoint's model)
+    model: Any = None
 
 
 def register_configs() -> None:
