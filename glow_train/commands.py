@@ -166,6 +166,9 @@ def _sample_app(cfg: DictConfig) -> None:
 
     def run():
         ckpt = _require_ckpt(cfg, "glow-sample")
+        if cfg.mode == "forecast":
+            _forecast(cfg, ckpt)
+            return
         if cfg.mode != "sample":
             _latent_mode(cfg, ckpt)
             return
@@ -190,6 +193,27 @@ def _sample_app(cfg: DictConfig) -> None:
         _say_which(cfg, ckpt, "glow-sample")
 
     _report("glow-sample", run)
+
+
+def _forecast(cfg: DictConfig, ckpt: str) -> None:
+    """glow-sample mode=forecast (:mod:`glow_train.forecast`)."""
+    from glow_train.distributed import resolve_device
+    from glow_train.forecast import forecast
+
+    result = forecast(
+        ckpt,
+        cfg.horizon,
+        cfg.n,
+        context_end=cfg.context_end,
+        seed=cfg.seed,
+        out=cfg.out,
+        device=resolve_device(str(cfg.device)),
+        ema=cfg.ema,
+    )
+    units = "prices" if result.in_prices else "values"
+    print(f"{result.csv_path} ({cfg.n} paths of {cfg.horizon} steps, in {units})")
+    print(result.png_path)
+    _say_which(cfg, ckpt, "glow-sample")
 
 
 def _latent_mode(cfg: DictConfig, ckpt: str) -> None:

@@ -203,6 +203,8 @@ class SampleConfig:
     image: Any = None
     alpha: Any = MISSING
     max_images: int = MISSING
+    horizon: int = MISSING  # forecast: steps per path
+    context_end: int | None = None  # forecast: values of the series before the first step
 
 
 @dataclass

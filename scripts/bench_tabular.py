@@ -149,8 +149,9 @@ def make_dataset(name: str, folder: Path) -> tuple[Path, dict, dict]:
 # ------------------------------------------------------------------ models
 
 
-def glow1d_defaults(path: Path, options: dict, run_dir: Path) -> dict:
-    """``glow-train dataset=csv dataset.path=<file>`` (+ the series options), composed by Hydra."""
+def glow1d_defaults(path: Path, options: dict, run_dir: Path, extra: tuple = ()) -> dict:
+    """``glow-train dataset=csv dataset.path=<file>`` (+ the series options, + ``extra``
+    command-line overrides), composed by Hydra."""
     from hydra import compose, initialize_config_module
 
     from glow_train.training import train
@@ -160,6 +161,7 @@ def glow1d_defaults(path: Path, options: dict, run_dir: Path) -> dict:
     for key, value in options.items():
         text = "[" + ",".join(value) + "]" if isinstance(value, list) else value
         overrides.append(f"dataset.{key}={text}")
+    overrides += list(extra)
     with initialize_config_module("glow_train.configs", version_base="1.3"):
         cfg = compose("train", overrides)
     start = time.perf_counter()
@@ -241,7 +243,9 @@ def zuko_flow(parts: dict, kind: str, patience: int = 20, max_epochs: int = 1000
 # ------------------------------------------------------------------ the table
 
 
-def run(names: list[str], out: Path) -> list[dict]:
+def run(
+    names: list[str], out: Path, glow_options: tuple = (), baselines: bool = True
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     try:
         import zuko  # noqa: F401
@@ -280,9 +284,9 @@ def run(names: list[str], out: Path) -> list[dict]:
             row["truth"] = float(-extra["log_prob"](parts["test"]).mean() / row["dims"])
         row["gaussian"] = gaussian(parts)
         row["gmm"] = gmm(parts)
-        for kind in flows:
+        for kind in flows if baselines else ():
             row[kind] = zuko_flow(parts, kind)
-        row["glow1d"] = glow1d_defaults(path, options, out / "runs" / name)
+        row["glow1d"] = glow1d_defaults(path, options, out / "runs" / name, glow_options)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -313,13 +317,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_tabular"))
     parser.add_argument("--only", default=None, help="comma-separated dataset names")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--glow",
+        nargs="*",
+        default=[],
+        help="extra glow-train overrides for the 1-D Glow (default: none, its defaults)",
+    )
+    parser.add_argument("--no-flows", action="store_true", help="skip zuko's flows")
     args = parser.parse_args()
     names = DATASETS if args.only is None else args.only.split(",")
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         parser.error(f"--only: unknown dataset {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     print(HEADER)
-    rows = run(list(names), args.out)
+    if args.glow:
+        print(f"1-D Glow with: {' '.join(args.glow)}")
+    rows = run(list(names), args.out, tuple(args.glow), baselines=not args.no_flows)
     print("\n" + HEADER)
     for row in rows:
         print(format_row(row))

@@ -251,26 +251,47 @@ def load_table(cfg: dict[str, Any]) -> Table:
     return _CACHE[key]
 
 
-def _load(path: Path, cfg: dict[str, Any]) -> Table:
+def series_values(cfg: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """A time series config's file as ``(columns, values (T, c), levels)``: ``values`` is
+    what the items are cut from (the log-returns with ``transform=log_return``), and
+    ``levels`` the file's values ``(T + 1, c)`` then (``levels[t]`` is the level after
+    ``values[:t]``), else ``None``."""
+    path = Path(str(require_key(cfg, "path"))).expanduser()
+    columns, values = _read(path, cfg)
+    if (cfg.get("transform") or "none") == "log_return":
+        return columns, _log_returns(path, columns, values), values
+    return columns, values, None
+
+
+def _read(path: Path, cfg: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     wanted = cfg.get("columns")
-    columns, values = read_columns(
+    return read_columns(
         path,
         None if wanted is None else [str(c) for c in wanted],
         header=str(cfg.get("header") or "auto"),
         delimiter=cfg.get("delimiter") or ",",
         dropna=bool(cfg.get("dropna")),
     )
+
+
+def _log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
+    """:math:`r_t = \\log(p_{t+1} / p_t)` of every column, ``(T - 1, c)``."""
+    if len(values) < 2:
+        raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
+    bad = np.argwhere(values <= 0)
+    if len(bad):
+        i, j = bad[0]
+        raise DataError(
+            f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
+            f"{i + 1}), which has no log-return; use dataset.transform=none"
+        )
+    return np.diff(np.log(values), axis=0)
+
+
+def _load(path: Path, cfg: dict[str, Any]) -> Table:
+    columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
-        if len(values) < 2:
-            raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
-        bad = np.argwhere(values <= 0)
-        if len(bad):
-            i, j = bad[0]
-            raise DataError(
-                f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
-                f"{i + 1}), which has no log-return; use dataset.transform=none"
-            )
-        values = np.diff(np.log(values), axis=0)
+        values = _log_returns(path, columns, values)
     window, context = cfg.get("window"), cfg.get("context")
     if window is None and context is None:
         return Table(_split_rows(values, cfg, path), columns, cfg)
