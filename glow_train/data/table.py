@@ -29,9 +29,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glow_train.config import TableDatasetConfig
-from glow_train.data.config import int_key, require_key
+from glow_train.data.config import int_key, require_key, split_count
 from glow_train.data.csvfile import HEADERS, read_columns
 from glow_train.data.spec import DataSource, DataSpec
+from glow_train.data.windows import split_series
 from glow_train.errors import ConfigError, DataError
 
 __all__ = ["SOURCE", "VectorDataset", "Table", "load_table", "TRANSFORMS"]
@@ -111,17 +112,9 @@ class Table:
 # --------------------------------------------------------------------------- splitting
 
 
-def _size(cfg: dict[str, Any], key: str, total: int) -> int:
-    """``dataset.<key>`` (a fraction in [0, 1) or a whole count) as a count of ``total``."""
-    value = float(require_key(cfg, key))
-    if value < 0 or (value >= 1 and not value.is_integer()):
-        raise ConfigError(f"dataset.{key} must be a fraction in [0, 1) or a count, got {value:g}")
-    return int(value) if value >= 1 else int(round(value * total))
-
-
 def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
     n = len(values)
-    n_test, n_val = _size(cfg, "test_size", n), _size(cfg, "val_size", n)
+    n_test, n_val = split_count(cfg, "test_size", n), split_count(cfg, "val_size", n)
     n_train = n - n_test - n_val
     if n_test < 1 or n_train < 2:
         raise DataError(
@@ -135,86 +128,6 @@ def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str
         "val": values[order[n_test : n_test + n_val]],
         "train": values[order[n_test + n_val :]],
     }
-
-
-def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
-    """Windows of ``window`` consecutive rows every ``stride`` rows, flattened time-major."""
-    starts = range(0, len(part) - window + 1, stride)
-    return (
-        np.stack([part[s : s + window].reshape(-1) for s in starts])
-        if len(starts)
-        else (np.empty((0, window * part.shape[1])))
-    )
-
-
-def _split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
-    window, stride = int(cfg.get("window") or 1), int(cfg["stride"])
-    t = len(series)
-    if cfg.get("context") is not None:
-        return _split_with_context(series, cfg, path, window, stride)
-    if window > t:
-        raise DataError(
-            f"dataset.window={window} is longer than the series in {path} ({t} values); "
-            "lower dataset.window"
-        )
-    n_test, n_val = _size(cfg, "test_size", t), _size(cfg, "val_size", t)
-    bounds = {
-        "train": (0, t - n_test - n_val),
-        "val": (t - n_test - n_val, t - n_test),
-        "test": (t - n_test, t),
-    }
-    parts = {}
-    for split, (a, b) in bounds.items():
-        if split == "val" and n_val == 0:
-            parts[split] = np.empty((0, window * series.shape[1]))
-            continue
-        if b - a < window:
-            raise DataError(
-                f"dataset.path={path}: the {split} part has {max(b - a, 0)} of the series' {t} "
-                f"values, fewer than dataset.window={window}; lower dataset.window or "
-                "change dataset.test_size/val_size"
-            )
-        parts[split] = _windows(series[a:b], window, stride)
-    if len(parts["train"]) < 2:
-        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
-    return parts
-
-
-def _split_with_context(
-    series: np.ndarray, cfg: dict[str, Any], path: Path, window: int, stride: int
-) -> dict[str, np.ndarray]:
-    """Items of ``context + window`` consecutive steps whose window lies in the part; the
-    context may reach back into the part before (the past is known when forecasting)."""
-    context, t = int(cfg["context"]), len(series)
-    span = context + window
-    if span >= t:
-        raise DataError(
-            f"dataset.context={context} with dataset.window={window} spans {span} steps, and "
-            f"the series in {path} has {t}; lower dataset.context"
-        )
-    n_test, n_val = _size(cfg, "test_size", t), _size(cfg, "val_size", t)
-    bounds = {
-        "train": (0, t - n_test - n_val),
-        "val": (t - n_test - n_val, t - n_test),
-        "test": (t - n_test, t),
-    }
-    parts = {}
-    for split, (a, b) in bounds.items():
-        first = max(a - context, 0)
-        starts = range(first, b - span + 1, stride)
-        if len(starts) == 0:
-            if split == "val" and n_val == 0:
-                parts[split] = np.empty((0, span * series.shape[1]))
-                continue
-            raise DataError(
-                f"dataset.path={path}: the {split} part ({max(b - a, 0)} of {t} steps) holds no "
-                f"window of {window} after a context of {context}; lower dataset.context or "
-                "change dataset.test_size/val_size"
-            )
-        parts[split] = np.stack([series[s : s + span].reshape(-1) for s in starts])
-    if len(parts["train"]) < 2:
-        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
-    return parts
 
 
 # --------------------------------------------------------------------------- the source
@@ -295,7 +208,7 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
     window, context = cfg.get("window"), cfg.get("context")
     if window is None and context is None:
         return Table(_split_rows(values, cfg, path), columns, cfg)
-    parts = _split_series(values, cfg, path)
+    parts = split_series(values, cfg, path)
     first = -int(context or 0)  # context steps are numbered -C..-1, the window's 0..W-1
     dims = [f"{c}[{t}]" for t in range(first, int(window or 1)) for c in columns]
     return Table(parts, dims, cfg, series=columns)

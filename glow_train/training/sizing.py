@@ -15,6 +15,7 @@ what the run's ``config.yaml`` and checkpoints record, and the start-up line pri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -76,9 +77,12 @@ def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float:
     return int(round(value)) if kind is int else round(value, 4)
 
 
-def resolve_auto(cfg: DictConfig, n_train: int) -> tuple[DictConfig, dict[str, Any]]:
-    """``cfg`` with every ``auto`` replaced by its value for ``n_train`` items, and the
-    chosen values (``{"model.K": 6, ...}``; empty when nothing was ``auto``)."""
+def resolve_auto(
+    cfg: DictConfig, n_train: int, check: Callable[[DictConfig], DictConfig] | None = None
+) -> tuple[DictConfig, dict[str, Any]]:
+    """``cfg`` with every ``auto`` replaced by its value for ``n_train`` items (then passed
+    through ``check`` when given), and the chosen values (``{"model.K": 6, ...}``; empty,
+    and ``cfg`` itself, when nothing was ``auto``)."""
     keys = auto_keys(cfg)
     if not keys:
         return cfg, {}
@@ -92,7 +96,7 @@ def resolve_auto(cfg: DictConfig, n_train: int) -> tuple[DictConfig, dict[str, A
         for key, value in chosen.items():
             section, name = key.split(".")
             cfg[section][name] = value
-    return cfg, chosen
+    return (cfg if check is None else check(cfg)), chosen
 
 
 def describe_chosen(chosen: dict[str, Any]) -> str:

@@ -64,9 +64,7 @@ class Trainer:
         val_set: Dataset | None = None,
     ):
         cfg = check_config(cfg)
-        self.cfg, self.dist, self.run_dir = cfg, dist, run_dir
-        self.device = dist.device
-        tcfg = cfg.train
+        self.dist, self.run_dir, self.device, tcfg = dist, run_dir, dist.device, cfg.train
         self.seed = int(cfg.seed)
         self.time_limit = parse_duration(tcfg.time_limit)
         self.amp_dtype = AMP_DTYPES[cfg.precision]
@@ -74,16 +72,12 @@ class Trainer:
             raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
 
         self.spec = describe_dataset(cfg.dataset)
-        # Datasets can be passed in (items of cfg.dataset's shape).
-        if train_set is None:  # the source's training data is read once for both
+        if train_set is None:  # read once for both (or passed in, items of cfg.dataset's shape)
             train_set, held_out = train_and_validation(cfg.dataset)
             val_set = val_set if val_set is not None else held_out
         self.train_set = train_set
-        #: the settings given as auto and what they resolved to for this training split
-        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set))
-        if self.auto_chosen:
-            cfg = check_config(cfg)
-            self.cfg, tcfg = cfg, cfg.train
+        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set), check=check_config)
+        self.cfg, tcfg = cfg, cfg.train
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
         flow.set_memory_saving(bool(tcfg.memory_saving))
