@@ -264,6 +264,9 @@ def _eval_app(cfg: DictConfig) -> None:
         dataset = _plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
+        if cfg.backtest is not None:
+            _backtest(cfg, ckpt)
+            return
         if cfg.ood is not None:
             if chosen or cfg.n_bits is not None:
                 raise ConfigError(
@@ -304,6 +307,29 @@ def _eval_app(cfg: DictConfig) -> None:
             print(f"{summary['split']} nll: {value:.4f} {unit}{of}")
 
     _report("glow-eval", run)
+
+
+def _backtest(cfg: DictConfig, ckpt: str) -> None:
+    """glow-eval backtest=var (:mod:`glow_train.backtest`)."""
+    from glow_train.backtest import backtest, format_table
+    from glow_train.distributed import resolve_device
+
+    if cfg.backtest != "var":
+        raise ConfigError(f"backtest={cfg.backtest!r}: the one backtest is backtest=var")
+    result = backtest(
+        ckpt,
+        samples=cfg.backtest_samples,
+        seed=0 if cfg.seed is None else cfg.seed,
+        out=cfg.out,
+        device=resolve_device(str(cfg.device)),
+        ema=cfg.ema,
+    )
+    print(
+        f"one-step VaR/ES of {result['series']} over {result['test_steps']} test steps "
+        f"({result['samples']} draws per step): {result['folder']}"
+    )
+    print(format_table(result))
+    _say_which(cfg, ckpt, "glow-eval")
 
 
 def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:

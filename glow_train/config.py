@@ -224,6 +224,8 @@ class EvalConfig:
     progress: bool = MISSING
     ood: str | None = None  # a dataset name or a folder of images (glow_train.ood)
     ood_train_images: int = MISSING
+    backtest: str | None = None  # var: the risk backtest of a series model (glow_train.backtest)
+    backtest_samples: int = MISSING
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None
