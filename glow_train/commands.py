@@ -166,8 +166,11 @@ def _sample_app(cfg: DictConfig) -> None:
 
     def run():
         ckpt = _require_ckpt(cfg, "glow-sample")
-        if cfg.mode == "forecast":
-            _forecast(cfg, ckpt)
+        if cfg.mode == "forecast":  # series models with a context
+            from glow_train.series_commands import forecast_command
+
+            forecast_command(cfg, ckpt)
+            _say_which(cfg, ckpt, "glow-sample")
             return
         if cfg.mode != "sample":
             _latent_mode(cfg, ckpt)
@@ -193,27 +196,6 @@ def _sample_app(cfg: DictConfig) -> None:
         _say_which(cfg, ckpt, "glow-sample")
 
     _report("glow-sample", run)
-
-
-def _forecast(cfg: DictConfig, ckpt: str) -> None:
-    """glow-sample mode=forecast (:mod:`glow_train.forecast`)."""
-    from glow_train.distributed import resolve_device
-    from glow_train.forecast import forecast
-
-    result = forecast(
-        ckpt,
-        cfg.horizon,
-        cfg.n,
-        context_end=cfg.context_end,
-        seed=cfg.seed,
-        out=cfg.out,
-        device=resolve_device(str(cfg.device)),
-        ema=cfg.ema,
-    )
-    units = "prices" if result.in_prices else "values"
-    print(f"{result.csv_path} ({cfg.n} paths of {cfg.horizon} steps, in {units})")
-    print(result.png_path)
-    _say_which(cfg, ckpt, "glow-sample")
 
 
 def _latent_mode(cfg: DictConfig, ckpt: str) -> None:
@@ -264,8 +246,11 @@ def _eval_app(cfg: DictConfig) -> None:
         dataset = _plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
-        if cfg.backtest is not None:
-            _backtest(cfg, ckpt)
+        if cfg.backtest is not None:  # series models with a context
+            from glow_train.series_commands import backtest_command
+
+            backtest_command(cfg, ckpt)
+            _say_which(cfg, ckpt, "glow-eval")
             return
         if cfg.ood is not None:
             if chosen or cfg.n_bits is not None:
@@ -307,29 +292,6 @@ def _eval_app(cfg: DictConfig) -> None:
             print(f"{summary['split']} nll: {value:.4f} {unit}{of}")
 
     _report("glow-eval", run)
-
-
-def _backtest(cfg: DictConfig, ckpt: str) -> None:
-    """glow-eval backtest=var (:mod:`glow_train.backtest`)."""
-    from glow_train.backtest import backtest, format_table
-    from glow_train.distributed import resolve_device
-
-    if cfg.backtest != "var":
-        raise ConfigError(f"backtest={cfg.backtest!r}: the one backtest is backtest=var")
-    result = backtest(
-        ckpt,
-        samples=cfg.backtest_samples,
-        seed=0 if cfg.seed is None else cfg.seed,
-        out=cfg.out,
-        device=resolve_device(str(cfg.device)),
-        ema=cfg.ema,
-    )
-    print(
-        f"one-step VaR/ES of {result['series']} over {result['test_steps']} test steps "
-        f"({result['samples']} draws per step): {result['folder']}"
-    )
-    print(format_table(result))
-    _say_which(cfg, ckpt, "glow-eval")
 
 
 def _ood(cfg: DictConfig, ckpt: str, overrides: dict) -> None:

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import brute_force_logdet, perturb
 from hydra import compose, initialize_config_module
 
 from glow_train import Glow1D
@@ -19,7 +20,6 @@ from glow_train.errors import DataError
 from glow_train.evaluate import evaluate
 from glow_train.training import train
 from glow_train.training.sizing import resolve_auto, sized_value
-from tests.helpers import brute_force_logdet, perturb
 
 
 def _compose(overrides: list[str]):
