@@ -85,17 +85,10 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
         if f"train.{key}" not in auto and t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1 (or null), got {t[key]}")
-    if t.early_stopping is not None:
-        if t.early_stopping < 1:
-            raise ConfigError(
-                "train.early_stopping must be at least 1 evaluation (or null), got "
-                f"{t.early_stopping}"
-            )
-        if t.eval_every_steps is None and t.eval_every_epochs is None:
-            raise ConfigError(
-                "train.early_stopping counts evaluations: set train.eval_every_steps or "
-                "train.eval_every_epochs (or train.early_stopping=null)"
-            )
+    if t.early_stopping is not None and t.early_stopping < 1:
+        raise ConfigError(
+            f"train.early_stopping must be at least 1 evaluation (or null), got {t.early_stopping}"
+        )
     for key in ("eval_every_steps", "eval_every_epochs", "sample_every", "ckpt_every"):
         if f"train.{key}" not in auto and t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")

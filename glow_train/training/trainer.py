@@ -31,7 +31,7 @@ from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization, StepOutcome
 from glow_train.training.schedule import total_steps
-from glow_train.training.sizing import resolve_auto
+from glow_train.training.sizing import auto_keys, resolve_auto
 from glow_train.training.state import Progress, checkpoint_state, restore
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
@@ -72,6 +72,8 @@ class Trainer:
             raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
 
         self.spec = describe_dataset(cfg.dataset)
+        if not auto_keys(cfg):  # a model setting it refuses is refused before data is read
+            build_model(cfg.model, self.spec)
         if train_set is None:  # read once for both (or passed in, items of cfg.dataset's shape)
             train_set, held_out = train_and_validation(cfg.dataset)
             val_set = val_set if val_set is not None else held_out
@@ -83,8 +85,7 @@ class Trainer:
         flow.set_memory_saving(bool(tcfg.memory_saving))
         self.class_weight = float(tcfg.class_loss_weight)  # the auxiliary class loss's
         deq = str(tcfg.dequantization)
-        self.objective: Objective = build_objective(flow, self.spec, deq, self.class_weight)
-        self.objective.to(self.device)
+        self.objective = build_objective(flow, self.spec, deq, self.class_weight).to(self.device)
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
         self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
         #: the split best.pt is chosen on: validation when there is one, never test if so
