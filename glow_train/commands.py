@@ -140,6 +140,12 @@ def _sample_app(cfg: DictConfig) -> None:
 
     def run():
         ckpt = _require_ckpt(cfg, "glow-sample")
+        if cfg.mode == "forecast":  # series models with a context
+            from glow_train.series_commands import forecast_command
+
+            forecast_command(cfg, ckpt)
+            _say_which(cfg, ckpt, "glow-sample")
+            return
         if cfg.mode != "sample":
             _latent_mode(cfg, ckpt)
             return
@@ -217,6 +223,12 @@ def _eval_app(cfg: DictConfig) -> None:
         dataset = _plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = _require_ckpt(cfg, "glow-eval")
+        if cfg.backtest is not None:  # series models with a context
+            from glow_train.series_commands import backtest_command
+
+            backtest_command(cfg, ckpt)
+            _say_which(cfg, ckpt, "glow-eval")
+            return
         if cfg.ood is not None:
             if chosen or cfg.n_bits is not None:
                 raise ConfigError(

@@ -100,7 +100,8 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
     if entry.kind == "image":
         int_key(cfg, "n_bits", 1, 8)
     for key in ("batch_size", "eval_batch_size"):
-        if cfg.get(key) is not None:
+        # batch_size may be auto: the trainer resolves it (glow_train.training.sizing)
+        if cfg.get(key) is not None and cfg.get(key) != "auto":
             int_key(cfg, key, 1)
     if cfg.get("num_workers") is not None:
         int_key(cfg, "num_workers", 0)
