@@ -273,6 +273,7 @@ def main() -> None:
     parser.add_argument("--bench", action="store_true", help="also scripts/bench.py --peers")
     args = parser.parse_args()
 
+    measured_on = commit()  # before anything is written
     cwd = Path.cwd()
     rel = args.work  # as the commands name it (relative to the current folder, or absolute)
     prepare_work(cwd / rel)
@@ -427,7 +428,7 @@ def main() -> None:
             "this page was generated without it.\n"
         )
 
-    write_results(args.docs / "results.md", figs, args.steps, bench_note, started)
+    write_results(args.docs / "results.md", figs, args.steps, bench_note, started, measured_on)
     if args.readme is not None:
         write_readme(args.readme, figs, transcript, args.steps)
     print(f"wrote {args.docs / 'results.md'}, {args.readme} and the pictures in {img}")
@@ -465,7 +466,9 @@ def write_readme(path: Path, figs: Figures, transcript: list[str], steps: int | 
     replace_block(path, "results", table)
 
 
-def write_results(path: Path, figs: Figures, steps: int | None, note: str, started: float):
+def write_results(
+    path: Path, figs: Figures, steps: int | None, note: str, started: float, measured_on: str
+) -> None:
     smoke = (
         f"\n!!! warning\n    Generated with `--steps {steps}`: these are untrained models, "
         "not results.\n"
@@ -478,7 +481,7 @@ def write_results(path: Path, figs: Figures, steps: int | None, note: str, start
         f"""# Results
 
 Every figure on this page was measured by one command,
-`python scripts/make_figures.py` (`make figures`), on commit **{commit()}**,
+`python scripts/make_figures.py` (`make figures`), on commit **{measured_on}**,
 {dt.date.today().isoformat()}, on {machine()}; the whole script took {minutes:.0f} min.
 Run it again after a change: it rewrites this page and the pictures of the guides.
 Each row gives the command that produced the figure (`runs/docs/` is the script's
