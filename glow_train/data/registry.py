@@ -183,7 +183,7 @@ def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset 
     are validation (``None`` when there are none): drawn with ``dataset.split_seed``
     (``val_draw: random``, the default), or the last ones in the source's order
     (``val_draw: last``: on digits they predict the test figure, the images after them,
-    far better than a random draw; see the README's "Which split each figure is on")."""
+    far better than a random draw; see docs/guide/datasets.md)."""
     full = entry.build(cfg, "train")
     n_val = validation_size(cfg, len(full))
     if n_val == 0:
