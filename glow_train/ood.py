@@ -2,8 +2,8 @@ r"""Out-of-distribution scores: ``glow-eval ckpt=... ood=<dataset or folder>``.
 
 Both sets, the checkpoint's test split (in-distribution, the negatives) and the
 other data (out-of-distribution, the positives), are scored per image in
-bits/dim by :func:`glow_train.evaluate.evaluate_objective`; then the area under
-the ROC curve of telling them apart by
+bits/dim by :func:`glow_train.scoring.evaluate_objective`, the function behind
+``glow-eval``'s figures; then the area under the ROC curve of telling them apart by
 
 - **bits/dim**: a higher figure means less likely, hence "out";
 - **typicality**: :math:`|\mathrm{bpd}(x) - \overline{\mathrm{bpd}}_{train}|`, the
@@ -17,6 +17,10 @@ data than to its own test set (Nalisnick et al. 2019, "Do deep generative models
 know what they don't know?"): an AUROC below 0.5 by bits/dim is that effect,
 not a bug, and the typicality score is the usual remedy.
 
+A class-conditional model is scored by its marginal
+:math:`p(x) = \sum_y p(y)\,p(x \mid y)` (the other images have no labels), with
+:math:`p(y)` uniform or the training split's class frequencies (``class_prior``).
+
 :func:`auroc` is the Mann-Whitney statistic with tied scores counted one half,
 equal to scikit-learn's ``roc_auc_score`` (tested).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
-from glow_train.checkpoint import resolve_checkpoint, write_atomic
+from glow_train.checkpoint import write_atomic
+from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import (
     build_dataset,
     dataset_config,
@@ -41,16 +47,11 @@ from glow_train.data import (
     describe_dataset,
     source,
 )
-from glow_train.distributed import resolve_device
-from glow_train.errors import ConfigError, NonFiniteError, require_int
-from glow_train.evaluate import (
-    EvalResult,
-    _checkpoint_eval_settings,
-    _write_csv,
-    eval_dataset,
-    evaluate_objective,
-)
-from glow_train.objective import load_objective
+from glow_train.errors import ConfigError, NonFiniteError
+from glow_train.evaluate import eval_dataset, model_class_prior
+from glow_train.inference import load
+from glow_train.scoring import CLASS_PRIORS, EvalResult, evaluate_objective, write_per_item_csv
+from glow_train.validate import require_int
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
 
@@ -97,41 +98,61 @@ def evaluate_ood(
     ckpt: str | os.PathLike,
     ood: str,
     *,
-    split: str = "test",
+    split: str | None = None,
     dataset_overrides: dict[str, Any] | None = None,
-    draws: int = 1,
+    draws: int | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
-    train_images: int = 5000,
+    train_images: int | None = None,
     out: str | os.PathLike | None = None,
-    device: str | torch.device = "auto",
-    ema: bool = True,
-    progress: bool = False,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+    progress: bool | None = None,
+    class_prior: str | None = None,
 ) -> dict[str, Any]:
     """Score the checkpoint's ``split`` and ``ood`` per image and write ``eval.json``,
     ``per_image.csv`` and ``ood_per_image.csv``; return the summary (``eval.json``).
 
+    Every ``None`` takes the value of the same key in ``configs/eval.yaml``
+    (``train_images`` is its ``ood_train_images``; ``seed`` and ``batch_size`` are
+    null there: the checkpoint's).
+
     ``dataset_overrides``: keys of the checkpoint's dataset config to replace (e.g. its
     ``root`` when the data moved); ``draws``: dequantisation draws averaged per image;
     ``train_images``: the first training images whose mean bits/dim is the
-    typicality centre.
+    typicality centre; ``class_prior``: :math:`p(y)` of a class-conditional model's
+    marginal, ``uniform`` or ``train``.
     """
-    device = resolve_device(device)
-    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
-    train_images = require_int("ood_train_images", train_images, 1)
-    draws = require_int("draws", draws, 1)
+    opts = fill_defaults(
+        "eval",
+        EvalConfig,
+        split=split,
+        draws=draws,
+        ood_train_images=train_images,
+        device=None if device is None else str(device),
+        ema=ema,
+        progress=progress,
+        class_prior=class_prior,
+    )
+    split = opts.split
+    train_images = require_int("ood_train_images", opts.ood_train_images, 1)
+    draws = require_int("draws", opts.draws, 1)
     if split not in ("test", "val", "train"):
         raise ConfigError(f"split must be one of test, val, train, got {split!r}")
-    objective, info = load_objective(ckpt, ema=ema, device=device)
+    if opts.class_prior not in CLASS_PRIORS:
+        raise ConfigError(
+            f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
+        )
+    loaded = load(ckpt, ema=opts.ema, device=device if device is not None else opts.device)
+    objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     if objective.dequantizer.n_bits is None:
         raise ConfigError("ood= scores images; this checkpoint models vectors")
-    if objective.flow.num_classes > 0:
-        raise ConfigError(
-            "ood= needs p(x) and this model is class-conditional (p(x|y)); "
-            "score an unconditional model"
-        )
-    saved, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)
+    saved, checkpoint_seed = loaded.eval_settings()
     data_cfg = eval_dataset(saved, None, dataset_overrides)
+    num_classes = objective.flow.num_classes
+    p_y = None  # a class-conditional model: its marginal p(x)
+    if num_classes > 0:
+        p_y = model_class_prior(opts.class_prior, num_classes, data_cfg)
     ood_cfg, ood_split = ood_dataset(ood, data_cfg)
     ood_shape = describe_dataset(ood_cfg).shape
     if ood_shape != tuple(info["data"]["shape"]):
@@ -144,7 +165,8 @@ def evaluate_ood(
         device=device,
         seed=checkpoint_seed if seed is None else seed,
         draws=draws,
-        progress=progress,
+        progress=opts.progress,
+        class_prior=p_y,
     )
     train = build_dataset(data_cfg, "train")
     results: dict[str, EvalResult] = {
@@ -154,6 +176,8 @@ def evaluate_ood(
             objective, Subset(train, range(min(train_images, len(train)))), **settings
         ),
     }
+    # the marginal's figures alone (p(x|y) is not what the AUROC compares)
+    results = {name: replace(result, conditional=None) for name, result in results.items()}
     for name, result in results.items():
         if not math.isfinite(result.value):
             raise NonFiniteError(f"non-finite bits/dim on the {name} images: a diverged model?")
@@ -174,10 +198,13 @@ def evaluate_ood(
         "auroc_typicality": auroc((inside - centre).abs(), (outside - centre).abs()),
         "seed": settings["seed"],
         "draws": draws,
+        **(
+            {"density": "marginal p(x)", "class_prior": opts.class_prior} if p_y is not None else {}
+        ),
     }
     folder = Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_ood_{name}"
-    write_atomic(folder / "per_image.csv", lambda tmp: _write_csv(tmp, results["in"]))
-    write_atomic(folder / "ood_per_image.csv", lambda tmp: _write_csv(tmp, results["ood"]))
+    write_atomic(folder / "per_image.csv", lambda tmp: write_per_item_csv(tmp, results["in"]))
+    write_atomic(folder / "ood_per_image.csv", lambda tmp: write_per_item_csv(tmp, results["ood"]))
     text = json.dumps(summary, indent=2) + "\n"
     summary["json_path"] = str(write_atomic(folder / "eval.json", lambda tmp: tmp.write_text(text)))
     return summary

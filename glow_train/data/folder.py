@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from glow_train.data.config import require_key
+from glow_train.data.checks import require_key
 from glow_train.data.spec import DataSource, DataSpec, image_spec
 from glow_train.data.transforms import ToUint8
 from glow_train.errors import ConfigError, DataError

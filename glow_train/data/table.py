@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glow_train.config import TableDatasetConfig
-from glow_train.data.config import int_key, require_key
+from glow_train.data.checks import int_key, require_key
 from glow_train.data.csvfile import HEADERS, read_columns
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.errors import ConfigError, DataError

@@ -1,10 +1,14 @@
 """The training loop over a :class:`~glow_train.training.Trainer`: steps, periodic
-evaluation, sample grids and checkpoints, stopping, and the final report.
+evaluation, sample grids and checkpoints, stopping, and the run's report.
 
-The functions take the trainer (duck-typed, so this module does not import it):
-its ``objective``, ``optim``, ``progress``, ``monitor``, ``loader``, ``sampler``,
-``prepare_batch``, ``train_step``, ``evaluate`` and ``save``; :func:`write_samples` draws
-from its EMA model.
+The functions take the trainer as a :class:`LoopTrainer`: the protocol below
+states every member the loop uses (the trainer's data, optimisation, counters and
+monitor, and its step, evaluation and checkpoint methods), so the loop depends on
+that interface and not on the class (which calls :func:`fit` from
+:meth:`~glow_train.training.Trainer.fit`). :func:`write_samples` draws from its
+EMA model. The loop returns a :class:`TrainResult`; what it has to say while
+it runs, the final report included, goes through the trainer's
+:class:`~glow_train.training.monitor.Monitor` (rank 0 only), never ``print``.
 """
 
 from __future__ import annotations
@@ -13,21 +17,64 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
-from glow_train.distributed import all_reduce_max
+from glow_train.data.spec import DataSpec
+from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
 from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
-from glow_train.sample import sample_images
-from glow_train.sample_formats import sample_format
+from glow_train.objective import Objective
+from glow_train.sampling.formats import sample_format
+from glow_train.sampling.images import sample_images
+from glow_train.training.monitor import Monitor
 from glow_train.training.schedule import CLOCK_EVERY, clock_horizon, reached_limits
 from glow_train.training.signals import Interrupt, preempt_signal
+from glow_train.training.state import Progress
 
 GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
 
-__all__ = ["fit", "TrainResult", "TrainingDiverged"]
+__all__ = ["fit", "TrainResult", "TrainingDiverged", "LoopTrainer"]
+
+
+class LoopTrainer(Protocol):
+    """What the loop uses of a trainer (:class:`glow_train.training.Trainer` is one)."""
+
+    cfg: DictConfig
+    dist: DistInfo
+    device: torch.device
+    run_dir: Path
+    spec: DataSpec
+    seed: int
+    objective: Objective
+    progress: Progress
+    monitor: Monitor
+    loader: DataLoader
+    sampler: EpochSampler
+    batch_size: int
+    steps_per_epoch: int
+    time_limit: float | None
+    selection: str
+    stop_seen: dict[str, bool]
+
+    @property
+    def model(self) -> FlowModel: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def total_steps(self) -> int | None: ...
+    @property
+    def eval_objective(self) -> Objective: ...
+    def prepare_batch(self, batch: Any, step: int) -> tuple[Any, Any, Any]: ...
+    def train_step(self, x: Any, noise: Any, y: Any, signalled: bool, time_up: bool) -> dict: ...
+    def set_horizon(self, estimate: int | None) -> None: ...
+    def settle(self) -> None: ...
+    def evaluate(self, split: str = "test") -> float: ...
+    def save(self, name: str) -> Path | None: ...
+    def last_good_text(self) -> str: ...
 
 
 class TrainingDiverged(GlowError):
@@ -55,7 +102,7 @@ class TrainResult:
     last_val_score: float | None = None
 
 
-def evaluate_and_keep_best(trainer: Any) -> None:
+def evaluate_and_keep_best(trainer: LoopTrainer) -> None:
     """The selection split's figure now (validation, else test); ``best.pt`` when it is
     the best so far. Test figures never choose anything when there is a validation split."""
     trainer.settle()
@@ -78,7 +125,7 @@ def evaluate_and_keep_best(trainer: Any) -> None:
         trainer.save("best.pt")
 
 
-def write_samples(trainer: Any, final: bool = False) -> Path | None:
+def write_samples(trainer: LoopTrainer, final: bool = False) -> Path | None:
     """Samples to TensorBoard (and ``samples.png``, or ``samples.csv`` for vector data,
     when ``final``); a model whose samples are not finite is reported in the log,
     not drawn."""
@@ -107,7 +154,7 @@ def _figure(score: float | None) -> str:
     return "none finite yet" if score is None else f"{score:.4f}"
 
 
-def diverged(trainer: Any) -> TrainingDiverged:
+def diverged(trainer: LoopTrainer) -> TrainingDiverged:
     tcfg = trainer.cfg.train
     kept = trainer.last_good_text()
     return TrainingDiverged(
@@ -118,7 +165,7 @@ def diverged(trainer: Any) -> TrainingDiverged:
     )
 
 
-def periodic(trainer: Any, end_of_epoch: bool) -> None:
+def periodic(trainer: LoopTrainer, end_of_epoch: bool) -> None:
     """Evaluation, sample grids and ``last.pt`` when their step (or epoch) comes."""
     tcfg, main = trainer.cfg.train, trainer.dist.is_main
     eval_now = tcfg.eval_every_steps is not None and trainer.step % int(tcfg.eval_every_steps) == 0
@@ -137,7 +184,7 @@ def periodic(trainer: Any, end_of_epoch: bool) -> None:
         trainer.save("last.pt")
 
 
-def _stop(trainer: Any) -> bool:
+def _stop(trainer: LoopTrainer) -> bool:
     """A signal or the time limit seen on any rank (agreed flags), or a step/epoch limit."""
     seen, p = trainer.stop_seen, trainer.progress
     return (
@@ -145,7 +192,7 @@ def _stop(trainer: Any) -> bool:
     )
 
 
-def fit(trainer: Any) -> TrainResult:
+def fit(trainer: LoopTrainer) -> TrainResult:
     """Train until a limit, a signal or divergence; always end with a checkpoint."""
     tcfg, p = trainer.cfg.train, trainer.progress
     trainer.monitor.open(trainer.run_dir, trainer.total_steps, trainer.step, bool(tcfg.progress))
@@ -220,15 +267,16 @@ def fit(trainer: Any) -> TrainResult:
         return finish(trainer, interrupted)
 
 
-def _agreed(trainer: Any, flag: bool) -> bool:
+def _agreed(trainer: LoopTrainer, flag: bool) -> bool:
     """``flag`` on any rank (one all-reduce; every rank must call it)."""
     value = torch.tensor([float(flag)], device=trainer.device)
     return bool(all_reduce_max(value).item())
 
 
-def finish(trainer: Any, interrupted: bool) -> TrainResult:
+def finish(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
     """The last selection figure (and ``best.pt``), then the test figure of the final
-    model, ``last.pt`` and the samples; the report names the split of each figure."""
+    model, ``last.pt`` and the samples; the report (the run's last log lines, rank 0)
+    names the split of each figure."""
     main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
     evaluate_and_keep_best(trainer)
     if trainer.selection == "val":
@@ -245,28 +293,28 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
         trainer.save("last.pt")
         samples = write_samples(trainer, final=True)
         trainer.monitor.close()
-    best = trainer.run_dir / "best.pt"
+    best, say = trainer.run_dir / "best.pt", trainer.monitor.log  # rank 0 alone speaks
     if main:
-        print(f"run folder: {trainer.run_dir}")
+        say(f"run folder: {trainer.run_dir}")
         if trainer.selection == "val":
-            print(
+            say(
                 f"val {label}: {p.last_val_score:.4f} (best {p.best_score:.4f}); "
                 f"test {label}: {p.last_test_score:.4f} (final model, step {trainer.step})"
             )
         else:
-            print(
+            say(
                 f"test {label}: {p.last_test_score:.4f} (best {p.best_score:.4f}, step "
                 f"{trainer.step}; no validation split: best.pt was chosen on test)"
             )
         if trainer.model.num_classes > 0:
-            print(f"(class-conditional: every {label} above is of p(x|y), given the label)")
-        print(f"best checkpoint: {best}")
+            say(f"(class-conditional: every {label} above is of p(x|y), given the label)")
+        say(f"best checkpoint: {best}")
         if samples is not None:
-            print(f"samples: {samples}")
+            say(f"samples: {samples}")
     return result(trainer, interrupted)
 
 
-def result(trainer: Any, interrupted: bool) -> TrainResult:
+def result(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
     """The :class:`TrainResult` of the run as it stands."""
     p, best = trainer.progress, trainer.run_dir / "best.pt"
     return TrainResult(

@@ -79,7 +79,7 @@ def train(
                 items += f", {trainer.model.num_classes} classes: a model of p(x|y)"
                 if trainer.class_weight > 0:
                     items += f"; train bpd includes {trainer.class_weight:g} x class bits"
-            print(
+            trainer.monitor.log(
                 f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / {val}"
                 f"{len(trainer.test_set)} test {items}), "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "

@@ -30,6 +30,7 @@ __all__ = [
     "ImageSamples",
     "TableSamples",
     "sample_format",
+    "WRITERS",
     "table_paths",
     "output_paths",
     "image_format",
@@ -205,6 +206,10 @@ def output_paths(
     return [folder / f"{ckpt.stem}_{label}.png" for label in labels]
 
 
+#: the kind of data (:attr:`DataSpec.kind`) -> the class that writes its samples
+WRITERS: dict[str, type] = {"image": ImageSamples, "vector": TableSamples}
+
+
 def sample_format(spec: DataSpec, **options: Any) -> ImageSamples | TableSamples:
     """The writer of samples of data described by ``spec``."""
-    return {"image": ImageSamples, "vector": TableSamples}[spec.kind](spec, **options)
+    return WRITERS[spec.kind](spec, **options)

@@ -1,7 +1,8 @@
-"""Sampling: temperature-scaled latents decoded to image grids (CSV tables for vectors).
+"""Plain samples and class grids: temperature-scaled latents decoded to image grids
+(CSV tables for vectors).
 
 ``sample_images`` and ``sample_grid`` are the library functions the trainer uses;
-:func:`sample` is what ``glow-sample`` calls: checkpoint in, PNG files out.
+:func:`sample` is ``glow-sample``'s ``mode=sample``: checkpoint in, PNG files out.
 Latents are drawn from the learned priors with their standard deviations
 multiplied by the temperature (Kingma & Dhariwal 2018, section 5: ``T = 0.7``
 trades diversity for fidelity; ``T = 0`` decodes the priors' means). The
@@ -13,24 +14,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import resolve_checkpoint, write_atomic
+from glow_train.checkpoint import write_atomic
 from glow_train.config import SampleConfig, fill_defaults
-from glow_train.data.spec import DataSpec
-from glow_train.distributed import resolve_device
-from glow_train.errors import ConfigError, require_int, require_numbers
-from glow_train.objective import Objective, load_objective
-from glow_train.sample_formats import (
+from glow_train.errors import ConfigError
+from glow_train.inference import INFERENCE_PRECISIONS, load, resolve_checkpoint
+from glow_train.objective import Objective
+from glow_train.sampling.formats import (
     TableSamples,
     image_format,
     output_paths,
     sample_format,
 )
+from glow_train.validate import require_int, require_numbers
 
 __all__ = [
     "sample_images",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 LAYOUTS = ("grids", "rows")
-SAMPLE_PRECISIONS = ("fp32", "bf16")
 
 
 @torch.no_grad()
@@ -258,9 +257,9 @@ def sample(
         ema=ema,
         precision=precision,
     )
-    if opts.precision not in SAMPLE_PRECISIONS:
+    if opts.precision not in INFERENCE_PRECISIONS:
         raise ConfigError(
-            f"precision must be one of {', '.join(SAMPLE_PRECISIONS)}, got {opts.precision!r}"
+            f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {opts.precision!r}"
         )
     temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
     n = require_int("n", opts.n, 1)
@@ -274,10 +273,10 @@ def sample(
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout == "grids":
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
-    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
-    device = resolve_device(device if device is not None else opts.device)
-    objective, info = load_objective(ckpt, ema=opts.ema, device=device)
-    spec = DataSpec.from_dict(info["data"])
+    ckpt = resolve_checkpoint(ckpt)
+    device = device if device is not None else opts.device
+    loaded = load(ckpt, ema=opts.ema, device=device, precision=opts.precision)
+    objective, spec = loaded.objective, loaded.spec
     writer = sample_format(spec, padding=padding, nrow=nrow)
     if start_price is not None:
         if spec.transform != "log_return":
@@ -295,17 +294,12 @@ def sample(
     paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
     if any(p.resolve() == ckpt.resolve() for p in paths):
         raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if opts.precision == "bf16"
-        else nullcontext()
-    )
     if isinstance(writer, TableSamples):
-        with autocast:
+        with loaded.autocast():
             return _write_tables(
                 objective, writer, paths, n, temperatures, layout, seed, batch_size, start_price
             )
-    with autocast:
+    with loaded.autocast():
         if layout == "grids":
             drawn = sample_grid(
                 objective, count, temperatures, seed, nrow, padding, batch_size, labels

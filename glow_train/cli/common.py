@@ -1,0 +1,119 @@
+"""What the three commands share: the config package, the command-line check before
+Hydra runs, one-line errors, and the checkpoint that ``ckpt=`` names.
+
+Each command is one module of this package (:mod:`glow_train.cli.train`,
+:mod:`glow_train.cli.sample`, :mod:`glow_train.cli.eval`): a Hydra app that turns
+the composed config into plain arguments, calls one library function and prints
+what it returns. Errors the user can fix (:class:`glow_train.errors.GlowError`,
+and a command line the typed configs refuse) print one line and exit with status
+2. The console scripts' entry points are in :mod:`glow_train.cli`, which imports
+the commands only once it can answer Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from glow_train.config import EvalConfig, SampleConfig
+from glow_train.errors import CheckpointError, GlowError
+from glow_train.inference import resolve_checkpoint
+
+CONFIG_MODULE = "glow_train.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+GROUPS = ("dataset", "model", "experiment")
+
+
+def _one_line(err: BaseException) -> str:
+    """A Hydra composition error (several lines, a cause) as one line."""
+    text = str(err).split("\nConfig search path")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].rstrip(".") if lines else type(err).__name__
+    first = first.removeprefix("Error merging override ")
+    options = [line for line in text.splitlines()[1:] if line.startswith("\t")]
+    if options:  # an unknown group entry: Hydra lists the available ones
+        return f"{first}; choose one of {', '.join(o.strip() for o in options)}"
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        return f"{first}: {str(cause).splitlines()[0]}"
+    return "; ".join(lines) if lines else first
+
+
+#: the top-level keys glow-sample and glow-eval take (glow-train takes its groups too)
+OPTIONS = {
+    "sample": [f.name for f in fields(SampleConfig)],
+    "eval": [f.name for f in fields(EvalConfig)],
+}
+
+
+def check_command_line(config_name: str, prog: str) -> None:
+    """Compose the config once before Hydra runs the app, so a value of the wrong type
+    or an unknown key is one line and exit status 2 rather than Hydra's report; for
+    glow-sample and glow-eval, a key they do not take is named with the ones they do.
+
+    Command lines with Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps) are
+    left to Hydra.
+    """
+    overrides = sys.argv[1:]
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    if config_name in OPTIONS:
+        for arg in overrides:
+            key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+            if key not in OPTIONS[config_name] and key != "hydra":
+                print(
+                    f"{prog}: error: {key} is not an option of {prog}; it takes "
+                    f"{', '.join(OPTIONS[config_name])} (see {prog} --help)",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:
+    """Run ``fn``; a user-fixable error is one line and exit status 2, or with
+    ``exit_on_error=False`` (one job of a sweep) one line and ``False``. (Ctrl-C is
+    handled once, in :mod:`glow_train.cli`, around the imports and the whole run.)"""
+    try:
+        fn()
+        return True
+    except GlowError as err:
+        message = str(err)
+    except OSError as err:  # e.g. an output path under a file, a read-only folder
+        message = f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    if exit_on_error:
+        sys.exit(2)
+    return False
+
+
+def plain(value: object) -> object:
+    """OmegaConf containers -> plain lists and dicts; everything else unchanged."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def require_ckpt(cfg: DictConfig, prog: str) -> str:
+    """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
+    ``last.pt``), which :func:`say_which` reports once the command succeeded."""
+    if cfg.ckpt is None:
+        raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
+    return str(resolve_checkpoint(cfg.ckpt))
+
+
+def say_which(cfg: DictConfig, used: str, prog: str) -> None:
+    """On stderr, which checkpoint of a run folder was used (stdout stays the results)."""
+    if used != str(cfg.ckpt):
+        print(f"{prog}: used {used}", file=sys.stderr)

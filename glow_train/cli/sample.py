@@ -1,0 +1,28 @@
+"""``glow-sample``: run the ``mode=`` the command line names
+(:func:`glow_train.sampling.run_mode`) and print the files it wrote, one per line,
+then anything else it has to say."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from glow_train.cli.common import CONFIG_PATH, plain, report, require_ckpt, say_which
+from glow_train.sampling import run_mode
+
+__all__ = ["app"]
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
+def app(cfg: DictConfig) -> None:
+    def run():
+        ckpt = require_ckpt(cfg, "glow-sample")
+        options = {key: plain(value) for key, value in cfg.items() if key not in ("ckpt", "mode")}
+        written = run_mode(cfg.mode, ckpt, options)
+        for path in written.paths:
+            print(path)
+        for line in written.notes:
+            print(line)
+        say_which(cfg, ckpt, "glow-sample")
+
+    report("glow-sample", run)
