@@ -21,9 +21,9 @@ __all__ = ["train_main", "sample_main", "eval_main"]
 
 #: what each command loads before it runs (its slow imports); the first is its app's module
 _MODULES = {
-    "train": ("glow_train.cli.train", "torch.utils.tensorboard"),
-    "sample": ("glow_train.cli.sample",),
-    "eval": ("glow_train.cli.eval",),
+    "train": ("glow_train.cli.train", "glow_train.training", "torch.utils.tensorboard"),
+    "sample": ("glow_train.cli.sample", "glow_train.sampling"),
+    "eval": ("glow_train.cli.eval", "glow_train.evaluate", "glow_train.ood"),
 }
 
 

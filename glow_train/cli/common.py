@@ -23,7 +23,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
 from glow_train.errors import CheckpointError, GlowError
-from glow_train.inference import resolve_checkpoint
 
 CONFIG_MODULE = "glow_train.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -108,6 +107,8 @@ def plain(value: object) -> object:
 def require_ckpt(cfg: DictConfig, prog: str) -> str:
     """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
     ``last.pt``), which :func:`say_which` reports once the command succeeded."""
+    from glow_train.inference import resolve_checkpoint  # PyTorch on use
+
     if cfg.ckpt is None:
         raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
     return str(resolve_checkpoint(cfg.ckpt))

@@ -4,7 +4,7 @@ printed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 
 from glow_train.cli.common import CONFIG_PATH, plain, report, require_ckpt, say_which
 from glow_train.errors import ConfigError
-from glow_train.evaluate import EvalReport, evaluate
-from glow_train.ood import evaluate_ood
+
+if TYPE_CHECKING:
+    from glow_train.evaluate import EvalReport
 
 __all__ = ["app", "print_report", "print_ood"]
 
@@ -69,6 +70,9 @@ def print_ood(s: dict[str, Any]) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def app(cfg: DictConfig) -> None:
+    from glow_train.evaluate import evaluate  # PyTorch on use
+    from glow_train.ood import evaluate_ood
+
     def run():
         # dataset=<name> composes that group's config (with any dataset.* overrides in
         # it); without it, dataset.* keys that are set replace the checkpoint's values.

@@ -8,13 +8,14 @@ import hydra
 from omegaconf import DictConfig
 
 from glow_train.cli.common import CONFIG_PATH, plain, report, require_ckpt, say_which
-from glow_train.sampling import run_mode
 
 __all__ = ["app"]
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
 def app(cfg: DictConfig) -> None:
+    from glow_train.sampling import run_mode  # PyTorch on use
+
     def run():
         ckpt = require_ckpt(cfg, "glow-sample")
         options = {key: plain(value) for key, value in cfg.items() if key not in ("ckpt", "mode")}

@@ -1,5 +1,6 @@
 """``glow-train``: compose the run config and call :func:`glow_train.training.train`
-(the run reports itself through its monitor, on rank 0).
+(the run reports itself through its monitor, on rank 0). Like every command module
+it imports only Hydra and OmegaConf at the top, the library inside the app.
 
 Under ``-m`` (a sweep) one failed job prints one line and returns ``nan`` to the
 sweeper, which goes on with the next.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,10 +19,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from glow_train.cli.common import CONFIG_PATH, GROUPS, report
-from glow_train.cluster import export_torch_env
-from glow_train.runtime import keep_freed_memory
-from glow_train.training import TrainResult, train
-from glow_train.training.resume import auto_resume, resume_config
+
+if TYPE_CHECKING:
+    from glow_train.training import TrainResult
 
 __all__ = ["app", "sweep_objective"]
 
@@ -42,6 +43,12 @@ def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
+    # the library (PyTorch) on use: this module loads with Hydra alone
+    from glow_train.cluster import export_torch_env
+    from glow_train.runtime import keep_freed_memory
+    from glow_train.training import train
+    from glow_train.training.resume import auto_resume, resume_config
+
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     returned: list[float | None] = [None]
