@@ -43,7 +43,7 @@ __all__ = [
     "OPTIMIZERS",
 ]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "adamax")
 
 
@@ -160,6 +160,7 @@ class TrainConfig:
     """The whole ``glow-train`` config; ``dataset`` and ``model`` are typed by their
     group's own schema (each group entry names it in its defaults list)."""
 
+    preset: str | None = None  # the preset file the dataset chose (configs/preset/)
     seed: int = MISSING
     device: str = MISSING
     precision: str = MISSING
@@ -217,6 +218,7 @@ class EvalConfig:
     ood: str | None = None  # a dataset name or a folder of images (glow_train.ood)
     ood_train_images: int = MISSING
     class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
+    precision: str = MISSING  # fp32|bf16|auto (glow_train.precision)
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None

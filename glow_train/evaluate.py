@@ -124,6 +124,7 @@ def evaluate(
     ema: bool | None = None,
     progress: bool | None = None,
     class_prior: str | None = None,
+    precision: str | None = None,
 ) -> EvalReport:
     """A checkpoint's score on a dataset split (bits/dim for images); writes ``eval.json``.
 
@@ -152,6 +153,8 @@ def evaluate(
         class_prior: the :math:`p(y)` of a class-conditional model's marginal
             :math:`p(x)`: ``"uniform"`` or ``"train"`` (the training split's class
             frequencies); unused for other models.
+        precision: ``"fp32"`` (figures comparable across machines), ``"bf16"`` or
+            ``"auto"`` (:func:`glow_train.precision.resolve_precision`).
 
     Returns:
         The summary (also in ``eval.json``), the full result and the written paths.
@@ -170,6 +173,7 @@ def evaluate(
         ema=ema,
         progress=progress,
         class_prior=class_prior,
+        precision=precision,
     )
     if opts.split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
@@ -181,7 +185,12 @@ def evaluate(
         raise ConfigError(
             f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
         )
-    loaded = load(ckpt, ema=opts.ema, device=device if device is not None else opts.device)
+    loaded = load(
+        ckpt,
+        ema=opts.ema,
+        device=device if device is not None else opts.device,
+        precision=opts.precision,
+    )
     objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     checkpoint_dataset, checkpoint_seed = loaded.eval_settings()
     data_cfg = eval_dataset(checkpoint_dataset, dataset, dataset_overrides)
@@ -213,17 +222,18 @@ def evaluate(
     if objective.flow.num_classes > 0:
         train_cfg = eval_dataset(checkpoint_dataset, None, None if dataset else dataset_overrides)
         p_y = model_class_prior(opts.class_prior, objective.flow.num_classes, train_cfg)
-    result = evaluate_objective(
-        objective,
-        data,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        draws=draws,
-        num_workers=int(data_cfg.get("num_workers") or 0),
-        progress=opts.progress,
-        class_prior=p_y,
-    )
+    with loaded.autocast():
+        result = evaluate_objective(
+            objective,
+            data,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            draws=draws,
+            num_workers=int(data_cfg.get("num_workers") or 0),
+            progress=opts.progress,
+            class_prior=p_y,
+        )
     marginal = None
     if p_y is not None:  # the figure of p(x|y), with p(x)'s from the same pass beside it
         if result.conditional is None:
@@ -262,6 +272,7 @@ def evaluate(
         "checkpoint": str(ckpt.resolve()),
         "step": info.get("step"),
         "seed": seed,
+        "precision": loaded.precision.name,
         "batch_size": batch_size,
         "n_bits": objective.dequantizer.n_bits,
         "ema": info["ema_used"],

@@ -15,7 +15,7 @@ only one that turns it into modules.
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,12 @@ from glow_train.data.registry import validate_dataset_config
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import resolve_device
-from glow_train.errors import CheckpointError, ConfigError
+from glow_train.errors import CheckpointError
 from glow_train.flows.standardize import Standardize
 from glow_train.models.base import FlowModel
 from glow_train.models.registry import MODELS
 from glow_train.objective import ClassHead, Objective
+from glow_train.precision import INFERENCE_PRECISIONS, Precision, resolve_precision
 
 __all__ = [
     "Loaded",
@@ -40,11 +41,7 @@ __all__ = [
     "load_objective",
     "load_model",
     "resolve_checkpoint",
-    "INFERENCE_PRECISIONS",
 ]
-
-#: what a loaded model may run in: fp32, or bf16 autocast on the coupling networks
-INFERENCE_PRECISIONS = ("fp32", "bf16")
 
 #: the files of a run folder a reader takes, in order of preference
 PREFERRED = ("best.pt", "last.pt")
@@ -59,13 +56,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 class Loaded:
     """A checkpoint ready to use: the objective (eval mode, on ``device``), the
     checkpoint's other entries (``info``: ``config``, ``step``, ``data``, ...,
-    ``ema_used``), the file it came from and the precision to run it in."""
+    ``ema_used``), the file it came from and the precision to run it in
+    (:class:`glow_train.precision.Precision`, ``auto`` resolved for the device)."""
 
     objective: Objective
     info: dict[str, Any]
     path: Path
     device: torch.device
-    precision: str = "fp32"
+    precision: Precision
 
     @property
     def flow(self) -> FlowModel:
@@ -79,9 +77,7 @@ class Loaded:
     def autocast(self) -> AbstractContextManager:
         """``bf16``: the coupling networks under bf16 autocast (the priors, the 1x1
         convolutions and the stream between layers stay fp32); ``fp32``: nothing."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return self.precision.autocast(self.device.type)
 
     def dataset_config(self) -> dict[str, Any]:
         """The checkpoint's dataset config, checked (:func:`validate_dataset_config`)."""
@@ -111,20 +107,18 @@ def load(
     Args:
         ema: use the EMA weights when the checkpoint has them.
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
-        precision: ``fp32`` or ``bf16`` (:meth:`Loaded.autocast`).
+        precision: ``fp32``, ``bf16`` or ``auto`` (:func:`glow_train.precision.resolve_precision`;
+            :meth:`Loaded.autocast`).
 
     Raises:
         ConfigError: an unknown device or precision. CheckpointError: a missing,
             foreign or unusable checkpoint.
     """
-    if precision not in INFERENCE_PRECISIONS:
-        raise ConfigError(
-            f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
-        )
-    path = resolve_checkpoint(ckpt)
     device = resolve_device(device)
+    chosen = resolve_precision(precision, device, INFERENCE_PRECISIONS)
+    path = resolve_checkpoint(ckpt)
     objective, info = load_objective(path, ema=ema, device=device)
-    return Loaded(objective, info, path, device, precision)
+    return Loaded(objective, info, path, device, chosen)
 
 
 def load_objective(

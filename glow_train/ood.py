@@ -109,6 +109,7 @@ def evaluate_ood(
     ema: bool | None = None,
     progress: bool | None = None,
     class_prior: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Score the checkpoint's ``split`` and ``ood`` per image and write ``eval.json``,
     ``per_image.csv`` and ``ood_per_image.csv``; return the summary (``eval.json``).
@@ -121,7 +122,8 @@ def evaluate_ood(
     ``root`` when the data moved); ``draws``: dequantisation draws averaged per image;
     ``train_images``: the first training images whose mean bits/dim is the
     typicality centre; ``class_prior``: :math:`p(y)` of a class-conditional model's
-    marginal, ``uniform`` or ``train``.
+    marginal, ``uniform`` or ``train``; ``precision``: as
+    :func:`glow_train.evaluate.evaluate`'s.
     """
     opts = fill_defaults(
         "eval",
@@ -133,6 +135,7 @@ def evaluate_ood(
         ema=ema,
         progress=progress,
         class_prior=class_prior,
+        precision=precision,
     )
     split = opts.split
     train_images = require_int("ood_train_images", opts.ood_train_images, 1)
@@ -143,7 +146,12 @@ def evaluate_ood(
         raise ConfigError(
             f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
         )
-    loaded = load(ckpt, ema=opts.ema, device=device if device is not None else opts.device)
+    loaded = load(
+        ckpt,
+        ema=opts.ema,
+        device=device if device is not None else opts.device,
+        precision=opts.precision,
+    )
     objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     if objective.dequantizer.n_bits is None:
         raise ConfigError("ood= scores images; this checkpoint models vectors")
@@ -169,13 +177,14 @@ def evaluate_ood(
         class_prior=p_y,
     )
     train = build_dataset(data_cfg, "train")
-    results: dict[str, EvalResult] = {
-        "in": evaluate_objective(objective, build_dataset(data_cfg, split), **settings),
-        "ood": evaluate_objective(objective, build_dataset(ood_cfg, ood_split), **settings),
-        "train": evaluate_objective(
-            objective, Subset(train, range(min(train_images, len(train)))), **settings
-        ),
-    }
+    with loaded.autocast():
+        results: dict[str, EvalResult] = {
+            "in": evaluate_objective(objective, build_dataset(data_cfg, split), **settings),
+            "ood": evaluate_objective(objective, build_dataset(ood_cfg, ood_split), **settings),
+            "train": evaluate_objective(
+                objective, Subset(train, range(min(train_images, len(train)))), **settings
+            ),
+        }
     # the marginal's figures alone (p(x|y) is not what the AUROC compares)
     results = {name: replace(result, conditional=None) for name, result in results.items()}
     for name, result in results.items():
@@ -198,6 +207,7 @@ def evaluate_ood(
         "auroc_typicality": auroc((inside - centre).abs(), (outside - centre).abs()),
         "seed": settings["seed"],
         "draws": draws,
+        "precision": loaded.precision.name,
         **(
             {"density": "marginal p(x)", "class_prior": opts.class_prior} if p_y is not None else {}
         ),

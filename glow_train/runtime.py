@@ -3,10 +3,9 @@
 PyTorch allocates every CPU tensor with the C library's ``malloc``. glibc serves
 blocks above its mmap threshold with a fresh ``mmap`` and returns freed memory at
 the top of the heap to the system once it exceeds the trim threshold, so a training
-step that frees and re-allocates its activations (tens of MiB) touches new pages
-again every step: on the 2-core development machine a CIFAR-shaped K=8 step took
-19,500 page faults and 63 ms of system time. Keeping freed memory in the process
-(both thresholds raised) brings that to 1,400 faults and 4 ms, 16 % of the step.
+step that frees and re-allocates its activations (tens of MiB) would touch new pages
+again every step, paying a page fault per page in system time. Keeping freed memory
+in the process (both thresholds raised) lets the next step reuse those pages.
 
 The console scripts call :func:`keep_freed_memory` before anything else;
 library users can call it themselves. The cost is that the process keeps its peak

@@ -12,9 +12,12 @@ from glow_train import Glow
 from glow_train.flows import FlowSequence, FlowStep, FlowSteps
 from glow_train.flows.base import deinterleave, split_channels
 from glow_train.flows.conditioner import ConvConditioner, conv_conditioner
-from glow_train.flows.fused import conv3x3_relu, fused_available, linear_relu
+from glow_train.flows.fused import CPU_NATIVE_BF16, conv3x3_relu, fused_available, linear_relu
 
 CL = torch.channels_last
+#: the fused bf16 kernels need a CPU with native bf16 (elsewhere the plain layers run:
+#: tests/test_precision.py runs that branch on every machine)
+NEEDS_NATIVE_BF16 = pytest.mark.skipif(not CPU_NATIVE_BF16, reason="this CPU has no native bf16")
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -24,7 +27,9 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.skipif(not fused_available(torch.empty(0)), reason="no oneDNN kernels in this build")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, pytest.param(torch.bfloat16, marks=NEEDS_NATIVE_BF16)]
+)
 def test_fused_kernels_compute_conv_or_linear_then_relu(dtype):
     gen = torch.Generator().manual_seed(0)
 
@@ -56,7 +61,9 @@ def test_conv_conditioner_runs_its_layers_when_training_or_with_gradients():
 
 
 @pytest.mark.skipif(not fused_available(torch.empty(0)), reason="no oneDNN kernels in this build")
-@pytest.mark.parametrize(("autocast", "tolerance"), [(False, 1e-5), (True, 0.02)])
+@pytest.mark.parametrize(
+    ("autocast", "tolerance"), [(False, 1e-5), pytest.param(True, 0.02, marks=NEEDS_NATIVE_BF16)]
+)
 def test_conv_conditioner_fused_in_inference_matches_its_layers(autocast, tolerance):
     """Eval mode without gradients, float32 or bfloat16 autocast: the fused kernels, equal
     to the layers up to rounding (against float64 layers)."""

@@ -46,3 +46,13 @@ def test_sample_and_eval_on_cuda_match_cpu():
     # different generators (CPU vs CUDA noise): equal in expectation, not bit for bit
     assert abs(cpu.value - gpu.value) < 0.02
     assert objective.sample(8, 0.7, torch.Generator("cuda").manual_seed(0)).is_cuda
+
+
+def test_precision_auto_on_cuda_is_bf16_from_ampere_on():
+    """auto: bf16 where the GPU computes it natively (compute capability 8.0 and later)."""
+    from glow_train.precision import resolve_precision
+
+    chosen = resolve_precision("auto", "cuda")
+    native = torch.cuda.get_device_capability()[0] >= 8
+    assert chosen.name == ("bf16" if native else "fp32")
+    assert chosen.describe().endswith(f"(GPU {'has' if native else 'has no'} native bf16)")

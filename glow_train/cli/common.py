@@ -26,7 +26,7 @@ from glow_train.errors import CheckpointError, GlowError
 
 CONFIG_MODULE = "glow_train.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("dataset", "model", "experiment")
+GROUPS = ("dataset", "model", "preset", "experiment")
 
 
 def _one_line(err: BaseException) -> str:
@@ -112,6 +112,20 @@ def require_ckpt(cfg: DictConfig, prog: str) -> str:
     if cfg.ckpt is None:
         raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
     return str(resolve_checkpoint(cfg.ckpt))
+
+
+def say_precision(cfg: DictConfig, prog: str) -> None:
+    """On stderr, once the command succeeded (an error stays one line), the precision
+    ``precision=`` resolved to on ``device=``, e.g. ``glow-sample: precision auto -> bf16
+    (CPU has native bf16)``; nothing for an explicit fp32 (glow-eval's default)."""
+    if cfg.precision == "fp32":
+        return
+    from glow_train.distributed import resolve_device
+    from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
+
+    device = resolve_device(str(cfg.device))
+    chosen = resolve_precision(str(cfg.precision), device, INFERENCE_PRECISIONS)
+    print(f"{prog}: {chosen.describe()}", file=sys.stderr)
 
 
 def say_which(cfg: DictConfig, used: str, prog: str) -> None:

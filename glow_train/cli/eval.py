@@ -10,7 +10,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from glow_train.cli.common import CONFIG_PATH, plain, report, require_ckpt, say_which
+from glow_train.cli.common import (
+    CONFIG_PATH,
+    plain,
+    report,
+    require_ckpt,
+    say_precision,
+    say_which,
+)
 from glow_train.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -89,6 +96,7 @@ def app(cfg: DictConfig) -> None:
             ema=cfg.ema,
             progress=cfg.progress,
             class_prior=cfg.class_prior,
+            precision=cfg.precision,
         )
         if cfg.ood is not None:
             if chosen or cfg.n_bits is not None:
@@ -104,6 +112,7 @@ def app(cfg: DictConfig) -> None:
                 **common,
             )
             say_which(cfg, ckpt, "glow-eval")
+            say_precision(cfg, "glow-eval")
             print_ood(summary)
             return
         result = evaluate(
@@ -115,6 +124,7 @@ def app(cfg: DictConfig) -> None:
             **common,
         )
         say_which(cfg, ckpt, "glow-eval")
+        say_precision(cfg, "glow-eval")
         print_report(result)
 
     report("glow-eval", run)

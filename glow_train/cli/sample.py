@@ -7,7 +7,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from glow_train.cli.common import CONFIG_PATH, plain, report, require_ckpt, say_which
+from glow_train.cli.common import (
+    CONFIG_PATH,
+    plain,
+    report,
+    require_ckpt,
+    say_precision,
+    say_which,
+)
 
 __all__ = ["app"]
 
@@ -25,5 +32,6 @@ def app(cfg: DictConfig) -> None:
         for line in written.notes:
             print(line)
         say_which(cfg, ckpt, "glow-sample")
+        say_precision(cfg, "glow-sample")
 
     report("glow-sample", run)

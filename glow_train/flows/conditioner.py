@@ -142,8 +142,8 @@ class ConvConditioner(nn.Sequential):
     convolution + bias + ReLU in one kernel per hidden layer
     (:mod:`glow_train.flows.fused`) and the output layer's scale ``exp(3 log_scale)``
     folded into its weights and bias; under autocast the input and weights are cast
-    once. Everywhere else (training, gradients, float64, other devices) it runs the
-    layers one by one.
+    once. Everywhere else (training, gradients, float64, other devices, bfloat16 on a
+    CPU without native bfloat16) it runs the layers one by one.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -160,17 +160,16 @@ class ConvConditioner(nn.Sequential):
 
     def _inference_dtype(self, x: Tensor) -> torch.dtype | None:
         """The dtype the fused kernels run in, or None where the plain layers run."""
-        if (
-            self.training  # dropout, gradients: the layers as they are
-            or torch.is_grad_enabled()
-            or x.dim() != 4
-            or not fused_available(x)
-        ):
-            return None
+        if self.training or torch.is_grad_enabled() or x.dim() != 4:
+            return None  # dropout, gradients: the layers as they are
         device = x.device.type
         if not torch.is_autocast_enabled(device):
-            return torch.float32 if x.dtype == torch.float32 else None
-        return torch.bfloat16 if torch.get_autocast_dtype(device) == torch.bfloat16 else None
+            dtype = torch.float32 if x.dtype == torch.float32 else None
+        else:
+            bf16 = torch.get_autocast_dtype(device) == torch.bfloat16
+            dtype = torch.bfloat16 if bf16 and x.dtype in (torch.float32, torch.bfloat16) else None
+        # bfloat16 on a CPU without native bfloat16: the layers, under autocast
+        return dtype if dtype is not None and fused_available(x, dtype) else None
 
 
 def conv_conditioner(

@@ -10,13 +10,17 @@ matrix product's own output loop: ``torch.ops.mkldnn._convolution_pointwise`` an
 on the CPU. :func:`conv3x3_relu` and :func:`linear_relu` compute exactly
 ``relu(conv2d(x, w, b, padding=1))`` and ``relu(linear(x, w, b))`` with them, and
 with the unfused ops wherever they are missing (another device, a build without
-oneDNN, float64, under ``torch.compile``).
+oneDNN, float64, bfloat16 on a CPU without native bfloat16, under ``torch.compile``).
 
-They are forward-only (no autograd). Measured on the development machine against
-the unfused layers, paired call by call: bfloat16 sampling of a CIFAR-shaped Glow
-+10 to +15 %, float32 sampling +2.6 % (60 pairs; the level-1 hidden layers alone
-12–14 % faster); training in either precision no faster, and at the digits model's
-4×4 maps a few per cent slower, so training keeps the plain layers.
+They are forward-only (no autograd) and serve inference only: sampling, validation
+and ``glow-eval``. Training keeps the plain layers, which autograd needs anyway.
+
+The bfloat16 kernels need a CPU that computes bfloat16 natively (AVX-512 BW/VL/DQ,
+AVX-NE-CONVERT or AMX on x86; oneDNN refuses them elsewhere with a ``RuntimeError``).
+:data:`CPU_NATIVE_BF16` says whether this CPU does, asked once at import with the
+check PyTorch's own compiler uses (``torch.ops.mkldnn._is_mkldnn_bf16_supported``);
+without it, bfloat16 runs through the plain layers, and ``precision=auto``
+(:mod:`glow_train.precision`) chooses float32 there.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv3x3_relu", "linear_relu", "fused_available", "ONEDNN_KERNELS"]
+__all__ = [
+    "conv3x3_relu",
+    "linear_relu",
+    "fused_available",
+    "ONEDNN_KERNELS",
+    "CPU_NATIVE_BF16",
+]
 
 #: whether this build of PyTorch has the oneDNN kernels (checked once, at import)
 ONEDNN_KERNELS = (
@@ -34,15 +44,26 @@ ONEDNN_KERNELS = (
     and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 )
 
+#: whether this CPU computes bfloat16 natively in oneDNN (checked once, at import):
+#: the fused bfloat16 kernels and ``precision=auto -> bf16`` on the CPU depend on it
+CPU_NATIVE_BF16 = bool(
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+    and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+)
 
-def fused_available(x: Tensor) -> bool:
-    """Whether the oneDNN kernels serve ``x``: a CPU float32/bfloat16 tensor, eager mode."""
+
+def fused_available(x: Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether the oneDNN kernels serve ``x`` computed in ``dtype`` (``None``: ``x``'s own):
+    a CPU tensor in eager mode, in float32, or in bfloat16 on a CPU with
+    :data:`CPU_NATIVE_BF16`."""
+    dtype = x.dtype if dtype is None else dtype
     return (
         not torch.compiler.is_compiling()
         and ONEDNN_KERNELS
         and torch.backends.mkldnn.enabled  # torch.backends.mkldnn.flags(enabled=False)
         and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
+        and (dtype == torch.float32 or (dtype == torch.bfloat16 and CPU_NATIVE_BF16))
     )
 
 

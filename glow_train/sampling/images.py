@@ -22,7 +22,7 @@ from torchvision.utils import make_grid, save_image
 from glow_train.checkpoint import write_atomic
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.errors import ConfigError
-from glow_train.inference import INFERENCE_PRECISIONS, load, resolve_checkpoint
+from glow_train.inference import load, resolve_checkpoint
 from glow_train.objective import Objective
 from glow_train.sampling.formats import (
     TableSamples,
@@ -234,8 +234,10 @@ def sample(
         out: see :func:`output_paths`.
         device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
-        precision: ``"fp32"`` or ``"bf16"`` (the coupling networks under bf16 autocast;
-            the priors, the 1x1 convolutions and the stream between layers stay fp32).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (the coupling networks under
+            bf16 autocast; the priors, the 1x1 convolutions and the stream between layers
+            stay fp32); ``"auto"`` is bf16 where the device computes it natively
+            (:func:`glow_train.precision.resolve_precision`).
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
         y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
@@ -257,10 +259,6 @@ def sample(
         ema=ema,
         precision=precision,
     )
-    if opts.precision not in INFERENCE_PRECISIONS:
-        raise ConfigError(
-            f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {opts.precision!r}"
-        )
     temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
     n = require_int("n", opts.n, 1)
     given_nrow = require_int("nrow", nrow, 1, allow_none=True)

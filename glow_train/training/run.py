@@ -64,7 +64,7 @@ def train(
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             effective = trainer.batch_size * dist.world_size
             start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"
-            chosen = [cfg.precision]  # what was picked for the device
+            chosen = [trainer.precision.describe()]  # what was picked for the device
             if trainer.spec.kind == "image":
                 chosen.append("channels_last maps")
             if dist.device.type == "cpu" and freed_memory_kept():
@@ -79,8 +79,9 @@ def train(
                 items += f", {trainer.model.num_classes} classes: a model of p(x|y)"
                 if trainer.class_weight > 0:
                     items += f"; train bpd includes {trainer.class_weight:g} x class bits"
+            preset = f"preset {cfg.preset}" if cfg.preset else "no preset"
             trainer.monitor.log(
-                f"{start}: {cfg.dataset.name} ({len(trainer.train_set)} train / {val}"
+                f"{start}: {cfg.dataset.name}, {preset} ({len(trainer.train_set)} train / {val}"
                 f"{len(trainer.test_set)} test {items}), "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"batch {trainer.batch_size} x {dist.world_size} process(es) = {effective}, "

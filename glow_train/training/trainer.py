@@ -8,7 +8,6 @@ from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
+from glow_train.precision import resolve_precision
 from glow_train.scoring import evaluate_objective
 from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
@@ -35,7 +35,6 @@ from glow_train.validate import parse_duration
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROBE_SIZE = 16  # items of the health check run before every checkpoint
 
 
@@ -68,9 +67,9 @@ class Trainer:
         tcfg = cfg.train
         self.seed = int(cfg.seed)
         self.time_limit = parse_duration(tcfg.time_limit)
-        self.amp_dtype = AMP_DTYPES[cfg.precision]
-        if self.amp_dtype == torch.float16 and self.device.type != "cuda":
-            raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
+        #: the precision ``cfg.precision`` (auto|fp32|bf16|fp16) resolves to on this device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.amp_dtype = self.precision.amp_dtype
 
         self.spec = describe_dataset(cfg.dataset)
         torch.manual_seed(self.seed)
@@ -225,9 +224,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast(self.device.type)
 
     def prepare_batch(
         self, batch: Batch, step: int
