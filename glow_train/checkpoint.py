@@ -13,7 +13,8 @@ state dict of the :class:`~glow_train.objective.Objective`: the flow's weights u
 the split named by ``selection``: ``"val"``, or ``"test"`` for runs without a
 validation split and older checkpoints), ``last_test_score``, ``last_val_score``
 (in that unit), ``skipped_steps``, ``overflow_steps`` (fp16)
-and ``rng`` (torch CPU and CUDA generator states).
+``rng`` (torch CPU and CUDA generator states) and ``finished`` (the final evaluation
+was done; ``False`` when a signal stopped the run, absent from older files).
 
 Version-1 files (the flow's state dict under ``model``, ``best_bpd`` /
 ``last_test_bpd``, no model name) are upgraded on load by :func:`upgrade_v1`, so
@@ -29,14 +30,15 @@ This module imports no model: the model registry rebuilds what a file holds.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from glow_train.errors import CheckpointError
+from glow_train.outputs import write_atomic
 
 __all__ = [
     "FORMAT",
@@ -53,38 +55,6 @@ __all__ = [
 
 FORMAT = "glow-train"
 FORMAT_VERSION = 2
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
-
-    A failure (or an interrupt) at any moment leaves the previous ``path`` intact and
-    no temporary file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...]) -> Path:
@@ -125,6 +95,12 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch.load fails on arbitrary bytes in many ways
+        if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path} was written by torch.save but is not a glow-train checkpoint: it holds "
+                "Python objects (a whole model or optimiser?), which are not loaded; pass a "
+                "last.pt or best.pt written by glow-train"
+            ) from err
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, or not written by torch.save)"
         ) from err

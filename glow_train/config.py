@@ -79,7 +79,7 @@ class TableDatasetConfig:
     name: str | None = None
     path: str | None = None
     columns: list[str] | None = None
-    header: str | None = None
+    header: Any = None  # auto|true|false; true/false arrive as booleans (checked by the source)
     delimiter: str | None = None
     dropna: bool | None = None
     window: int | None = None
@@ -184,6 +184,7 @@ class SampleConfig:
     seed: int = MISSING
     batch_size: int | None = None
     out: str | None = None
+    overwrite: bool = MISSING
     device: str = MISSING
     ema: bool = MISSING
     precision: str = MISSING
@@ -212,6 +213,7 @@ class EvalConfig:
     n_bits: int | None = None
     per_image: bool = MISSING
     out: str | None = None
+    overwrite: bool = MISSING
     device: str = MISSING
     ema: bool = MISSING
     progress: bool = MISSING

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from glow_train.checkpoint import write_atomic
 from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import SPLITS, DataSpec, build_dataset, describe_dataset
 from glow_train.data import validate_dataset_config as check_dataset
@@ -28,6 +27,7 @@ from glow_train.dequantize import build_dequantizer
 from glow_train.errors import ConfigError, DataError, NonFiniteError
 from glow_train.inference import load
 from glow_train.objective import METRICS, Objective
+from glow_train.outputs import claim_outputs, eval_targets, write_atomic
 from glow_train.scoring import (
     CLASS_PRIORS,
     EvalResult,
@@ -76,24 +76,6 @@ def eval_dataset(
     return check_dataset(cfg)
 
 
-def _output_paths(
-    ckpt: Path, dataset: str, split: str, out: str | os.PathLike | None
-) -> tuple[Path, Path]:
-    """``eval.json`` and ``per_image.csv`` in the output folder (default
-    ``<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/``); an ``out`` ending in
-    ``.json`` names the JSON file itself and the CSV goes beside it as ``<stem>_per_image.csv``.
-    """
-    if out is not None and str(out).lower().endswith(".json"):
-        json_path = Path(out)
-        return json_path, json_path.with_name(f"{json_path.stem}_per_image.csv")
-    if out is not None and Path(out).is_file():
-        raise ConfigError(f"out={out} is an existing file; pass a folder or a .json file name")
-    folder = (
-        Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_{dataset}_{split}"
-    )
-    return folder / "eval.json", folder / "per_image.csv"
-
-
 def model_class_prior(kind: str, num_classes: int, train_cfg: Mapping[str, Any]) -> torch.Tensor:
     """:math:`p(y)` of a class-conditional model: ``uniform``, or ``train``: the class
     frequencies of the training split of ``train_cfg`` (the checkpoint's dataset)."""
@@ -108,6 +90,24 @@ def density_of(spec: DataSpec) -> str | None:
     return None
 
 
+def _shape_mismatch(data_cfg: Mapping[str, Any], spec: DataSpec, model: dict, ckpt: Path) -> str:
+    """What to set so that the data fits the model: image keys for an image model, the
+    columns (or the window) for a vector model."""
+    given = "x".join(map(str, spec.shape))
+    wanted = "x".join(map(str, model["shape"]))
+    what = f"dataset {data_cfg['name']} yields {given} {spec.kind}s but the model of {ckpt} takes"
+    if model["kind"] != "vector":
+        return f"{what} {wanted} images; set dataset.image_size= and dataset.channels= to match"
+    columns = model.get("columns") or []
+    if model.get("window"):
+        return (
+            f"{what} windows of {model['window']} steps of {', '.join(model.get('series') or [])} "
+            f"({wanted} values); set dataset.columns= and dataset.window= to match"
+        )
+    named = f" ({', '.join(columns)})" if columns else ""
+    return f"{what} {wanted} columns{named}; set dataset.columns= to those columns"
+
+
 def evaluate(
     ckpt: str | os.PathLike,
     *,
@@ -120,6 +120,7 @@ def evaluate(
     n_bits: int | None = None,
     per_image: bool | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
     progress: bool | None = None,
@@ -146,7 +147,10 @@ def evaluate(
         batch_size: items per batch (``None``: the dataset's ``eval_batch_size``).
         n_bits: bit depth the images are quantised to (``None``: the model's).
         per_image: also write a CSV ``index,label,<metric>`` (label empty when unknown).
-        out: see :func:`_output_paths`.
+        out: a folder, or a ``.json`` file (:func:`glow_train.outputs.eval_targets`);
+            default ``<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/``.
+        overwrite: replace existing files that ``out`` names (never the checkpoint or
+            the dataset's files: :mod:`glow_train.outputs`).
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
         ema: use the EMA weights when the checkpoint has them.
         progress: show a progress bar.
@@ -174,6 +178,7 @@ def evaluate(
         progress=progress,
         class_prior=class_prior,
         precision=precision,
+        overwrite=overwrite,
     )
     if opts.split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
@@ -197,25 +202,24 @@ def evaluate(
     spec = describe_dataset(data_cfg)
     shape = spec.shape
     model_shape = tuple(info["data"]["shape"])
-    if shape != model_shape:
-        raise ConfigError(
-            "dataset {} yields {} {}s but the model of {} takes {}; set "
-            "dataset.image_size= and dataset.channels= to match".format(
-                data_cfg["name"],
-                "x".join(map(str, shape)),
-                spec.kind,
-                ckpt,
-                "x".join(map(str, model_shape)),
-            )
-        )
+    if shape != model_shape or spec.kind != info["data"]["kind"]:
+        raise ConfigError(_shape_mismatch(data_cfg, spec, info["data"], ckpt))
     seed = checkpoint_seed if seed is None else seed
     if batch_size is None:
         batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
+    model_bits = objective.dequantizer.n_bits
     if n_bits is not None and n_bits != objective.dequantizer.n_bits:
         objective = Objective(objective.flow, build_dequantizer("uniform", n_bits)).eval()
-    json_path, csv_path = _output_paths(ckpt, data_cfg["name"], opts.split, out)
-    if json_path.resolve() == ckpt.resolve():
-        raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
+    targets = eval_targets(
+        ckpt,
+        f"{ckpt.stem}_{data_cfg['name']}_{opts.split}",
+        out,
+        ["per_image.csv"] if opts.per_image else [],
+    )
+    json_path, *csvs = claim_outputs(
+        [targets[0], *targets[1]], out, opts.overwrite, ckpt, [checkpoint_dataset, data_cfg]
+    )
+    csv_path = csvs[0] if csvs else None
 
     data = build_dataset(data_cfg, opts.split)
     p_y = None
@@ -275,6 +279,7 @@ def evaluate(
         "precision": loaded.precision.name,
         "batch_size": batch_size,
         "n_bits": objective.dequantizer.n_bits,
+        "model_n_bits": model_bits,  # what it was trained on (n_bits= may differ)
         "ema": info["ema_used"],
         "device": str(device),
         "dataset_config": data_cfg,
@@ -284,5 +289,4 @@ def evaluate(
         write_atomic(csv_path, lambda tmp: write_per_item_csv(tmp, table))
     text = json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n"
     write_atomic(json_path, lambda tmp: tmp.write_text(text))
-    csv_written = csv_path if opts.per_image else None
-    return EvalReport(summary, result, json_path, csv_written, marginal)
+    return EvalReport(summary, result, json_path, csv_path, marginal)

@@ -249,10 +249,7 @@ class Objective(nn.Module):
         if not bool(finite.all()):
             bad = n - int(finite.sum())
             if bad == n:
-                raise NonFiniteError(
-                    f"{bad} of {n} samples at temperature {temperature:g} are not finite: "
-                    "the model diverged; use an earlier checkpoint"
-                )
+                raise self._not_finite(n, temperature, y)
             # A healthy model can overflow on an extreme latent at a high temperature:
             # draw those samples clamped, and say so.
             warnings.warn(
@@ -265,6 +262,22 @@ class Objective(nn.Module):
         if self.standardize is not None:
             x = self.standardize.inverse(x)
         return self.dequantizer.to_data(x)
+
+    def _not_finite(self, n: int, temperature: float, y: Tensor | None) -> NonFiniteError:
+        """Why no sample is finite: the temperature, when the priors' means (temperature
+        0) decode to finite data, else the model itself."""
+        if temperature > 0:
+            means = self.flow.sample(1, 0.0, None, None if y is None else y[:1])
+            if bool(torch.isfinite(means).all()):
+                return NonFiniteError(
+                    f"all {n} samples at temperature={temperature:g} are not finite, while the "
+                    "model's own mean (temperature=0) is: the temperature is too high; use "
+                    "values around 0.5 to 1"
+                )
+        return NonFiniteError(
+            f"{n} of {n} samples at temperature {temperature:g} are not finite: "
+            "the model diverged; use an earlier checkpoint"
+        )
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild the dequantiser and the standardisation

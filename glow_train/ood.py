@@ -38,7 +38,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
-from glow_train.checkpoint import write_atomic
 from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import (
     build_dataset,
@@ -50,6 +49,7 @@ from glow_train.data import (
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import eval_dataset, model_class_prior
 from glow_train.inference import load
+from glow_train.outputs import claim_outputs, ood_targets, write_atomic
 from glow_train.scoring import CLASS_PRIORS, EvalResult, evaluate_objective, write_per_item_csv
 from glow_train.validate import require_int
 
@@ -84,6 +84,7 @@ def ood_dataset(ood: str, model_cfg: dict[str, Any]) -> tuple[dict[str, Any], st
     shape["eval_batch_size"] = model_cfg.get("eval_batch_size", 128)
     path = Path(os.path.expanduser(str(ood)))
     if path.is_dir():
+        _check_image_folder(ood, path)
         settings = dict(root=str(path), test_fraction=0.0, val_size=0, num_workers=0, **shape)
         return dataset_config("folder", **settings), "train"
     images = [n for n in dataset_names() if source(n).kind == "image" and n != "folder"]
@@ -92,6 +93,24 @@ def ood_dataset(ood: str, model_cfg: dict[str, Any]) -> tuple[dict[str, Any], st
             f"ood={ood} is neither a folder of images nor an image dataset ({', '.join(images)})"
         )
     return dataset_config(str(ood), **shape), "test"
+
+
+def _check_image_folder(ood: str, path: Path) -> None:
+    """Refuse, naming ``ood=``, a folder without a readable image (the folder source's
+    own messages would name ``dataset.root``, which the user did not type)."""
+    from glow_train.data.folder import IMAGE_EXTENSIONS, readable
+
+    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+    files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    if not files:
+        raise ConfigError(
+            f"ood={ood} holds no image files ({kinds}); point ood= at a folder of images"
+        )
+    if not any(readable(p) for p in files):
+        raise ConfigError(
+            f"ood={ood}: none of its {len(files)} image file(s) can be read as an image; "
+            "point ood= at a folder of images"
+        )
 
 
 def evaluate_ood(
@@ -105,6 +124,7 @@ def evaluate_ood(
     batch_size: int | None = None,
     train_images: int | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
     progress: bool | None = None,
@@ -136,6 +156,7 @@ def evaluate_ood(
         progress=progress,
         class_prior=class_prior,
         precision=precision,
+        overwrite=overwrite,
     )
     split = opts.split
     train_images = require_int("ood_train_images", opts.ood_train_images, 1)
@@ -168,6 +189,11 @@ def evaluate_ood(
             f"ood={ood} yields images of shape {ood_shape}, the model takes "
             f"{tuple(info['data']['shape'])}; use a folder of images (resized to fit)"
         )
+    name = Path(ood_cfg["root"]).name if ood_cfg["name"] == "folder" else str(ood)
+    json_target, csv_targets = ood_targets(ckpt, name, out)
+    json_path, in_csv, ood_csv = claim_outputs(
+        [json_target, *csv_targets], out, opts.overwrite, ckpt, [saved, data_cfg, ood_cfg]
+    )
     settings = dict(
         batch_size=batch_size or int(data_cfg.get("eval_batch_size") or 128),
         device=device,
@@ -192,7 +218,6 @@ def evaluate_ood(
             raise NonFiniteError(f"non-finite bits/dim on the {name} images: a diverged model?")
     centre = results["train"].value
     inside, outside = results["in"].per_item, results["ood"].per_item
-    name = Path(ood_cfg["root"]).name if ood_cfg["name"] == "folder" else str(ood)
     summary = {
         "checkpoint": str(ckpt.resolve()),
         "in_distribution": {"dataset": data_cfg["name"], "split": split},
@@ -212,9 +237,8 @@ def evaluate_ood(
             {"density": "marginal p(x)", "class_prior": opts.class_prior} if p_y is not None else {}
         ),
     }
-    folder = Path(out) if out is not None else ckpt.parent / "eval" / f"{ckpt.stem}_ood_{name}"
-    write_atomic(folder / "per_image.csv", lambda tmp: write_per_item_csv(tmp, results["in"]))
-    write_atomic(folder / "ood_per_image.csv", lambda tmp: write_per_item_csv(tmp, results["ood"]))
+    write_atomic(in_csv, lambda tmp: write_per_item_csv(tmp, results["in"]))
+    write_atomic(ood_csv, lambda tmp: write_per_item_csv(tmp, results["ood"]))
     text = json.dumps(summary, indent=2) + "\n"
-    summary["json_path"] = str(write_atomic(folder / "eval.json", lambda tmp: tmp.write_text(text)))
+    summary["json_path"] = str(write_atomic(json_path, lambda tmp: tmp.write_text(text)))
     return summary

@@ -361,7 +361,7 @@ def test_output_under_a_file_is_one_clear_error(ckpt, tmp_path):
 def test_bf16_sampling_matches_fp32_to_one_level(ckpt, tmp_path):
     """precision=bf16 (coupling networks under autocast) gives the fp32 images up to
     one 4-bit level on at least 99 % of the pixels."""
-    args = dict(n=64, seed=5, out=tmp_path / "g.png")
+    args = dict(n=64, seed=5, out=tmp_path / "g.png", overwrite=True)
     full = pixels(sample(ckpt, 1.0, precision="fp32", **args)[0]).astype(int)
     half = pixels(sample(ckpt, 1.0, precision="bf16", **args)[0]).astype(int)
     step = 255 / 15  # one level of the 4-bit digits in 8-bit PNG values

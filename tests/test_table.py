@@ -149,7 +149,13 @@ def test_log_returns(tmp_path):
             DataError,
             "dataset.window=3 is longer than the series .* \\(2 values\\)",
         ),
-        ([["1", "2"], ["3", "4"], ["5", "7"]], {"test_size": 0.1}, DataError, "3 rows are too few"),
+        (
+            [["1", "2"], ["3", "4"], ["5", "7"]],
+            {"test_size": 0.1},
+            DataError,
+            "3 rows split into 0 test, .* at least 1 test row and 2 training rows: set "
+            "dataset.test_size/val_size to counts",
+        ),
         (
             [["1", "2"], ["-1", "4"], ["5", "7"]],
             {"window": 2, "transform": "log_return"},

@@ -5,10 +5,11 @@ calls one library function and prints what it returns; what they share is in
 :mod:`~glow_train.cli.common`.
 
 Ctrl-C at any moment, start-up included, ends with one line
-(``glow-train: aborted``) and exit status 130. While the heavy modules load
-(PyTorch, torchvision, TensorBoard: about two seconds), an interrupt is only
-noted, because an import can swallow the ``KeyboardInterrupt`` it would raise;
-it takes effect as soon as they are loaded.
+(``glow-train: aborted``) and exit status 130. The command line is checked against
+the configs first, with Hydra and OmegaConf alone, so ``--help``, ``--cfg`` and a
+refused option answer without loading PyTorch. While the heavy modules load
+(PyTorch, TensorBoard), an interrupt is only noted, because an import can swallow
+the ``KeyboardInterrupt`` it would raise; it takes effect as soon as they are loaded.
 """
 
 from __future__ import annotations
@@ -44,15 +45,38 @@ def _load(config_name: str) -> None:
         raise KeyboardInterrupt
 
 
+def _warnings_as_lines(prog: str) -> None:
+    """Show warnings as ``<prog>: warning: <message>``, one line, without the source
+    line and path of the code that raised them."""
+    import warnings
+
+    def one_line(message, category, filename, lineno, line=None):
+        return f"{prog}: warning: {str(message).splitlines()[0] if str(message) else category}\n"
+
+    warnings.formatwarning = one_line
+
+
+#: Hydra's flags that print something and run no task: no heavy import is needed
+_HYDRA_ONLY = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
+_HYDRA_ONLY += ("--shell-completion", "-sc")
+
+
+def _hydra_only(args: list[str]) -> bool:
+    """Whether the command line only asks Hydra for help, the config or its info."""
+    return any(arg in _HYDRA_ONLY or arg.startswith(("--cfg=", "--info=")) for arg in args)
+
+
 def _run(config_name: str, prog: str) -> None:
     from glow_train.runtime import keep_freed_memory
 
     keep_freed_memory()  # before the first tensor: see glow_train.runtime
+    _warnings_as_lines(prog)
     try:
-        _load(config_name)
-        from glow_train.cli.common import check_command_line
+        from glow_train.cli.common import check_command_line  # Hydra, OmegaConf: light
 
         check_command_line(config_name, prog)
+        if not _hydra_only(sys.argv[1:]):
+            _load(config_name)
         import_module(_MODULES[config_name][0]).app()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)

@@ -1,13 +1,15 @@
-"""What the three commands share: the config package, the command-line check before
-Hydra runs, one-line errors, and the checkpoint that ``ckpt=`` names.
+"""What the three commands share: the command line, checked before Hydra runs an app
+(one line and exit status 2 for a value of the wrong type, an unknown key or an option
+another command takes), one-line errors, and the checkpoint that ``ckpt=`` names.
 
 Each command is one module of this package (:mod:`glow_train.cli.train`,
 :mod:`glow_train.cli.sample`, :mod:`glow_train.cli.eval`): a Hydra app that turns
 the composed config into plain arguments, calls one library function and prints
 what it returns. Errors the user can fix (:class:`glow_train.errors.GlowError`,
 and a command line the typed configs refuse) print one line and exit with status
-2. The console scripts' entry points are in :mod:`glow_train.cli`, which imports
-the commands only once it can answer Ctrl-C.
+2. This module imports only Hydra and OmegaConf (no PyTorch), so these answers
+come at once. It also lets Hydra find this project's sweeper
+(:mod:`hydra_plugins.glow_train_sweeper`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,50 @@ from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
 from glow_train.errors import CheckpointError, GlowError
+
+__all__ = [
+    "check_command_line",
+    "make_sweeper_visible",
+    "CONFIG_MODULE",
+    "CONFIG_PATH",
+    "GROUPS",
+    "OPTIONS",
+    "report",
+    "plain",
+    "require_ckpt",
+    "say_precision",
+    "say_which",
+]
+
+
+def make_sweeper_visible() -> None:
+    """Make ``hydra/sweeper=glow`` (:mod:`hydra_plugins.glow_train_sweeper`, the default
+    of ``glow-train -m``) composable and instantiable.
+
+    Importing the plugin stores its config node. A regular install puts the plugin into
+    site-packages' ``hydra_plugins``, where Hydra's plugin scan finds the class; an
+    editable install maps it through an import hook the scan (``pkgutil`` over
+    ``hydra_plugins.__path__``) cannot list, so the source folder is added to that path,
+    and the class is registered directly if Hydra scanned before this ran.
+    """
+    from pathlib import Path
+
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    import hydra_plugins
+    from hydra_plugins.glow_train_sweeper import glow_sweeper
+
+    own = Path(__file__).resolve().parents[2] / "hydra_plugins"  # beside glow_train/
+    if (own / "glow_train_sweeper").is_dir() and str(own) not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(str(own))
+    if Plugins in Singleton._instances:  # scanned already, perhaps without the sweeper
+        plugins, cls = Plugins.instance(), glow_sweeper.GlowSweeper
+        if f"{cls.__module__}.{cls.__name__}" not in plugins.class_name_to_class:
+            plugins._register(cls)
+
+
+make_sweeper_visible()
 
 CONFIG_MODULE = "glow_train.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -56,12 +102,20 @@ def check_command_line(config_name: str, prog: str) -> None:
     or an unknown key is one line and exit status 2 rather than Hydra's report; for
     glow-sample and glow-eval, a key they do not take is named with the ones they do.
 
-    Command lines with Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps) are
-    left to Hydra.
+    Under ``-m`` the overrides every job shares are checked the same way (each job's
+    swept values are composed by the sweeper, :mod:`hydra_plugins.glow_train_sweeper`).
+    Other command lines with Hydra's own flags (``--help``, ``--cfg``) are left to Hydra.
     """
     overrides = sys.argv[1:]
-    if any(arg.startswith("-") for arg in overrides):
+    flags = {arg for arg in overrides if arg.startswith("-")}
+    if flags - {"-m", "--multirun"}:
         return
+    if flags:
+        try:
+            overrides = _shared_overrides([arg for arg in overrides if arg not in flags])
+        except HydraException as err:
+            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(2)
     if config_name in OPTIONS:
         for arg in overrides:
             key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
@@ -78,6 +132,18 @@ def check_command_line(config_name: str, prog: str) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _shared_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's command line that are not swept (nor Hydra's own)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [
+        o.input_line
+        for o in parsed
+        if not o.is_sweep_override() and not o.is_hydra_override() and o.input_line
+    ]
 
 
 def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:

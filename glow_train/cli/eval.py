@@ -4,6 +4,7 @@ printed."""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import hydra
@@ -30,8 +31,16 @@ PRIOR_TEXT = {"uniform": "uniform", "train": "the training split's class frequen
 
 
 def print_report(report: EvalReport) -> None:
-    """``eval.json``'s path, the per-item CSV's, the figure (and the marginal's)."""
+    """``eval.json``'s path, the per-item CSV's, the figure (and the marginal's); on
+    stderr, a note when ``n_bits=`` scored another bit depth than the model's."""
     summary, unit = report.summary, report.summary["unit"]
+    if summary.get("n_bits") != summary.get("model_n_bits"):
+        print(
+            f"glow-eval: note: the model was trained on {summary['model_n_bits']}-bit "
+            f"images; n_bits={summary['n_bits']} scores it on {summary['n_bits']}-bit ones, "
+            "so the figure is not comparable with its training figures",
+            file=sys.stderr,
+        )
     print(f"eval: {report.json_path}")
     if report.csv_path is not None:
         item = "image" if summary["metric"] == "bpd" else "item"
@@ -92,6 +101,7 @@ def app(cfg: DictConfig) -> None:
             seed=cfg.seed,
             batch_size=cfg.batch_size,
             out=cfg.out,
+            overwrite=cfg.overwrite,
             device=str(cfg.device),
             ema=cfg.ema,
             progress=cfg.progress,

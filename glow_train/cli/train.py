@@ -47,7 +47,7 @@ def app(cfg: DictConfig) -> float | None:
     from glow_train.cluster import export_torch_env
     from glow_train.runtime import keep_freed_memory
     from glow_train.training import train
-    from glow_train.training.resume import auto_resume, resume_config
+    from glow_train.training.resume import auto_resume, finished_run, resume_config
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -68,12 +68,22 @@ def app(cfg: DictConfig) -> float | None:
                 config.run_dir = str(folder)
         if cfg.ckpt == "auto":
             config = auto_resume(config)
+            done = finished_run(config) if config.ckpt is not None else None
+            if done is not None:  # a requeued job that had already finished: not an error
+                if main:
+                    print(done[0])
+                returned[0] = done[1]
+                return
         elif cfg.ckpt is not None:
             config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
         returned[0] = sweep_objective(train(config), multirun and main)
 
     if report("glow-train", run, exit_on_error=not multirun):
         return returned[0]
-    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on
+    # one failed job of a sweep: the sweeper records it as failed (nan) and goes on; the
+    # job folder Hydra made for it goes too if the job left nothing in it
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     print(f"job {hydra_cfg.job.num} failed; the sweep goes on", file=sys.stderr)
     return float("nan")

@@ -18,22 +18,35 @@ import numpy as np
 
 from glow_train.errors import ConfigError, DataError
 
-__all__ = ["read_columns", "HEADERS", "MISSING"]
+__all__ = ["read_columns", "header_choice", "HEADERS", "MISSING"]
 
 HEADERS = ("auto", "true", "false")
 #: fields read as missing values (compared in lower case, stripped)
 MISSING = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
 SHOWN = 5  # lines named per column in an error
+#: the largest magnitude accepted: the model computes in float32
+LARGEST = float(np.finfo(np.float32).max)
 
 
 def read_columns(
     path: Path, columns: list[str] | None, header: str, delimiter: str, dropna: bool
 ) -> tuple[list[str], np.ndarray]:
     """``(names, values (N, c) float64)`` of ``columns`` (``None``: the numeric ones)."""
-    rows = _read_rows(path, delimiter)
-    names, rows, line0 = _header(rows, header)
-    names, values = _parse(path, names, rows, line0, columns)
-    return names, _missing(path, names, values, line0, dropna)
+    rows, lines = _read_rows(path, delimiter)
+    names, rows, lines = _header(rows, lines, header)
+    names, values = _parse(path, names, rows, lines, columns)
+    return names, _missing(path, names, values, lines, dropna)
+
+
+def header_choice(value: object) -> str | None:
+    """``dataset.header`` as ``auto``, ``true`` or ``false`` (``None`` if it is none of
+    them); the command line's ``true``/``false`` arrive as booleans."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    return text if text in HEADERS else None
 
 
 def _is_number(field: str) -> bool:
@@ -44,44 +57,55 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def _read_rows(path: Path, delimiter: str) -> list[list[str]]:
+def _read_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
+    """The non-blank records of the file and the file line each starts on (a quoted
+    field may span lines; blank lines are skipped but counted)."""
     if not path.is_file():
-        raise DataError(f"dataset.path={path} does not exist or is not a file")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise DataError(
+            f"dataset.path={path} does not exist or is not a file{where}; pass "
+            "dataset.path=<the CSV file>"
+        )
+    rows, lines = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [
-                [field.strip() for field in row]
-                for row in csv.reader(f, delimiter=delimiter)
-                if any(field.strip() for field in row)
-            ]
+            reader = csv.reader(f, delimiter=delimiter)
+            start = 1
+            for row in reader:
+                if any(field.strip() for field in row):
+                    rows.append([field.strip() for field in row])
+                    lines.append(start)
+                start = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"dataset.path={path} cannot be read as CSV: {err}") from err
     if not rows:
         raise DataError(f"dataset.path={path} is empty")
-    return rows
+    return rows, lines
 
 
-def _header(rows: list[list[str]], header: str) -> tuple[list[str], list[list[str]], int]:
-    """``(column names, data rows, file line of the first data row)``."""
+def _header(
+    rows: list[list[str]], lines: list[int], header: str
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """``(column names, data rows, the file line of each data row)``."""
     first = rows[0]
     if header == "auto":
         has_header = any(f.lower() not in MISSING and not _is_number(f) for f in first)
     else:
         has_header = header == "true"
     if has_header:
-        return first, rows[1:], 2
-    return [str(i) for i in range(len(first))], rows, 1
+        return first, rows[1:], lines[1:]
+    return [str(i) for i in range(len(first))], rows, lines
 
 
 def _parse(
-    path: Path, names: list[str], rows: list[list[str]], line0: int, wanted: list[str] | None
+    path: Path, names: list[str], rows: list[list[str]], lines: list[int], wanted: list[str] | None
 ) -> tuple[list[str], np.ndarray]:
     """The chosen (or all numeric) columns as float64 ``(N, c)``, NaN where missing."""
     width = len(names)
     for i, row in enumerate(rows):
         if len(row) != width:
             raise DataError(
-                f"dataset.path={path}: line {line0 + i} has {len(row)} fields, the header "
+                f"dataset.path={path}: line {lines[i]} has {len(row)} fields, the header "
                 f"{width}; fix the file"
             )
     if len(set(names)) != len(names):
@@ -92,7 +116,7 @@ def _parse(
         for i, row in enumerate(rows):
             f = row[j]
             if f.lower() not in MISSING and not _is_number(f):
-                return line0 + i, f
+                return lines[i], f
         return None
 
     if wanted is None:
@@ -125,12 +149,20 @@ def _parse(
         i, j = np.argwhere(infinite)[0]
         raise DataError(
             f"dataset.path={path}: column {names[chosen[j]]!r} has an infinite value "
-            f"(line {line0 + i}); remove it or mark it missing"
+            f"(line {lines[i]}); remove it or mark it missing"
+        )
+    huge = np.abs(np.nan_to_num(values)) > LARGEST
+    if huge.any():
+        i, j = np.argwhere(huge)[0]
+        raise DataError(
+            f"dataset.path={path}: column {names[chosen[j]]!r} has the value {values[i, j]:g} "
+            f"(line {lines[i]}), beyond float32's range (|value| <= {LARGEST:.2g}), which the "
+            "model computes in; rescale the column, fix the value or mark it missing"
         )
     return [names[j] for j in chosen], values
 
 
-def _missing(path: Path, columns: list[str], values: np.ndarray, line0: int, dropna: bool):
+def _missing(path: Path, columns: list[str], values: np.ndarray, lines: list[int], dropna: bool):
     missing = np.isnan(values)
     if not missing.any():
         return values
@@ -138,10 +170,10 @@ def _missing(path: Path, columns: list[str], values: np.ndarray, line0: int, dro
         return values[~missing.any(axis=1)]
     where = []
     for j, name in enumerate(columns):
-        lines = (np.flatnonzero(missing[:, j]) + line0).tolist()
-        if lines:
-            shown = ", ".join(map(str, lines[:SHOWN])) + (", ..." if len(lines) > SHOWN else "")
-            where.append(f"{name!r} ({len(lines)}: line {shown})")
+        at = [lines[i] for i in np.flatnonzero(missing[:, j])]
+        if at:
+            shown = ", ".join(map(str, at[:SHOWN])) + (", ..." if len(at) > SHOWN else "")
+            where.append(f"{name!r} ({len(at)}: line {shown})")
     raise DataError(
         f"dataset.path={path}: {int(missing.sum())} missing values in column {'; '.join(where)}; "
         "set dataset.dropna=true to drop those rows"

@@ -34,7 +34,7 @@ def _test_bucket(relative_path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _readable(path: Path) -> bool:
+def readable(path: Path) -> bool:
     """Whether the file decodes fully as an image (catches truncated files)."""
     try:
         with Image.open(path) as img:
@@ -96,9 +96,10 @@ class ImageFolder(Dataset):
         self.class_names = class_folders(self.root) if classes else []
         self.num_classes = len(self.class_names)
         if not self.root.is_dir():
+            where = "" if self.root.is_absolute() else f", relative to {Path.cwd()}"
             raise DataError(
-                f"image folder {self.root} does not exist (dataset.root); "
-                f"point dataset.root at a directory of images"
+                f"image folder {self.root} does not exist (dataset.root{where}); "
+                f"pass dataset.root=<a directory of images>"
             )
         files = sorted(
             p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
@@ -114,11 +115,11 @@ class ImageFolder(Dataset):
             for p in files
             if (_test_bucket(p.relative_to(self.root).as_posix()) < test_fraction) == want_test
         ]
-        readable = [_readable(p) for p in chosen]
-        self.files: list[Path] = [p for p, ok in zip(chosen, readable, strict=True) if ok]
+        usable = [readable(p) for p in chosen]
+        self.files: list[Path] = [p for p, ok in zip(chosen, usable, strict=True) if ok]
         skipped = [
             p.relative_to(self.root).as_posix()
-            for p, ok in zip(chosen, readable, strict=True)
+            for p, ok in zip(chosen, usable, strict=True)
             if not ok
         ]
         if skipped:

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from glow_train.config import TableDatasetConfig
 from glow_train.data.checks import int_key, require_key
-from glow_train.data.csvfile import HEADERS, read_columns
+from glow_train.data.csvfile import HEADERS, header_choice, read_columns
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.errors import ConfigError, DataError
 
@@ -123,9 +123,15 @@ def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str
     n_train = n - n_test - n_val
     if n_test < 1 or n_train < 2:
         raise DataError(
-            f"dataset.path={path}: {n} rows are too few for a test part of {n_test}, a "
-            f"validation part of {n_val} and at least 2 training rows; lower "
-            "dataset.test_size/val_size or add rows"
+            f"dataset.path={path}: {n} rows split into {n_test} test, {n_val} validation and "
+            f"{max(n_train, 0)} training rows (dataset.test_size={cfg['test_size']:g}, "
+            f"dataset.val_size={cfg['val_size']:g}); a table needs at least 1 test row and 2 "
+            "training rows: "
+            + (
+                "add rows"
+                if n < 3
+                else "set dataset.test_size/val_size to counts, e.g. dataset.test_size=1"
+            )
         )
     order = np.random.default_rng(int(cfg["split_seed"])).permutation(n)
     return {
@@ -214,7 +220,7 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
     columns, values = read_columns(
         path,
         None if wanted is None else [str(c) for c in wanted],
-        header=str(cfg.get("header") or "auto"),
+        header=header_choice(cfg.get("header")),
         delimiter=cfg.get("delimiter") or ",",
         dropna=bool(cfg.get("dropna")),
     )
@@ -241,7 +247,7 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
 
 def validate(cfg: dict[str, Any]) -> None:
     require_key(cfg, "path")
-    if str(cfg.get("header") or "auto") not in HEADERS:
+    if header_choice(cfg.get("header")) is None:
         raise ConfigError(
             f"dataset.header must be one of {', '.join(HEADERS)}, got {cfg['header']!r}"
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,17 @@ import torch
 from torch import Tensor
 
 from glow_train.data.spec import DataSpec
-from glow_train.errors import ConfigError
 
 __all__ = [
     "ImageSamples",
     "TableSamples",
     "sample_format",
     "WRITERS",
-    "table_paths",
-    "output_paths",
     "image_format",
+    "writable_extensions",
+    "output_names",
+    "prices_path",
+    "temperature_column",
 ]
 
 HISTOGRAM_COLUMNS = 8  # TensorBoard histograms of at most this many columns
@@ -124,23 +124,6 @@ def _write_rows(
             writer.writerow(prefix + [repr(v) for v in row])
 
 
-def table_paths(ckpt: Path, labels: list[str], out: str | os.PathLike | None) -> list[Path]:
-    """Where samples of a vector model go: ``out`` a ``.csv`` file or a folder (see
-    :func:`output_paths`)."""
-    if out is not None and not Path(out).is_dir():
-        out = Path(out)
-        if out.suffix.lower() == ".csv":
-            if len(labels) == 1:
-                return [out]
-            return [out.with_name(f"{out.stem}_{label}.csv") for label in labels]
-        if out.is_file() or out.suffix:
-            raise ConfigError(
-                f"out={out}: samples of a vector model are CSV; name a .csv file or a folder"
-            )
-    folder = Path(out) if out is not None else ckpt.parent / "samples"
-    return [folder / f"{ckpt.stem}_{label}.csv" for label in labels]
-
-
 def _writable_extensions() -> dict[str, str]:
     """Extension -> Pillow format name, for the formats Pillow can write."""
     from PIL import Image
@@ -154,56 +137,31 @@ def image_format(path: Path) -> str:
     return _writable_extensions()[path.suffix.lower()]
 
 
-def _label(t: float) -> str:
-    return f"T{t:g}"
+def writable_extensions() -> list[str]:
+    """The image file extensions Pillow can write (``.png``, ``.jpg``, ``.webp``, ...)."""
+    return list(_writable_extensions())
 
 
-def output_paths(
-    ckpt: Path,
-    temperatures: list[float],
-    layout: str,
-    out: str | os.PathLike | None,
-    suffix: str = ".png",
-    tag: str = "",
-) -> list[Path]:
-    """Where :func:`sample` writes: one path per grid, each labelled with its temperature(s).
+def output_names(temperatures: list[float], layout: str, tag: str = "") -> list[str]:
+    """The label of each file of samples: ``T0.7`` per temperature (``layout="grids"``)
+    or one ``rows_T0-0.7-1``, followed by ``tag`` (the class: ``_y3``, ``_yall``)."""
+    if layout == "grids":
+        return [f"T{t:g}{tag}" for t in temperatures]
+    return ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
 
-    ``out`` ending in an image extension Pillow writes (``.png``, ``.jpg``, ``.webp``, ...)
-    is the file itself, written in that format (``_T<t>`` is added before the suffix
-    when there are several grids); an existing folder, or a name without an
-    extension, is a folder; ``None`` is ``<checkpoint folder>/samples/``. File names
-    in a folder are ``<ckpt stem>_T<t>.png`` (``_rows_T0-0.7-1.png`` for ``layout=rows``),
-    followed by ``tag`` (the class, ``_y3`` or ``_yall``).
-    Samples of vector data (``suffix=".csv"``) are CSV files, named the same way.
 
-    Raises:
-        ConfigError: an extension that is no image format, or an existing file
-            that is not an image.
-    """
-    labels = (
-        [_label(t) + tag for t in temperatures]
-        if layout == "grids"
-        else ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
-    )
-    if suffix == ".csv":
-        return table_paths(ckpt, labels, out)
-    if out is not None and not Path(out).is_dir():
-        out = Path(out)
-        if out.suffix.lower() in _writable_extensions():
-            if len(labels) == 1:
-                return [out]
-            return [out.with_name(f"{out.stem}_{label}{out.suffix}") for label in labels]
-        if out.is_file():
-            raise ConfigError(
-                f"out={out} is an existing file; pass a folder or an image file name (.png, .jpg)"
-            )
-        if out.suffix:
-            raise ConfigError(
-                f"out={out}: {out.suffix!r} is not an image format Pillow writes; name a "
-                ".png, .jpg or .webp file, or a folder"
-            )
-    folder = Path(out) if out is not None else ckpt.parent / "samples"
-    return [folder / f"{ckpt.stem}_{label}.png" for label in labels]
+def prices_path(path: Path) -> Path:
+    """Where the price paths of the samples in the table ``path`` go (``start_price``)."""
+    return path.with_name(f"{path.stem}_prices.csv")
+
+
+def temperature_column(columns: list[str]) -> str:
+    """The name of the temperature column of ``layout=rows`` tables: ``temperature``,
+    with leading underscores until it is not one of the data's ``columns``."""
+    name = "temperature"
+    while name in columns:
+        name = "_" + name
+    return name
 
 
 #: the kind of data (:attr:`DataSpec.kind`) -> the class that writes its samples

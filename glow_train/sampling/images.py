@@ -14,21 +14,24 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import write_atomic
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.errors import ConfigError
 from glow_train.inference import load, resolve_checkpoint
 from glow_train.objective import Objective
+from glow_train.outputs import claim_outputs, sample_targets, write_atomic
 from glow_train.sampling.formats import (
     TableSamples,
     image_format,
-    output_paths,
+    output_names,
+    prices_path,
     sample_format,
+    temperature_column,
+    writable_extensions,
 )
 from glow_train.validate import require_int, require_numbers
 
@@ -39,7 +42,6 @@ __all__ = [
     "sample",
     "class_choice",
     "class_index",
-    "output_paths",
     "LAYOUTS",
 ]
 
@@ -94,6 +96,8 @@ def sample_grid(
 ) -> dict[float, torch.Tensor]:
     """One ``make_grid`` image ``(C, H', W')`` per temperature, each from the same seed
     (``y``: the class of each image, as in :func:`sample_images`)."""
+    from torchvision.utils import make_grid  # torchvision loads in about a second: on use
+
     return {
         float(t): make_grid(
             sample_images(objective, n, float(t), seed, batch_size, y), nrow=nrow, padding=padding
@@ -116,6 +120,8 @@ def sample_rows(
     Every row uses the same seed, hence the same standard-normal draws scaled by its
     temperature: column ``j`` shows one latent at increasing (or decreasing) temperatures.
     """
+    from torchvision.utils import make_grid
+
     images = [sample_images(objective, n, float(t), seed, batch_size, y) for t in temperatures]
     return make_grid(torch.cat(images), nrow=n, padding=padding)
 
@@ -176,12 +182,13 @@ def _write_tables(
         if layout == "grids"
         else [(paths[0], list(drawn.items()))]
     )
+    column = temperature_column(writer.columns)
     written = []
     for path, parts in jobs:
 
         def write(tmp, parts=parts, prices=False):
             for i, (t, x) in enumerate(parts):
-                leading = [] if layout == "grids" else [("temperature", f"{t:g}")]
+                leading = [] if layout == "grids" else [(column, f"{t:g}")]
                 if prices:
                     writer.write_prices(tmp, x, start_price, leading, append=i > 0)
                 else:
@@ -190,7 +197,7 @@ def _write_tables(
         write_atomic(path, write)
         written.append(path)
         if start_price is not None:
-            price_path = path.with_name(f"{path.stem}_prices.csv")
+            price_path = prices_path(path)
             write_atomic(price_path, lambda tmp, write=write: write(tmp, prices=True))
             written.append(price_path)
     return written
@@ -212,6 +219,7 @@ def sample(
     precision: str | None = None,
     start_price: float | None = None,
     y: int | str | None = None,
+    overwrite: bool | None = None,
 ) -> list[Path]:
     """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
     for a model of vectors).
@@ -231,7 +239,7 @@ def sample(
         seed: seeds the latents; every temperature uses the same draws.
         batch_size: images decoded at once (``None``: all ``n``); part of what the
             images depend on, with the seed and the device.
-        out: see :func:`output_paths`.
+        out: a file or a folder (:func:`glow_train.outputs.sample_targets`).
         device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (the coupling networks under
@@ -241,13 +249,16 @@ def sample(
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
         y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
+        overwrite: replace existing files that ``out`` names (the checkpoint and the
+            dataset's files are never written; see :mod:`glow_train.outputs`).
 
     Returns:
         The written files. They are written only after every grid was drawn, each
         atomically, so a failure leaves no partial file.
 
     Raises:
-        ConfigError: an invalid option. CheckpointError: an unusable checkpoint.
+        ConfigError: an invalid option, or a target the output policy refuses (checked
+            before anything is drawn). CheckpointError: an unusable checkpoint.
     """
     opts = fill_defaults(
         "sample",
@@ -258,6 +269,7 @@ def sample(
         seed=seed,
         ema=ema,
         precision=precision,
+        overwrite=overwrite,
     )
     temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
     n = require_int("n", opts.n, 1)
@@ -289,9 +301,13 @@ def sample(
         nrow = n
     elif labels is None and objective.flow.num_classes and given_nrow is None:
         nrow = objective.flow.num_classes  # the classes in turn: a column per class
-    paths = output_paths(ckpt, temperatures, layout, out, writer.suffix, tag)
-    if any(p.resolve() == ckpt.resolve() for p in paths):
-        raise ConfigError(f"out={out} would overwrite the checkpoint {ckpt}")
+    names = output_names(temperatures, layout, tag)
+    extensions = [".csv"] if writer.suffix == ".csv" else writable_extensions()
+    targets = sample_targets(ckpt, names, out, writer.suffix, extensions)
+    if start_price is not None:
+        targets += [replace(t, path=prices_path(t.path)) for t in targets]
+    dataset = (loaded.info.get("config") or {}).get("dataset")
+    paths = claim_outputs(targets, out, opts.overwrite, ckpt, [dataset])[: len(names)]
     if isinstance(writer, TableSamples):
         with loaded.autocast():
             return _write_tables(
@@ -305,6 +321,8 @@ def sample(
             grids = list(drawn.values())
         else:
             grids = [sample_rows(objective, n, temperatures, seed, padding, batch_size, labels)]
+    from torchvision.utils import save_image
+
     for path, grid in zip(paths, grids, strict=True):
         kind = image_format(path)
         write_atomic(path, lambda tmp, grid=grid, kind=kind: save_image(grid, tmp, format=kind))

@@ -23,13 +23,12 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torchvision.utils import make_grid, save_image
 
-from glow_train.checkpoint import write_atomic
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.errors import CheckpointError, ConfigError
 from glow_train.inference import Loaded, load, resolve_checkpoint
-from glow_train.sampling.formats import image_format
+from glow_train.outputs import claim_outputs, strip_target, write_atomic
+from glow_train.sampling.formats import image_format, writable_extensions
 from glow_train.sampling.images import sample
 from glow_train.sampling.latents import (
     attribute_direction,
@@ -93,18 +92,19 @@ def _tag(ref: Any) -> str:
     return _safe(Path(str(ref)).stem if not str(ref).lstrip("-").isdigit() else f"test{ref}")
 
 
-def _strip_path(ckpt: Path, name: str, out: str | os.PathLike | None) -> Path:
-    """``out`` as an image file, or a folder (default ``<checkpoint folder>/samples/``)."""
-    if out is not None and Path(out).suffix and not Path(out).is_dir():
-        try:
-            image_format(Path(out))
-        except KeyError:
-            raise ConfigError(f"out={out}: name a .png (or .jpg) file, or a folder") from None
-        return Path(out)
-    return Path(out or ckpt.parent / "samples") / f"{ckpt.stem}_{name}.png"
+def _claim_strip(
+    ckpt: Path, name: str, out: Any, overwrite: bool, data_cfg: dict, inputs: list[Any]
+) -> Path:
+    """Where a strip goes (:func:`glow_train.outputs.strip_target`), checked against the
+    output policy: never the checkpoint, the dataset's files or the input images."""
+    images = [(r, f"the input image {r}") for r in inputs if not str(r).lstrip("-").isdigit()]
+    target = strip_target(ckpt, name, out, writable_extensions())
+    return claim_outputs([target], out, overwrite, ckpt, [data_cfg], images)[0]
 
 
 def _write(path: Path, images: torch.Tensor, padding: int) -> Path:
+    from torchvision.utils import make_grid, save_image  # about a second to load: on use
+
     grid = make_grid(images, nrow=len(images), padding=padding)
     kind = image_format(path)
     return write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))
@@ -120,6 +120,7 @@ def interpolate_strip(
     y: Any = None,
     padding: int | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
     precision: str | None = None,
@@ -129,7 +130,14 @@ def interpolate_strip(
     (one row)."""
     if a is None or b is None:
         raise ConfigError("mode=interpolate needs a= and b= (test-set indices or image files)")
-    opts = _options(steps=steps, interp=interp, padding=padding, ema=ema, precision=precision)
+    opts = _options(
+        steps=steps,
+        interp=interp,
+        padding=padding,
+        ema=ema,
+        precision=precision,
+        overwrite=overwrite,
+    )
     opts.device = str(device) if device is not None else opts.device
     steps = require_int("steps", opts.steps, 2)
     loaded, data_cfg = _load(ckpt, opts)
@@ -141,9 +149,10 @@ def interpolate_strip(
             f"a and b are of classes {int(labels[0])} and {int(labels[1])}; a class-conditional "
             "model interpolates within one class (pick two images of one class, or pass y=)"
         )
+    name = f"interp_{opts.interp}_{_tag(a)}_{_tag(b)}"
+    path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [a, b])
     with loaded.autocast():
         z = encode(objective, batch.x, labels)
-    path = _strip_path(ckpt, f"interp_{opts.interp}_{_tag(a)}_{_tag(b)}", out)
     za, zb = [l[:1] for l in z], [l[1:] for l in z]
     mixed = interpolate(za, zb, steps, opts.interp)
     y_all = None if labels is None else labels[:1].expand(steps)
@@ -197,6 +206,7 @@ def manipulate_strip(
     y: Any = None,
     padding: int | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
     precision: str | None = None,
@@ -205,7 +215,7 @@ def manipulate_strip(
     ``attribute`` for each ``alpha`` and write the decoded strip."""
     if attribute is None or image is None:
         raise ConfigError("mode=manipulate needs attribute= and image= (test-set index or file)")
-    opts = _options(alpha=alpha, padding=padding, ema=ema, precision=precision)
+    opts = _options(alpha=alpha, padding=padding, ema=ema, precision=precision, overwrite=overwrite)
     opts.device = str(device) if device is not None else opts.device
     given = OmegaConf.to_container(opts.alpha) if OmegaConf.is_config(opts.alpha) else opts.alpha
     alphas = require_numbers("alpha", given, "[-1,0,1]")
@@ -219,22 +229,45 @@ def manipulate_strip(
     direction = torch.load(path_in, weights_only=True)
     loaded, data_cfg = _load(ckpt, opts)
     objective = loaded.objective
+    name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
+    path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [image])
     batch = load_inputs([image], data_cfg, y, objective.flow.num_classes)
     labels = objective.labels(batch)
     with loaded.autocast():
         z = encode(objective, batch.x, labels)
     if [tuple(d.shape) for d in direction["levels"]] != [tuple(l.shape[1:]) for l in z]:
         raise CheckpointError(f"{path_in} was computed for another model; compute it again")
+    _check_alphas(alphas, z, direction["levels"])
     steps = torch.tensor(alphas)
     edited = [
         l + steps.view(-1, *([1] * (l.dim() - 1))).to(l) * d.to(l)
         for l, d in zip(z, direction["levels"], strict=True)
     ]
     y_all = None if labels is None else labels.expand(len(alphas))
-    name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
     with loaded.autocast():
         images = decode(objective, edited, y_all)
-    return Written([_write(_strip_path(ckpt, name, out), images, opts.padding)])
+    return Written([_write(path, images, opts.padding)])
+
+
+#: how far ``alpha`` may move the latent, in lengths of the image's own latent
+MAX_EDIT = 10.0
+
+
+def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch.Tensor]) -> None:
+    """Refuse an ``alpha`` that moves the latent more than :data:`MAX_EDIT` times its own
+    length: the decoded image no longer depends on the input and saturates."""
+    length = float(torch.sqrt(sum((l.double() ** 2).sum() for l in z)))
+    step = float(torch.sqrt(sum((d.double() ** 2).sum() for d in levels)))
+    if step == 0:
+        return
+    limit = MAX_EDIT * length / step
+    worst = max(alphas, key=abs)
+    if abs(worst) > limit:
+        raise ConfigError(
+            f"alpha={worst:g} moves the image's latent {abs(worst) * step / length:.3g} times "
+            f"its own length along the direction; the strip would be saturated: keep every "
+            f"alpha within +-{limit:.3g} (e.g. alpha=[-1,-0.5,0,0.5,1])"
+        )
 
 
 #: ``mode=`` name -> the function that runs it (:func:`run_mode`)

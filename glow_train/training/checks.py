@@ -19,7 +19,7 @@ from glow_train.models import model_class
 from glow_train.training.signals import preempt_signal
 from glow_train.validate import parse_duration, require_int
 
-__all__ = ["check_config", "check_train"]
+__all__ = ["check_config", "check_train", "fitted_batch_size"]
 
 
 def check_config(cfg: DictConfig | dict) -> DictConfig:
@@ -88,3 +88,16 @@ def check_train(cfg: DictConfig) -> None:
         raise ConfigError(
             "no stopping rule: set train.max_steps, train.max_epochs or train.time_limit"
         )
+
+
+def fitted_batch_size(batch_size: int, per_rank: int, main: bool) -> int:
+    """``dataset.batch_size``, or the training items per process when there are fewer
+    (a small table trains with the defaults: one batch per epoch), said in one note."""
+    if 0 < per_rank < batch_size:
+        if main:
+            print(
+                f"note: dataset.batch_size={batch_size} is larger than the {per_rank} training "
+                f"items per process; using batches of {per_rank}"
+            )
+        return per_rank
+    return batch_size

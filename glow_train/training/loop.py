@@ -24,10 +24,11 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from glow_train.data.spec import DataSpec
-from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
+from glow_train.distributed import DistInfo, EpochSampler
 from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
 from glow_train.objective import Objective
+from glow_train.outputs import write_atomic
 from glow_train.sampling.formats import sample_format
 from glow_train.sampling.images import sample_images
 from glow_train.training.monitor import Monitor
@@ -146,8 +147,8 @@ def write_samples(trainer: LoopTrainer, final: bool = False) -> Path | None:
     if not final:
         return None
     out = trainer.run_dir / f"samples{writer.suffix}"
-    writer.write(out, samples[0.7 if 0.7 in samples else next(iter(samples))])
-    return out
+    chosen = samples[0.7 if 0.7 in samples else next(iter(samples))]
+    return write_atomic(out, lambda tmp: writer.write(tmp, chosen))
 
 
 def _figure(score: float | None) -> str:
@@ -249,28 +250,22 @@ def fit(trainer: LoopTrainer) -> TrainResult:
         if p.bad_in_a_row >= int(tcfg.max_bad_steps):
             raise diverged(trainer)
         trainer.monitor.close_bar()
-        # Still under the signal handlers: a second SIGTERM cannot cut the final save
-        # short (a second Ctrl-C still aborts at once).
-        if interrupted and trainer.dist.is_main:
-            trainer.monitor.log(
-                f"interrupted at step {trainer.step}: writing {trainer.run_dir / 'last.pt'}"
-            )
-            trainer.save("last.pt")  # first, before the (possibly long) final evaluation
-        if interrupted and _agreed(trainer, interrupt.preempted is not None):
-            # the scheduler's warning: the job will be requeued and resume last.pt, and the
-            # time before the kill is short, so no final evaluation; hand the signal on now
+        # Still under the signal handlers: a second SIGTERM cannot cut the save short (a
+        # second Ctrl-C still aborts at once). A signal means stop now: a scheduler's grace
+        # period is short, so no final evaluation or samples; the next run (ckpt=...) or
+        # glow-eval gives the figures.
+        if interrupted:
             if trainer.dist.is_main:
-                trainer.monitor.log(f"pre-empted at step {trainer.step}: last.pt is saved")
+                saved = trainer.save("last.pt")
+                what = f"{saved} saved" if saved is not None else trainer.last_good_text()
+                trainer.monitor.log(
+                    f"stopped by {interrupt.received or 'a signal'} at step {trainer.step}: "
+                    f"{what}; continue with glow-train ckpt={trainer.run_dir / 'last.pt'}"
+                )
                 trainer.monitor.close()
-            interrupt.hand_on()
+            interrupt.hand_on()  # after the save: the pre-emption signal goes on to submitit
             return result(trainer, interrupted=True)
         return finish(trainer, interrupted)
-
-
-def _agreed(trainer: LoopTrainer, flag: bool) -> bool:
-    """``flag`` on any rank (one all-reduce; every rank must call it)."""
-    value = torch.tensor([float(flag)], device=trainer.device)
-    return bool(all_reduce_max(value).item())
 
 
 def finish(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
@@ -289,6 +284,7 @@ def finish(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
             f"{trainer.last_good_text()}"
         )
     samples = None
+    p.finished = True  # last.pt now records a run with its final figures
     if main:
         trainer.save("last.pt")
         samples = write_samples(trainer, final=True)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glow_train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 
-__all__ = ["resume_config", "auto_resume"]
+__all__ = ["resume_config", "auto_resume", "finished_run"]
 
 
 def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]) -> DictConfig:
@@ -54,3 +54,24 @@ def auto_resume(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.ckpt = str(last) if last.is_file() else None
     return cfg
+
+
+def finished_run(cfg: DictConfig) -> tuple[str, float | None] | None:
+    """For ``ckpt=auto`` on a run that already ended (its ``last.pt`` is at the limit and
+    holds the final figures): one line saying so and the figure a sweeper gets; else
+    ``None`` (the run resumes)."""
+    from glow_train.training.schedule import reached_limits
+
+    state = load_checkpoint(cfg.ckpt, mmap=True)
+    if not state.get("finished", True):
+        return None
+    if not reached_limits(cfg.train, state["step"], state["epoch"]):
+        return None
+    split = state.get("selection", "test")
+    value = state.get("last_val_score") if split == "val" else state.get("last_test_score")
+    shown = f"; {split} {state.get('metric', 'bpd')} {value:.4f}" if value is not None else ""
+    line = (
+        f"{Path(cfg.run_dir)} already finished at step {state['step']} (train.max_steps="
+        f"{cfg.train.max_steps}, train.max_epochs={cfg.train.max_epochs}){shown}: nothing to do"
+    )
+    return line, value

@@ -8,22 +8,38 @@ created, so a bad setting or missing data leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Dataset
 
 from glow_train.checkpoint import load_checkpoint, resolve_checkpoint
 from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from glow_train.errors import ConfigError
 from glow_train.evaluate import density_of
+from glow_train.outputs import write_atomic
 from glow_train.runtime import freed_memory_kept
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
 from glow_train.training.schedule import reached_limits
 from glow_train.training.trainer import Trainer, TrainResult
 
-__all__ = ["train"]
+__all__ = ["train", "absolute_data_paths"]
+
+#: dataset keys that name files or folders: stored resolved against the folder the run
+#: started in, so the checkpoint resumes and evaluates from anywhere
+PATH_KEYS = ("path", "root")
+
+
+def absolute_data_paths(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``dataset.path`` / ``dataset.root`` made absolute (``~`` expanded)."""
+    with open_dict(cfg):
+        for key in PATH_KEYS:
+            value = cfg.dataset.get(key)
+            if value is not None:
+                cfg.dataset[key] = os.path.abspath(os.path.expanduser(str(value)))
+    return cfg
 
 
 def train(
@@ -38,7 +54,7 @@ def train(
     data position). Under torchrun the process group is set up here. ``train_set``
     and ``test_set`` replace the datasets named in ``cfg.dataset`` (same item shape).
     """
-    cfg = check_config(cfg)
+    cfg = absolute_data_paths(check_config(cfg))
     if cfg.ckpt is not None:  # a run folder resumes its last.pt
         cfg.ckpt = str(resolve_checkpoint(cfg.ckpt, ("last.pt",)))
     own_group = dist is None
@@ -46,7 +62,9 @@ def train(
     lock = None
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
-        if state is not None and reached_limits(cfg.train, state["step"], state["epoch"]):
+        at_limit = state is not None and reached_limits(cfg.train, state["step"], state["epoch"])
+        # a run stopped by a signal at its last step still owes its final figures
+        if at_limit and state.get("finished", True):
             raise ConfigError(
                 f"nothing to do: {cfg.ckpt} is at step {state['step']} (epoch "
                 f"{state['epoch']}), already at train.max_steps={cfg.train.max_steps} / "
@@ -61,7 +79,9 @@ def train(
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.started = True
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            write_atomic(
+                run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True)
+            )
             effective = trainer.batch_size * dist.world_size
             start = f"resuming {cfg.ckpt} at step {trainer.step}" if state else "training"
             chosen = [trainer.precision.describe()]  # what was picked for the device

@@ -1,5 +1,6 @@
 """SIGINT/SIGTERM (and the scheduler's pre-emption signal) during training: finish the
-step, save, then stop."""
+step, save ``last.pt``, then stop at once (no final evaluation or samples: a scheduler's
+grace period is short; the figures come from the resumed run or from ``glow-eval``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def preempt_signal(name: str | None) -> int | None:
 
 class Interrupt:
     """SIGINT/SIGTERM or ``preempt`` -> stop at the next step boundary; a second SIGINT
-    aborts at once.
+    aborts at once. ``received`` names the first signal.
 
     Use as a context manager around the loop; ``requested`` turns true on the first
     signal. Outside the main thread signals are left alone. When the pre-emption
@@ -42,18 +43,23 @@ class Interrupt:
         self.verbose = verbose
         self.preempt = preempt
         self.preempted: tuple[int, Any] | None = None
+        self.received: str | None = None  # the name of the first signal (SIGTERM, ...)
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        first = not self.requested
         self.requested = True
+        if first:
+            self.received = signal.Signals(signum).name
         if signum == self.preempt:
             self.preempted = (signum, frame)
         if self.verbose:
+            again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
             tqdm.write(
-                f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
-                "(Ctrl-C again to abort)"
+                f"{signal.Signals(signum).name} received: saving last.pt at the end of this "
+                f"step, then stopping{again}"
             )
 
     def __enter__(self):

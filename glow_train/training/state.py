@@ -38,6 +38,7 @@ class Progress:
     skipped_steps: int = 0
     overflow_steps: int = 0
     bad_in_a_row: int = 0  # not saved: a resumed run starts with a clean record
+    finished: bool = False  # the final evaluation is done (saved; a resumed run starts False)
 
     def count(self, outcome: StepOutcome) -> None:
         """Add a step's outcome to the skip and overflow counters."""
@@ -94,6 +95,7 @@ def checkpoint_state(
         "last_val_score": progress.last_val_score,
         "skipped_steps": progress.skipped_steps,
         "overflow_steps": progress.overflow_steps,
+        "finished": progress.finished,
         "rng": rng,
     }
 

@@ -25,7 +25,7 @@ from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
 from glow_train.precision import resolve_precision
 from glow_train.scoring import evaluate_objective
-from glow_train.training.checks import check_config
+from glow_train.training.checks import check_config, fitted_batch_size
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization, StepOutcome
@@ -92,6 +92,7 @@ class Trainer:
         self.sampler = EpochSampler(
             len(self.train_set), seed=self.seed, rank=dist.rank, world_size=dist.world_size
         )
+        self.batch_size = fitted_batch_size(self.batch_size, self.sampler.per_rank, dist.is_main)
         self.steps_per_epoch = self.sampler.per_rank // self.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(
