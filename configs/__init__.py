@@ -6,7 +6,6 @@ glow-train's sweeper (``hydra/sweeper=glow``, the default of ``glow-train -m``).
 """
 
 from glow_train.cli.common import make_sweeper_visible
-
 from glow_train.config import register_configs
 
 register_configs()

@@ -90,24 +90,6 @@ def density_of(spec: DataSpec) -> str | None:
     return None
 
 
-def _shape_mismatch(data_cfg: Mapping[str, Any], spec: DataSpec, model: dict, ckpt: Path) -> str:
-    """What to set so that the data fits the model: image keys for an image model, the
-    columns (or the window) for a vector model."""
-    given = "x".join(map(str, spec.shape))
-    wanted = "x".join(map(str, model["shape"]))
-    what = f"dataset {data_cfg['name']} yields {given} {spec.kind}s but the model of {ckpt} takes"
-    if model["kind"] != "vector":
-        return f"{what} {wanted} images; set dataset.image_size= and dataset.channels= to match"
-    columns = model.get("columns") or []
-    if model.get("window"):
-        return (
-            f"{what} windows of {model['window']} steps of {', '.join(model.get('series') or [])} "
-            f"({wanted} values); set dataset.columns= and dataset.window= to match"
-        )
-    named = f" ({', '.join(columns)})" if columns else ""
-    return f"{what} {wanted} columns{named}; set dataset.columns= to those columns"
-
-
 def evaluate(
     ckpt: str | os.PathLike,
     *,
@@ -203,7 +185,7 @@ def evaluate(
     shape = spec.shape
     model_shape = tuple(info["data"]["shape"])
     if shape != model_shape or spec.kind != info["data"]["kind"]:
-        raise ConfigError(_shape_mismatch(data_cfg, spec, info["data"], ckpt))
+        raise ConfigError(spec.mismatch_message(data_cfg, info["data"], ckpt))
     seed = checkpoint_seed if seed is None else seed
     if batch_size is None:
         batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)

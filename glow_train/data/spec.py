@@ -82,6 +82,27 @@ class DataSpec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
+    def mismatch_message(self, data_cfg: dict[str, Any], model: dict[str, Any], ckpt: Any) -> str:
+        """Why data of this spec does not fit the model stored in ``ckpt`` (its ``data``
+        dict), and what to set: image keys for an image model, the columns (or the
+        window) for a vector model."""
+        given = "x".join(map(str, self.shape))
+        wanted = "x".join(map(str, model["shape"]))
+        what = (
+            f"dataset {data_cfg['name']} yields {given} {self.kind}s but the model of {ckpt} takes"
+        )
+        if model["kind"] != "vector":
+            return f"{what} {wanted} images; set dataset.image_size= and dataset.channels= to match"
+        columns = model.get("columns") or []
+        if model.get("window"):
+            series = ", ".join(model.get("series") or [])
+            return (
+                f"{what} windows of {model['window']} steps of {series} "
+                f"({wanted} values); set dataset.columns= and dataset.window= to match"
+            )
+        named = f" ({', '.join(columns)})" if columns else ""
+        return f"{what} {wanted} columns{named}; set dataset.columns= to those columns"
+
 
 def _no_check(cfg: dict[str, Any]) -> None:
     return None
