@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-all lint format demo clean
+.PHONY: install test test-all lint format demo docs figures clean
 
 install: $(STAMP)
 
@@ -32,5 +33,18 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/glow-train
 
+# The docs extra on top of the dev install (mkdocs, Material, mkdocstrings, matplotlib).
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev,sweep,cluster,docs]'
+	touch $(DOCS_STAMP)
+
+# The site, into site/; --strict turns a broken link or a missing API object into an error.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The pictures of the docs, docs/results.md and the README's transcript and results table.
+figures: $(DOCS_STAMP)
+	$(BIN)/python scripts/make_figures.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -83,12 +83,13 @@ class TableDatasetConfig:
     delimiter: str | None = None
     dropna: bool | None = None
     window: int | None = None
+    context: int | None = None
     stride: int | None = None
     transform: str | None = None
     val_size: float | None = None
     test_size: float | None = None
     split_seed: int | None = None
-    batch_size: int | None = None
+    batch_size: Any = None  # an int, or auto (glow_train.training.sizing)
     eval_batch_size: int | None = None
     num_workers: int | None = None
 
@@ -112,11 +113,11 @@ class Glow1DConfig:
     """``model.*`` of :class:`glow_train.Glow1D` (``dim`` comes from the data)."""
 
     name: str = "glow1d"
-    K: int = MISSING
-    hidden_features: int = MISSING
+    K: Any = MISSING  # an int, or auto (glow_train.training.sizing)
+    hidden_features: Any = MISSING  # likewise
     hidden_layers: int = MISSING
     activation: str = MISSING
-    dropout: float = MISSING
+    dropout: Any = MISSING  # a float, or auto
     coupling: str = MISSING
     lu: bool = MISSING
 
@@ -125,21 +126,22 @@ class Glow1DConfig:
 class TrainLoopConfig:
     """``train.*`` (``configs/train.yaml``)."""
 
-    max_steps: int | None = MISSING
+    max_steps: Any = MISSING  # an int, null or auto (glow_train.training.sizing)
     max_epochs: int | None = MISSING
     time_limit: str | None = MISSING
     optimizer: str = MISSING
     lr: float = MISSING
     betas: list[float] = MISSING
     weight_decay: float = MISSING
-    warmup_steps: int = MISSING
+    warmup_steps: Any = MISSING  # an int or auto
     cosine_decay: bool = MISSING
     grad_clip: float | None = MISSING
     ema_decay: float | None = MISSING
     init_samples: int = MISSING
     max_bad_steps: int = MISSING
+    early_stopping: int | None = MISSING
     log_every: int = MISSING
-    eval_every_steps: int | None = MISSING
+    eval_every_steps: Any = MISSING  # an int, null or auto
     eval_every_epochs: int | None = MISSING
     eval_seed: int = MISSING
     ckpt_every: int | None = MISSING
@@ -169,6 +171,8 @@ class TrainConfig:
     dataset: Any = MISSING
     model: Any = MISSING
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # rules for settings given as auto (glow_train.training.sizing); null: none
+    sizing: Any = None
 
 
 @dataclass
@@ -199,6 +203,8 @@ class SampleConfig:
     image: Any = None
     alpha: Any = MISSING
     max_images: int = MISSING
+    horizon: int = MISSING  # forecast: steps per path
+    context_end: int | None = None  # forecast: values of the series before the first step
 
 
 @dataclass
@@ -221,9 +227,13 @@ class EvalConfig:
     ood_train_images: int = MISSING
     class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
     precision: str = MISSING  # fp32|bf16|auto (glow_train.precision)
+    backtest: str | None = None  # var: the risk backtest of a series model (glow_train.backtest)
+    backtest_samples: int = MISSING
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None
+    # the model group dataset=csv selects for training; unused (the checkpoint's model)
+    model: Any = None
 
 
 def register_configs() -> None:
@@ -271,7 +281,12 @@ RETIRED_KEYS = {"train": ("channels_last",)}  # the model always runs channels_l
 
 #: keys added after runs were saved without them, with the value those runs used
 ADDED_KEYS = {
-    "train": {"dequantization": "uniform", "class_loss_weight": 0.0, "preempt_signal": "SIGUSR2"}
+    "train": {
+        "dequantization": "uniform",
+        "class_loss_weight": 0.0,
+        "preempt_signal": "SIGUSR2",
+        "early_stopping": None,
+    }
 }
 
 

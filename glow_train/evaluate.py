@@ -85,8 +85,11 @@ def model_class_prior(kind: str, num_classes: int, train_cfg: Mapping[str, Any])
 
 def density_of(spec: DataSpec) -> str | None:
     """What a vector model's density is of, when it is not the file's values themselves."""
+    given = f" given the previous {spec.context}" if spec.context else ""
     if spec.transform == "log_return":
-        return f"log-returns of {', '.join(spec.series)} in windows of {spec.window}"
+        return f"log-returns of {', '.join(spec.series)} in windows of {spec.window}{given}"
+    if spec.context:
+        return f"{', '.join(spec.series)} in windows of {spec.window}{given}"
     return None
 
 

@@ -212,9 +212,17 @@ class Objective(nn.Module):
         return nll if log_q is None else nll + log_q[:, None]
 
     def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Standardised ``x`` and the log-determinant of the modelled values: with a
+        context (``flow.context_dims`` leading values) only the rest count, since the
+        density is of them given the context."""
         if self.standardize is None:
             return x, None
-        return self.standardize(x)
+        z, logdet = self.standardize(x)
+        context = getattr(self.flow, "context_dims", 0)
+        if context:
+            given = torch.log(self.standardize.scale[:context]).sum().to(logdet.dtype)
+            logdet = logdet + given
+        return z, logdet
 
     def score(self, nll: Tensor) -> Tensor:
         """Nats per item -> the reported unit (bits/dim or nats/dim), same shape."""

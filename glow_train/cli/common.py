@@ -93,7 +93,8 @@ def _one_line(err: BaseException) -> str:
 #: the top-level keys glow-sample and glow-eval take (glow-train takes its groups too)
 OPTIONS = {
     "sample": [f.name for f in fields(SampleConfig)],
-    "eval": [f.name for f in fields(EvalConfig)],
+    # (eval's model entry only absorbs dataset=csv's choice of model: not an option)
+    "eval": [f.name for f in fields(EvalConfig) if f.name != "model"],
 }
 
 

@@ -95,6 +95,12 @@ def app(cfg: DictConfig) -> None:
         dataset = plain(cfg.dataset)
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = require_ckpt(cfg, "glow-eval")
+        if cfg.backtest is not None:  # series models with a context
+            from glow_train.series_commands import backtest_command
+
+            backtest_command(cfg, ckpt)
+            say_which(cfg, ckpt, "glow-eval")
+            return
         common = dict(
             split=cfg.split,
             draws=cfg.draws,

@@ -25,6 +25,12 @@ def app(cfg: DictConfig) -> None:
 
     def run():
         ckpt = require_ckpt(cfg, "glow-sample")
+        if cfg.mode == "forecast":  # series models with a context
+            from glow_train.series_commands import forecast_command
+
+            forecast_command(cfg, ckpt)
+            say_which(cfg, ckpt, "glow-sample")
+            return
         options = {key: plain(value) for key, value in cfg.items() if key not in ("ckpt", "mode")}
         written = run_mode(cfg.mode, ckpt, options)
         for path in written.paths:

@@ -15,7 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from glow_train.errors import ConfigError
 from glow_train.validate import require_int
 
-__all__ = ["as_dict", "require_key", "require_root", "int_key", "check_image_keys"]
+__all__ = [
+    "as_dict",
+    "require_key",
+    "require_root",
+    "int_key",
+    "check_image_keys",
+    "split_count",
+]
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
@@ -52,3 +59,11 @@ def require_root(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"dataset.root is missing for dataset={cfg['name']}; set dataset.root=/path"
         )
+
+
+def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
+    """``dataset.<key>`` (a fraction in [0, 1) or a whole count) as a count of ``total``."""
+    value = float(require_key(cfg, key))
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise ConfigError(f"dataset.{key} must be a fraction in [0, 1) or a count, got {value:g}")
+    return int(value) if value >= 1 else int(round(value * total))

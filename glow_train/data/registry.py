@@ -100,7 +100,8 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
     if entry.kind == "image":
         int_key(cfg, "n_bits", 1, 8)
     for key in ("batch_size", "eval_batch_size"):
-        if cfg.get(key) is not None:
+        # batch_size may be auto: the trainer resolves it (glow_train.training.sizing)
+        if cfg.get(key) is not None and cfg.get(key) != "auto":
             int_key(cfg, key, 1)
     if cfg.get("num_workers") is not None:
         int_key(cfg, "num_workers", 0)
@@ -182,7 +183,7 @@ def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset 
     are validation (``None`` when there are none): drawn with ``dataset.split_seed``
     (``val_draw: random``, the default), or the last ones in the source's order
     (``val_draw: last``: on digits they predict the test figure, the images after them,
-    far better than a random draw; see the README's "Which split each figure is on")."""
+    far better than a random draw; see docs/guide/datasets.md)."""
     full = entry.build(cfg, "train")
     n_val = validation_size(cfg, len(full))
     if n_val == 0:

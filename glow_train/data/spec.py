@@ -39,6 +39,9 @@ class DataSpec:
             columns, else ``None``.
         window: time series: the window length ``W`` (``None`` for rows of a table).
         series: time series: the columns the windows were cut from.
+        context: time series with ``dataset.context=C``: each item is the ``C`` steps
+            before its window, then the window (``(C + W)·c`` values, time-major), and
+            a model of it is the density of the window given those ``C`` steps.
     """
 
     kind: str
@@ -51,6 +54,7 @@ class DataSpec:
     transform: str | None = None
     window: int | None = None
     series: tuple[str, ...] = ()
+    context: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,6 +71,11 @@ class DataSpec:
     def num_dims(self) -> int:
         """``D``, the number of dimensions of one item (``C·H·W`` for images)."""
         return math.prod(self.shape)
+
+    @property
+    def context_dims(self) -> int:
+        """The leading values of an item that are context (``C·c``; 0 without one)."""
+        return int(self.context or 0) * max(len(self.series), 1)
 
     @property
     def quantized(self) -> bool:

@@ -29,9 +29,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glow_train.config import TableDatasetConfig
-from glow_train.data.checks import int_key, require_key
+from glow_train.data.checks import int_key, require_key, split_count
 from glow_train.data.csvfile import HEADERS, header_choice, read_columns
 from glow_train.data.spec import DataSource, DataSpec
+from glow_train.data.windows import split_series
 from glow_train.errors import ConfigError, DataError
 
 __all__ = ["SOURCE", "VectorDataset", "Table", "load_table", "TRANSFORMS"]
@@ -57,27 +58,36 @@ class VectorDataset(Dataset):
 
 
 class Table:
-    """The three splits of a ``dataset=csv`` config as arrays, and their description."""
+    """The three splits of a ``dataset=csv`` config as arrays, and their description.
 
-    def __init__(self, parts: dict[str, np.ndarray], columns: list[str], cfg: dict[str, Any]):
+    ``series``: for time series, the file columns the windows were cut from (the
+    dimensions repeat them, time-major); empty for rows of a table.
+    """
+
+    def __init__(
+        self,
+        parts: dict[str, np.ndarray],
+        columns: list[str],
+        cfg: dict[str, Any],
+        series: list[str] | None = None,
+    ):
         self.parts = parts  # split -> (N, D) float64
         self.columns = columns  # names of the D dimensions
         train = parts["train"]
         self.loc = train.mean(axis=0)
         self.scale = train.std(axis=0)
         window = cfg.get("window")
-        self.series = _series_names(columns, window)
+        self.series = list(series or [])
         constant = self.scale <= 1e-12 * np.maximum(np.abs(self.loc), 1.0)
         if constant.any():
-            names = list(
-                dict.fromkeys(_column_of(columns, window, int(i)) for i in np.flatnonzero(constant))
-            )
+            names = list(dict.fromkeys(self._column_of(int(i)) for i in np.flatnonzero(constant)))
             raise DataError(
                 f"dataset.path={cfg['path']}: column(s) {', '.join(map(repr, names))} are "
                 "constant on the training split and have no density; leave them out of "
                 "dataset.columns"
             )
         transform = cfg.get("transform") or "none"
+        context = cfg.get("context")
         self.spec = DataSpec(
             "vector",
             (len(columns),),
@@ -87,39 +97,24 @@ class Table:
             loc=self.loc.tolist(),
             scale=self.scale.tolist(),
             transform=None if transform == "none" else transform,
-            window=window,
+            window=None if window is None and context is None else int(window or 1),
             series=self.series,
+            context=None if context is None else int(context),
         )
 
-
-def _series_names(columns: list[str], window: int | None) -> list[str]:
-    if window is None:
-        return []
-    return [c[: -len("[0]")] for c in columns[: len(columns) // window]]
-
-
-def _column_of(columns: list[str], window: int | None, dim: int) -> str:
-    """The file column behind dimension ``dim`` (a window's dims repeat the columns)."""
-    if window is None:
-        return columns[dim]
-    names = _series_names(columns, window)
-    return names[dim % len(names)]
+    def _column_of(self, dim: int) -> str:
+        """The file column behind dimension ``dim`` (a window's dims repeat the columns)."""
+        if not self.series:
+            return self.columns[dim]
+        return self.series[dim % len(self.series)]
 
 
 # --------------------------------------------------------------------------- splitting
 
 
-def _size(cfg: dict[str, Any], key: str, total: int) -> int:
-    """``dataset.<key>`` (a fraction in [0, 1) or a whole count) as a count of ``total``."""
-    value = float(require_key(cfg, key))
-    if value < 0 or (value >= 1 and not value.is_integer()):
-        raise ConfigError(f"dataset.{key} must be a fraction in [0, 1) or a count, got {value:g}")
-    return int(value) if value >= 1 else int(round(value * total))
-
-
 def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
     n = len(values)
-    n_test, n_val = _size(cfg, "test_size", n), _size(cfg, "val_size", n)
+    n_test, n_val = split_count(cfg, "test_size", n), split_count(cfg, "val_size", n)
     n_train = n - n_test - n_val
     if n_test < 1 or n_train < 2:
         raise DataError(
@@ -141,47 +136,6 @@ def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str
     }
 
 
-def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
-    """Windows of ``window`` consecutive rows every ``stride`` rows, flattened time-major."""
-    starts = range(0, len(part) - window + 1, stride)
-    return (
-        np.stack([part[s : s + window].reshape(-1) for s in starts])
-        if len(starts)
-        else (np.empty((0, window * part.shape[1])))
-    )
-
-
-def _split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
-    window, stride = int(cfg["window"]), int(cfg["stride"])
-    t = len(series)
-    if window > t:
-        raise DataError(
-            f"dataset.window={window} is longer than the series in {path} ({t} values); "
-            "lower dataset.window"
-        )
-    n_test, n_val = _size(cfg, "test_size", t), _size(cfg, "val_size", t)
-    bounds = {
-        "train": (0, t - n_test - n_val),
-        "val": (t - n_test - n_val, t - n_test),
-        "test": (t - n_test, t),
-    }
-    parts = {}
-    for split, (a, b) in bounds.items():
-        if split == "val" and n_val == 0:
-            parts[split] = np.empty((0, window * series.shape[1]))
-            continue
-        if b - a < window:
-            raise DataError(
-                f"dataset.path={path}: the {split} part has {max(b - a, 0)} of the series' {t} "
-                f"values, fewer than dataset.window={window}; lower dataset.window or "
-                "change dataset.test_size/val_size"
-            )
-        parts[split] = _windows(series[a:b], window, stride)
-    if len(parts["train"]) < 2:
-        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
-    return parts
-
-
 # --------------------------------------------------------------------------- the source
 
 _CACHE: dict[tuple, Table] = {}
@@ -192,6 +146,7 @@ _SPLIT_KEYS = (
     "delimiter",
     "dropna",
     "window",
+    "context",
     "stride",
     "transform",
     "val_size",
@@ -215,34 +170,54 @@ def load_table(cfg: dict[str, Any]) -> Table:
     return _CACHE[key]
 
 
-def _load(path: Path, cfg: dict[str, Any]) -> Table:
+def series_values(cfg: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """A time series config's file as ``(columns, values (T, c), levels)``: ``values`` is
+    what the items are cut from (the log-returns with ``transform=log_return``), and
+    ``levels`` the file's values ``(T + 1, c)`` then (``levels[t]`` is the level after
+    ``values[:t]``), else ``None``."""
+    path = Path(str(require_key(cfg, "path"))).expanduser()
+    columns, values = _read(path, cfg)
+    if (cfg.get("transform") or "none") == "log_return":
+        return columns, _log_returns(path, columns, values), values
+    return columns, values, None
+
+
+def _read(path: Path, cfg: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     wanted = cfg.get("columns")
-    columns, values = read_columns(
+    return read_columns(
         path,
         None if wanted is None else [str(c) for c in wanted],
         header=header_choice(cfg.get("header")),
         delimiter=cfg.get("delimiter") or ",",
         dropna=bool(cfg.get("dropna")),
     )
+
+
+def _log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
+    """:math:`r_t = \\log(p_{t+1} / p_t)` of every column, ``(T - 1, c)``."""
+    if len(values) < 2:
+        raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
+    bad = np.argwhere(values <= 0)
+    if len(bad):
+        i, j = bad[0]
+        raise DataError(
+            f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
+            f"{i + 1}), which has no log-return; use dataset.transform=none"
+        )
+    return np.diff(np.log(values), axis=0)
+
+
+def _load(path: Path, cfg: dict[str, Any]) -> Table:
+    columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
-        if len(values) < 2:
-            raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
-        bad = np.argwhere(values <= 0)
-        if len(bad):
-            i, j = bad[0]
-            raise DataError(
-                f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
-                f"{i + 1}), which has no log-return; use dataset.transform=none"
-            )
-        values = np.diff(np.log(values), axis=0)
-    window = cfg.get("window")
-    if window is None:
-        parts = _split_rows(values, cfg, path)
-        dims = columns
-    else:
-        parts = _split_series(values, cfg, path)
-        dims = [f"{c}[{t}]" for t in range(int(window)) for c in columns]
-    return Table(parts, dims, cfg)
+        values = _log_returns(path, columns, values)
+    window, context = cfg.get("window"), cfg.get("context")
+    if window is None and context is None:
+        return Table(_split_rows(values, cfg, path), columns, cfg)
+    parts = split_series(values, cfg, path)
+    first = -int(context or 0)  # context steps are numbered -C..-1, the window's 0..W-1
+    dims = [f"{c}[{t}]" for t in range(first, int(window or 1)) for c in columns]
+    return Table(parts, dims, cfg, series=columns)
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -255,11 +230,17 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"dataset.transform must be one of {', '.join(TRANSFORMS)}, got {cfg['transform']!r}"
         )
-    if cfg.get("window") is not None:
-        int_key(cfg, "window", 1)
+    if cfg.get("context") is not None:
+        int_key(cfg, "context", 1)
+    if cfg.get("window") is not None or cfg.get("context") is not None:
+        if cfg.get("window") is not None:
+            int_key(cfg, "window", 1)
         int_key(cfg, "stride", 1)
     elif (cfg.get("transform") or "none") != "none":
-        raise ConfigError("dataset.transform=log_return needs a time series: set dataset.window")
+        raise ConfigError(
+            "dataset.transform=log_return needs a time series: set dataset.window or "
+            "dataset.context"
+        )
     int_key(cfg, "split_seed", 0)
     columns = cfg.get("columns")
     if columns is not None and len(columns) == 0:
@@ -273,7 +254,7 @@ def validate(cfg: dict[str, Any]) -> None:
 def describe(cfg: dict[str, Any], num_classes: int) -> DataSpec:
     validate(cfg)
     spec = load_table(cfg).spec
-    if spec.num_dims < 2:
+    if spec.num_dims - spec.context_dims < (1 if spec.context else 2):
         raise ConfigError(
             f"dataset=csv yields {spec.num_dims}-dimensional items; a flow needs at least 2: "
             "choose more columns or set dataset.window"

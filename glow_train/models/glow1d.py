@@ -1,22 +1,26 @@
-"""1-D Glow for vectors: K × [ActNorm, LU linear map, MLP coupling], no squeeze."""
+"""1-D Glow for vectors: K × [ActNorm, LU linear map, MLP coupling], no squeeze;
+with a context, the conditional density of a window given the values before it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from glow_train.config import Glow1DConfig
 from glow_train.data.spec import DataSpec
 from glow_train.flows import FlowStep, FlowSteps, LearnedPrior
+from glow_train.flows.actnorm import ActNorm
+from glow_train.flows.context import ContextCoupling, ContextEncoder, ContextPrior
+from glow_train.flows.invconv import InvertibleLinear
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
 __all__ = ["Glow1D"]
 
 
 class Glow1D(FlowModel):
-    """Glow for vectors ``(B, D)`` (``model=glow1d``).
+    r"""Glow for vectors ``(B, D)`` (``model=glow1d``).
 
     The same steps of flow as :class:`glow_train.Glow` with dense layers: ActNorm
     per feature, an invertible linear map, an MLP coupling; one learned Gaussian
@@ -33,6 +37,14 @@ class Glow1D(FlowModel):
         dropout: dropout probability after each hidden layer (training mode only).
         lu: LU-parameterised linear maps.
         num_classes: if > 0, the prior is class-conditional.
+        context_dims: if > 0, the model is :math:`p(x \mid c)`: its input ``(B, C + D)``
+            holds the context ``c`` (the first ``C`` values, e.g. the steps before a
+            window of a series, standardised) and then ``x``; ``log_prob`` is that of
+            ``x`` given ``c`` and ``num_dims`` is ``D``. One shared encoder of ``c``
+            (:class:`~glow_train.flows.context.ContextEncoder`, ``hidden_features``
+            wide) feeds every coupling network and the prior's mean and scale
+            (:mod:`glow_train.flows.context`). With ``D = 1`` the couplings are affine
+            in ``x`` given ``c``, so the conditional density is a Gaussian.
     """
 
     name = "glow1d"
@@ -49,12 +61,13 @@ class Glow1D(FlowModel):
         hidden_layers: int = 2,
         activation: str = "relu",
         dropout: float = 0.0,
+        context_dims: int = 0,
     ):
         super().__init__()
         check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
         check_coupling(coupling)
-        if dim < 2:
-            raise ValueError(f"dim must be at least 2, got {dim}")
+        if dim < (1 if context_dims > 0 else 2):
+            raise ValueError(f"dim must be at least 2 (1 with a context), got {dim}")
         self.config = dict(
             dim=dim,
             K=K,
@@ -66,9 +79,31 @@ class Glow1D(FlowModel):
             activation=activation,
             dropout=float(dropout),
         )
+        if context_dims > 0:  # recorded only when set: older checkpoints rebuild unchanged
+            self.config["context_dims"] = int(context_dims)
         self.num_dims = dim
         self.num_classes = num_classes
+        self.context_dims = int(context_dims)
         mlp = dict(hidden_layers=hidden_layers, activation=activation, dropout=float(dropout))
+        if self.context_dims > 0:
+            if num_classes > 0:
+                raise ValueError("a model with a context has no class-conditional prior")
+            if coupling != "affine":
+                raise ValueError("a model with a context uses affine couplings")
+            width = hidden_features
+            self.encoder = ContextEncoder(self.context_dims, width, activation)
+            self.steps = nn.ModuleList(
+                nn.ModuleList(
+                    [
+                        ActNorm(dim),
+                        InvertibleLinear(dim, lu=lu),
+                        ContextCoupling(dim, width, width, mlp),
+                    ]
+                )
+                for _ in range(K)
+            )
+            self.prior = ContextPrior(dim, width)
+            return
         self.flow = FlowSteps(
             FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp) for _ in range(K)
         )
@@ -79,14 +114,43 @@ class Glow1D(FlowModel):
         """``dim`` from a vector spec; ``options`` are ``model.*``."""
         if spec.kind != "vector":
             raise ValueError(f"model=glow1d needs vector data, got {spec.kind} data")
-        return cls(dim=spec.num_dims, **options)
+        context = spec.context_dims
+        return cls(dim=spec.num_dims - context, context_dims=context, **options)
+
+    def split_context(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C + D)`` -> ``(context features h (B, E), x (B, D))``."""
+        return self.encoder(x[:, : self.context_dims]), x[:, self.context_dims :]
+
+    def _forward_given(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``x (B, D)`` given ``h`` -> ``(z (B, D), log|det J| (B,))``."""
+        logdet = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
+        for norm, mix, coupling in self.steps:
+            x, ld_norm = norm(x)
+            x, ld_mix = mix(x)
+            x, ld_coupling = coupling(x, h)
+            logdet = logdet + ld_norm + ld_mix + ld_coupling
+        return x, logdet
+
+    def _inverse_given(self, z: Tensor, h: Tensor) -> Tensor:
+        for norm, mix, coupling in reversed(self.steps):
+            z = norm.inverse(mix.inverse(coupling.inverse(z, h)))
+        return z
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(B, D)`` → ``(z (B, D), log|det J| (B,))``."""
+        """``(B, D)`` → ``(z (B, D), log|det J| (B,))`` (with a context: ``(B, C + D)``
+        in, ``z`` of the ``D`` values given the context)."""
+        if self.context_dims > 0:
+            h, x = self.split_context(x)
+            return self._forward_given(x, h)
         return self.flow(x)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Per-vector log-density in nats, shape ``(B,)``."""
+        """Per-vector log-density in nats, shape ``(B,)`` (with a context: of the last
+        ``D`` values given the first ``C``)."""
+        if self.context_dims > 0:
+            h, x = self.split_context(x)
+            z, logdet = self._forward_given(x, h)
+            return self.prior.log_prob(z, h) + logdet
         z, logdet = self.flow(x)
         return self.prior.log_prob(z, y) + logdet
 
@@ -102,7 +166,19 @@ class Glow1D(FlowModel):
         return torch.stack(columns, dim=1)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        if self.context_dims > 0:
+            raise ValueError("a model with a context decodes with sample_given(context)")
         return self.flow.inverse(z)
+
+    @torch.no_grad()
+    def sample_given(
+        self, context: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """One draw of ``x (B, D)`` for each row of ``context (B, C)`` (standardised)."""
+        if self.context_dims == 0:
+            raise ValueError("this model has no context; use sample(n, temperature)")
+        h = self.encoder(context)
+        return self._inverse_given(self.prior.sample(h, temperature, generator), h)
 
     @torch.no_grad()
     def sample(
@@ -115,4 +191,9 @@ class Glow1D(FlowModel):
         """``n`` vectors ``(n, D)``, the prior's std scaled by ``temperature``."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if self.context_dims > 0:
+            raise ValueError(
+                "this model is conditional on a context: draw with sample_given(context) "
+                "(glow-sample mode=forecast)"
+            )
         return self.flow.inverse(self.prior.sample(n, y, temperature, generator))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -17,6 +18,7 @@ from glow_train.data import validate_dataset_config
 from glow_train.errors import ConfigError
 from glow_train.models import model_class
 from glow_train.training.signals import preempt_signal
+from glow_train.training.sizing import AUTO_KEYS, auto_keys
 from glow_train.validate import parse_duration, require_int
 
 __all__ = ["check_config", "check_train", "fitted_batch_size"]
@@ -35,10 +37,16 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
     with open_dict(cfg):
         cfg.model = typed(schema, options, "model")
         cfg.dataset = validate_dataset_config(cfg.dataset)
+    auto = set(auto_keys(cfg))  # resolved by the trainer from the training-split size
+    for key in AUTO_KEYS:
+        if key not in auto:
+            _check_number(key, _value(cfg, key))
     for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
-        require_int(f"dataset.{key}", cfg.dataset.get(key), low)
-    check_train(cfg)
-    if cfg.train.memory_saving and float(cfg.model.get("dropout") or 0) > 0:
+        if f"dataset.{key}" not in auto:
+            require_int(f"dataset.{key}", cfg.dataset.get(key), low)
+    check_train(cfg, auto)
+    dropout = cfg.model.get("dropout")
+    if cfg.train.memory_saving and (dropout == "auto" or float(dropout or 0) > 0):
         raise ConfigError(
             "train.memory_saving recomputes each layer, which would draw other dropout "
             "masks; set model.dropout=0 with it"
@@ -46,8 +54,25 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
     return cfg
 
 
-def check_train(cfg: DictConfig) -> None:
-    """Range checks of the top-level keys and ``train.*`` (types are the schema's)."""
+def _value(cfg: DictConfig, dotted: str):
+    section, key = dotted.split(".")
+    return cfg[section].get(key)
+
+
+def _check_number(key: str, value) -> None:
+    """A setting that could have been ``auto`` holds a number of its type (or null)."""
+    if value is None:
+        return
+    kind = AUTO_KEYS[key]
+    ok = isinstance(value, numbers.Integral if kind is int else numbers.Real)
+    if isinstance(value, bool) or not ok:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key} must be {what} or auto, got {value!r}")
+
+
+def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
+    """Range checks of the top-level keys and ``train.*`` (types are the schema's);
+    the settings in ``auto`` are still the word ``auto`` and are checked once resolved."""
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r}; use {', '.join(PRECISIONS)}")
     t = cfg.train
@@ -58,10 +83,14 @@ def check_train(cfg: DictConfig) -> None:
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
     for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
-        if t[key] is not None and t[key] < 1:
+        if f"train.{key}" not in auto and t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1 (or null), got {t[key]}")
+    if t.early_stopping is not None and t.early_stopping < 1:
+        raise ConfigError(
+            f"train.early_stopping must be at least 1 evaluation (or null), got {t.early_stopping}"
+        )
     for key in ("eval_every_steps", "eval_every_epochs", "sample_every", "ckpt_every"):
-        if t[key] is not None and t[key] < 1:
+        if f"train.{key}" not in auto and t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
@@ -70,7 +99,7 @@ def check_train(cfg: DictConfig) -> None:
     preempt_signal(t.preempt_signal)
     if not (math.isfinite(t.class_loss_weight) and t.class_loss_weight >= 0):
         raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
-    if t.warmup_steps < 0 or t.weight_decay < 0:
+    if ("train.warmup_steps" not in auto and t.warmup_steps < 0) or t.weight_decay < 0:
         raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
     if t.num_samples < 1:
         raise ConfigError(f"train.num_samples must be at least 1, got {t.num_samples}")

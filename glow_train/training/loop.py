@@ -1,7 +1,8 @@
 """The training loop over a :class:`~glow_train.training.Trainer`: steps, periodic
 evaluation, sample grids and checkpoints, stopping, and the run's report.
 
-The functions take the trainer as a :class:`LoopTrainer`: the protocol below
+The functions take the trainer as a
+:class:`~glow_train.training.interface.LoopTrainer`: that protocol
 states every member the loop uses (the trainer's data, optimisation, counters and
 monitor, and its step, evaluation and checkpoint methods), so the loop depends on
 that interface and not on the class (which calls :func:`fit` from
@@ -17,65 +18,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-import torch
-from omegaconf import DictConfig
-from torch.utils.data import DataLoader
-
-from glow_train.data.spec import DataSpec
-from glow_train.distributed import DistInfo, EpochSampler
+from glow_train.checkpoint import load_checkpoint, objective_weights
 from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
-from glow_train.objective import Objective
 from glow_train.outputs import write_atomic
 from glow_train.sampling.formats import sample_format
 from glow_train.sampling.images import sample_images
-from glow_train.training.monitor import Monitor
+from glow_train.training.interface import LoopTrainer
 from glow_train.training.schedule import CLOCK_EVERY, clock_horizon, reached_limits
 from glow_train.training.signals import Interrupt, preempt_signal
-from glow_train.training.state import Progress
 
 GRID_PADDING = 2  # pixels between the images of the TensorBoard grids and samples.png
 
-__all__ = ["fit", "TrainResult", "TrainingDiverged", "LoopTrainer"]
-
-
-class LoopTrainer(Protocol):
-    """What the loop uses of a trainer (:class:`glow_train.training.Trainer` is one)."""
-
-    cfg: DictConfig
-    dist: DistInfo
-    device: torch.device
-    run_dir: Path
-    spec: DataSpec
-    seed: int
-    objective: Objective
-    progress: Progress
-    monitor: Monitor
-    loader: DataLoader
-    sampler: EpochSampler
-    batch_size: int
-    steps_per_epoch: int
-    time_limit: float | None
-    selection: str
-    stop_seen: dict[str, bool]
-
-    @property
-    def model(self) -> FlowModel: ...
-    @property
-    def step(self) -> int: ...
-    @property
-    def total_steps(self) -> int | None: ...
-    @property
-    def eval_objective(self) -> Objective: ...
-    def prepare_batch(self, batch: Any, step: int) -> tuple[Any, Any, Any]: ...
-    def train_step(self, x: Any, noise: Any, y: Any, signalled: bool, time_up: bool) -> dict: ...
-    def set_horizon(self, estimate: int | None) -> None: ...
-    def settle(self) -> None: ...
-    def evaluate(self, split: str = "test") -> float: ...
-    def save(self, name: str) -> Path | None: ...
-    def last_good_text(self) -> str: ...
+__all__ = ["fit", "TrainResult", "TrainingDiverged"]
 
 
 class TrainingDiverged(GlowError):
@@ -101,6 +57,9 @@ class TrainResult:
     model: FlowModel  # the raw (unwrapped) model; EMA weights are in the checkpoints
     selection: str = "test"  # the split best_score and best.pt were chosen on
     last_val_score: float | None = None
+    best_step: int | None = None  # the step of best.pt
+    best_test_score: float | None = None  # early stopping: the test figure of best.pt
+    stopped_early: bool = False  # the validation figure stopped improving (train.early_stopping)
 
 
 def evaluate_and_keep_best(trainer: LoopTrainer) -> None:
@@ -116,7 +75,14 @@ def evaluate_and_keep_best(trainer: LoopTrainer) -> None:
         p.last_test_score = score
     improved = math.isfinite(score) and (p.best_score is None or score < p.best_score)
     if improved:
-        p.best_score = score
+        p.best_score, p.best_step, p.evals_since_best = score, trainer.step, 0
+        if trainer.cfg.train.early_stopping is not None:  # kept for the final report
+            trainer.best_weights = {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in trainer.eval_objective.state_dict().items()
+            }
+    else:
+        p.evals_since_best += 1
     trainer.monitor.scalar(f"{split}/{trainer.objective.metric}", score, trainer.step)
     trainer.monitor.log(
         f"step {trainer.step} epoch {p.epoch}: {split} {label} {score:.4f}"
@@ -131,6 +97,8 @@ def write_samples(trainer: LoopTrainer, final: bool = False) -> Path | None:
     when ``final``); a model whose samples are not finite is reported in the log,
     not drawn."""
     n = int(trainer.cfg.train.num_samples)
+    if getattr(trainer.model, "context_dims", 0):  # p(window | context): no free samples
+        return None
     try:
         samples = {
             float(t): sample_images(trainer.eval_objective, n, float(t), trainer.seed)
@@ -185,11 +153,22 @@ def periodic(trainer: LoopTrainer, end_of_epoch: bool) -> None:
         trainer.save("last.pt")
 
 
+def stopped_early(trainer: LoopTrainer) -> bool:
+    """Whether ``train.early_stopping`` evaluations in a row brought no better figure on
+    the selection split (every rank sees the same all-reduced figures)."""
+    patience = trainer.cfg.train.early_stopping
+    return patience is not None and trainer.progress.evals_since_best >= int(patience)
+
+
 def _stop(trainer: LoopTrainer) -> bool:
-    """A signal or the time limit seen on any rank (agreed flags), or a step/epoch limit."""
+    """A signal or the time limit seen on any rank (agreed flags), a step/epoch limit,
+    or early stopping."""
     seen, p = trainer.stop_seen, trainer.progress
     return (
-        seen["signalled"] or seen["time_up"] or reached_limits(trainer.cfg.train, p.step, p.epoch)
+        seen["signalled"]
+        or seen["time_up"]
+        or reached_limits(trainer.cfg.train, p.step, p.epoch)
+        or stopped_early(trainer)
     )
 
 
@@ -273,26 +252,44 @@ def finish(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
     model, ``last.pt`` and the samples; the report (the run's last log lines, rank 0)
     names the split of each figure."""
     main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
-    evaluate_and_keep_best(trainer)
+    early = stopped_early(trainer)
+    if not early:  # an early stop has just evaluated this very model
+        evaluate_and_keep_best(trainer)
     if trainer.selection == "val":
         p.last_test_score = trainer.evaluate("test")
         trainer.monitor.scalar(f"test/{trainer.objective.metric}", p.last_test_score, trainer.step)
-    if not math.isfinite(p.last_test_score):
+    reports_best = trainer.cfg.train.early_stopping is not None and trainer.selection == "val"
+    if not math.isfinite(p.last_test_score) and not (reports_best and p.best_score is not None):
         trainer.monitor.close()
         raise TrainingDiverged(
             f"the model's test {label} at step {trainer.step} is not finite: the run diverged; "
             f"{trainer.last_good_text()}"
         )
-    samples = None
     p.finished = True  # last.pt now records a run with its final figures
     if main:
         trainer.save("last.pt")
-        samples = write_samples(trainer, final=True)
-        trainer.monitor.close()
     best, say = trainer.run_dir / "best.pt", trainer.monitor.log  # rank 0 alone speaks
+    best_test = None
+    if reports_best:
+        best_test = _test_of_best(trainer, best)
+    samples = None
+    if main:
+        samples = write_samples(trainer, final=True)  # from best.pt's weights if reported
+        trainer.monitor.close()
     if main:
         say(f"run folder: {trainer.run_dir}")
-        if trainer.selection == "val":
+        if best_test is not None:
+            stop = (
+                f"stopped early at step {trainer.step}"
+                if early
+                else f"ended at step {trainer.step}"
+            )
+            say(
+                f"val {label}: {p.best_score:.4f} (best, step {p.best_step}); test {label}: "
+                f"{best_test:.4f} (best.pt, the model chosen on validation; {stop}, "
+                f"final model's test {p.last_test_score:.4f})"
+            )
+        elif trainer.selection == "val":
             say(
                 f"val {label}: {p.last_val_score:.4f} (best {p.best_score:.4f}); "
                 f"test {label}: {p.last_test_score:.4f} (final model, step {trainer.step})"
@@ -307,10 +304,28 @@ def finish(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
         say(f"best checkpoint: {best}")
         if samples is not None:
             say(f"samples: {samples}")
-    return result(trainer, interrupted)
+    return result(trainer, interrupted, best_test, early)
 
 
-def result(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
+def _test_of_best(trainer: LoopTrainer, best: Path) -> float | None:
+    """The test figure of the weights chosen on validation, loaded into the evaluation
+    model (the EMA's when there is one), which then stays at them; ``None`` without a
+    finite validation figure. The weights come from memory, or from ``best`` after a
+    resume."""
+    if trainer.progress.best_score is None:
+        return None
+    weights = getattr(trainer, "best_weights", None)
+    if weights is None:
+        weights = objective_weights(load_checkpoint(best), ema=trainer.optim.ema is not None)
+    trainer.eval_objective.load_state_dict(weights)
+    score = trainer.evaluate("test")
+    trainer.monitor.scalar(f"test_best/{trainer.objective.metric}", score, trainer.step)
+    return score
+
+
+def result(
+    trainer: LoopTrainer, interrupted: bool, best_test: float | None = None, early: bool = False
+) -> TrainResult:
     """The :class:`TrainResult` of the run as it stands."""
     p, best = trainer.progress, trainer.run_dir / "best.pt"
     return TrainResult(
@@ -326,4 +341,7 @@ def result(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
         model=trainer.model,
         selection=trainer.selection,
         last_val_score=p.last_val_score,
+        best_step=p.best_step,
+        best_test_score=best_test,
+        stopped_early=early,
     )

@@ -23,6 +23,7 @@ from glow_train.runtime import freed_memory_kept
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
 from glow_train.training.schedule import reached_limits
+from glow_train.training.sizing import describe_chosen
 from glow_train.training.trainer import Trainer, TrainResult
 
 __all__ = ["train", "absolute_data_paths"]
@@ -62,7 +63,12 @@ def train(
     lock = None
     try:
         state = load_checkpoint(cfg.ckpt) if cfg.ckpt is not None else None
-        at_limit = state is not None and reached_limits(cfg.train, state["step"], state["epoch"])
+        # the trainer resolves an auto max_steps, and its loop then stops by itself
+        at_limit = (
+            state is not None
+            and cfg.train.max_steps != "auto"
+            and reached_limits(cfg.train, state["step"], state["epoch"])
+        )
         # a run stopped by a signal at its last step still owes its final figures
         if at_limit and state.get("finished", True):
             raise ConfigError(
@@ -79,6 +85,7 @@ def train(
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.started = True
+            cfg = trainer.cfg  # with any auto setting resolved
             write_atomic(
                 run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True)
             )
@@ -91,6 +98,11 @@ def train(
                 chosen.append("freed memory kept")
             if cfg.train.compile:
                 chosen.append("compiled")
+            if trainer.auto_chosen:
+                chosen.append(
+                    f"auto for {len(trainer.train_set)} training items: "
+                    + describe_chosen(trainer.auto_chosen)
+                )
             items = "images" if trainer.spec.kind == "image" else "items"
             if density_of(trainer.spec):
                 items += f": {density_of(trainer.spec)}"

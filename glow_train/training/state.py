@@ -37,6 +37,8 @@ class Progress:
     last_val_score: float | None = None
     skipped_steps: int = 0
     overflow_steps: int = 0
+    best_step: int | None = None  # the step best_score (and best.pt) is from
+    evals_since_best: int = 0  # evaluations since best_score last improved (early stopping)
     bad_in_a_row: int = 0  # not saved: a resumed run starts with a clean record
     finished: bool = False  # the final evaluation is done (saved; a resumed run starts False)
 
@@ -90,6 +92,8 @@ def checkpoint_state(
         "batch_size": batch_size,
         "metric": objective.metric,
         "best_score": progress.best_score,
+        "best_step": progress.best_step,
+        "evals_since_best": progress.evals_since_best,
         "selection": selection,
         "last_test_score": progress.last_test_score,
         "last_val_score": progress.last_val_score,
@@ -156,6 +160,8 @@ def restore(
         epoch=int(state["epoch"]),
         batch_in_epoch=int(state["batch_in_epoch"]),
         best_score=state.get("best_score"),
+        best_step=state.get("best_step"),
+        evals_since_best=int(state.get("evals_since_best") or 0),
         last_test_score=state.get("last_test_score"),
         last_val_score=state.get("last_val_score"),
         skipped_steps=int(state.get("skipped_steps", 0)),

@@ -30,6 +30,7 @@ from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization, StepOutcome
 from glow_train.training.schedule import total_steps
+from glow_train.training.sizing import auto_keys, resolve_auto
 from glow_train.training.state import Progress, checkpoint_state, restore
 from glow_train.validate import parse_duration
 
@@ -62,9 +63,7 @@ class Trainer:
         val_set: Dataset | None = None,
     ):
         cfg = check_config(cfg)
-        self.cfg, self.dist, self.run_dir = cfg, dist, run_dir
-        self.device = dist.device
-        tcfg = cfg.train
+        self.dist, self.run_dir, self.device, tcfg = dist, run_dir, dist.device, cfg.train
         self.seed = int(cfg.seed)
         self.time_limit = parse_duration(tcfg.time_limit)
         #: the precision ``cfg.precision`` (auto|fp32|bf16|fp16) resolves to on this device
@@ -72,18 +71,20 @@ class Trainer:
         self.amp_dtype = self.precision.amp_dtype
 
         self.spec = describe_dataset(cfg.dataset)
+        if not auto_keys(cfg):  # a model setting it refuses is refused before data is read
+            build_model(cfg.model, self.spec)
+        if train_set is None:  # read once for both (or passed in, items of cfg.dataset's shape)
+            train_set, held_out = train_and_validation(cfg.dataset)
+            val_set = val_set if val_set is not None else held_out
+        self.train_set = train_set
+        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set), check=check_config)
+        self.cfg, tcfg = cfg, cfg.train
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
         flow.set_memory_saving(bool(tcfg.memory_saving))
         self.class_weight = float(tcfg.class_loss_weight)  # the auxiliary class loss's
         deq = str(tcfg.dequantization)
-        self.objective: Objective = build_objective(flow, self.spec, deq, self.class_weight)
-        self.objective.to(self.device)
-        # Datasets can be passed in (items of cfg.dataset's shape).
-        if train_set is None:  # the source's training data is read once for both
-            train_set, held_out = train_and_validation(cfg.dataset)
-            val_set = val_set if val_set is not None else held_out
-        self.train_set = train_set
+        self.objective = build_objective(flow, self.spec, deq, self.class_weight).to(self.device)
         self.test_set = test_set if test_set is not None else build_dataset(cfg.dataset, "test")
         self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
         #: the split best.pt is chosen on: validation when there is one, never test if so

@@ -1,0 +1,101 @@
+"""Cutting a time series into the items of ``dataset=csv`` with ``dataset.window`` or
+``dataset.context``, by time: train (the first part), validation, test (the last part).
+
+Without a context each part yields its own windows of ``W`` steps every ``stride``
+steps, so no window straddles a boundary. With ``dataset.context=C`` an item is the
+``C`` steps before a window and then the window (``(C + W)·c`` values, time-major),
+and the window lies in the part while its context may reach back into the part before:
+the past is known when forecasting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glow_train.data.checks import split_count
+from glow_train.errors import DataError
+
+__all__ = ["split_series"]
+
+
+def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """Windows of ``window`` consecutive rows every ``stride`` rows, flattened time-major."""
+    starts = range(0, len(part) - window + 1, stride)
+    return (
+        np.stack([part[s : s + window].reshape(-1) for s in starts])
+        if len(starts)
+        else (np.empty((0, window * part.shape[1])))
+    )
+
+
+def split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
+    window, stride = int(cfg.get("window") or 1), int(cfg["stride"])
+    t = len(series)
+    if cfg.get("context") is not None:
+        return _split_with_context(series, cfg, path, window, stride)
+    if window > t:
+        raise DataError(
+            f"dataset.window={window} is longer than the series in {path} ({t} values); "
+            "lower dataset.window"
+        )
+    n_test, n_val = split_count(cfg, "test_size", t), split_count(cfg, "val_size", t)
+    bounds = {
+        "train": (0, t - n_test - n_val),
+        "val": (t - n_test - n_val, t - n_test),
+        "test": (t - n_test, t),
+    }
+    parts = {}
+    for split, (a, b) in bounds.items():
+        if split == "val" and n_val == 0:
+            parts[split] = np.empty((0, window * series.shape[1]))
+            continue
+        if b - a < window:
+            raise DataError(
+                f"dataset.path={path}: the {split} part has {max(b - a, 0)} of the series' {t} "
+                f"values, fewer than dataset.window={window}; lower dataset.window or "
+                "change dataset.test_size/val_size"
+            )
+        parts[split] = _windows(series[a:b], window, stride)
+    if len(parts["train"]) < 2:
+        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
+    return parts
+
+
+def _split_with_context(
+    series: np.ndarray, cfg: dict[str, Any], path: Path, window: int, stride: int
+) -> dict[str, np.ndarray]:
+    """Items of ``context + window`` consecutive steps whose window lies in the part; the
+    context may reach back into the part before (the past is known when forecasting)."""
+    context, t = int(cfg["context"]), len(series)
+    span = context + window
+    if span >= t:
+        raise DataError(
+            f"dataset.context={context} with dataset.window={window} spans {span} steps, and "
+            f"the series in {path} has {t}; lower dataset.context"
+        )
+    n_test, n_val = split_count(cfg, "test_size", t), split_count(cfg, "val_size", t)
+    bounds = {
+        "train": (0, t - n_test - n_val),
+        "val": (t - n_test - n_val, t - n_test),
+        "test": (t - n_test, t),
+    }
+    parts = {}
+    for split, (a, b) in bounds.items():
+        first = max(a - context, 0)
+        starts = range(first, b - span + 1, stride)
+        if len(starts) == 0:
+            if split == "val" and n_val == 0:
+                parts[split] = np.empty((0, span * series.shape[1]))
+                continue
+            raise DataError(
+                f"dataset.path={path}: the {split} part ({max(b - a, 0)} of {t} steps) holds no "
+                f"window of {window} after a context of {context}; lower dataset.context or "
+                "change dataset.test_size/val_size"
+            )
+        parts[split] = np.stack([series[s : s + span].reshape(-1) for s in starts])
+    if len(parts["train"]) < 2:
+        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
+    return parts

@@ -1,0 +1,182 @@
+r"""Scenarios from a model of :math:`p(\text{window} \mid \text{previous } C \text{ values})`
+(``glow-sample mode=forecast``).
+
+From the ``C`` values of the series that end at ``context_end`` (default: the end of
+the data), each of ``n`` paths draws a window of ``W`` values given its context, appends
+it, and rolls the context forward over its own draws until ``horizon`` steps are
+drawn: a sample of the joint distribution of the next ``horizon`` values under the
+model's chain rule. The context is standardised with the training statistics, and the
+draws are put back in the data's units. For log-returns of prices the paths are also
+given as prices, starting from the last price before them:
+:math:`p_{t+h} = p_t \exp(\sum_{k \le h} r_{t+k})`.
+
+Files: ``forecast.csv`` (``path, step, <column>...``: prices when the data are
+log-returns of prices, else the series' own values) and ``forecast.png``, a fan chart
+of the first column: the recent history, then the median and the 50/90/98 % bands of
+the paths at each step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glow_train.data.spec import DataSpec
+from glow_train.data.table import series_values
+from glow_train.errors import ConfigError
+from glow_train.inference import load_objective
+
+__all__ = ["forecast", "ForecastResult", "draw_paths", "BANDS"]
+
+BANDS = (0.98, 0.90, 0.50)  # central intervals of the fan chart, widest first
+HISTORY = 60  # steps of history drawn before the paths (at most)
+
+
+@dataclass
+class ForecastResult:
+    """``paths``: ``(n, horizon, c)`` draws in the data's units (prices for log-returns of
+    prices); ``history``: the values before them ``(h, c)``, in the same units."""
+
+    paths: np.ndarray
+    history: np.ndarray
+    columns: list[str]
+    csv_path: Path
+    png_path: Path
+    in_prices: bool
+
+
+@torch.no_grad()
+def draw_paths(
+    flow: torch.nn.Module,
+    spec: DataSpec,
+    context: np.ndarray,
+    horizon: int,
+    n: int,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """``n`` paths ``(n, horizon, c)`` in the data's units from ``context`` ``(C, c)``."""
+    c = max(len(spec.series), 1)
+    cd = spec.context_dims
+    loc = torch.tensor(spec.loc, dtype=torch.float64)
+    scale = torch.tensor(spec.scale, dtype=torch.float64)
+    device = next(flow.parameters()).device
+    ctx = torch.from_numpy(context.reshape(1, -1)).double().repeat(n, 1)  # (n, C·c), time-major
+    drawn = []
+    steps = 0
+    while steps < horizon:
+        standard = ((ctx - loc[:cd]) / scale[:cd]).float().to(device)
+        x = flow.sample_given(standard, 1.0, generator).double().cpu()
+        x = x * scale[cd:] + loc[cd:]  # (n, W·c) in the data's units
+        drawn.append(x.view(n, -1, c))
+        ctx = torch.cat([ctx, x], dim=1)[:, -cd:]
+        steps += x.shape[1] // c
+    return torch.cat(drawn, dim=1)[:, :horizon].numpy()
+
+
+def forecast(
+    ckpt: str | os.PathLike,
+    horizon: int,
+    n: int,
+    *,
+    context_end: int | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    ema: bool = True,
+) -> ForecastResult:
+    """Draw ``n`` paths of ``horizon`` steps and write ``forecast.csv`` and ``forecast.png``
+    into ``out`` (a folder; default ``<checkpoint folder>/forecast/``).
+
+    Args:
+        context_end: the number of series values before the first drawn step (the
+            context is the ``C`` values before it); default all of them.
+
+    Raises:
+        ConfigError: ``horizon`` or ``n`` below 1, a model without a context, or a
+            ``context_end`` with fewer than ``C`` values before it or past the data.
+    """
+    if horizon < 1:
+        raise ConfigError(
+            f"horizon={horizon}: a forecast needs at least 1 step; set horizon=H >= 1"
+        )
+    if n < 1:
+        raise ConfigError(f"n={n}: draw at least 1 path")
+    objective, info = load_objective(ckpt, ema, device)
+    flow, spec = objective.flow, DataSpec.from_dict(info["data"])
+    if not getattr(flow, "context_dims", 0) or not spec.context:
+        raise ConfigError(
+            f"ckpt={ckpt} is a model without a context; mode=forecast needs one trained "
+            "with dataset.context=C (the density of each window given the C values before it)"
+        )
+    columns, values, levels = series_values(info["config"]["dataset"])
+    total, context = len(values), int(spec.context)
+    end = total if context_end is None else int(context_end)
+    if not context <= end <= total:
+        raise ConfigError(
+            f"context_end={end}: the context needs the {context} values before it and the "
+            f"series has {total}; choose context_end in {context}..{total}"
+        )
+    generator = torch.Generator(next(flow.parameters()).device).manual_seed(int(seed))
+    paths = draw_paths(flow, spec, values[end - context : end], horizon, n, generator)
+    start = max(0, end - HISTORY)
+    in_prices = levels is not None
+    if in_prices:  # levels[t] is the price after values[:t]
+        paths = levels[end] * np.exp(np.cumsum(paths, axis=1))
+        history = levels[start : end + 1]
+    else:
+        history = values[start:end]
+    folder = Path(out) if out is not None else Path(ckpt).parent / "forecast"
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "forecast.csv", folder / "forecast.png"
+    _write_csv(csv_path, paths, columns)
+    fan_chart(png_path, history[:, 0], paths[:, :, 0])
+    return ForecastResult(paths, history, columns, csv_path, png_path, in_prices)
+
+
+def _write_csv(path: Path, paths: np.ndarray, columns: list[str]) -> None:
+    n, horizon, c = paths.shape
+    index = np.stack(np.meshgrid(np.arange(n), np.arange(1, horizon + 1), indexing="ij"), -1)
+    table = np.concatenate([index.reshape(-1, 2), paths.reshape(-1, c)], axis=1)
+    header = ",".join(["path", "step", *columns])
+    fmt = ["%d", "%d"] + ["%.10g"] * c
+    np.savetxt(path, table, delimiter=",", header=header, comments="", fmt=fmt)
+
+
+def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400)) -> None:
+    """A PNG of ``history`` ``(h,)`` then, per step, the median of ``paths`` ``(n, H)``
+    and its :data:`BANDS` (drawn with PIL: no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = size[0], size[1], 20
+    steps = len(history) + paths.shape[1]
+    qs = {b: np.quantile(paths, [(1 - b) / 2, (1 + b) / 2], axis=0) for b in BANDS}
+    median = np.median(paths, axis=0)
+    low = min(history.min(), min(q[0].min() for q in qs.values()))
+    high = max(history.max(), max(q[1].max() for q in qs.values()))
+    span = high - low if high > low else 1.0
+
+    def xy(t: float, v: float) -> tuple[float, float]:
+        x = margin + (width - 2 * margin) * t / max(steps - 1, 1)
+        return x, height - margin - (height - 2 * margin) * (v - low) / span
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    first = len(history) - 1  # the forecast steps follow the last history point
+    for band, shade in zip(BANDS, ((222, 231, 247), (189, 208, 238), (140, 172, 226)), strict=True):
+        lo, hi = qs[band]
+        upper = [xy(first + k + 1, v) for k, v in enumerate(hi)]
+        lower = [xy(first + k + 1, v) for k, v in enumerate(lo)][::-1]
+        if len(upper) == 1:  # one step: a thin vertical band
+            upper, lower = [xy(first, history[-1])] + upper, lower + [xy(first, history[-1])]
+        draw.polygon(upper + lower, fill=shade)
+    draw.line([xy(t, v) for t, v in enumerate(history)], fill=(0, 0, 0), width=2)
+    draw.line(
+        [xy(first, history[-1])] + [xy(first + k + 1, v) for k, v in enumerate(median)],
+        fill=(20, 60, 160),
+        width=2,
+    )
+    image.save(path)

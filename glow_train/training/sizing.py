@@ -1,0 +1,106 @@
+r"""``auto`` settings: values that follow the size of the training split.
+
+A few settings may be the word ``auto`` (:data:`AUTO_KEYS`); the trainer then
+resolves each from the number of training items :math:`n` by the rule in the
+config's ``sizing`` table, ``sizing.<section>.<key>`` (``configs/preset/csv.yaml``
+holds the vector data's)::
+
+    value = clip(round_to(multiple, base * (n / reference_items) ** exponent), min, max)
+
+so width, depth and batch grow with the data, dropout shrinks with it, and the
+step budget and the evaluation interval follow the number of batches in an epoch.
+``multiple: null`` keeps the value unrounded (dropout). The resolved numbers are
+what the run's ``config.yaml`` and checkpoints record, and the start-up line prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from glow_train.errors import ConfigError
+
+__all__ = ["AUTO", "AUTO_KEYS", "auto_keys", "resolve_auto", "sized_value", "describe_chosen"]
+
+AUTO = "auto"
+#: the settings that may be ``auto``, and the type each resolves to
+AUTO_KEYS: dict[str, type] = {
+    "model.K": int,
+    "model.hidden_features": int,
+    "model.dropout": float,
+    "dataset.batch_size": int,
+    "train.max_steps": int,
+    "train.warmup_steps": int,
+    "train.eval_every_steps": int,
+}
+RULE_KEYS = ("base", "exponent", "min", "max", "multiple")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    part = cfg.get(section)
+    return None if part is None else part.get(key)
+
+
+def auto_keys(cfg: Any) -> list[str]:
+    """The :data:`AUTO_KEYS` whose value is ``auto`` in ``cfg``; any other string in one
+    of them is a :class:`ConfigError`, as is an ``auto`` without a ``sizing`` rule."""
+    found = []
+    for key in AUTO_KEYS:
+        value = _get(cfg, key)
+        if isinstance(value, str):
+            if value != AUTO:
+                raise ConfigError(f"{key} must be a number or auto, got {value!r}")
+            found.append(key)
+    sizing = cfg.get("sizing") or {}
+    for key in found:
+        if _get(sizing, key) is None:
+            raise ConfigError(
+                f"{key}=auto has no rule sizing.{key}: give {key} a number, or add the rule "
+                "(configs/preset/csv.yaml has those of vector data)"
+            )
+    return found
+
+
+def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float:
+    """One rule of the ``sizing`` table applied to ``n`` training items (module docstring)."""
+    missing = [k for k in RULE_KEYS if k not in rule]
+    if missing:
+        raise ConfigError(f"a sizing rule needs {', '.join(RULE_KEYS)}; {missing[0]} is missing")
+    value = float(rule["base"]) * (n / reference) ** float(rule["exponent"])
+    multiple = rule["multiple"]
+    if multiple is not None:
+        value = float(multiple) * max(1, round(value / float(multiple)))
+    value = min(max(value, float(rule["min"])), float(rule["max"]))
+    return int(round(value)) if kind is int else round(value, 4)
+
+
+def resolve_auto(
+    cfg: DictConfig, n_train: int, check: Callable[[DictConfig], DictConfig] | None = None
+) -> tuple[DictConfig, dict[str, Any]]:
+    """``cfg`` with every ``auto`` replaced by its value for ``n_train`` items (then passed
+    through ``check`` when given), and the chosen values (``{"model.K": 6, ...}``; empty,
+    and ``cfg`` itself, when nothing was ``auto``)."""
+    keys = auto_keys(cfg)
+    if not keys:
+        return cfg, {}
+    sizing = cfg.sizing
+    reference = float(sizing.get("reference_items") or 1000)
+    chosen = {
+        key: sized_value(_get(sizing, key), n_train, reference, AUTO_KEYS[key]) for key in keys
+    }
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(cfg):
+        for key, value in chosen.items():
+            section, name = key.split(".")
+            cfg[section][name] = value
+    return (cfg if check is None else check(cfg)), chosen
+
+
+def describe_chosen(chosen: dict[str, Any]) -> str:
+    """``auto for 398 items: model.K=6, ...`` for the start-up line."""
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()
+    )

@@ -1,0 +1,116 @@
+"""glow-sample mode=forecast and glow-eval backtest=var on a CSV of prices, and the
+backtest's statistics against independent computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers import run_console
+from scipy import stats
+
+from glow_train.backtest import christoffersen, kupiec, var_es
+from glow_train.cli import eval_main, sample_main, train_main
+
+
+def test_kupiec_is_the_binomial_likelihood_ratio():
+    exceed = np.zeros(250, dtype=bool)
+    exceed[[3, 50, 100, 170, 240]] = True
+    lr, p = kupiec(exceed, 0.01)
+    expected = 2 * (stats.binom.logpmf(5, 250, 5 / 250) - stats.binom.logpmf(5, 250, 0.01))
+    assert lr == pytest.approx(expected, rel=1e-9)
+    assert p == pytest.approx(stats.chi2.sf(expected, 1))
+
+
+def test_christoffersen_tells_clustered_from_spread_exceedances():
+    clustered = np.array([False] * 90 + [True] * 10)
+    spread = np.zeros(100, dtype=bool)
+    spread[::10] = True
+    assert christoffersen(clustered)[1] < 0.001
+    assert christoffersen(spread)[1] > 0.1
+
+
+def test_var_and_es_of_a_normal_sample():
+    draws = np.random.default_rng(0).normal(size=(1, 400_000))
+    var, es = var_es(draws, 0.05)
+    assert var[0] == pytest.approx(-stats.norm.ppf(0.05), abs=0.01)
+    assert es[0] == pytest.approx(stats.norm.pdf(stats.norm.ppf(0.05)) / 0.05, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def price_runs(tmp_path_factory):
+    """A context model and a window model trained briefly on a simulated price CSV."""
+    folder = tmp_path_factory.mktemp("prices")
+    rng = np.random.default_rng(0)
+    prices = 100 * np.exp(np.cumsum(0.01 * rng.standard_t(5, size=600)))
+    np.savetxt(folder / "prices.csv", prices[:, None], header="close", comments="", fmt="%.6f")
+    common = [
+        "dataset=csv",
+        "dataset.path=prices.csv",
+        "dataset.columns=[close]",
+        "dataset.transform=log_return",
+        "train.max_steps=20",
+        "train.progress=false",
+        "device=cpu",
+    ]
+    runs = {}
+    for name, extra in (("context", ["dataset.context=5"]), ("window", ["dataset.window=4"])):
+        status, out, err = run_console(train_main, [*common, *extra, f"run_dir={name}"], folder)
+        assert status == 0, err
+        runs[name] = folder / name / "best.pt"
+    return folder, prices, runs
+
+
+def test_forecast_writes_price_paths_and_a_fan_chart(price_runs):
+    folder, prices, runs = price_runs
+    args = [f"ckpt={runs['context']}", "mode=forecast", "horizon=7", "n=30", "out=fc"]
+    status, out, err = run_console(sample_main, args, folder)
+    assert status == 0, err
+    table = np.loadtxt(folder / "fc" / "forecast.csv", delimiter=",", skiprows=1)
+    assert table.shape == (30 * 7, 3) and (table[:, 2] > 0).all()
+    first = table[table[:, 1] == 1, 2]  # one step after the last price: near it
+    assert np.all(np.abs(np.log(first / prices[-1])) < 0.2)
+    assert (folder / "fc" / "forecast.png").stat().st_size > 0
+    assert "in prices" in out
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["mode=forecast", "horizon=0"], "horizon=0"),
+        (["mode=forecast", "horizon=3", "context_end=2"], "context_end=2"),
+    ],
+)
+def test_forecast_refuses_bad_input_in_one_line(price_runs, args, words):
+    folder, _, runs = price_runs
+    status, out, err = run_console(sample_main, [f"ckpt={runs['context']}", *args], folder)
+    assert status != 0 and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_series_tools_refuse_a_model_without_context(price_runs):
+    folder, _, runs = price_runs
+    for main, args in (
+        (sample_main, ["mode=forecast", "horizon=3"]),
+        (eval_main, ["backtest=var"]),
+    ):
+        status, out, err = run_console(main, [f"ckpt={runs['window']}", *args], folder)
+        assert status != 0 and len(err.strip().splitlines()) == 1
+        assert "without a context" in err and "dataset.context" in err
+
+
+def test_backtest_writes_its_table_files_and_picture(price_runs):
+    folder, _, runs = price_runs
+    args = [f"ckpt={runs['context']}", "backtest=var", "backtest_samples=200", "out=bt"]
+    status, out, err = run_console(eval_main, args, folder)
+    assert status == 0, err
+    result = json.loads((folder / "bt" / "backtest.json").read_text())
+    assert {"glow1d", "historical"} <= set(result["methods"])
+    for rows in result["methods"].values():
+        assert [r["level"] for r in rows] == [0.01, 0.05]
+        assert all(0 <= r["kupiec_p"] <= 1 and 0 <= r["christoffersen_p"] <= 1 for r in rows)
+    steps = np.loadtxt(folder / "bt" / "backtest.csv", delimiter=",", skiprows=1)
+    assert len(steps) == result["test_steps"] and math.isfinite(steps[:, 2].sum())
+    assert (folder / "bt" / "backtest.png").stat().st_size > 0
+    assert "Kupiec" in out

@@ -1,0 +1,247 @@
+"""Vector data's defaults: early stopping, auto sizes, and p(window | context).
+
+The known-answer tests fit the 1-D Glow with a context to simulated series whose
+conditional density is known exactly and compare test figures on the same items.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import brute_force_logdet, perturb
+from hydra import compose, initialize_config_module
+
+from glow_train import Glow1D
+from glow_train.data.table import load_table
+from glow_train.errors import DataError
+from glow_train.evaluate import evaluate
+from glow_train.training import train
+from glow_train.training.sizing import resolve_auto, sized_value
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_module("glow_train.configs", version_base="1.3"):
+        return compose("train", overrides)
+
+
+def _table_cfg(path, **options) -> dict:
+    cfg = dict(
+        path=str(path),
+        columns=None,
+        header="auto",
+        delimiter=",",
+        dropna=False,
+        window=None,
+        context=None,
+        stride=1,
+        transform="none",
+        val_size=0.1,
+        test_size=0.2,
+        split_seed=0,
+    )
+    cfg.update(options)
+    return cfg
+
+
+def _write_series(path, values: np.ndarray) -> None:
+    np.savetxt(path, values[:, None], header="v", comments="", fmt="%.10g")
+
+
+def ar1(n: int, phi: float, sigma: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.zeros(n + 100)
+    for t in range(1, n + 100):
+        x[t] = phi * x[t - 1] + sigma * rng.normal()
+    return x[100:]
+
+
+# --------------------------------------------------------------------- the model
+
+
+def test_context_log_det_is_the_jacobian_and_inverse_round_trips():
+    torch.manual_seed(0)
+    model = Glow1D(
+        dim=3, K=2, hidden_features=8, coupling="affine", lu=True, context_dims=4
+    ).double()
+    perturb(model, 0.3)
+    model.eval()
+    context, x = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    h = model.encoder(context)
+    z, logdet = model._forward_given(x, h)
+    for i in range(5):  # one item at a time, with its own context
+        hi = h[i : i + 1]
+        ld = brute_force_logdet(lambda v, hi=hi: model._forward_given(v, hi)[0], x[i : i + 1])
+        torch.testing.assert_close(logdet[i : i + 1], ld, atol=1e-10, rtol=0)
+    torch.testing.assert_close(model._inverse_given(z, h), x, atol=1e-10, rtol=0)
+    # the density is of x given the context: a different context changes it
+    other = model.log_prob(torch.cat([context.flip(0), x], dim=1))
+    assert not torch.allclose(other, model.log_prob(torch.cat([context, x], dim=1)))
+
+
+def test_context_model_at_initialisation_is_a_known_gaussian():
+    """Zero-initialised prior and couplings: each coupling scales by sigmoid(2), ActNorm
+    and the linear map start as identities, so log p(x|c) has a closed form."""
+    model = Glow1D(dim=2, K=3, hidden_features=8, coupling="affine", lu=True, context_dims=2)
+    model = model.double().eval()
+    for norm, _, _ in model.steps:
+        norm.initialized.fill_(1)  # identity ActNorm
+    x = torch.randn(4, 4, dtype=torch.float64)
+    s = 1 / (1 + math.exp(-2.0))
+    # each step scales the second half (1 of 2 dims) by s; the linear map is orthogonal
+    # at initialisation, so only the log-determinants of the couplings and the prior's
+    # N(0, I) on z count: log p = log N(z; 0, I) + K log s, with |z| computed by the model
+    z, logdet = model._forward_given(x[:, 2:], model.encoder(x[:, :2]))
+    torch.testing.assert_close(logdet, torch.full((4,), 3 * math.log(s), dtype=torch.float64))
+    expected = -0.5 * z.pow(2).sum(1) - math.log(2 * math.pi) + 3 * math.log(s)
+    torch.testing.assert_close(model.log_prob(x), expected)
+
+
+# --------------------------------------------------------------------- the data
+
+
+def test_context_items_take_their_past_from_before_the_part(tmp_path):
+    path = tmp_path / "s.csv"
+    _write_series(path, np.arange(1.0, 101.0))
+    table = load_table(_table_cfg(path, context=3, window=2))
+    test = table.parts["test"]
+    # the test part is the last 20 steps (81..100); its first window starts at 81
+    assert test[0].tolist() == [78.0, 79.0, 80.0, 81.0, 82.0]
+    assert test[-1].tolist() == [96.0, 97.0, 98.0, 99.0, 100.0]
+    assert table.spec.context_dims == 3 and table.spec.num_dims == 5
+    assert table.columns[:4] == ["v[-3]", "v[-2]", "v[-1]", "v[0]"]
+
+
+def test_a_context_longer_than_the_series_is_one_line(tmp_path):
+    path = tmp_path / "s.csv"
+    _write_series(path, np.arange(1.0, 31.0))
+    with pytest.raises(DataError) as err:
+        load_table(_table_cfg(path, context=40))
+    message = str(err.value)
+    assert "\n" not in message and "dataset.context=40" in message and "30" in message
+
+
+# --------------------------------------------------------------------- auto sizes
+
+
+def test_sizing_rule_scales_with_the_split_and_clips():
+    rule = {"base": 64, "exponent": 0.25, "min": 32, "max": 256, "multiple": 16}
+    assert sized_value(rule, 1000, 1000, int) == 64
+    assert sized_value(rule, 16000, 1000, int) == 128
+    assert sized_value(rule, 10, 1000, int) == 32  # clipped
+    assert sized_value(rule, 10**9, 1000, int) == 256
+    drop = {"base": 0.15, "exponent": -0.5, "min": 0.0, "max": 0.3, "multiple": None}
+    assert sized_value(drop, 100_000, 1000, float) == pytest.approx(0.015)
+
+
+def test_csv_preset_resolves_auto_from_the_training_split(tmp_path):
+    cfg = _compose(["dataset=csv", f"dataset.path={tmp_path / 'x.csv'}"])
+    assert cfg.model.name == "glow1d" and cfg.train.early_stopping is not None
+    small, chosen_small = resolve_auto(cfg, 300)
+    large, chosen_large = resolve_auto(cfg, 100_000)
+    assert set(chosen_small) == set(chosen_large) and "model.hidden_features" in chosen_small
+    assert small.model.hidden_features < large.model.hidden_features
+    assert small.model.dropout > large.model.dropout
+    assert small.dataset.batch_size < large.dataset.batch_size
+
+
+# --------------------------------------------------------------------- early stopping
+
+
+def test_early_stopping_reports_the_model_chosen_on_validation(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_t(5, size=(400, 3)) @ np.array([[1, 0.5, 0], [0, 1, 0.3], [0, 0, 1.0]])
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",", header="a,b,c", comments="", fmt="%.8g")
+    cfg = _compose(
+        [
+            "dataset=csv",
+            f"dataset.path={path}",
+            f"run_dir={tmp_path / 'run'}",
+            "train.progress=false",
+            "train.early_stopping=2",
+            "train.eval_every_steps=10",
+            "train.lr=3e-2",  # high enough to stop improving quickly
+            "train.max_steps=5000",
+            "device=cpu",
+        ]
+    )
+    result = train(cfg)
+    assert result.stopped_early and result.step < 5000
+    assert result.step == result.best_step + 2 * 10  # two evaluations without improvement
+    out = capsys.readouterr().out
+    assert "best.pt, the model chosen on validation" in out
+    report = evaluate(result.best_ckpt, split="test", progress=False, out=str(tmp_path / "e.json"))
+    assert report.result.value == pytest.approx(result.best_test_score, abs=1e-5)
+
+
+# --------------------------------------------------------------------- known answers
+
+
+def _fit_series(tmp_path, values, context, extra):
+    path = tmp_path / "series.csv"
+    _write_series(path, values)
+    overrides = [
+        "dataset=csv",
+        f"dataset.path={path}",
+        f"dataset.context={context}",
+        f"run_dir={tmp_path / 'run'}",
+        "train.progress=false",
+        "device=cpu",
+        *extra,
+    ]
+    result = train(_compose(overrides))
+    table = load_table(_table_cfg(path, context=context))
+    return result, table.parts["test"]
+
+
+AR1_SMALL = ["model.K=2", "model.hidden_features=32", "model.dropout=0", "train.lr=1e-3"]
+
+
+@pytest.mark.parametrize(
+    "n, max_steps", [pytest.param(2000, 400), pytest.param(20000, 4000, marks=pytest.mark.slow)]
+)
+def test_ar1_conditional_density_is_the_exact_one_step_density(tmp_path, n, max_steps):
+    phi, sigma = 0.7, 1.0
+    values = ar1(n, phi, sigma, seed=0)
+    result, test = _fit_series(
+        tmp_path,
+        values,
+        2,
+        AR1_SMALL + [f"train.max_steps={max_steps}", "train.eval_every_steps=25"],
+    )
+    exact = (
+        0.5 * math.log(2 * math.pi * sigma**2)
+        + 0.5 * ((test[:, -1] - phi * test[:, -2]) / sigma) ** 2
+    )
+    assert result.best_test_score == pytest.approx(float(exact.mean()), abs=0.02)
+
+
+def garch_t(n: int, seed: int, omega=0.05, alpha=0.1, beta=0.85, df=6.0):
+    """Returns of a GARCH(1,1) with unit-variance Student-t innovations, and the exact
+    one-step log-density of each return given its full past (the filter)."""
+    rng = np.random.default_rng(seed)
+    scale_t = math.sqrt((df - 2) / df)
+    eps = rng.standard_t(df, size=n + 500) * scale_t
+    var = omega / (1 - alpha - beta)
+    out, logp = np.empty(n + 500), np.empty(n + 500)
+    const = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(math.pi * (df - 2))
+    for t in range(n + 500):
+        out[t] = math.sqrt(var) * eps[t]
+        u = out[t] ** 2 / var
+        logp[t] = const - 0.5 * math.log(var) - (df + 1) / 2 * math.log1p(u / (df - 2))
+        var = omega + alpha * out[t] ** 2 + beta * var
+    return out[500:], logp[500:]
+
+
+@pytest.mark.slow
+def test_garch_conditional_density_is_near_the_filtered_density(tmp_path):
+    values, logp = garch_t(20000, seed=1)
+    context = 40
+    result, test = _fit_series(
+        tmp_path, values, context, ["train.max_steps=6000", "model.dropout=0"]
+    )
+    exact = -logp[-len(test) :].mean()
+    assert result.best_test_score == pytest.approx(float(exact), abs=0.05)
