@@ -5,7 +5,7 @@ registers the dataclass schemas the YAML files name in their defaults lists and
 glow-train's sweeper (``hydra/sweeper=glow``, the default of ``glow-train -m``).
 """
 
-from glow_train.command_line import make_sweeper_visible
+from glow_train.cli.common import make_sweeper_visible
 from glow_train.config import register_configs
 
 register_configs()

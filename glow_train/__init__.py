@@ -1,10 +1,12 @@
 """glow-train: train, sample and evaluate Glow normalizing flows on images.
 
-Layout (data flows one way): ``config`` (typed schemas) → ``data`` (sources,
-registry, batch, loader) + ``models`` (registry of flows built from ``flows``)
-→ ``dequantize`` + ``objective`` (what is optimised and reported) →
-``training`` (the loop) → ``checkpoint`` → ``sample`` / ``evaluate``; ``cli`` is
-the thin Hydra layer over them.
+Layout (data flows one way): ``config`` (typed schemas) and ``validate`` (checks
+of single values) → ``data`` (sources, registry, batch, loader) + ``models``
+(registry of flows built from ``flows``) → ``dequantize`` + ``objective`` (what
+is optimised and reported) → ``scoring`` (every figure) → ``training`` (the
+loop) → ``checkpoint`` (the file format) → ``inference`` (the one path from a
+checkpoint to a ready objective) → ``sampling`` / ``evaluate`` / ``ood``;
+``cli`` is the thin Hydra layer over them, one module per command.
 
 The names below are imported on first use, so the console scripts start (and
 answer Ctrl-C) before PyTorch is loaded.
@@ -24,6 +26,7 @@ _EXPORTS = {
     "preprocess": "glow_train.dequantize",
     "quantize": "glow_train.dequantize",
     "keep_freed_memory": "glow_train.runtime",
+    "load": "glow_train.inference",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

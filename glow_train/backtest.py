@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from glow_train.data.config import split_count
+from glow_train.data.checks import split_count
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
-from glow_train.objective import load_objective
+from glow_train.inference import load_objective
 
 __all__ = ["backtest", "kupiec", "christoffersen", "var_es", "LEVELS"]
 

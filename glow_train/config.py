@@ -9,14 +9,13 @@ their defaults lists, so OmegaConf itself rejects ``train.lr=abc``,
 
 Library callers that pass plain dicts get the same checks through :func:`typed`.
 Range checks (``lr > 0``, ``n_bits`` in 1..8, ...) stay with the code that owns
-each group: :func:`glow_train.training.checks.check_train` for ``train.*`` and the top level,
-:func:`glow_train.data.validate_dataset_config` for ``dataset.*``, the model
-classes for ``model.*``.
+each group: :func:`glow_train.training.checks.check_train` for ``train.*`` and the
+top level, :func:`glow_train.data.validate_dataset_config` for ``dataset.*``, the
+model classes for ``model.*``; single values through :mod:`glow_train.validate`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,6 @@ __all__ = [
     "fill_defaults",
     "typed",
     "upgrade_keys",
-    "parse_duration",
     "PRECISIONS",
     "OPTIMIZERS",
 ]
@@ -182,7 +180,7 @@ class SampleConfig:
     """``glow-sample`` (``configs/sample.yaml``)."""
 
     ckpt: str | None = None
-    temperature: Any = MISSING  # a number or a list of numbers, checked by glow_train.sample
+    temperature: Any = MISSING  # a number or a list of numbers, checked by glow_train.sampling
     n: int = MISSING
     nrow: int | None = None
     padding: int = MISSING
@@ -195,8 +193,8 @@ class SampleConfig:
     ema: bool = MISSING
     precision: str = MISSING
     start_price: float | None = None
-    y: Any = None  # a class, "all" or null; checked by glow_train.sample.class_choice
-    mode: str = MISSING  # sample|interpolate|direction|manipulate (glow_train.latent_modes)
+    y: Any = None  # a class, "all" or null; checked by glow_train.sampling.class_choice
+    mode: str = MISSING  # sample|interpolate|direction|manipulate (glow_train.sampling.modes.MODES)
     a: Any = None  # interpolate: test-set indices or image files
     b: Any = None
     steps: int = MISSING
@@ -227,6 +225,7 @@ class EvalConfig:
     progress: bool = MISSING
     ood: str | None = None  # a dataset name or a folder of images (glow_train.ood)
     ood_train_images: int = MISSING
+    class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
     precision: str = MISSING  # fp32|bf16|auto (glow_train.precision)
     backtest: str | None = None  # var: the risk backtest of a series model (glow_train.backtest)
     backtest_samples: int = MISSING
@@ -273,24 +272,6 @@ def fill_defaults(name: str, schema: type, **values: Any) -> DictConfig:
 
 
 # --------------------------------------------------------------------- checking
-
-
-def parse_duration(value: Any) -> float | None:
-    """``"120s"``, ``"90m"``, ``"2h"``, ``"1.5h"`` or plain seconds -> seconds (None stays None)."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(value))
-        if not match:
-            raise ConfigError(
-                f"train.time_limit={value!r} is not a duration; use e.g. 120s, 90m, 2h or seconds"
-            )
-        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
-    if seconds <= 0:
-        raise ConfigError(f"train.time_limit must be positive, got {value!r}")
-    return seconds
 
 
 #: keys older configs (inside older checkpoints) may hold that no longer exist:

@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow_train.errors import ConfigError, require_int
+from glow_train.errors import ConfigError
 from glow_train.flows.conditioner import ZeroInit
+from glow_train.validate import check_n_bits
 
 __all__ = [
     "quantize",
@@ -68,10 +69,6 @@ __all__ = [
     "DEQUANTIZERS",
     "build_dequantizer",
 ]
-
-
-def _check_n_bits(n_bits: int) -> None:
-    require_int("n_bits", n_bits, 1, 8)
 
 
 def _check_pixels(images: Tensor) -> None:
@@ -103,7 +100,7 @@ def quantize(images: Tensor, n_bits: int) -> Tensor:
         float32 tensor of the same shape with values ``q / 2^n_bits - 0.5`` where
         ``q = floor(images / 2^(8 - n_bits))``.
     """
-    _check_n_bits(n_bits)
+    check_n_bits(n_bits)
     _check_pixels(images)
     levels = torch.div(images.to(torch.int32), 2 ** (8 - n_bits), rounding_mode="floor")
     return levels.to(torch.float32) / 2**n_bits - 0.5
@@ -115,7 +112,7 @@ def _uniform_noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def dequantize(x: Tensor, n_bits: int, generator: torch.Generator | None = None) -> Tensor:
     """Add uniform noise of one bin's width, ``U[0, 2^-n_bits)``, to quantised input."""
-    _check_n_bits(n_bits)
+    check_n_bits(n_bits)
     return x + _uniform_noise(x, generator) / 2**n_bits
 
 
@@ -133,7 +130,7 @@ def postprocess(x: Tensor, n_bits: int) -> Tensor:
     ``x`` is clamped to ``[-0.5, 0.5)``, mapped to its bin ``q`` in ``0..2^n-1``, and
     returned as ``q / (2^n - 1)``.
     """
-    _check_n_bits(n_bits)
+    check_n_bits(n_bits)
     levels = 2**n_bits
     q = torch.floor((x.float() + 0.5) * levels).clamp_(0, levels - 1)
     return q / (levels - 1)
@@ -182,7 +179,7 @@ class Uniform(Dequantizer):
 
     def __init__(self, n_bits: int):
         super().__init__()
-        _check_n_bits(n_bits)
+        check_n_bits(n_bits)
         self.n_bits = n_bits
 
     def prepare(self, raw: Tensor) -> Tensor:

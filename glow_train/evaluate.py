@@ -1,21 +1,15 @@
-"""Test figures: one function shared by the trainer and ``glow-eval``.
+r"""``glow-eval``'s library function: checkpoint in, ``eval.json`` (and a per-item CSV) out.
 
-:func:`evaluate_objective` scores an objective on a dataset in its unit (bits/dim
-for images); :func:`evaluate` is what ``glow-eval`` calls: checkpoint in,
-``eval.json`` (and a per-item CSV) out. With the checkpoint's
+:func:`evaluate` scores with :func:`glow_train.scoring.evaluate_objective`, the
+function behind the trainer's figures too: with the checkpoint's
 ``train.eval_seed`` and ``dataset.eval_batch_size`` (its defaults) it reproduces
-the trainer's test figure exactly on the same device.
-
-The test split is cut into fixed batches ``[0, b), [b, 2b), …``; batch ``i`` of
-draw ``d`` is dequantised with noise from a generator seeded by
-``(seed, d, i)``. Because the batches and their noise do not depend on the
-number of processes, a sharded evaluation (batches dealt round-robin to ranks,
-results summed) gives the same number as a single-process one.
+the trainer's test figure exactly on the same device. For a class-conditional
+model it reports the marginal :math:`p(x) = \sum_y p(y)\,p(x \mid y)` beside
+:math:`p(x \mid y)`, from the same pass.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -25,113 +19,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from glow_train.checkpoint import resolve_checkpoint
 from glow_train.config import EvalConfig, fill_defaults
-from glow_train.data import SPLITS, DataSpec, build_dataset, describe_dataset, make_loader
+from glow_train.data import SPLITS, DataSpec, build_dataset, describe_dataset
 from glow_train.data import validate_dataset_config as check_dataset
 from glow_train.dequantize import build_dequantizer
-from glow_train.distributed import DistInfo, all_reduce_sum, resolve_device, shard_batches
-from glow_train.errors import CheckpointError, ConfigError, NonFiniteError, require_int
-from glow_train.objective import METRICS, Objective, load_objective
+from glow_train.errors import ConfigError, DataError, NonFiniteError
+from glow_train.inference import load
+from glow_train.objective import METRICS, Objective
 from glow_train.outputs import claim_outputs, eval_targets, write_atomic
-from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
+from glow_train.scoring import (
+    CLASS_PRIORS,
+    EvalResult,
+    batch_seed,
+    class_prior,
+    evaluate_objective,
+    write_per_item_csv,
+)
+from glow_train.validate import require_int
 
 __all__ = [
-    "EvalResult",
+    "EvalResult",  # (re-exported from glow_train.scoring, their home)
     "EvalReport",
     "evaluate_objective",
     "evaluate",
     "eval_dataset",
     "batch_seed",
+    "density_of",
+    "model_class_prior",
 ]
-
-
-@dataclass
-class EvalResult:
-    """The mean score over the items (``metric``: ``bpd`` or ``nats_per_dim``), its
-    standard error over draws (None for one draw), and each item's score (averaged
-    over draws) with its label."""
-
-    value: float
-    stderr: float | None
-    metric: str
-    num_items: int
-    draws: int
-    per_item: torch.Tensor
-    labels: torch.Tensor
-
-
-def batch_seed(seed: int, draw: int, batch_index: int) -> int:
-    return (seed * 1_000_003 + draw * 104_729 + batch_index * 31 + 7) % (2**63 - 1)
-
-
-@torch.no_grad()
-def evaluate_objective(
-    objective: Objective,
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    device: torch.device | str,
-    seed: int,
-    draws: int = 1,
-    dist: DistInfo | None = None,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> EvalResult:
-    """The objective's score on every item of ``dataset`` (``(item, label)`` pairs).
-
-    Args:
-        objective: the (unwrapped) objective; it is put in eval mode.
-        batch_size: items per batch (``dataset.eval_batch_size``); part of the noise
-            schedule.
-        device: where to compute.
-        seed: dequantisation seed (``train.eval_seed``); the same seed gives the same number.
-        draws: noise draws per item; the standard error of the mean over draws is
-            reported when ``draws > 1``.
-        dist: shard the batches over the ranks of a process group and sum the results.
-    """
-    device = torch.device(device)
-    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    n = len(dataset)
-    batches = shard_batches(n, batch_size, rank, world)
-    first_batch = rank
-    loader = make_loader(
-        dataset, batch_size, batch_sampler=batches, num_workers=num_workers, device=device.type
-    )
-    objective.eval()
-    per_draw = torch.zeros(draws, n, dtype=torch.float64, device=device)
-    labels = torch.zeros(n, dtype=torch.int64, device=device)
-    bar = tqdm(total=len(batches) * draws, disable=not progress, unit="batch", desc="eval")
-    for j, batch in enumerate(loader):
-        index = torch.tensor(batches[j], device=device)
-        batch = batch.to(device, non_blocking=True)
-        labels[index] = batch.y
-        x, y = objective.prepare(batch.x), objective.labels(batch)
-        batch_index = first_batch + j * world
-        for d in range(draws):
-            gen = torch.Generator(device).manual_seed(batch_seed(seed, d, batch_index))
-            nll = objective(x, objective.noise(x, gen), y)  # in fp32: the same number every run
-            per_draw[d, index] = objective.score(nll).double()
-            bar.update(1)
-    bar.close()
-    all_reduce_sum(per_draw)
-    all_reduce_sum(labels)
-    draw_means = per_draw.mean(dim=1)
-    stderr = None
-    if draws > 1:
-        stderr = (draw_means.std(unbiased=True) / math.sqrt(draws)).item()
-    return EvalResult(
-        value=draw_means.mean().item(),
-        stderr=stderr,
-        metric=objective.metric,
-        num_items=n,
-        draws=draws,
-        per_item=per_draw.mean(dim=0).cpu(),
-        labels=labels.cpu(),
-    )
 
 
 # ------------------------------------------------------------------------- glow-eval
@@ -145,6 +61,7 @@ class EvalReport:
     result: EvalResult
     json_path: Path
     csv_path: Path | None
+    marginal: EvalResult | None = None  # a class-conditional model's p(x)
 
 
 def eval_dataset(
@@ -159,14 +76,11 @@ def eval_dataset(
     return check_dataset(cfg)
 
 
-def _write_csv(path: Path, result: EvalResult) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "label", result.metric])
-        for i, (label, value) in enumerate(
-            zip(result.labels.tolist(), result.per_item.tolist(), strict=True)
-        ):
-            writer.writerow([i, label if label >= 0 else "", repr(value)])
+def model_class_prior(kind: str, num_classes: int, train_cfg: Mapping[str, Any]) -> torch.Tensor:
+    """:math:`p(y)` of a class-conditional model: ``uniform``, or ``train``: the class
+    frequencies of the training split of ``train_cfg`` (the checkpoint's dataset)."""
+    train = build_dataset(train_cfg, "train") if kind == "train" else None
+    return class_prior(kind, num_classes, train)
 
 
 def density_of(spec: DataSpec) -> str | None:
@@ -177,17 +91,6 @@ def density_of(spec: DataSpec) -> str | None:
     if spec.context:
         return f"{', '.join(spec.series)} in windows of {spec.window}{given}"
     return None
-
-
-def _checkpoint_eval_settings(info: dict[str, Any], ckpt: Path) -> tuple[dict[str, Any], int]:
-    """The checkpoint's dataset config and its ``train.eval_seed``."""
-    config = info.get("config") or {}
-    try:
-        return config["dataset"], int(config["train"]["eval_seed"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{ckpt} has no config.dataset or config.train.eval_seed; not a glow-train run"
-        ) from err
 
 
 def evaluate(
@@ -206,6 +109,7 @@ def evaluate(
     device: str | torch.device | None = None,
     ema: bool | None = None,
     progress: bool | None = None,
+    class_prior: str | None = None,
     precision: str | None = None,
 ) -> EvalReport:
     """A checkpoint's score on a dataset split (bits/dim for images); writes ``eval.json``.
@@ -235,6 +139,9 @@ def evaluate(
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
         ema: use the EMA weights when the checkpoint has them.
         progress: show a progress bar.
+        class_prior: the :math:`p(y)` of a class-conditional model's marginal
+            :math:`p(x)`: ``"uniform"`` or ``"train"`` (the training split's class
+            frequencies); unused for other models.
         precision: ``"fp32"`` (figures comparable across machines), ``"bf16"`` or
             ``"auto"`` (:func:`glow_train.precision.resolve_precision`).
 
@@ -254,6 +161,7 @@ def evaluate(
         per_image=per_image,
         ema=ema,
         progress=progress,
+        class_prior=class_prior,
         precision=precision,
         overwrite=overwrite,
     )
@@ -263,12 +171,18 @@ def evaluate(
     seed = require_int("seed", seed, 0, allow_none=True)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    device = resolve_device(device if device is not None else opts.device)
-    chosen = resolve_precision(opts.precision, device, INFERENCE_PRECISIONS)
-    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
-
-    objective, info = load_objective(ckpt, ema=opts.ema, device=device)
-    checkpoint_dataset, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)
+    if opts.class_prior not in CLASS_PRIORS:
+        raise ConfigError(
+            f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
+        )
+    loaded = load(
+        ckpt,
+        ema=opts.ema,
+        device=device if device is not None else opts.device,
+        precision=opts.precision,
+    )
+    objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
+    checkpoint_dataset, checkpoint_seed = loaded.eval_settings()
     data_cfg = eval_dataset(checkpoint_dataset, dataset, dataset_overrides)
     spec = describe_dataset(data_cfg)
     shape = spec.shape
@@ -293,7 +207,11 @@ def evaluate(
     csv_path = csvs[0] if csvs else None
 
     data = build_dataset(data_cfg, opts.split)
-    with chosen.autocast(device.type):
+    p_y = None
+    if objective.flow.num_classes > 0:
+        train_cfg = eval_dataset(checkpoint_dataset, None, None if dataset else dataset_overrides)
+        p_y = model_class_prior(opts.class_prior, objective.flow.num_classes, train_cfg)
+    with loaded.autocast():
         result = evaluate_objective(
             objective,
             data,
@@ -303,7 +221,16 @@ def evaluate(
             draws=draws,
             num_workers=int(data_cfg.get("num_workers") or 0),
             progress=opts.progress,
+            class_prior=p_y,
         )
+    marginal = None
+    if p_y is not None:  # the figure of p(x|y), with p(x)'s from the same pass beside it
+        if result.conditional is None:
+            raise DataError(
+                "this model is class-conditional (p(x|y)) and the data has no labels; "
+                "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
+            )
+        marginal, result = result, result.conditional
     if not math.isfinite(result.value):
         bad = int((~torch.isfinite(result.per_item)).sum())
         raise NonFiniteError(
@@ -316,6 +243,15 @@ def evaluate(
         **({"density_of": density_of(spec)} if density_of(spec) else {}),
         "stderr": result.stderr,
         "conditional": objective.flow.num_classes > 0,  # the figure is of p(x|y)
+        **(
+            {
+                f"{result.metric}_marginal": marginal.value,  # of p(x) = sum_y p(y) p(x|y)
+                "stderr_marginal": marginal.stderr,
+                "class_prior": opts.class_prior,
+            }
+            if marginal is not None
+            else {}
+        ),
         "metric": result.metric,
         "unit": METRICS[result.metric],
         "dataset": data_cfg["name"],
@@ -325,7 +261,7 @@ def evaluate(
         "checkpoint": str(ckpt.resolve()),
         "step": info.get("step"),
         "seed": seed,
-        "precision": chosen.name,
+        "precision": loaded.precision.name,
         "batch_size": batch_size,
         "n_bits": objective.dequantizer.n_bits,
         "model_n_bits": model_bits,  # what it was trained on (n_bits= may differ)
@@ -334,7 +270,8 @@ def evaluate(
         "dataset_config": data_cfg,
     }
     if opts.per_image:
-        write_atomic(csv_path, lambda tmp: _write_csv(tmp, result))
+        table = result if marginal is None else marginal  # p(x|y) and p(x) columns
+        write_atomic(csv_path, lambda tmp: write_per_item_csv(tmp, table))
     text = json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n"
     write_atomic(json_path, lambda tmp: tmp.write_text(text))
-    return EvalReport(summary, result, json_path, csv_path)
+    return EvalReport(summary, result, json_path, csv_path, marginal)

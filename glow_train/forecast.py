@@ -28,7 +28,7 @@ import torch
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
-from glow_train.objective import load_objective
+from glow_train.inference import load_objective
 
 __all__ = ["forecast", "ForecastResult", "draw_paths", "BANDS"]
 

@@ -31,7 +31,6 @@ and the evaluator's cannot drift apart.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Any
 
@@ -39,23 +38,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow_train.checkpoint import CheckpointError, load_checkpoint, model_config, objective_weights
 from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
-from glow_train.dequantize import Dequantizer, _check_n_bits, build_dequantizer
+from glow_train.dequantize import Dequantizer, build_dequantizer
 from glow_train.errors import ConfigError, DataError, NonFiniteError
 from glow_train.flows.conditioner import ZeroInit
 from glow_train.flows.standardize import Standardize
-from glow_train.models.base import FlowModel, rebuild
-from glow_train.models.registry import MODELS
+from glow_train.models.base import FlowModel
+from glow_train.validate import check_n_bits
 
 __all__ = [
     "Objective",
     "ClassHead",
     "bits_per_dim",
+    "marginal_nll",
     "build_objective",
-    "load_objective",
-    "load_model",
     "METRICS",
 ]
 
@@ -76,9 +73,25 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, n_bits: int) -> Tensor:
     Returns:
         Tensor of the shape of ``log_prob`` (computed in at least float32).
     """
-    _check_n_bits(n_bits)
+    check_n_bits(n_bits)
     log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
     return (-log_prob + num_dims * n_bits * math.log(2.0)) / (num_dims * math.log(2.0))
+
+
+def marginal_nll(class_nlls: Tensor, log_class_prior: Tensor) -> Tensor:
+    r"""The marginal of a class-conditional model, in nats per item, in float64:
+
+    .. math::  -\log p(x) = -\log \sum_y p(y)\, p(x \mid y)
+               = -\operatorname{logsumexp}_y\big(\log p(y) - \mathrm{nll}(x \mid y)\big)
+
+    Args:
+        class_nlls: ``(B, K)`` from :meth:`Objective.class_nlls` (the dequantisation
+            terms are the same in every column, so they carry over unchanged).
+        log_class_prior: ``(K,)`` :math:`\log p(y)` (``-inf`` for a class of
+            probability 0).
+    """
+    joint = log_class_prior.to(class_nlls.device, torch.float64) - class_nlls.double()
+    return -torch.logsumexp(joint, dim=1)
 
 
 class ClassHead(nn.Module):
@@ -183,6 +196,20 @@ class Objective(nn.Module):
             ce = F.cross_entropy(self.class_head(z_top), y.long(), reduction="none")
             nll = nll + class_weight * self.num_dims * ce
         return nll
+
+    def class_nlls(self, x: Tensor, noise: Tensor | None) -> Tensor:
+        r"""The negative log-likelihood in nats given each class, ``(B, num_classes)``:
+        column ``k`` is :meth:`forward` with ``y = k`` (one pass of the flow for all of
+        them, :meth:`glow_train.models.FlowModel.class_log_probs`). :func:`marginal_nll`
+        turns it into :math:`-\log p(x)`."""
+        x, log_q = self.dequantizer(x, noise)
+        x, logdet = self._standardized(x)
+        log_prob = self.flow.class_log_probs(x)
+        log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
+        if logdet is not None:
+            log_prob = log_prob + logdet[:, None]
+        nll = -log_prob + self._offset
+        return nll if log_q is None else nll + log_q[:, None]
 
     def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Standardised ``x`` and the log-determinant of the modelled values: with a
@@ -294,45 +321,3 @@ def build_objective(
         )
     settings = {"channels": spec.shape[0]} if dequantization == "variational" else {}
     return Objective(flow, build_dequantizer(dequantization, spec.n_bits, **settings), None, head)
-
-
-def load_objective(
-    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[Objective, dict[str, Any]]:
-    """A checkpoint's objective (its model and dequantiser) in eval mode, and the
-    checkpoint's entries other than the weights and optimiser (``config``, ``step``,
-    ``data``, ...). Every failure is one :class:`CheckpointError`."""
-    state = load_checkpoint(path)
-    name, _ = model_config(state, path)
-    if name not in MODELS:
-        raise CheckpointError(f"{path} holds an unknown model {name!r}")
-    flow = rebuild(MODELS[name], state, path, ema)
-    try:
-        settings = dict(state["objective_config"])
-        own = ("dequantizer", "n_bits", "standardize", "class_head")
-        extra = {k: v for k, v in settings.items() if k not in own}
-        dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"], **extra)
-        dequantizer.load_state_dict(objective_weights(state, ema, "dequantizer"))
-        standardize = None
-        if settings.get("standardize") is not None:
-            standardize = Standardize.placeholder(int(settings["standardize"]))
-            standardize.load_state_dict(objective_weights(state, ema, "standardize"))
-        class_head = None
-        if settings.get("class_head") is not None:
-            class_head = ClassHead(*settings["class_head"])
-            class_head.load_state_dict(objective_weights(state, ema, "class_head"))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild the dequantiser ({err})") from err
-    info = {k: v for k, v in state.items() if k not in ("objective", "ema", "optimizer", "scaler")}
-    info["ema_used"] = bool(ema and state.get("ema") is not None)
-    objective = Objective(flow, dequantizer, standardize, class_head)
-    return objective.to(device).eval(), info
-
-
-def load_model(
-    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[FlowModel, dict[str, Any]]:
-    """Whatever model a checkpoint holds (in eval mode) and the checkpoint's other
-    entries, as :func:`load_objective` gives them."""
-    objective, info = load_objective(path, ema, device)
-    return objective.flow, info

@@ -2,8 +2,8 @@ r"""Out-of-distribution scores: ``glow-eval ckpt=... ood=<dataset or folder>``.
 
 Both sets, the checkpoint's test split (in-distribution, the negatives) and the
 other data (out-of-distribution, the positives), are scored per image in
-bits/dim by :func:`glow_train.evaluate.evaluate_objective`; then the area under
-the ROC curve of telling them apart by
+bits/dim by :func:`glow_train.scoring.evaluate_objective`, the function behind
+``glow-eval``'s figures; then the area under the ROC curve of telling them apart by
 
 - **bits/dim**: a higher figure means less likely, hence "out";
 - **typicality**: :math:`|\mathrm{bpd}(x) - \overline{\mathrm{bpd}}_{train}|`, the
@@ -17,6 +17,10 @@ data than to its own test set (Nalisnick et al. 2019, "Do deep generative models
 know what they don't know?"): an AUROC below 0.5 by bits/dim is that effect,
 not a bug, and the typicality score is the usual remedy.
 
+A class-conditional model is scored by its marginal
+:math:`p(x) = \sum_y p(y)\,p(x \mid y)` (the other images have no labels), with
+:math:`p(y)` uniform or the training split's class frequencies (``class_prior``).
+
 :func:`auroc` is the Mann-Whitney statistic with tied scores counted one half,
 equal to scikit-learn's ``roc_auc_score`` (tested).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
-from glow_train.checkpoint import resolve_checkpoint
+from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import (
     build_dataset,
     dataset_config,
@@ -41,18 +46,12 @@ from glow_train.data import (
     describe_dataset,
     source,
 )
-from glow_train.distributed import resolve_device
-from glow_train.errors import ConfigError, NonFiniteError, require_int
-from glow_train.evaluate import (
-    EvalResult,
-    _checkpoint_eval_settings,
-    _write_csv,
-    eval_dataset,
-    evaluate_objective,
-)
-from glow_train.objective import load_objective
+from glow_train.errors import ConfigError, NonFiniteError
+from glow_train.evaluate import eval_dataset, model_class_prior
+from glow_train.inference import load
 from glow_train.outputs import claim_outputs, ood_targets, write_atomic
-from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
+from glow_train.scoring import CLASS_PRIORS, EvalResult, evaluate_objective, write_per_item_csv
+from glow_train.validate import require_int
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
 
@@ -99,7 +98,7 @@ def ood_dataset(ood: str, model_cfg: dict[str, Any]) -> tuple[dict[str, Any], st
 def _check_image_folder(ood: str, path: Path) -> None:
     """Refuse, naming ``ood=``, a folder without a readable image (the folder source's
     own messages would name ``dataset.root``, which the user did not type)."""
-    from glow_train.data.folder import IMAGE_EXTENSIONS, _readable
+    from glow_train.data.folder import IMAGE_EXTENSIONS, readable
 
     kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
     files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
@@ -107,7 +106,7 @@ def _check_image_folder(ood: str, path: Path) -> None:
         raise ConfigError(
             f"ood={ood} holds no image files ({kinds}); point ood= at a folder of images"
         )
-    if not any(_readable(p) for p in files):
+    if not any(readable(p) for p in files):
         raise ConfigError(
             f"ood={ood}: none of its {len(files)} image file(s) can be read as an image; "
             "point ood= at a folder of images"
@@ -118,44 +117,71 @@ def evaluate_ood(
     ckpt: str | os.PathLike,
     ood: str,
     *,
-    split: str = "test",
+    split: str | None = None,
     dataset_overrides: dict[str, Any] | None = None,
-    draws: int = 1,
+    draws: int | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
-    train_images: int = 5000,
+    train_images: int | None = None,
     out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    device: str | torch.device = "auto",
-    ema: bool = True,
-    progress: bool = False,
-    precision: str = "fp32",
+    overwrite: bool | None = None,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+    progress: bool | None = None,
+    class_prior: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Score the checkpoint's ``split`` and ``ood`` per image and write ``eval.json``,
     ``per_image.csv`` and ``ood_per_image.csv``; return the summary (``eval.json``).
 
+    Every ``None`` takes the value of the same key in ``configs/eval.yaml``
+    (``train_images`` is its ``ood_train_images``; ``seed`` and ``batch_size`` are
+    null there: the checkpoint's).
+
     ``dataset_overrides``: keys of the checkpoint's dataset config to replace (e.g. its
     ``root`` when the data moved); ``draws``: dequantisation draws averaged per image;
     ``train_images``: the first training images whose mean bits/dim is the
-    typicality centre; ``precision``: as :func:`glow_train.evaluate.evaluate`'s.
+    typicality centre; ``class_prior``: :math:`p(y)` of a class-conditional model's
+    marginal, ``uniform`` or ``train``; ``precision``: as
+    :func:`glow_train.evaluate.evaluate`'s.
     """
-    device = resolve_device(device)
-    chosen = resolve_precision(precision, device, INFERENCE_PRECISIONS)
-    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
-    train_images = require_int("ood_train_images", train_images, 1)
-    draws = require_int("draws", draws, 1)
+    opts = fill_defaults(
+        "eval",
+        EvalConfig,
+        split=split,
+        draws=draws,
+        ood_train_images=train_images,
+        device=None if device is None else str(device),
+        ema=ema,
+        progress=progress,
+        class_prior=class_prior,
+        precision=precision,
+        overwrite=overwrite,
+    )
+    split = opts.split
+    train_images = require_int("ood_train_images", opts.ood_train_images, 1)
+    draws = require_int("draws", opts.draws, 1)
     if split not in ("test", "val", "train"):
         raise ConfigError(f"split must be one of test, val, train, got {split!r}")
-    objective, info = load_objective(ckpt, ema=ema, device=device)
+    if opts.class_prior not in CLASS_PRIORS:
+        raise ConfigError(
+            f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
+        )
+    loaded = load(
+        ckpt,
+        ema=opts.ema,
+        device=device if device is not None else opts.device,
+        precision=opts.precision,
+    )
+    objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     if objective.dequantizer.n_bits is None:
         raise ConfigError("ood= scores images; this checkpoint models vectors")
-    if objective.flow.num_classes > 0:
-        raise ConfigError(
-            "ood= needs p(x) and this model is class-conditional (p(x|y)); "
-            "score an unconditional model"
-        )
-    saved, checkpoint_seed = _checkpoint_eval_settings(info, ckpt)
+    saved, checkpoint_seed = loaded.eval_settings()
     data_cfg = eval_dataset(saved, None, dataset_overrides)
+    num_classes = objective.flow.num_classes
+    p_y = None  # a class-conditional model: its marginal p(x)
+    if num_classes > 0:
+        p_y = model_class_prior(opts.class_prior, num_classes, data_cfg)
     ood_cfg, ood_split = ood_dataset(ood, data_cfg)
     ood_shape = describe_dataset(ood_cfg).shape
     if ood_shape != tuple(info["data"]["shape"]):
@@ -166,17 +192,18 @@ def evaluate_ood(
     name = Path(ood_cfg["root"]).name if ood_cfg["name"] == "folder" else str(ood)
     json_target, csv_targets = ood_targets(ckpt, name, out)
     json_path, in_csv, ood_csv = claim_outputs(
-        [json_target, *csv_targets], out, overwrite, ckpt, [saved, data_cfg, ood_cfg]
+        [json_target, *csv_targets], out, opts.overwrite, ckpt, [saved, data_cfg, ood_cfg]
     )
     settings = dict(
         batch_size=batch_size or int(data_cfg.get("eval_batch_size") or 128),
         device=device,
         seed=checkpoint_seed if seed is None else seed,
         draws=draws,
-        progress=progress,
+        progress=opts.progress,
+        class_prior=p_y,
     )
     train = build_dataset(data_cfg, "train")
-    with chosen.autocast(device.type):
+    with loaded.autocast():
         results: dict[str, EvalResult] = {
             "in": evaluate_objective(objective, build_dataset(data_cfg, split), **settings),
             "ood": evaluate_objective(objective, build_dataset(ood_cfg, ood_split), **settings),
@@ -184,6 +211,8 @@ def evaluate_ood(
                 objective, Subset(train, range(min(train_images, len(train)))), **settings
             ),
         }
+    # the marginal's figures alone (p(x|y) is not what the AUROC compares)
+    results = {name: replace(result, conditional=None) for name, result in results.items()}
     for name, result in results.items():
         if not math.isfinite(result.value):
             raise NonFiniteError(f"non-finite bits/dim on the {name} images: a diverged model?")
@@ -203,10 +232,13 @@ def evaluate_ood(
         "auroc_typicality": auroc((inside - centre).abs(), (outside - centre).abs()),
         "seed": settings["seed"],
         "draws": draws,
-        "precision": chosen.name,
+        "precision": loaded.precision.name,
+        **(
+            {"density": "marginal p(x)", "class_prior": opts.class_prior} if p_y is not None else {}
+        ),
     }
-    write_atomic(in_csv, lambda tmp: _write_csv(tmp, results["in"]))
-    write_atomic(ood_csv, lambda tmp: _write_csv(tmp, results["ood"]))
+    write_atomic(in_csv, lambda tmp: write_per_item_csv(tmp, results["in"]))
+    write_atomic(ood_csv, lambda tmp: write_per_item_csv(tmp, results["ood"]))
     text = json.dumps(summary, indent=2) + "\n"
     summary["json_path"] = str(write_atomic(json_path, lambda tmp: tmp.write_text(text)))
     return summary

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,9 @@ from glow_train.data import Batch, DataSpec, build_dataset, collate, dataset_con
 from glow_train.dequantize import Identity, Uniform
 from glow_train.errors import CheckpointError, ConfigError
 from glow_train.evaluate import evaluate, evaluate_objective
+from glow_train.inference import load_model, load_objective
 from glow_train.models import FlowModel, build_model
-from glow_train.objective import Objective, build_objective, load_model, load_objective
+from glow_train.objective import Objective, build_objective
 from glow_train.training import check_config
 
 PACKAGE = Path(glow_train.__file__).parent
@@ -258,6 +261,67 @@ def test_no_module_imports_itself_back():
     for name in modules:
         if name not in state:
             visit(name, [name])
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """A cycle that the AST walk could miss (e.g. through a package ``__init__``) fails
+    as an ImportError when its module is the first one imported: import each module
+    first, in a child interpreter that forgets every glow_train module in between (torch
+    and the other libraries stay loaded, so this is quick)."""
+    names = sorted(_module_name(p) for p in PACKAGE.rglob("*.py"))
+    script = (
+        "import importlib, sys, traceback\n"
+        f"names = {names!r}\n"
+        "failed = []\n"
+        "for name in names:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] == 'glow_train']:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as err:\n"
+        "        failed.append(f'{name}: {type(err).__name__}: {err}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=PACKAGE.parent
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", done.stdout
+
+
+def _private_names(tree: ast.AST) -> set[str]:
+    """The ``_private`` names a module defines: functions, classes, attributes, variables."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            found.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            found.add(node.id)
+    return {n for n in found if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_uses_another_modules_private_members():
+    """No ``obj._name`` or ``from m import _name`` where ``_name`` is private to another
+    module of the package (PyTorch's own private names are not the package's)."""
+    trees = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+    own = {path: _private_names(tree) for path, tree in trees.items()}
+    anywhere = set().union(*own.values())
+    found = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Attribute) and not (
+                isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            ):
+                names = [node.attr]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("glow_"):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name in anywhere and name not in own[path]:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}")
+    assert not found, found
 
 
 def test_modules_stay_small_or_say_why():

@@ -18,8 +18,10 @@ from glow_train.data import build_dataset, dataset_config, describe_dataset
 from glow_train.data.spec import DataSpec
 from glow_train.errors import DataError
 from glow_train.flows.priors import gaussian_log_prob
-from glow_train.objective import build_objective, load_objective
-from glow_train.sample import sample_images
+from glow_train.inference import load_objective
+from glow_train.objective import build_objective
+from glow_train.ood import auroc
+from glow_train.sampling import sample_images
 
 SHAPE = dict(in_channels=1, image_size=8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True)
 
@@ -210,8 +212,43 @@ def test_glow_sample_by_class_and_glow_eval_of_p_x_given_y(conditional_run, tmp_
     assert "(of p(x|y): class-conditional)" in out
     summary = json.loads(Path(out.split("eval: ")[1].split()[0]).read_text())
     assert summary["conditional"] is True and 1 < summary["bpd"] < 4
-    line = one_line_error(eval_main, [ckpt, "ood=mnist"], tmp_path, "glow-eval")
-    assert "ood= needs p(x) and this model is class-conditional (p(x|y))" in line
+    # beside it, the marginal p(x) = sum_y p(y) p(x|y): at most bpd(x|y) + log2(10)/D
+    # (p(x) >= p(y) p(x|y) with p(y) = 1/10), and above it on average (the label helps)
+    marginal = summary["bpd_marginal"]
+    assert summary["class_prior"] == "uniform"
+    assert summary["bpd"] < marginal <= summary["bpd"] + math.log2(10) / 64 + 1e-9
+    assert f"test bpd of p(x) = sum_y p(y) p(x|y): {marginal:.4f} (p(y) uniform)" in out
+
+
+def test_glow_eval_ood_of_a_conditional_model_goes_through_the_marginal(conditional_run, tmp_path):
+    from test_ood import column, write_letters
+
+    write_letters(tmp_path / "letters")
+    ckpt = f"ckpt={conditional_run}/last.pt"
+    for prior in ("uniform", "train"):
+        args = [
+            ckpt,
+            f"ood={tmp_path / 'letters'}",
+            f"class_prior={prior}",
+            f"out={tmp_path / prior}",
+        ]
+        status, out, err = run_console(eval_main, [*args, "progress=false"], tmp_path)
+        assert status == 0, err
+        summary = json.loads((tmp_path / prior / "eval.json").read_text())
+        assert summary["density"] == "marginal p(x)" and summary["class_prior"] == prior
+        assert "AUROC by bpd: " in out and "scored by p(x) = sum_y p(y) p(x|y)" in out
+        inside = column(tmp_path / prior / "per_image.csv")
+        outside = column(tmp_path / prior / "ood_per_image.csv")
+        assert (len(inside), len(outside)) == (summary["num_in"], 52)
+        assert summary["auroc_bpd"] == pytest.approx(auroc(inside, outside), abs=1e-12)
+    # the in-distribution figure is glow-eval's marginal figure (one scoring function)
+    status, out, err = run_console(eval_main, [ckpt, "progress=false"], tmp_path)
+    assert status == 0, err
+    summary = json.loads(Path(out.split("eval: ")[1].split()[0]).read_text())
+    ood = json.loads((tmp_path / "uniform" / "eval.json").read_text())
+    assert ood["bpd_in"] == pytest.approx(summary["bpd_marginal"], abs=1e-12)
+    line = one_line_error(eval_main, [ckpt, "class_prior=zipf"], tmp_path, "glow-eval")
+    assert "class_prior must be one of uniform, train, got 'zipf'" in line
 
 
 def test_class_options_refused_where_they_cannot_apply(tmp_path):

@@ -13,8 +13,8 @@ import torch
 
 from glow_train.checkpoint import load_checkpoint
 from glow_train.data import build_dataset, dataset_config
-from glow_train.evaluate import evaluate_objective
-from glow_train.objective import load_objective
+from glow_train.inference import load_objective
+from glow_train.scoring import evaluate_objective
 
 WORKER = textwrap.dedent(
     """

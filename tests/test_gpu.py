@@ -32,8 +32,8 @@ def test_gpu_check_tiny_on_cuda(tmp_path):
 def test_sample_and_eval_on_cuda_match_cpu():
     from glow_train import Glow
     from glow_train.data import build_dataset, collate, dataset_config, describe_dataset
-    from glow_train.evaluate import evaluate_objective
     from glow_train.objective import build_objective
+    from glow_train.scoring import evaluate_objective
 
     torch.manual_seed(0)
     model = Glow(1, 8, K=2, L=2, hidden_channels=16, coupling="affine", lu=True)

@@ -13,8 +13,8 @@ from test_reliability import one_line_error
 from glow_train.cli import sample_main, train_main
 from glow_train.data import build_dataset, collate, dataset_config
 from glow_train.errors import ConfigError
-from glow_train.latents import attribute_mask, decode, encode, interpolate
-from glow_train.objective import load_objective
+from glow_train.inference import load_objective
+from glow_train.sampling.latents import attribute_mask, decode, encode, interpolate
 
 TRAIN = ["model.K=2", "model.hidden_channels=16", "train.max_steps=60", "train.warmup_steps=5"]
 TRAIN += ["train.time_limit=null", "train.eval_every_steps=null", "train.sample_every=null"]

@@ -24,8 +24,8 @@ from glow_train.cli import eval_main, sample_main
 from glow_train.data import build_dataset
 from glow_train.errors import CheckpointError, ConfigError, DataError
 from glow_train.evaluate import batch_seed, eval_dataset, evaluate
-from glow_train.objective import load_objective
-from glow_train.sample import sample, sample_images
+from glow_train.inference import load_objective
+from glow_train.sampling import sample, sample_images
 from glow_train.training import train
 
 BIN = Path(sys.executable).parent

@@ -13,8 +13,9 @@ from torch.distributions import Normal, SigmoidTransform, TransformedDistributio
 
 from glow_train.cli import eval_main, train_main
 from glow_train.dequantize import Variational
+from glow_train.inference import load_objective
 from glow_train.models.base import FlowModel
-from glow_train.objective import Objective, load_objective
+from glow_train.objective import Objective
 
 
 class UniformBox(FlowModel):

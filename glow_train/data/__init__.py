@@ -7,12 +7,12 @@
 dequantisation belong to the objective (:mod:`glow_train.dequantize`), the
 horizontal flip (``dataset.hflip``) to the trainer.
 
-Layout: ``spec`` (DataSpec, DataSource), ``config`` (shared range checks),
+Layout: ``spec`` (DataSpec, DataSource), ``checks`` (shared range checks),
 ``transforms`` (PIL -> uint8), ``images`` (the dataset classes), ``files``
 (torchvision load errors and tidy-up), ``digits`` / ``mnist`` / ``cifar10`` /
 ``celeba`` / ``folder`` (the image sources), ``csvfile`` + ``table`` (numeric
 columns of a CSV file: rows or time-series windows, ``dataset=csv``),
-``registry`` (names; loading and checking configs), ``batch``, ``loader``.
+``registry`` (names; loading and checking configs), ``batch``, ``labels``, ``loader``.
 """
 
 from glow_train.data.batch import Batch, collate

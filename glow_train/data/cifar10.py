@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from glow_train.data.config import require_root
+from glow_train.data.checks import require_root
 from glow_train.data.files import LOAD_ERRORS, existing_ancestor, load_failure, remove_empty_dirs
 from glow_train.data.images import ImageDataset
 from glow_train.data.spec import DataSource

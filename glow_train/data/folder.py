@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from glow_train.data.config import require_key
+from glow_train.data.checks import require_key
 from glow_train.data.spec import DataSource, DataSpec, image_spec
 from glow_train.data.transforms import ToUint8
 from glow_train.errors import ConfigError, DataError
@@ -34,7 +34,7 @@ def _test_bucket(relative_path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _readable(path: Path) -> bool:
+def readable(path: Path) -> bool:
     """Whether the file decodes fully as an image (catches truncated files)."""
     try:
         with Image.open(path) as img:
@@ -115,11 +115,11 @@ class ImageFolder(Dataset):
             for p in files
             if (_test_bucket(p.relative_to(self.root).as_posix()) < test_fraction) == want_test
         ]
-        readable = [_readable(p) for p in chosen]
-        self.files: list[Path] = [p for p, ok in zip(chosen, readable, strict=True) if ok]
+        usable = [readable(p) for p in chosen]
+        self.files: list[Path] = [p for p, ok in zip(chosen, usable, strict=True) if ok]
         skipped = [
             p.relative_to(self.root).as_posix()
-            for p, ok in zip(chosen, readable, strict=True)
+            for p, ok in zip(chosen, usable, strict=True)
             if not ok
         ]
         if skipped:

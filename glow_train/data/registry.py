@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from glow_train.config import typed
 from glow_train.data import celeba, cifar10, digits, folder, mnist, table
-from glow_train.data.config import as_dict, check_image_keys, int_key
+from glow_train.data.checks import as_dict, check_image_keys, int_key
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.errors import ConfigError
 

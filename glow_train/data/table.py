@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glow_train.config import TableDatasetConfig
-from glow_train.data.config import int_key, require_key, split_count
+from glow_train.data.checks import int_key, require_key, split_count
 from glow_train.data.csvfile import HEADERS, header_choice, read_columns
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.data.windows import split_series

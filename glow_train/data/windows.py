@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from glow_train.data.config import split_count
+from glow_train.data.checks import split_count
 from glow_train.errors import DataError
 
 __all__ = ["split_series"]

@@ -36,8 +36,19 @@ class ActNorm(Flow):
         self.eps = eps
         # uint8 rather than bool: every collective backend broadcasts it.
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        #: set by :meth:`glow_train.models.FlowModel.initialize` around its one forward
+        #: pass: the next forward takes its input's statistics (if not yet initialised)
+        self.initializing = False
 
-    def _view(self, p: Tensor, x: Tensor) -> Tensor:
+    @property
+    def pending_init(self) -> bool:
+        """Whether the next forward initialises this layer from its input."""
+        return self.initializing and not bool(self.initialized)
+
+    @staticmethod
+    def per_channel(p: Tensor, x: Tensor) -> Tensor:
+        """A per-channel vector ``(C,)`` shaped to broadcast over ``x``: ``(1, C, 1, 1)``
+        for maps ``(B, C, H, W)``, ``(1, C)`` for vectors ``(B, C)``."""
         return p.view(1, -1, *([1] * (x.dim() - 2)))
 
     @torch.no_grad()
@@ -52,17 +63,18 @@ class ActNorm(Flow):
         self.log_scale.copy_(log_scale)
         self.initialized.fill_(1)
 
-    def _logdet(self, x: Tensor) -> Tensor:
+    def logdet(self, x: Tensor) -> Tensor:
+        """``H·W · Σ log s`` per sample of ``x`` (``H·W = 1`` for vectors), shape ``(B,)``."""
         ld = self.log_scale.to(logdet_dtype(x)).sum() * positions(x)
         return ld.expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if getattr(self, "_initializing", False) and not self.initialized:
+        if self.pending_init:
             self.initialize_from(x)
-        scale = self._view(self.log_scale.exp(), x).to(x.dtype)
-        z = (x + self._view(self.bias, x).to(x.dtype)) * scale
-        return z, self._logdet(x)
+        scale = self.per_channel(self.log_scale.exp(), x).to(x.dtype)
+        z = (x + self.per_channel(self.bias, x).to(x.dtype)) * scale
+        return z, self.logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
-        inv_scale = self._view(torch.exp(-self.log_scale), z).to(z.dtype)
-        return z * inv_scale - self._view(self.bias, z).to(z.dtype)
+        inv_scale = self.per_channel(torch.exp(-self.log_scale), z).to(z.dtype)
+        return z * inv_scale - self.per_channel(self.bias, z).to(z.dtype)

@@ -107,12 +107,12 @@ class InvertibleLinear(Flow):
         with autocast_off(x):
             return channel_linear(x, w)
 
-    def _logdet(self, x: Tensor) -> Tensor:
+    def logdet(self, x: Tensor) -> Tensor:
         """``H·W · log|det W|`` per sample of ``x`` (1 for vectors), shape ``(B,)``."""
         return (self.log_abs_det() * positions(x)).to(logdet_dtype(x)).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._mix(x, self.weight_matrix(logdet_dtype(x))), self._logdet(x)
+        return self._mix(x, self.weight_matrix(logdet_dtype(x))), self.logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
         return self._mix(z, self.inverse_matrix())

@@ -66,11 +66,13 @@ class _NormThenMix(Flow):
         with autocast_off(x):
             # the bias first, as ActNorm adds it: folding it into the product as W'b
             # would subtract two large terms when |b| is large against x's spread
-            return channel_linear(x + self.norm._view(self.norm.bias, x).to(x.dtype), w.to(x.dtype))
+            return channel_linear(
+                x + self.norm.per_channel(self.norm.bias, x).to(x.dtype), w.to(x.dtype)
+            )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.apply(x, self.matrix(logdet_dtype(x)))
-        return z, self.norm._logdet(x) + self.mix._logdet(x)
+        return z, self.norm.logdet(x) + self.mix.logdet(x)
 
     @staticmethod
     def stacked(folds: list[_NormThenMix], x: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,7 +150,7 @@ class FlowStep(FlowSequence):
         """Whether the ActNorm takes its statistics from the next input (then the layers
         run one by one)."""
         norm = self.flows[0]
-        return bool(getattr(norm, "_initializing", False) and not norm.initialized)
+        return norm.pending_init
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.initializing():

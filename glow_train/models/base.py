@@ -21,7 +21,7 @@ from glow_train.data.spec import DataSpec
 from glow_train.flows import ActNorm, FlowSequence, FlowStep
 from glow_train.flows.coupling import COUPLINGS
 
-__all__ = ["FlowModel", "check_positive", "check_coupling", "rebuild"]
+__all__ = ["FlowModel", "check_positive", "check_coupling"]
 
 
 def check_positive(**values: int) -> None:
@@ -59,6 +59,22 @@ class FlowModel(nn.Module):
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def class_log_probs(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        r""":math:`\log p(x \mid y=k)` in nats for every class ``k``, ``(B, num_classes)``,
+        of a class-conditional model (the marginal :math:`p(x)` is built on it in
+        :meth:`glow_train.objective.Objective.class_nlls`)."""
+        raise NotImplementedError
+
+    def require_classes(self) -> None:
+        """A ``ValueError`` unless the model is class-conditional."""
+        if self.num_classes < 1:
+            raise ValueError("this model is not class-conditional: it has no p(x|y) per class")
+
+    @staticmethod
+    def class_column(like: Tensor, k: int) -> Tensor:
+        """The label ``k`` for every item of ``like`` (``(B,)`` int64 on its device)."""
+        return torch.full((like.shape[0],), k, dtype=torch.long, device=like.device)
+
     def sample(  # pragma: no cover - abstract
         self, n: int, temperature: float, generator: torch.Generator | None, y: Tensor | None
     ) -> Tensor:
@@ -68,12 +84,12 @@ class FlowModel(nn.Module):
     def _actnorm_init_mode(self):
         norms = [m for m in self.modules() if isinstance(m, ActNorm)]
         for m in norms:
-            m._initializing = True
+            m.initializing = True
         try:
             yield
         finally:
             for m in norms:
-                m._initializing = False
+                m.initializing = False
 
     @torch.no_grad()
     def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
@@ -124,27 +140,28 @@ class FlowModel(nn.Module):
 
         Raises:
             CheckpointError: the file is unusable or holds another kind of model
-                (:func:`glow_train.objective.load_model` rebuilds whatever it holds).
+                (:func:`glow_train.inference.load_model` rebuilds whatever it holds).
         """
         state = load_checkpoint(path)
         name, _ = model_config(state, path)
         if name != cls.name:
             raise CheckpointError(
                 f"{path} holds a {name!r} model, not {cls.name!r}; "
-                "use glow_train.objective.load_model to rebuild any model"
+                "use glow_train.inference.load_model to rebuild any model"
             )
-        return rebuild(cls, state, path, ema).to(device).eval()
+        return cls.from_state(state, path, ema).to(device).eval()
 
-
-def rebuild(cls: type[FlowModel], state: dict[str, Any], path: Any, ema: bool) -> FlowModel:
-    """``cls`` from a loaded checkpoint's ``model_config`` and (EMA) weights; every
-    failure is one :class:`CheckpointError`."""
-    _, kwargs = model_config(state, path)
-    try:
-        model = cls.from_config(kwargs)
-        model.load_state_dict(flow_weights(state, ema=ema))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = " ".join(lines[:2])[:200] or type(err).__name__
-        raise CheckpointError(f"{path}: cannot rebuild the model ({detail})") from err
-    return model
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: Any, ema: bool = True) -> FlowModel:
+        """This class from a loaded checkpoint's ``model_config`` and (EMA) weights;
+        every failure is one :class:`CheckpointError` naming ``path``. (A ready
+        objective, dequantiser included: :func:`glow_train.inference.load`.)"""
+        _, kwargs = model_config(state, path)
+        try:
+            model = cls.from_config(kwargs)
+            model.load_state_dict(flow_weights(state, ema=ema))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = " ".join(lines[:2])[:200] or type(err).__name__
+            raise CheckpointError(f"{path}: cannot rebuild the model ({detail})") from err
+        return model

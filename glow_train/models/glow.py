@@ -141,11 +141,12 @@ class Glow(FlowModel):
             )
         return cls(in_channels=channels, image_size=(height, width), **options)
 
-    def _encode(self, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Run the flow; return latents, log|det J| and the priors' log-density."""
+    def _flow(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Run the flow; return latents, log|det J| and the split priors' log-density
+        (everything but the top prior, the one part that depends on the class)."""
         latents: list[Tensor] = []
         logdet = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
-        log_prior = torch.zeros_like(logdet)
+        log_split = torch.zeros_like(logdet)
         h = x
         for i, level in enumerate(self.levels):
             h = squeeze2d(h)  # (B, C, H, W) -> (B, 4C, H/2, W/2)
@@ -154,11 +155,15 @@ class Glow(FlowModel):
             if i < len(self.split_priors):
                 keep = h.shape[1] // 2
                 h, z = split_channels(h, keep)  # (B, 4C, ..) -> 2 × (B, 2C, ..)
-                log_prior = log_prior + self.split_priors[i].log_prob(z, h)
+                log_split = log_split + self.split_priors[i].log_prob(z, h)
                 latents.append(z)
         latents.append(h)
-        log_prior = log_prior + self.top_prior.log_prob(h, y)
-        return latents, logdet, log_prior
+        return latents, logdet, log_split
+
+    def _encode(self, x: Tensor, y: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Run the flow; return latents, log|det J| and the priors' log-density."""
+        latents, logdet, log_split = self._flow(x)
+        return latents, logdet, log_split + self.top_prior.log_prob(latents[-1], y)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """``x`` → ``([z_1, …, z_L], log|det J|)``; shapes in :attr:`latent_shapes`."""
@@ -169,6 +174,19 @@ class Glow(FlowModel):
         """Per-image log-density in nats of continuous ``x``, shape ``(B,)``."""
         _, logdet, log_prior = self._encode(x, y)
         return log_prior + logdet
+
+    def class_log_probs(self, x: Tensor) -> Tensor:
+        r""":math:`\log p(x \mid y=k)` for every class ``k``, ``(B, num_classes)``: one
+        pass of the flow and one evaluation of the top prior per class (only the top
+        prior depends on the class); column ``k`` equals :meth:`log_prob` with ``y = k``."""
+        self.require_classes()
+        latents, logdet, log_split = self._flow(x)
+        top = latents[-1]
+        columns = [
+            (log_split + self.top_prior.log_prob(top, self.class_column(top, k))) + logdet
+            for k in range(self.num_classes)
+        ]
+        return torch.stack(columns, dim=1)
 
     def log_prob_and_top(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`log_prob` and the top latent ``z_L`` (for the auxiliary classifier)."""

@@ -154,6 +154,17 @@ class Glow1D(FlowModel):
         z, logdet = self.flow(x)
         return self.prior.log_prob(z, y) + logdet
 
+    def class_log_probs(self, x: Tensor) -> Tensor:
+        r""":math:`\log p(x \mid y=k)` for every class ``k``, ``(B, num_classes)``: one
+        pass of the flow, one evaluation of the prior per class."""
+        self.require_classes()
+        z, logdet = self.flow(x)
+        columns = [
+            self.prior.log_prob(z, self.class_column(z, k)) + logdet
+            for k in range(self.num_classes)
+        ]
+        return torch.stack(columns, dim=1)
+
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         if self.context_dims > 0:
             raise ValueError("a model with a context decodes with sample_given(context)")

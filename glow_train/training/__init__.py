@@ -12,11 +12,11 @@
 - ``monitor``: progress bar, TensorBoard, log lines.
 """
 
-from glow_train.config import parse_duration
 from glow_train.training.checks import check_config
 from glow_train.training.loop import TrainingDiverged, TrainResult
 from glow_train.training.run import train
 from glow_train.training.trainer import Trainer, step_seed
+from glow_train.validate import parse_duration
 
 __all__ = [
     "Trainer",

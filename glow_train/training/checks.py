@@ -11,15 +11,15 @@ from glow_train.config import (
     OPTIMIZERS,
     PRECISIONS,
     TrainConfig,
-    parse_duration,
     typed,
     upgrade_keys,
 )
 from glow_train.data import validate_dataset_config
-from glow_train.errors import ConfigError, require_int
+from glow_train.errors import ConfigError
 from glow_train.models import model_class
 from glow_train.training.signals import preempt_signal
 from glow_train.training.sizing import AUTO_KEYS, auto_keys
+from glow_train.validate import parse_duration, require_int
 
 __all__ = ["check_config", "check_train", "fitted_batch_size"]
 

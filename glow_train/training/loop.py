@@ -1,10 +1,15 @@
 """The training loop over a :class:`~glow_train.training.Trainer`: steps, periodic
-evaluation, sample grids and checkpoints, stopping, and the final report.
+evaluation, sample grids and checkpoints, stopping, and the run's report.
 
-The functions take the trainer (duck-typed, so this module does not import it):
-its ``objective``, ``optim``, ``progress``, ``monitor``, ``loader``, ``sampler``,
-``prepare_batch``, ``train_step``, ``evaluate`` and ``save``; :func:`write_samples` draws
-from its EMA model.
+The functions take the trainer as a
+:class:`~glow_train.training.interface.LoopTrainer`: that protocol
+states every member the loop uses (the trainer's data, optimisation, counters and
+monitor, and its step, evaluation and checkpoint methods), so the loop depends on
+that interface and not on the class (which calls :func:`fit` from
+:meth:`~glow_train.training.Trainer.fit`). :func:`write_samples` draws from its
+EMA model. The loop returns a :class:`TrainResult`; what it has to say while
+it runs, the final report included, goes through the trainer's
+:class:`~glow_train.training.monitor.Monitor` (rank 0 only), never ``print``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from glow_train.checkpoint import load_checkpoint, objective_weights
 from glow_train.errors import GlowError, NonFiniteError
 from glow_train.models import FlowModel
 from glow_train.outputs import write_atomic
-from glow_train.sample import sample_images
-from glow_train.sample_formats import sample_format
+from glow_train.sampling.formats import sample_format
+from glow_train.sampling.images import sample_images
+from glow_train.training.interface import LoopTrainer
 from glow_train.training.schedule import CLOCK_EVERY, clock_horizon, reached_limits
 from glow_train.training.signals import Interrupt, preempt_signal
 
@@ -57,7 +62,7 @@ class TrainResult:
     stopped_early: bool = False  # the validation figure stopped improving (train.early_stopping)
 
 
-def evaluate_and_keep_best(trainer: Any) -> None:
+def evaluate_and_keep_best(trainer: LoopTrainer) -> None:
     """The selection split's figure now (validation, else test); ``best.pt`` when it is
     the best so far. Test figures never choose anything when there is a validation split."""
     trainer.settle()
@@ -87,7 +92,7 @@ def evaluate_and_keep_best(trainer: Any) -> None:
         trainer.save("best.pt")
 
 
-def write_samples(trainer: Any, final: bool = False) -> Path | None:
+def write_samples(trainer: LoopTrainer, final: bool = False) -> Path | None:
     """Samples to TensorBoard (and ``samples.png``, or ``samples.csv`` for vector data,
     when ``final``); a model whose samples are not finite is reported in the log,
     not drawn."""
@@ -118,7 +123,7 @@ def _figure(score: float | None) -> str:
     return "none finite yet" if score is None else f"{score:.4f}"
 
 
-def diverged(trainer: Any) -> TrainingDiverged:
+def diverged(trainer: LoopTrainer) -> TrainingDiverged:
     tcfg = trainer.cfg.train
     kept = trainer.last_good_text()
     return TrainingDiverged(
@@ -129,7 +134,7 @@ def diverged(trainer: Any) -> TrainingDiverged:
     )
 
 
-def periodic(trainer: Any, end_of_epoch: bool) -> None:
+def periodic(trainer: LoopTrainer, end_of_epoch: bool) -> None:
     """Evaluation, sample grids and ``last.pt`` when their step (or epoch) comes."""
     tcfg, main = trainer.cfg.train, trainer.dist.is_main
     eval_now = tcfg.eval_every_steps is not None and trainer.step % int(tcfg.eval_every_steps) == 0
@@ -148,14 +153,14 @@ def periodic(trainer: Any, end_of_epoch: bool) -> None:
         trainer.save("last.pt")
 
 
-def stopped_early(trainer: Any) -> bool:
+def stopped_early(trainer: LoopTrainer) -> bool:
     """Whether ``train.early_stopping`` evaluations in a row brought no better figure on
     the selection split (every rank sees the same all-reduced figures)."""
     patience = trainer.cfg.train.early_stopping
     return patience is not None and trainer.progress.evals_since_best >= int(patience)
 
 
-def _stop(trainer: Any) -> bool:
+def _stop(trainer: LoopTrainer) -> bool:
     """A signal or the time limit seen on any rank (agreed flags), a step/epoch limit,
     or early stopping."""
     seen, p = trainer.stop_seen, trainer.progress
@@ -167,7 +172,7 @@ def _stop(trainer: Any) -> bool:
     )
 
 
-def fit(trainer: Any) -> TrainResult:
+def fit(trainer: LoopTrainer) -> TrainResult:
     """Train until a limit, a signal or divergence; always end with a checkpoint."""
     tcfg, p = trainer.cfg.train, trainer.progress
     trainer.monitor.open(trainer.run_dir, trainer.total_steps, trainer.step, bool(tcfg.progress))
@@ -242,9 +247,10 @@ def fit(trainer: Any) -> TrainResult:
         return finish(trainer, interrupted)
 
 
-def finish(trainer: Any, interrupted: bool) -> TrainResult:
+def finish(trainer: LoopTrainer, interrupted: bool) -> TrainResult:
     """The last selection figure (and ``best.pt``), then the test figure of the final
-    model, ``last.pt`` and the samples; the report names the split of each figure."""
+    model, ``last.pt`` and the samples; the report (the run's last log lines, rank 0)
+    names the split of each figure."""
     main, p, label = trainer.dist.is_main, trainer.progress, trainer.objective.metric_label
     early = stopped_early(trainer)
     if not early:  # an early stop has just evaluated this very model
@@ -262,7 +268,7 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
     p.finished = True  # last.pt now records a run with its final figures
     if main:
         trainer.save("last.pt")
-    best = trainer.run_dir / "best.pt"
+    best, say = trainer.run_dir / "best.pt", trainer.monitor.log  # rank 0 alone speaks
     best_test = None
     if reports_best:
         best_test = _test_of_best(trainer, best)
@@ -271,37 +277,37 @@ def finish(trainer: Any, interrupted: bool) -> TrainResult:
         samples = write_samples(trainer, final=True)  # from best.pt's weights if reported
         trainer.monitor.close()
     if main:
-        print(f"run folder: {trainer.run_dir}")
+        say(f"run folder: {trainer.run_dir}")
         if best_test is not None:
             stop = (
                 f"stopped early at step {trainer.step}"
                 if early
                 else f"ended at step {trainer.step}"
             )
-            print(
+            say(
                 f"val {label}: {p.best_score:.4f} (best, step {p.best_step}); test {label}: "
                 f"{best_test:.4f} (best.pt, the model chosen on validation; {stop}, "
                 f"final model's test {p.last_test_score:.4f})"
             )
         elif trainer.selection == "val":
-            print(
+            say(
                 f"val {label}: {p.last_val_score:.4f} (best {p.best_score:.4f}); "
                 f"test {label}: {p.last_test_score:.4f} (final model, step {trainer.step})"
             )
         else:
-            print(
+            say(
                 f"test {label}: {p.last_test_score:.4f} (best {p.best_score:.4f}, step "
                 f"{trainer.step}; no validation split: best.pt was chosen on test)"
             )
         if trainer.model.num_classes > 0:
-            print(f"(class-conditional: every {label} above is of p(x|y), given the label)")
-        print(f"best checkpoint: {best}")
+            say(f"(class-conditional: every {label} above is of p(x|y), given the label)")
+        say(f"best checkpoint: {best}")
         if samples is not None:
-            print(f"samples: {samples}")
+            say(f"samples: {samples}")
     return result(trainer, interrupted, best_test, early)
 
 
-def _test_of_best(trainer: Any, best: Path) -> float | None:
+def _test_of_best(trainer: LoopTrainer, best: Path) -> float | None:
     """The test figure of the weights chosen on validation, loaded into the evaluation
     model (the EMA's when there is one), which then stays at them; ``None`` without a
     finite validation figure. The weights come from memory, or from ``best`` after a
@@ -318,7 +324,7 @@ def _test_of_best(trainer: Any, best: Path) -> float | None:
 
 
 def result(
-    trainer: Any, interrupted: bool, best_test: float | None = None, early: bool = False
+    trainer: LoopTrainer, interrupted: bool, best_test: float | None = None, early: bool = False
 ) -> TrainResult:
     """The :class:`TrainResult` of the run as it stands."""
     p, best = trainer.progress, trainer.run_dir / "best.pt"

@@ -1,6 +1,7 @@
 """How a ``glow-train`` command line continues a run: ``ckpt=<file>`` (the checkpoint's
 config plus this command line's overrides), ``ckpt=auto`` (a requeued job's own
-folder) and the figure a finished task returns to a Hydra sweeper."""
+folder). (The figure a finished task returns to a Hydra sweeper is
+:func:`glow_train.cli.train.sweep_objective`.)"""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glow_train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from glow_train.training.loop import TrainResult
 
-__all__ = ["resume_config", "auto_resume", "finished_run", "sweep_objective"]
+__all__ = ["resume_config", "auto_resume", "finished_run"]
 
 
 def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]) -> DictConfig:
@@ -75,18 +75,3 @@ def finished_run(cfg: DictConfig) -> tuple[str, float | None] | None:
         f"{cfg.train.max_steps}, train.max_epochs={cfg.train.max_epochs}){shown}: nothing to do"
     )
     return line, value
-
-
-def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
-    """What the task returns to a sweeper: the final model's validation figure, or its
-    test figure when there is no validation split (said so under ``-m``); ``nan`` (a
-    failed trial) for a run stopped by a signal before its end."""
-    value = result.last_val_score if result.selection == "val" else result.last_test_score
-    if result.interrupted:
-        if multirun:
-            print("objective for the sweeper: nan (interrupted before the end: a failed trial)")
-        return float("nan")
-    if multirun:
-        why = "" if result.selection == "val" else " (no validation split: the test figure)"
-        print(f"objective for the sweeper: {result.selection} {result.metric} {value:.4f}{why}")
-    return value

@@ -112,7 +112,7 @@ def train(
                 if trainer.class_weight > 0:
                     items += f"; train bpd includes {trainer.class_weight:g} x class bits"
             preset = f"preset {cfg.preset}" if cfg.preset else "no preset"
-            print(
+            trainer.monitor.log(
                 f"{start}: {cfg.dataset.name}, {preset} ({len(trainer.train_set)} train / {val}"
                 f"{len(trainer.test_set)} test {items}), "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters, "

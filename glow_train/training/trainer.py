@@ -17,15 +17,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from glow_train.checkpoint import save_checkpoint
-from glow_train.config import parse_duration
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
 from glow_train.data.registry import train_and_validation
 from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
 from glow_train.errors import ConfigError, NonFiniteError
-from glow_train.evaluate import evaluate_objective
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
 from glow_train.precision import resolve_precision
+from glow_train.scoring import evaluate_objective
 from glow_train.training.checks import check_config, fitted_batch_size
 from glow_train.training.loop import TrainingDiverged, TrainResult, fit
 from glow_train.training.monitor import Monitor
@@ -33,6 +32,7 @@ from glow_train.training.optim import Optimization, StepOutcome
 from glow_train.training.schedule import total_steps
 from glow_train.training.sizing import auto_keys, resolve_auto
 from glow_train.training.state import Progress, checkpoint_state, restore
+from glow_train.validate import parse_duration
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
 

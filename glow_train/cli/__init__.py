@@ -1,4 +1,8 @@
-"""The console scripts' entry points: ``glow-train``, ``glow-sample``, ``glow-eval``.
+"""The command-line layer: the console scripts' entry points, ``glow-train``,
+``glow-sample`` and ``glow-eval``, one module per command (:mod:`~glow_train.cli.train`,
+:mod:`~glow_train.cli.sample`, :mod:`~glow_train.cli.eval`), each a Hydra app that
+calls one library function and prints what it returns; what they share is in
+:mod:`~glow_train.cli.common`.
 
 Ctrl-C at any moment, start-up included, ends with one line
 (``glow-train: aborted``) and exit status 130. The command line is checked against
@@ -16,11 +20,11 @@ from importlib import import_module
 
 __all__ = ["train_main", "sample_main", "eval_main"]
 
-#: what each command loads before it runs (its slow imports)
+#: what each command loads before it runs (its slow imports); the first is its app's module
 _MODULES = {
-    "train": ("glow_train.commands", "glow_train.training", "torch.utils.tensorboard"),
-    "sample": ("glow_train.commands", "glow_train.sample"),
-    "eval": ("glow_train.commands", "glow_train.evaluate"),
+    "train": ("glow_train.cli.train", "glow_train.training", "torch.utils.tensorboard"),
+    "sample": ("glow_train.cli.sample", "glow_train.sampling"),
+    "eval": ("glow_train.cli.eval", "glow_train.evaluate", "glow_train.ood"),
 }
 
 
@@ -68,14 +72,12 @@ def _run(config_name: str, prog: str) -> None:
     keep_freed_memory()  # before the first tensor: see glow_train.runtime
     _warnings_as_lines(prog)
     try:
-        from glow_train.command_line import check_command_line  # Hydra, OmegaConf: light
+        from glow_train.cli.common import check_command_line  # Hydra, OmegaConf: light
 
         check_command_line(config_name, prog)
         if not _hydra_only(sys.argv[1:]):
             _load(config_name)
-        from glow_train.commands import APPS
-
-        APPS[config_name]()
+        import_module(_MODULES[config_name][0]).app()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)

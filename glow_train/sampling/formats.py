@@ -28,6 +28,7 @@ __all__ = [
     "ImageSamples",
     "TableSamples",
     "sample_format",
+    "WRITERS",
     "image_format",
     "writable_extensions",
     "output_names",
@@ -163,6 +164,10 @@ def temperature_column(columns: list[str]) -> str:
     return name
 
 
+#: the kind of data (:attr:`DataSpec.kind`) -> the class that writes its samples
+WRITERS: dict[str, type] = {"image": ImageSamples, "vector": TableSamples}
+
+
 def sample_format(spec: DataSpec, **options: Any) -> ImageSamples | TableSamples:
     """The writer of samples of data described by ``spec``."""
-    return {"image": ImageSamples, "vector": TableSamples}[spec.kind](spec, **options)
+    return WRITERS[spec.kind](spec, **options)

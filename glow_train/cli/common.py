@@ -1,20 +1,30 @@
-"""The command line, checked before Hydra runs an app: one line and exit status 2 for a
-value of the wrong type, an unknown key or an option another command takes.
+"""What the three commands share: the command line, checked before Hydra runs an app
+(one line and exit status 2 for a value of the wrong type, an unknown key or an option
+another command takes), one-line errors, and the checkpoint that ``ckpt=`` names.
 
-Imports only Hydra and OmegaConf (no PyTorch), so these answers come at once. It also
-lets Hydra find this project's sweeper (:mod:`hydra_plugins.glow_train_sweeper`).
+Each command is one module of this package (:mod:`glow_train.cli.train`,
+:mod:`glow_train.cli.sample`, :mod:`glow_train.cli.eval`): a Hydra app that turns
+the composed config into plain arguments, calls one library function and prints
+what it returns. Errors the user can fix (:class:`glow_train.errors.GlowError`,
+and a command line the typed configs refuse) print one line and exit with status
+2. This module imports only Hydra and OmegaConf (no PyTorch), so these answers
+come at once. It also lets Hydra find this project's sweeper
+(:mod:`hydra_plugins.glow_train_sweeper`).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
+from glow_train.errors import CheckpointError, GlowError
 
 __all__ = [
     "check_command_line",
@@ -23,6 +33,11 @@ __all__ = [
     "CONFIG_PATH",
     "GROUPS",
     "OPTIONS",
+    "report",
+    "plain",
+    "require_ckpt",
+    "say_precision",
+    "say_which",
 ]
 
 
@@ -44,7 +59,7 @@ def make_sweeper_visible() -> None:
     import hydra_plugins
     from hydra_plugins.glow_train_sweeper import glow_sweeper
 
-    own = Path(__file__).resolve().parent.parent / "hydra_plugins"
+    own = Path(__file__).resolve().parents[2] / "hydra_plugins"  # beside glow_train/
     if (own / "glow_train_sweeper").is_dir() and str(own) not in list(hydra_plugins.__path__):
         hydra_plugins.__path__.append(str(own))
     if Plugins in Singleton._instances:  # scanned already, perhaps without the sweeper
@@ -130,3 +145,57 @@ def _shared_overrides(overrides: list[str]) -> list[str]:
         for o in parsed
         if not o.is_sweep_override() and not o.is_hydra_override() and o.input_line
     ]
+
+
+def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:
+    """Run ``fn``; a user-fixable error is one line and exit status 2, or with
+    ``exit_on_error=False`` (one job of a sweep) one line and ``False``. (Ctrl-C is
+    handled once, in :mod:`glow_train.cli`, around the imports and the whole run.)"""
+    try:
+        fn()
+        return True
+    except GlowError as err:
+        message = str(err)
+    except OSError as err:  # e.g. an output path under a file, a read-only folder
+        message = f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    if exit_on_error:
+        sys.exit(2)
+    return False
+
+
+def plain(value: object) -> object:
+    """OmegaConf containers -> plain lists and dicts; everything else unchanged."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def require_ckpt(cfg: DictConfig, prog: str) -> str:
+    """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
+    ``last.pt``), which :func:`say_which` reports once the command succeeded."""
+    from glow_train.inference import resolve_checkpoint  # PyTorch on use
+
+    if cfg.ckpt is None:
+        raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
+    return str(resolve_checkpoint(cfg.ckpt))
+
+
+def say_precision(cfg: DictConfig, prog: str) -> None:
+    """On stderr, once the command succeeded (an error stays one line), the precision
+    ``precision=`` resolved to on ``device=``, e.g. ``glow-sample: precision auto -> bf16
+    (CPU has native bf16)``; nothing for an explicit fp32 (glow-eval's default)."""
+    if cfg.precision == "fp32":
+        return
+    from glow_train.distributed import resolve_device
+    from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
+
+    device = resolve_device(str(cfg.device))
+    chosen = resolve_precision(str(cfg.precision), device, INFERENCE_PRECISIONS)
+    print(f"{prog}: {chosen.describe()}", file=sys.stderr)
+
+
+def say_which(cfg: DictConfig, used: str, prog: str) -> None:
+    """On stderr, which checkpoint of a run folder was used (stdout stays the results)."""
+    if used != str(cfg.ckpt):
+        print(f"{prog}: used {used}", file=sys.stderr)

@@ -12,7 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from glow_train.errors import ConfigError, require_int
+from glow_train.errors import ConfigError
+from glow_train.validate import require_int
 
 __all__ = [
     "as_dict",

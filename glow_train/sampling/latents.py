@@ -31,10 +31,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glow_train.data import Batch, build_dataset, collate, source
+from glow_train.data.labels import dataset_labels
 from glow_train.data.transforms import ToUint8
 from glow_train.errors import ConfigError, DataError
 from glow_train.objective import Objective
-from glow_train.sample import class_index
+from glow_train.sampling.images import class_index
 
 __all__ = [
     "INTERPOLATIONS",
@@ -111,19 +112,6 @@ def interpolate(
 # ------------------------------------------------------------------------- attributes
 
 
-def _labels(dataset: Dataset, limit: int) -> Tensor:
-    """The first ``limit`` labels, from the dataset's label list when it keeps one
-    (in-memory images, class folders, torchvision's ``targets``) rather than by
-    decoding every image."""
-    n = min(limit, len(dataset))
-    for owner in (dataset, getattr(dataset, "source", None)):
-        for name in ("labels", "targets"):
-            values = getattr(owner, name, None)
-            if values is not None and len(values) == len(dataset):
-                return torch.as_tensor(values[:n]).long()
-    return torch.tensor([dataset[i][1] for i in range(n)])
-
-
 def attribute_mask(
     dataset: Dataset, attribute: str, limit: int | None = None
 ) -> tuple[str, Tensor]:
@@ -151,7 +139,7 @@ def attribute_mask(
             f"unknown attribute {attribute!r}; the attributes of this data are its classes: "
             f"{', '.join(classes)}"
         )
-    return str(attribute), _labels(dataset, limit) == classes.index(str(attribute))
+    return str(attribute), dataset_labels(dataset, limit) == classes.index(str(attribute))
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
-"""Sampling: temperature-scaled latents decoded to image grids (CSV tables for vectors).
+"""Plain samples and class grids: temperature-scaled latents decoded to image grids
+(CSV tables for vectors).
 
 ``sample_images`` and ``sample_grid`` are the library functions the trainer uses;
-:func:`sample` is what ``glow-sample`` calls: checkpoint in, PNG files out.
+:func:`sample` is ``glow-sample``'s ``mode=sample``: checkpoint in, PNG files out.
 Latents are drawn from the learned priors with their standard deviations
 multiplied by the temperature (Kingma & Dhariwal 2018, section 5: ``T = 0.7``
 trades diversity for fidelity; ``T = 0`` decodes the priors' means). The
@@ -18,15 +19,12 @@ from pathlib import Path
 
 import torch
 
-from glow_train.checkpoint import resolve_checkpoint
 from glow_train.config import SampleConfig, fill_defaults
-from glow_train.data.spec import DataSpec
-from glow_train.distributed import resolve_device
-from glow_train.errors import ConfigError, require_int, require_numbers
-from glow_train.objective import Objective, load_objective
+from glow_train.errors import ConfigError
+from glow_train.inference import load, resolve_checkpoint
+from glow_train.objective import Objective
 from glow_train.outputs import claim_outputs, sample_targets, write_atomic
-from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
-from glow_train.sample_formats import (
+from glow_train.sampling.formats import (
     TableSamples,
     image_format,
     output_names,
@@ -35,6 +33,7 @@ from glow_train.sample_formats import (
     temperature_column,
     writable_extensions,
 )
+from glow_train.validate import require_int, require_numbers
 
 __all__ = [
     "sample_images",
@@ -284,11 +283,10 @@ def sample(
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout == "grids":
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
-    ckpt = resolve_checkpoint(ckpt, ("best.pt", "last.pt"))
-    device = resolve_device(device if device is not None else opts.device)
-    chosen = resolve_precision(opts.precision, device, INFERENCE_PRECISIONS)
-    objective, info = load_objective(ckpt, ema=opts.ema, device=device)
-    spec = DataSpec.from_dict(info["data"])
+    ckpt = resolve_checkpoint(ckpt)
+    device = device if device is not None else opts.device
+    loaded = load(ckpt, ema=opts.ema, device=device, precision=opts.precision)
+    objective, spec = loaded.objective, loaded.spec
     writer = sample_format(spec, padding=padding, nrow=nrow)
     if start_price is not None:
         if spec.transform != "log_return":
@@ -308,15 +306,14 @@ def sample(
     targets = sample_targets(ckpt, names, out, writer.suffix, extensions)
     if start_price is not None:
         targets += [replace(t, path=prices_path(t.path)) for t in targets]
-    dataset = (info.get("config") or {}).get("dataset")
+    dataset = (loaded.info.get("config") or {}).get("dataset")
     paths = claim_outputs(targets, out, opts.overwrite, ckpt, [dataset])[: len(names)]
-    autocast = chosen.autocast(device.type)
     if isinstance(writer, TableSamples):
-        with autocast:
+        with loaded.autocast():
             return _write_tables(
                 objective, writer, paths, n, temperatures, layout, seed, batch_size, start_price
             )
-    with autocast:
+    with loaded.autocast():
         if layout == "grids":
             drawn = sample_grid(
                 objective, count, temperatures, seed, nrow, padding, batch_size, labels

@@ -1,0 +1,163 @@
+"""From a checkpoint to a ready objective: the one path every reader of a checkpoint takes.
+
+``glow-eval`` (figures and ``ood=``), ``glow-sample`` in every mode and the Python
+API all call :func:`load`: it resolves a run folder to its checkpoint file,
+rebuilds the model (:meth:`glow_train.models.FlowModel.from_state`), the
+dequantiser, the standardisation and the class head from the file's own records,
+takes the EMA weights when asked and present, puts everything on the device in
+eval mode, and carries the precision the caller runs it in
+(:meth:`Loaded.autocast`).
+
+The file format itself is :mod:`glow_train.checkpoint`'s; this module is the
+only one that turns it into modules.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glow_train.checkpoint import load_checkpoint, model_config, objective_weights
+from glow_train.checkpoint import resolve_checkpoint as resolve
+from glow_train.data.registry import validate_dataset_config
+from glow_train.data.spec import DataSpec
+from glow_train.dequantize import build_dequantizer
+from glow_train.distributed import resolve_device
+from glow_train.errors import CheckpointError
+from glow_train.flows.standardize import Standardize
+from glow_train.models.base import FlowModel
+from glow_train.models.registry import MODELS
+from glow_train.objective import ClassHead, Objective
+from glow_train.precision import INFERENCE_PRECISIONS, Precision, resolve_precision
+
+__all__ = [
+    "Loaded",
+    "load",
+    "load_objective",
+    "load_model",
+    "resolve_checkpoint",
+]
+
+#: the files of a run folder a reader takes, in order of preference
+PREFERRED = ("best.pt", "last.pt")
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a run folder its ``best.pt`` (else ``last.pt``)."""
+    return resolve(path, PREFERRED)
+
+
+@dataclass
+class Loaded:
+    """A checkpoint ready to use: the objective (eval mode, on ``device``), the
+    checkpoint's other entries (``info``: ``config``, ``step``, ``data``, ...,
+    ``ema_used``), the file it came from and the precision to run it in
+    (:class:`glow_train.precision.Precision`, ``auto`` resolved for the device)."""
+
+    objective: Objective
+    info: dict[str, Any]
+    path: Path
+    device: torch.device
+    precision: Precision
+
+    @property
+    def flow(self) -> FlowModel:
+        return self.objective.flow
+
+    @property
+    def spec(self) -> DataSpec:
+        """The training data's description, as recorded in the checkpoint."""
+        return DataSpec.from_dict(self.info["data"])
+
+    def autocast(self) -> AbstractContextManager:
+        """``bf16``: the coupling networks under bf16 autocast (the priors, the 1x1
+        convolutions and the stream between layers stay fp32); ``fp32``: nothing."""
+        return self.precision.autocast(self.device.type)
+
+    def dataset_config(self) -> dict[str, Any]:
+        """The checkpoint's dataset config, checked (:func:`validate_dataset_config`)."""
+        return validate_dataset_config(self.eval_settings()[0])
+
+    def eval_settings(self) -> tuple[dict[str, Any], int]:
+        """The checkpoint's (unchecked) dataset config and its ``train.eval_seed``."""
+        config = self.info.get("config") or {}
+        try:
+            return config["dataset"], int(config["train"]["eval_seed"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{self.path} has no config.dataset or config.train.eval_seed; not a glow-train run"
+            ) from err
+
+
+def load(
+    ckpt: str | os.PathLike,
+    *,
+    ema: bool = True,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> Loaded:
+    """The checkpoint ``ckpt`` (a file, or a run folder: its ``best.pt``, else
+    ``last.pt``) as a :class:`Loaded`.
+
+    Args:
+        ema: use the EMA weights when the checkpoint has them.
+        device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
+        precision: ``fp32``, ``bf16`` or ``auto`` (:func:`glow_train.precision.resolve_precision`;
+            :meth:`Loaded.autocast`).
+
+    Raises:
+        ConfigError: an unknown device or precision. CheckpointError: a missing,
+            foreign or unusable checkpoint.
+    """
+    device = resolve_device(device)
+    chosen = resolve_precision(precision, device, INFERENCE_PRECISIONS)
+    path = resolve_checkpoint(ckpt)
+    objective, info = load_objective(path, ema=ema, device=device)
+    return Loaded(objective, info, path, device, chosen)
+
+
+def load_objective(
+    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[Objective, dict[str, Any]]:
+    """A checkpoint's objective (its model and dequantiser) in eval mode, and the
+    checkpoint's entries other than the weights and optimiser (``config``, ``step``,
+    ``data``, ...). Every failure is one :class:`CheckpointError`."""
+    state = load_checkpoint(path)
+    name, _ = model_config(state, path)
+    if name not in MODELS:
+        raise CheckpointError(f"{path} holds an unknown model {name!r}")
+    flow = MODELS[name].from_state(state, path, ema)
+    try:
+        settings = dict(state["objective_config"])
+        own = ("dequantizer", "n_bits", "standardize", "class_head")
+        extra = {k: v for k, v in settings.items() if k not in own}
+        dequantizer = build_dequantizer(settings["dequantizer"], settings["n_bits"], **extra)
+        dequantizer.load_state_dict(objective_weights(state, ema, "dequantizer"))
+        standardize = None
+        if settings.get("standardize") is not None:
+            standardize = Standardize.placeholder(int(settings["standardize"]))
+            standardize.load_state_dict(objective_weights(state, ema, "standardize"))
+        class_head = None
+        if settings.get("class_head") is not None:
+            class_head = ClassHead(*settings["class_head"])
+            class_head.load_state_dict(objective_weights(state, ema, "class_head"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the dequantiser ({err})") from err
+    info = {k: v for k, v in state.items() if k not in ("objective", "ema", "optimizer", "scaler")}
+    info["ema_used"] = bool(ema and state.get("ema") is not None)
+    objective = Objective(flow, dequantizer, standardize, class_head)
+    return objective.to(device).eval(), info
+
+
+def load_model(
+    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[FlowModel, dict[str, Any]]:
+    """Whatever model a checkpoint holds (in eval mode) and the checkpoint's other
+    entries, as :func:`load_objective` gives them."""
+    objective, info = load_objective(path, ema, device)
+    return objective.flow, info

@@ -1,0 +1,59 @@
+"""Sampling: plain samples, class grids, latent-space modes and the files they write.
+
+- ``images``: samples drawn from the priors at a temperature, grids and rows, the
+  class of each image (:func:`sample` is ``glow-sample``'s ``mode=sample``);
+- ``formats``: how samples are written for each kind of data (image grids, CSV
+  tables) and where (:func:`~glow_train.sampling.formats.output_paths`);
+- ``latents``: encoding, decoding, interpolation and attribute directions;
+- ``modes``: the registry of ``glow-sample mode=...`` (:data:`MODES`, :func:`run_mode`)
+  and the latent-space modes.
+
+A new mode is one function ``(ckpt, **options)`` in :mod:`glow_train.sampling.modes`
+and its entry in :data:`MODES`; a new kind of output, one writer class in
+:mod:`glow_train.sampling.formats` and its entry in ``WRITERS``. Every public
+function takes ``None`` for "the value in ``configs/sample.yaml``".
+"""
+
+from glow_train.sampling.formats import WRITERS, ImageSamples, TableSamples, sample_format
+from glow_train.sampling.images import (
+    LAYOUTS,
+    class_choice,
+    class_index,
+    sample,
+    sample_grid,
+    sample_images,
+    sample_rows,
+)
+from glow_train.sampling.latents import INTERPOLATIONS, decode, encode, interpolate
+from glow_train.sampling.modes import (
+    MODES,
+    Written,
+    interpolate_strip,
+    manipulate_strip,
+    run_mode,
+    save_direction,
+)
+
+__all__ = [
+    "INTERPOLATIONS",
+    "LAYOUTS",
+    "MODES",
+    "WRITERS",
+    "ImageSamples",
+    "TableSamples",
+    "Written",
+    "class_choice",
+    "class_index",
+    "decode",
+    "encode",
+    "interpolate",
+    "interpolate_strip",
+    "manipulate_strip",
+    "run_mode",
+    "sample",
+    "sample_format",
+    "sample_grid",
+    "sample_images",
+    "sample_rows",
+    "save_direction",
+]

@@ -1,0 +1,279 @@
+"""``glow-sample mode=...``: the registry of sampling modes, and the latent-space ones.
+
+Every mode is one function ``(ckpt, **options) -> Written`` (or a list of written
+paths) registered in :data:`MODES` under its ``mode=`` name; :func:`run_mode`
+passes it the options its signature names, out of ``glow-sample``'s config.
+Each takes ``None`` for "the value in ``configs/sample.yaml``" and loads the
+checkpoint through :func:`glow_train.inference.load`.
+
+- ``sample``: grids of samples (:func:`glow_train.sampling.images.sample`);
+- ``interpolate``, ``direction``, ``manipulate``: the latent-space modes below;
+  the mathematics is in :mod:`glow_train.sampling.latents`. They write strips
+  (PNG, one row) and direction files (``torch.save`` of a dict, beside the checkpoint).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from glow_train.config import SampleConfig, fill_defaults
+from glow_train.errors import CheckpointError, ConfigError
+from glow_train.inference import Loaded, load, resolve_checkpoint
+from glow_train.outputs import claim_outputs, strip_target, write_atomic
+from glow_train.sampling.formats import image_format, writable_extensions
+from glow_train.sampling.images import sample
+from glow_train.sampling.latents import (
+    attribute_direction,
+    decode,
+    direction_path,
+    encode,
+    interpolate,
+    load_inputs,
+    source_dataset,
+)
+from glow_train.validate import require_int, require_numbers
+
+__all__ = [
+    "MODES",
+    "Written",
+    "run_mode",
+    "interpolate_strip",
+    "save_direction",
+    "manipulate_strip",
+]
+
+
+@dataclass
+class Written:
+    """What a mode wrote (``paths``) and anything else it has to say (``notes``)."""
+
+    paths: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def run_mode(mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any]) -> Written:
+    """Run ``MODES[mode]`` on ``ckpt`` with the ``options`` its signature takes (the rest of
+    ``glow-sample``'s keys are for other modes)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    function = MODES[mode]
+    accepted = inspect.signature(function).parameters
+    result = function(ckpt, **{k: v for k, v in options.items() if k in accepted})
+    return result if isinstance(result, Written) else Written(list(result))
+
+
+def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
+    """The checkpoint (as ``opts`` say: device, EMA, precision) and its dataset config."""
+    loaded = load(ckpt, ema=opts.ema, device=opts.device, precision=opts.precision)
+    if loaded.info["data"]["kind"] != "image":
+        raise ConfigError("latent-space modes need an image model (model=glow)")
+    return loaded, loaded.dataset_config()
+
+
+def _options(**values: Any) -> Any:
+    """``values`` with each ``None`` replaced by ``configs/sample.yaml``'s value."""
+    return fill_defaults("sample", SampleConfig, **values)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def _tag(ref: Any) -> str:
+    """An input's name in a file name: ``test<index>`` or the image file's stem."""
+    return _safe(Path(str(ref)).stem if not str(ref).lstrip("-").isdigit() else f"test{ref}")
+
+
+def _claim_strip(
+    ckpt: Path, name: str, out: Any, overwrite: bool, data_cfg: dict, inputs: list[Any]
+) -> Path:
+    """Where a strip goes (:func:`glow_train.outputs.strip_target`), checked against the
+    output policy: never the checkpoint, the dataset's files or the input images."""
+    images = [(r, f"the input image {r}") for r in inputs if not str(r).lstrip("-").isdigit()]
+    target = strip_target(ckpt, name, out, writable_extensions())
+    return claim_outputs([target], out, overwrite, ckpt, [data_cfg], images)[0]
+
+
+def _write(path: Path, images: torch.Tensor, padding: int) -> Path:
+    from torchvision.utils import make_grid, save_image  # about a second to load: on use
+
+    grid = make_grid(images, nrow=len(images), padding=padding)
+    kind = image_format(path)
+    return write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))
+
+
+def interpolate_strip(
+    ckpt: str | os.PathLike,
+    a: Any = None,
+    b: Any = None,
+    *,
+    steps: int | None = None,
+    interp: str | None = None,
+    y: Any = None,
+    padding: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+    precision: str | None = None,
+) -> Written:
+    """``mode=interpolate``: encode ``a`` and ``b`` (test-set indices or image files),
+    interpolate every level's latent in ``steps`` points and write the decoded strip
+    (one row)."""
+    if a is None or b is None:
+        raise ConfigError("mode=interpolate needs a= and b= (test-set indices or image files)")
+    opts = _options(
+        steps=steps,
+        interp=interp,
+        padding=padding,
+        ema=ema,
+        precision=precision,
+        overwrite=overwrite,
+    )
+    opts.device = str(device) if device is not None else opts.device
+    steps = require_int("steps", opts.steps, 2)
+    loaded, data_cfg = _load(ckpt, opts)
+    objective, ckpt = loaded.objective, loaded.path
+    batch = load_inputs([a, b], data_cfg, y, objective.flow.num_classes)
+    labels = objective.labels(batch)
+    if labels is not None and int(labels[0]) != int(labels[1]):
+        raise ConfigError(
+            f"a and b are of classes {int(labels[0])} and {int(labels[1])}; a class-conditional "
+            "model interpolates within one class (pick two images of one class, or pass y=)"
+        )
+    name = f"interp_{opts.interp}_{_tag(a)}_{_tag(b)}"
+    path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [a, b])
+    with loaded.autocast():
+        z = encode(objective, batch.x, labels)
+    za, zb = [l[:1] for l in z], [l[1:] for l in z]
+    mixed = interpolate(za, zb, steps, opts.interp)
+    y_all = None if labels is None else labels[:1].expand(steps)
+    with loaded.autocast():
+        images = decode(objective, mixed, y_all)
+    return Written([_write(path, images, opts.padding)])
+
+
+def save_direction(
+    ckpt: str | os.PathLike,
+    attribute: Any = None,
+    *,
+    max_images: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+    precision: str | None = None,
+) -> Written:
+    """``mode=direction``: compute the attribute's latent direction from the training
+    data and save it beside the checkpoint
+    (:func:`glow_train.sampling.latents.direction_path`), encoding ``batch_size``
+    images at a time (``None``: the dataset's ``eval_batch_size``). The note says how
+    many images it took with and without the attribute."""
+    if attribute is None:
+        raise ConfigError("mode=direction needs attribute= (a class, or a CelebA attribute)")
+    opts = _options(max_images=max_images, ema=ema, precision=precision)
+    opts.device = str(device) if device is not None else opts.device
+    max_images = require_int("max_images", opts.max_images, 2)
+    loaded, data_cfg = _load(ckpt, opts)
+    objective, ckpt = loaded.objective, loaded.path
+    dataset = source_dataset(data_cfg)
+    batch_size = require_int("batch_size", batch_size or data_cfg["eval_batch_size"], 1)
+    with loaded.autocast():
+        found = attribute_direction(objective, dataset, str(attribute), max_images, batch_size)
+    found.update(checkpoint=ckpt.name, dataset=data_cfg["name"])
+    path = direction_path(ckpt, found["attribute"])
+    write_atomic(path, lambda tmp: torch.save(found, tmp))
+    note = (
+        f"direction of {found['attribute']}: mean latent of {found['count_with']} images "
+        f"with it minus {found['count_without']} without"
+    )
+    return Written([path], [note])
+
+
+def manipulate_strip(
+    ckpt: str | os.PathLike,
+    attribute: Any = None,
+    image: Any = None,
+    *,
+    alpha: Any = None,
+    y: Any = None,
+    padding: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+    precision: str | None = None,
+) -> Written:
+    """``mode=manipulate``: encode ``image``, add ``alpha`` times the saved direction of
+    ``attribute`` for each ``alpha`` and write the decoded strip."""
+    if attribute is None or image is None:
+        raise ConfigError("mode=manipulate needs attribute= and image= (test-set index or file)")
+    opts = _options(alpha=alpha, padding=padding, ema=ema, precision=precision, overwrite=overwrite)
+    opts.device = str(device) if device is not None else opts.device
+    given = OmegaConf.to_container(opts.alpha) if OmegaConf.is_config(opts.alpha) else opts.alpha
+    alphas = require_numbers("alpha", given, "[-1,0,1]")
+    ckpt = resolve_checkpoint(ckpt)
+    path_in = direction_path(ckpt, str(attribute))
+    if not path_in.is_file():
+        raise CheckpointError(
+            f"no direction for {attribute} beside {ckpt} ({path_in}); compute it first: "
+            f"glow-sample ckpt={ckpt} mode=direction attribute={attribute}"
+        )
+    direction = torch.load(path_in, weights_only=True)
+    loaded, data_cfg = _load(ckpt, opts)
+    objective = loaded.objective
+    name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
+    path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [image])
+    batch = load_inputs([image], data_cfg, y, objective.flow.num_classes)
+    labels = objective.labels(batch)
+    with loaded.autocast():
+        z = encode(objective, batch.x, labels)
+    if [tuple(d.shape) for d in direction["levels"]] != [tuple(l.shape[1:]) for l in z]:
+        raise CheckpointError(f"{path_in} was computed for another model; compute it again")
+    _check_alphas(alphas, z, direction["levels"])
+    steps = torch.tensor(alphas)
+    edited = [
+        l + steps.view(-1, *([1] * (l.dim() - 1))).to(l) * d.to(l)
+        for l, d in zip(z, direction["levels"], strict=True)
+    ]
+    y_all = None if labels is None else labels.expand(len(alphas))
+    with loaded.autocast():
+        images = decode(objective, edited, y_all)
+    return Written([_write(path, images, opts.padding)])
+
+
+#: how far ``alpha`` may move the latent, in lengths of the image's own latent
+MAX_EDIT = 10.0
+
+
+def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch.Tensor]) -> None:
+    """Refuse an ``alpha`` that moves the latent more than :data:`MAX_EDIT` times its own
+    length: the decoded image no longer depends on the input and saturates."""
+    length = float(torch.sqrt(sum((l.double() ** 2).sum() for l in z)))
+    step = float(torch.sqrt(sum((d.double() ** 2).sum() for d in levels)))
+    if step == 0:
+        return
+    limit = MAX_EDIT * length / step
+    worst = max(alphas, key=abs)
+    if abs(worst) > limit:
+        raise ConfigError(
+            f"alpha={worst:g} moves the image's latent {abs(worst) * step / length:.3g} times "
+            f"its own length along the direction; the strip would be saturated: keep every "
+            f"alpha within +-{limit:.3g} (e.g. alpha=[-1,-0.5,0,0.5,1])"
+        )
+
+
+#: ``mode=`` name -> the function that runs it (:func:`run_mode`)
+MODES: dict[str, Callable[..., Written | list[Path]]] = {
+    "sample": sample,
+    "interpolate": interpolate_strip,
+    "direction": save_direction,
+    "manipulate": manipulate_strip,
+}
