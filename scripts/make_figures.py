@@ -77,21 +77,30 @@ def run(command: str, cwd: Path) -> tuple[str, float]:
 
 def final_line(stdout: str) -> dict[str, float]:
     """The trainer's last line: ``val <metric>: V (best B); test <metric>: T (final model,
-    step S)``."""
+    step S)``, or under early stopping ``val <metric>: B (best, step S); test <metric>: T
+    (best.pt, ...)``."""
     match = re.search(
         r"val (?:bpd|nats/dim): (\S+) \(best (\S+)\); test (?:bpd|nats/dim): (\S+) "
         r"\(final model, step (\d+)\)",
         stdout,
     )
+    if match is not None:
+        val, best, test, step = match.groups()
+        return {"val": float(val), "best": float(best), "test": float(test), "step": int(step)}
+    match = re.search(
+        r"val (?:bpd|nats/dim): (\S+) \(best, step (\d+)\); test (?:bpd|nats/dim): (\S+) "
+        r"\(best\.pt",
+        stdout,
+    )
     if match is None:
         sys.exit(f"make_figures: no final line in the trainer's output:\n{stdout[-2000:]}")
-    val, best, test, step = match.groups()
-    return {"val": float(val), "best": float(best), "test": float(test), "step": int(step)}
+    best, step, test = match.groups()
+    return {"val": float(best), "best": float(best), "test": float(test), "step": int(step)}
 
 
 def startup(stdout: str) -> str:
     """Device and precision from the trainer's start-up line (``device cpu, bf16``)."""
-    match = re.search(r"device (\S+), (fp32|bf16|fp16)", stdout)
+    match = re.search(r"device (\S+), (?:precision \S+ -> )?(fp32|bf16|fp16)", stdout)
     return f"{match.group(1)}, {match.group(2)}" if match else "unknown"
 
 
