@@ -29,9 +29,9 @@ from glow_train.inference import load
 from glow_train.objective import METRICS, Objective
 from glow_train.outputs import claim_outputs, eval_targets, write_atomic
 from glow_train.scoring import (
-    CLASS_PRIORS,
     EvalResult,
     batch_seed,
+    check_class_prior,
     class_prior,
     evaluate_objective,
     write_per_item_csv,
@@ -171,10 +171,7 @@ def evaluate(
     seed = require_int("seed", seed, 0, allow_none=True)
     batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    if opts.class_prior not in CLASS_PRIORS:
-        raise ConfigError(
-            f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
-        )
+    check_class_prior(opts.class_prior)
     loaded = load(
         ckpt,
         ema=opts.ema,

@@ -50,7 +50,7 @@ from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import eval_dataset, model_class_prior
 from glow_train.inference import load
 from glow_train.outputs import claim_outputs, ood_targets, write_atomic
-from glow_train.scoring import CLASS_PRIORS, EvalResult, evaluate_objective, write_per_item_csv
+from glow_train.scoring import EvalResult, check_class_prior, evaluate_objective, write_per_item_csv
 from glow_train.validate import require_int
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
@@ -163,10 +163,7 @@ def evaluate_ood(
     draws = require_int("draws", opts.draws, 1)
     if split not in ("test", "val", "train"):
         raise ConfigError(f"split must be one of test, val, train, got {split!r}")
-    if opts.class_prior not in CLASS_PRIORS:
-        raise ConfigError(
-            f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {opts.class_prior!r}"
-        )
+    check_class_prior(opts.class_prior)
     loaded = load(
         ckpt,
         ema=opts.ema,

@@ -45,11 +45,18 @@ __all__ = [
     "batch_seed",
     "class_prior",
     "CLASS_PRIORS",
+    "check_class_prior",
     "write_per_item_csv",
 ]
 
 #: the class priors p(y) of the marginal p(x) of a class-conditional model
 CLASS_PRIORS = ("uniform", "train")
+
+
+def check_class_prior(kind: str) -> None:
+    """Refuse a ``class_prior=`` other than those of :data:`CLASS_PRIORS`."""
+    if kind not in CLASS_PRIORS:
+        raise ConfigError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {kind!r}")
 
 
 @dataclass
@@ -83,8 +90,7 @@ def class_prior(kind: str, num_classes: int, train_set: Dataset | None = None) -
     Raises:
         ConfigError: an unknown ``kind``. DataError: a training split without labels.
     """
-    if kind not in CLASS_PRIORS:
-        raise ConfigError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {kind!r}")
+    check_class_prior(kind)
     if kind == "uniform":
         return torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
     labels = dataset_labels(train_set)
