@@ -132,7 +132,7 @@ def test_divergence_names_the_last_checkpoint_that_was_good(tmp_path):
     )
     trainer = Trainer(cfg, DistInfo(), tmp_path)
     trainer.prepare()
-    real_step = trainer.train_step
+    real_step = trainer.steps.train_step
 
     def step_then_break(*args, **kwargs):
         stats = real_step(*args, **kwargs)
@@ -141,7 +141,7 @@ def test_divergence_names_the_last_checkpoint_that_was_good(tmp_path):
                 trainer.model.top_prior.mean.fill_(float("nan"))
         return stats
 
-    trainer.train_step = step_then_break
+    trainer.steps.train_step = step_then_break  # what the loop calls
     with pytest.raises(TrainingDiverged, match=r"last good checkpoint: .*last.pt \(step 4\)"):
         trainer.fit()
     state = load_checkpoint(tmp_path / "last.pt")

@@ -218,13 +218,13 @@ def test_deferred_step_reads_each_outcome_one_step_later(tmp_path):
 
 def test_consecutive_bad_steps_stop_with_a_clear_message(tmp_path, monkeypatch):
     trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
-    real_prepare = trainer.prepare_batch
+    real_prepare = trainer.steps.prepare_batch
 
     def poisoned(batch, step):
         x, noise, y = real_prepare(batch, step)
         return x * float("inf"), noise, y
 
-    monkeypatch.setattr(trainer, "prepare_batch", poisoned)
+    monkeypatch.setattr(trainer.steps, "prepare_batch", poisoned)  # what the loop calls
     with pytest.raises(TrainingDiverged, match="3 consecutive steps .* learning rate"):
         trainer.fit()
     assert trainer.progress.skipped_steps == 3

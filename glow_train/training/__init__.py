@@ -13,7 +13,7 @@
 """
 
 from glow_train.training.checks import check_config
-from glow_train.training.loop import TrainingDiverged, TrainResult
+from glow_train.training.report import TrainingDiverged, TrainResult
 from glow_train.training.run import train
 from glow_train.training.trainer import Trainer, step_seed
 from glow_train.validate import parse_duration
