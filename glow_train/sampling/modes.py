@@ -1,12 +1,14 @@
 """``glow-sample mode=...``: the registry of sampling modes, and the latent-space ones.
 
 Every mode is one function ``(ckpt, **options) -> Written`` (or a list of written
-paths) registered in :data:`MODES` under its ``mode=`` name; :func:`run_mode`
-passes it the options its signature names, out of ``glow-sample``'s config.
-Each takes ``None`` for "the value in ``configs/sample.yaml``" and loads the
-checkpoint through :func:`glow_train.inference.load`.
+paths, :mod:`glow_train.modes`) registered in :data:`MODES` under its ``mode=``
+name; :func:`run_mode` passes it the options its signature names, out of
+``glow-sample``'s config. Each takes ``None`` for "the value in
+``configs/sample.yaml``".
 
 - ``sample``: grids of samples (:func:`glow_train.sampling.images.sample`);
+- ``forecast``: paths of a series model with a context (:func:`forecast_paths`,
+  over :func:`glow_train.forecast.forecast`);
 - ``interpolate``, ``direction``, ``manipulate``: the latent-space modes below;
   the mathematics is in :mod:`glow_train.sampling.latents`. They write strips
   (PNG, one row) and direction files (``torch.save`` of a dict, beside the checkpoint).
@@ -14,10 +16,8 @@ checkpoint through :func:`glow_train.inference.load`.
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,11 @@ import torch
 from omegaconf import OmegaConf
 
 from glow_train.config import SampleConfig, fill_defaults
+from glow_train.distributed import resolve_device
 from glow_train.errors import CheckpointError, ConfigError
+from glow_train.forecast import forecast
 from glow_train.inference import Loaded, load, resolve_checkpoint
+from glow_train.modes import Mode, Written, run_registered
 from glow_train.outputs import claim_outputs, strip_target, write_atomic
 from glow_train.sampling.formats import image_format, writable_extensions
 from glow_train.sampling.images import sample
@@ -45,29 +48,18 @@ __all__ = [
     "MODES",
     "Written",
     "run_mode",
+    "forecast_paths",
     "interpolate_strip",
     "save_direction",
     "manipulate_strip",
 ]
 
 
-@dataclass
-class Written:
-    """What a mode wrote (``paths``) and anything else it has to say (``notes``)."""
-
-    paths: list[Path]
-    notes: list[str] = field(default_factory=list)
-
-
 def run_mode(mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any]) -> Written:
     """Run ``MODES[mode]`` on ``ckpt`` with the ``options`` its signature takes (the rest of
     ``glow-sample``'s keys are for other modes)."""
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    function = MODES[mode]
-    accepted = inspect.signature(function).parameters
-    result = function(ckpt, **{k: v for k, v in options.items() if k in accepted})
-    return result if isinstance(result, Written) else Written(list(result))
+    unknown = f"mode must be one of {', '.join(MODES)}, got {mode!r}"
+    return run_registered(MODES, mode, ckpt, options, unknown)
 
 
 def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
@@ -108,6 +100,40 @@ def _write(path: Path, images: torch.Tensor, padding: int) -> Path:
     grid = make_grid(images, nrow=len(images), padding=padding)
     kind = image_format(path)
     return write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))
+
+
+def forecast_paths(
+    ckpt: str | os.PathLike,
+    horizon: int | None = None,
+    n: int | None = None,
+    *,
+    context_end: int | None = None,
+    seed: int | None = None,
+    out: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+) -> Written:
+    """``mode=forecast``: ``n`` paths of ``horizon`` steps of a series model with a
+    context, written as ``forecast.csv`` and the fan chart ``forecast.png``
+    (:func:`glow_train.forecast.forecast`)."""
+    opts = _options(horizon=horizon, n=n, context_end=context_end, seed=seed, ema=ema)
+    opts.device = str(device) if device is not None else opts.device
+    result = forecast(
+        ckpt,
+        opts.horizon,
+        opts.n,
+        context_end=opts.context_end,
+        seed=opts.seed,
+        out=out,
+        device=resolve_device(str(opts.device)),
+        ema=opts.ema,
+    )
+    units = "prices" if result.in_prices else "values"
+    text = [
+        f"{result.csv_path} ({opts.n} paths of {opts.horizon} steps, in {units})",
+        str(result.png_path),
+    ]
+    return Written([result.csv_path, result.png_path], text=text)
 
 
 def interpolate_strip(
@@ -271,9 +297,10 @@ def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch
 
 
 #: ``mode=`` name -> the function that runs it (:func:`run_mode`)
-MODES: dict[str, Callable[..., Written | list[Path]]] = {
+MODES: dict[str, Mode] = {
     "sample": sample,
     "interpolate": interpolate_strip,
     "direction": save_direction,
     "manipulate": manipulate_strip,
+    "forecast": forecast_paths,
 }
