@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from helpers import run_console
-from test_reliability import one_line_error
+from helpers import one_line_error, run_console
 from torchvision.utils import save_image
 
 from glow_train.cli import sample_main

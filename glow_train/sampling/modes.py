@@ -94,12 +94,32 @@ def _claim_strip(
     return claim_outputs([target], out, overwrite, ckpt, [data_cfg], images)[0]
 
 
-def _write(path: Path, images: torch.Tensor, padding: int) -> Path:
+def _encode_inputs(
+    loaded: Loaded, data_cfg: dict, refs: list[Any], y: Any
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The latents (one tensor per level) and labels of the input images ``refs``
+    (test-set indices or image files; ``y``: the class of a conditional model's file)."""
+    batch = load_inputs(refs, data_cfg, y, loaded.flow.num_classes)
+    labels = loaded.objective.labels(batch)
+    with loaded.autocast():
+        return encode(loaded.objective, batch.x, labels), labels
+
+
+def _decode_strip(
+    loaded: Loaded,
+    path: Path,
+    latents: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    padding: int,
+) -> Written:
+    """Decode ``latents`` (one image each) and write them as one row to ``path``."""
     from torchvision.utils import make_grid, save_image  # about a second to load: on use
 
+    with loaded.autocast():
+        images = decode(loaded.objective, latents, labels)
     grid = make_grid(images, nrow=len(images), padding=padding)
     kind = image_format(path)
-    return write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))
+    return Written([write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))])
 
 
 def forecast_paths(
@@ -167,9 +187,8 @@ def interpolate_strip(
     opts.device = str(device) if device is not None else opts.device
     steps = require_int("steps", opts.steps, 2)
     loaded, data_cfg = _load(ckpt, opts)
-    objective, ckpt = loaded.objective, loaded.path
-    batch = load_inputs([a, b], data_cfg, y, objective.flow.num_classes)
-    labels = objective.labels(batch)
+    ckpt = loaded.path
+    z, labels = _encode_inputs(loaded, data_cfg, [a, b], y)
     if labels is not None and int(labels[0]) != int(labels[1]):
         raise ConfigError(
             f"a and b are of classes {int(labels[0])} and {int(labels[1])}; a class-conditional "
@@ -177,14 +196,10 @@ def interpolate_strip(
         )
     name = f"interp_{opts.interp}_{_tag(a)}_{_tag(b)}"
     path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [a, b])
-    with loaded.autocast():
-        z = encode(objective, batch.x, labels)
     za, zb = [l[:1] for l in z], [l[1:] for l in z]
     mixed = interpolate(za, zb, steps, opts.interp)
     y_all = None if labels is None else labels[:1].expand(steps)
-    with loaded.autocast():
-        images = decode(objective, mixed, y_all)
-    return Written([_write(path, images, opts.padding)])
+    return _decode_strip(loaded, path, mixed, y_all, opts.padding)
 
 
 def save_direction(
@@ -254,13 +269,9 @@ def manipulate_strip(
         )
     direction = torch.load(path_in, weights_only=True)
     loaded, data_cfg = _load(ckpt, opts)
-    objective = loaded.objective
     name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
     path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [image])
-    batch = load_inputs([image], data_cfg, y, objective.flow.num_classes)
-    labels = objective.labels(batch)
-    with loaded.autocast():
-        z = encode(objective, batch.x, labels)
+    z, labels = _encode_inputs(loaded, data_cfg, [image], y)
     if [tuple(d.shape) for d in direction["levels"]] != [tuple(l.shape[1:]) for l in z]:
         raise CheckpointError(f"{path_in} was computed for another model; compute it again")
     _check_alphas(alphas, z, direction["levels"])
@@ -270,9 +281,7 @@ def manipulate_strip(
         for l, d in zip(z, direction["levels"], strict=True)
     ]
     y_all = None if labels is None else labels.expand(len(alphas))
-    with loaded.autocast():
-        images = decode(objective, edited, y_all)
-    return Written([_write(path, images, opts.padding)])
+    return _decode_strip(loaded, path, edited, y_all, opts.padding)
 
 
 #: how far ``alpha`` may move the latent, in lengths of the image's own latent
