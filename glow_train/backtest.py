@@ -42,7 +42,7 @@ from glow_train.data.checks import split_count
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
-from glow_train.inference import load_objective
+from glow_train.forecast import context_model, draw_given
 
 __all__ = ["backtest", "kupiec", "christoffersen", "var_es", "LEVELS"]
 
@@ -111,18 +111,12 @@ def _summary(returns: np.ndarray, var: np.ndarray, es: np.ndarray, level: float)
 @torch.no_grad()
 def model_draws(flow, spec: DataSpec, contexts: np.ndarray, samples: int, seed: int) -> np.ndarray:
     """``(T, samples)`` draws of the first series' next value given each context ``(T, C·c)``."""
-    cd = spec.context_dims
-    loc = torch.tensor(spec.loc, dtype=torch.float64)
-    scale = torch.tensor(spec.scale, dtype=torch.float64)
-    device = next(flow.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(next(flow.parameters()).device).manual_seed(seed)
     out = np.empty((len(contexts), samples))
     chunk = max(1, 65536 // samples)
     for i in range(0, len(contexts), chunk):
-        ctx = torch.from_numpy(contexts[i : i + chunk]).double()
-        ctx = ((ctx - loc[:cd]) / scale[:cd]).float().repeat_interleave(samples, dim=0)
-        x = flow.sample_given(ctx.to(device), 1.0, generator).double().cpu()
-        first = x[:, 0] * scale[cd] + loc[cd]  # the first value of the window, first column
+        ctx = torch.from_numpy(contexts[i : i + chunk]).double().repeat_interleave(samples, dim=0)
+        first = draw_given(flow, spec, ctx, generator)[:, 0]  # the window's first value, column
         out[i : i + chunk] = first.view(-1, samples).numpy()
     return out
 
@@ -171,13 +165,13 @@ def backtest(
     """
     if samples < 100:
         raise ConfigError(f"backtest_samples={samples}: use at least 100 draws per step")
-    objective, info = load_objective(ckpt, ema, device)
-    flow, spec = objective.flow, DataSpec.from_dict(info["data"])
-    if not getattr(flow, "context_dims", 0) or not spec.context:
-        raise ConfigError(
-            f"ckpt={ckpt} is a model without a context; backtest=var needs one trained with "
-            "dataset.context=C (each step's risk is forecast from the C values before it)"
-        )
+    flow, spec, info = context_model(
+        ckpt,
+        ema,
+        device,
+        "backtest=var",
+        "each step's risk is forecast from the C values before it",
+    )
     cfg = info["config"]["dataset"]
     columns, values, _ = series_values(cfg)
     total, context = len(values), int(spec.context)

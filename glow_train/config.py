@@ -194,7 +194,7 @@ class SampleConfig:
     precision: str = MISSING
     start_price: float | None = None
     y: Any = None  # a class, "all" or null; checked by glow_train.sampling.class_choice
-    mode: str = MISSING  # sample|interpolate|direction|manipulate (glow_train.sampling.modes.MODES)
+    mode: str = MISSING  # sample|interpolate|direction|manipulate|forecast (sampling.modes.MODES)
     a: Any = None  # interpolate: test-set indices or image files
     b: Any = None
     steps: int = MISSING
@@ -227,7 +227,7 @@ class EvalConfig:
     ood_train_images: int = MISSING
     class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
     precision: str = MISSING  # fp32|bf16|auto (glow_train.precision)
-    backtest: str | None = None  # var: the risk backtest of a series model (glow_train.backtest)
+    backtest: str | None = None  # var: the risk backtest of a series model (eval_modes.BACKTESTS)
     backtest_samples: int = MISSING
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config

@@ -21,17 +21,16 @@ from typing import Any
 import torch
 
 from glow_train.config import EvalConfig, fill_defaults
-from glow_train.data import SPLITS, DataSpec, build_dataset, describe_dataset
+from glow_train.data import DataSpec, build_dataset, describe_dataset
 from glow_train.data import validate_dataset_config as check_dataset
 from glow_train.dequantize import build_dequantizer
 from glow_train.errors import ConfigError, DataError, NonFiniteError
-from glow_train.inference import load
+from glow_train.inference import load_to_score
 from glow_train.objective import METRICS, Objective
 from glow_train.outputs import claim_outputs, eval_targets, write_atomic
 from glow_train.scoring import (
     EvalResult,
     batch_seed,
-    check_class_prior,
     class_prior,
     evaluate_objective,
     write_per_item_csv,
@@ -165,28 +164,17 @@ def evaluate(
         precision=precision,
         overwrite=overwrite,
     )
-    if opts.split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
-    draws = require_int("draws", opts.draws, 1)
-    seed = require_int("seed", seed, 0, allow_none=True)
-    batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
     n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    check_class_prior(opts.class_prior)
-    loaded = load(
-        ckpt,
-        ema=opts.ema,
-        device=device if device is not None else opts.device,
-        precision=opts.precision,
-    )
+    scoring = load_to_score(ckpt, opts, device, seed, batch_size)
+    loaded, checkpoint_dataset = scoring.loaded, scoring.dataset
+    seed, draws, batch_size = scoring.seed, scoring.draws, scoring.batch_size
     objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
-    checkpoint_dataset, checkpoint_seed = loaded.eval_settings()
     data_cfg = eval_dataset(checkpoint_dataset, dataset, dataset_overrides)
     spec = describe_dataset(data_cfg)
     shape = spec.shape
     model_shape = tuple(info["data"]["shape"])
     if shape != model_shape or spec.kind != info["data"]["kind"]:
         raise ConfigError(spec.mismatch_message(data_cfg, info["data"], ckpt))
-    seed = checkpoint_seed if seed is None else seed
     if batch_size is None:
         batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
     model_bits = objective.dequantizer.n_bits

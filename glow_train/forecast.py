@@ -30,7 +30,7 @@ from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
 from glow_train.inference import load_objective
 
-__all__ = ["forecast", "ForecastResult", "draw_paths", "BANDS"]
+__all__ = ["forecast", "ForecastResult", "draw_paths", "draw_given", "context_model", "BANDS"]
 
 BANDS = (0.98, 0.90, 0.50)  # central intervals of the fan chart, widest first
 HISTORY = 60  # steps of history drawn before the paths (at most)
@@ -49,6 +49,37 @@ class ForecastResult:
     in_prices: bool
 
 
+def context_model(
+    ckpt: str | os.PathLike, ema: bool, device: str | torch.device, needed_by: str, why: str
+) -> tuple[torch.nn.Module, DataSpec, dict]:
+    """A checkpoint's model of p(window | context), its data's description and its other
+    entries; a model without a context is refused, naming ``needed_by`` (the option the
+    user typed) and ``why`` it needs one."""
+    objective, info = load_objective(ckpt, ema, device)
+    flow, spec = objective.flow, DataSpec.from_dict(info["data"])
+    if not getattr(flow, "context_dims", 0) or not spec.context:
+        raise ConfigError(
+            f"ckpt={ckpt} is a model without a context; {needed_by} needs one trained "
+            f"with dataset.context=C ({why})"
+        )
+    return flow, spec, info
+
+
+@torch.no_grad()
+def draw_given(
+    flow: torch.nn.Module, spec: DataSpec, context: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """One window per row of ``context`` ``(N, C·c)`` (float64, the data's units, time-major):
+    the context standardised with the training statistics, a window drawn at temperature
+    1, put back in the data's units: ``(N, W·c)``, float64 on the CPU."""
+    cd = spec.context_dims
+    loc = torch.tensor(spec.loc, dtype=torch.float64)
+    scale = torch.tensor(spec.scale, dtype=torch.float64)
+    standard = ((context - loc[:cd]) / scale[:cd]).float()
+    x = flow.sample_given(standard.to(next(flow.parameters()).device), 1.0, generator)
+    return x.double().cpu() * scale[cd:] + loc[cd:]
+
+
 @torch.no_grad()
 def draw_paths(
     flow: torch.nn.Module,
@@ -59,18 +90,12 @@ def draw_paths(
     generator: torch.Generator,
 ) -> np.ndarray:
     """``n`` paths ``(n, horizon, c)`` in the data's units from ``context`` ``(C, c)``."""
-    c = max(len(spec.series), 1)
-    cd = spec.context_dims
-    loc = torch.tensor(spec.loc, dtype=torch.float64)
-    scale = torch.tensor(spec.scale, dtype=torch.float64)
-    device = next(flow.parameters()).device
+    c, cd = max(len(spec.series), 1), spec.context_dims
     ctx = torch.from_numpy(context.reshape(1, -1)).double().repeat(n, 1)  # (n, C·c), time-major
     drawn = []
     steps = 0
     while steps < horizon:
-        standard = ((ctx - loc[:cd]) / scale[:cd]).float().to(device)
-        x = flow.sample_given(standard, 1.0, generator).double().cpu()
-        x = x * scale[cd:] + loc[cd:]  # (n, W·c) in the data's units
+        x = draw_given(flow, spec, ctx, generator)  # (n, W·c) in the data's units
         drawn.append(x.view(n, -1, c))
         ctx = torch.cat([ctx, x], dim=1)[:, -cd:]
         steps += x.shape[1] // c
@@ -105,13 +130,13 @@ def forecast(
         )
     if n < 1:
         raise ConfigError(f"n={n}: draw at least 1 path")
-    objective, info = load_objective(ckpt, ema, device)
-    flow, spec = objective.flow, DataSpec.from_dict(info["data"])
-    if not getattr(flow, "context_dims", 0) or not spec.context:
-        raise ConfigError(
-            f"ckpt={ckpt} is a model without a context; mode=forecast needs one trained "
-            "with dataset.context=C (the density of each window given the C values before it)"
-        )
+    flow, spec, info = context_model(
+        ckpt,
+        ema,
+        device,
+        "mode=forecast",
+        "the density of each window given the C values before it",
+    )
     columns, values, levels = series_values(info["config"]["dataset"])
     total, context = len(values), int(spec.context)
     end = total if context_end is None else int(context_end)

@@ -24,20 +24,25 @@ import torch
 
 from glow_train.checkpoint import load_checkpoint, model_config, objective_weights
 from glow_train.checkpoint import resolve_checkpoint as resolve
-from glow_train.data.registry import validate_dataset_config
+from glow_train.config import EvalConfig
+from glow_train.data.registry import SPLITS, validate_dataset_config
 from glow_train.data.spec import DataSpec
 from glow_train.dequantize import build_dequantizer
 from glow_train.distributed import resolve_device
-from glow_train.errors import CheckpointError
+from glow_train.errors import CheckpointError, ConfigError
 from glow_train.flows.standardize import Standardize
 from glow_train.models.base import FlowModel
 from glow_train.models.registry import MODELS
 from glow_train.objective import ClassHead, Objective
 from glow_train.precision import INFERENCE_PRECISIONS, Precision, resolve_precision
+from glow_train.scoring import check_class_prior
+from glow_train.validate import require_int
 
 __all__ = [
     "Loaded",
     "load",
+    "ToScore",
+    "load_to_score",
     "load_objective",
     "load_model",
     "resolve_checkpoint",
@@ -161,3 +166,41 @@ def load_model(
     entries, as :func:`load_objective` gives them."""
     objective, info = load_objective(path, ema, device)
     return objective.flow, info
+
+
+@dataclass
+class ToScore:
+    """A checkpoint ready for ``glow-eval`` (its figures or ``ood=``) and the checked
+    options both share."""
+
+    loaded: Loaded
+    dataset: dict[str, Any]  # the checkpoint's dataset config (unchecked)
+    seed: int  # the given seed, else the checkpoint's ``train.eval_seed``
+    draws: int
+    batch_size: int | None  # None: the dataset's ``eval_batch_size``
+
+
+def load_to_score(
+    ckpt: str | os.PathLike,
+    opts: EvalConfig,
+    device: str | torch.device | None,
+    seed: int | None,
+    batch_size: int | None,
+) -> ToScore:
+    """Check the options ``glow-eval`` and ``ood=`` share (``split``, ``draws``, ``seed``,
+    ``batch_size``, ``class_prior``: one line naming each), then :func:`load` ``ckpt``
+    with ``opts``' ``ema`` and ``precision`` on ``device`` (``None``: ``opts.device``)."""
+    if opts.split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
+    draws = require_int("draws", opts.draws, 1)
+    seed = require_int("seed", seed, 0, allow_none=True)
+    batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
+    check_class_prior(opts.class_prior)
+    loaded = load(
+        ckpt,
+        ema=opts.ema,
+        device=device if device is not None else opts.device,
+        precision=opts.precision,
+    )
+    dataset, checkpoint_seed = loaded.eval_settings()
+    return ToScore(loaded, dataset, checkpoint_seed if seed is None else seed, draws, batch_size)

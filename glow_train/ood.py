@@ -48,9 +48,9 @@ from glow_train.data import (
 )
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluate import eval_dataset, model_class_prior
-from glow_train.inference import load
+from glow_train.inference import load_to_score
 from glow_train.outputs import claim_outputs, ood_targets, write_atomic
-from glow_train.scoring import EvalResult, check_class_prior, evaluate_objective, write_per_item_csv
+from glow_train.scoring import EvalResult, evaluate_objective, write_per_item_csv
 from glow_train.validate import require_int
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
@@ -160,20 +160,11 @@ def evaluate_ood(
     )
     split = opts.split
     train_images = require_int("ood_train_images", opts.ood_train_images, 1)
-    draws = require_int("draws", opts.draws, 1)
-    if split not in ("test", "val", "train"):
-        raise ConfigError(f"split must be one of test, val, train, got {split!r}")
-    check_class_prior(opts.class_prior)
-    loaded = load(
-        ckpt,
-        ema=opts.ema,
-        device=device if device is not None else opts.device,
-        precision=opts.precision,
-    )
+    scoring = load_to_score(ckpt, opts, device, seed, batch_size)
+    loaded, saved, draws = scoring.loaded, scoring.dataset, scoring.draws
     objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     if objective.dequantizer.n_bits is None:
         raise ConfigError("ood= scores images; this checkpoint models vectors")
-    saved, checkpoint_seed = loaded.eval_settings()
     data_cfg = eval_dataset(saved, None, dataset_overrides)
     num_classes = objective.flow.num_classes
     p_y = None  # a class-conditional model: its marginal p(x)
@@ -192,9 +183,9 @@ def evaluate_ood(
         [json_target, *csv_targets], out, opts.overwrite, ckpt, [saved, data_cfg, ood_cfg]
     )
     settings = dict(
-        batch_size=batch_size or int(data_cfg.get("eval_batch_size") or 128),
+        batch_size=scoring.batch_size or int(data_cfg.get("eval_batch_size") or 128),
         device=device,
-        seed=checkpoint_seed if seed is None else seed,
+        seed=scoring.seed,
         draws=draws,
         progress=opts.progress,
         class_prior=p_y,

@@ -64,3 +64,51 @@ def run_console(main, args: list[str], cwd) -> tuple[int, str, str]:
         sys.argv = old_argv
         os.chdir(old_cwd)
     return status, out.getvalue(), err.getvalue()
+
+
+def one_line_error(main, args: list[str], cwd, prog: str = "glow-train") -> str:
+    """Run a console entry point that must fail on bad input: exit status 2 and exactly
+    one line ``<prog>: error: ...`` on stderr, which is returned."""
+    status, out, err = run_console(main, args, cwd)
+    assert status == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
+    return lines[0]
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): compare two to prove nothing
+    was written, replaced or lost."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def glow_train_cmd() -> str:
+    """The installed ``glow-train`` console script of this environment."""
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.executable).parent / "glow-train"
+    assert path.exists(), "glow-train is not installed in this environment"
+    return str(path)
+
+
+def start_glow_train(args: list[str], cwd, wait_for=None, then: float = 0.0):
+    """``glow-train args`` started in ``cwd`` as its own process (stdout and stderr piped,
+    text); when ``wait_for`` is given, returns once that path exists (at most 120 s) and
+    ``then`` seconds more, e.g. once the run's ``tb`` folder shows it is training."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [glow_train_cmd(), *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if wait_for is not None:
+        deadline = time.monotonic() + 120
+        while not wait_for.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(then)
+    return proc

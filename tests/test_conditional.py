@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import brute_force_logdet, perturb, run_console
+from helpers import brute_force_logdet, one_line_error, perturb, run_console
 from PIL import Image
-from test_reliability import one_line_error
 
 from glow_train import Glow
 from glow_train.cli import eval_main, sample_main, train_main

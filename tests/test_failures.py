@@ -9,15 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_console
+from helpers import one_line_error, run_console, snapshot, start_glow_train
 from test_table import SHORT, gaussian_rows, write_csv
-from test_train import TINY, compose_train, glow_train_cmd
+from test_train import TINY, compose_train
 
 from glow_train.checkpoint import load_checkpoint
 from glow_train.cli import eval_main, sample_main, train_main
@@ -25,18 +23,6 @@ from glow_train.outputs import Outputs, Target
 from glow_train.training import train
 
 FAST = [*TINY, "model.K=1", "model.hidden_channels=8", "train.progress=false"]
-
-
-def one_line_error(main, args, cwd, prog) -> str:
-    status, out, err = run_console(main, args, cwd)
-    assert status == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -210,17 +196,8 @@ def test_a_sweep_of_good_jobs_exits_zero(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2])
 def test_a_signal_saves_and_stops_without_final_evaluation(tmp_path, sig):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [glow_train_cmd(), *FAST, "train.max_steps=100000", f"run_dir={run_dir}"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "tb").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    args = [*FAST, "train.max_steps=100000", f"run_dir={run_dir}"]
+    proc = start_glow_train(args, tmp_path, wait_for=run_dir / "tb", then=0.5)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     name = signal.Signals(sig).name

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import run_console
+from helpers import one_line_error, run_console
 from PIL import Image
 from test_data import celeba_root, existence_only  # noqa: F401
-from test_reliability import one_line_error
 
 from glow_train.cli import sample_main, train_main
 from glow_train.data import build_dataset, collate, dataset_config

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_console
+from helpers import one_line_error, run_console
 from sklearn.metrics import roc_auc_score
-from test_reliability import one_line_error
 
 from glow_train.cli import eval_main, train_main
 from glow_train.ood import auroc

@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_console
+from helpers import one_line_error, run_console, snapshot, start_glow_train
 from PIL import Image
-from test_train import TINY, compose_train, glow_train_cmd
+from test_train import TINY, compose_train
 
 from glow_train.checkpoint import load_checkpoint, save_checkpoint
 from glow_train.cli import eval_main, sample_main, train_main
@@ -22,18 +20,6 @@ from glow_train.data import dataset_names
 from glow_train.distributed import DistInfo
 from glow_train.training import Trainer, TrainingDiverged, train
 from glow_train.training.run_dir import LOCK_NAME
-
-
-def one_line_error(main, args, cwd, prog="glow-train") -> str:
-    status, out, err = run_console(main, args, cwd)
-    assert status == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +118,7 @@ def test_divergence_names_the_last_checkpoint_that_was_good(tmp_path):
     )
     trainer = Trainer(cfg, DistInfo(), tmp_path)
     trainer.prepare()
-    real_step = trainer.train_step
+    real_step = trainer.steps.train_step
 
     def step_then_break(*args, **kwargs):
         stats = real_step(*args, **kwargs)
@@ -141,7 +127,7 @@ def test_divergence_names_the_last_checkpoint_that_was_good(tmp_path):
                 trainer.model.top_prior.mean.fill_(float("nan"))
         return stats
 
-    trainer.train_step = step_then_break
+    trainer.steps.train_step = step_then_break  # what the loop calls
     with pytest.raises(TrainingDiverged, match=r"last good checkpoint: .*last.pt \(step 4\)"):
         trainer.fit()
     state = load_checkpoint(tmp_path / "last.pt")
@@ -228,14 +214,10 @@ def test_resuming_past_the_limit_says_there_is_nothing_to_do(finished_run, tmp_p
 
 @pytest.mark.parametrize("delay", [0.3, 1.2])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
-    proc = subprocess.Popen(
-        [glow_train_cmd(), f"run_dir={tmp_path / 'run'}", "train.progress=false"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # start-up (imports, data, model) takes a few seconds: the signal comes during it
+    proc = start_glow_train(
+        [f"run_dir={tmp_path / 'run'}", "train.progress=false"], tmp_path, then=delay
     )
-    time.sleep(delay)  # start-up (imports, data, model) takes about 3 s here
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err == "glow-train: aborted\n", err

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from helpers import run_console
-from test_reliability import one_line_error
+from helpers import one_line_error, run_console
 from torchvision.utils import save_image
 
 from glow_train.cli import sample_main
@@ -49,4 +48,22 @@ def test_run_mode_passes_each_mode_the_options_it_takes(monkeypatch, tmp_path):
 
 def test_an_unknown_mode_names_the_registered_ones(tmp_path):
     line = one_line_error(sample_main, ["ckpt=x.pt", "mode=warp"], tmp_path, "glow-sample")
-    assert "mode must be one of sample, interpolate, direction, manipulate, got 'warp'" in line
+    assert (
+        "mode must be one of sample, interpolate, direction, manipulate, forecast, got 'warp'"
+        in line
+    )
+
+
+def test_a_registered_backtest_runs_from_the_command_line(monkeypatch, tmp_path):
+    """glow-eval's backtest= registry takes a new entry the same way."""
+    from glow_train.cli import eval_main
+    from glow_train.eval_modes import BACKTESTS
+
+    monkeypatch.setitem(BACKTESTS, "noise", noise_strip)
+    out = tmp_path / "strip.png"
+    args = [f"ckpt={tmp_path / 'any.pt'}", "backtest=noise", "seed=4", f"out={out}"]
+    status, stdout, stderr = run_console(eval_main, args, tmp_path)
+    assert status == 0, stderr
+    assert stdout.splitlines() == [str(out), "3 squares of noise, seed 4"]
+    line = one_line_error(eval_main, ["ckpt=x.pt", "backtest=warp"], tmp_path, "glow-eval")
+    assert "backtest='warp': choose one of var, noise" in line

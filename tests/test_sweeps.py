@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 import yaml
-from helpers import run_console
-from test_train import TINY, glow_train_cmd
+from helpers import glow_train_cmd, run_console
+from test_train import TINY
 
 from glow_train.cli import train_main
 from glow_train.cluster import export_torch_env, first_host

@@ -6,13 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_console
+from helpers import glow_train_cmd, run_console, start_glow_train
 from hydra import compose, initialize_config_module
 
 from glow_train.checkpoint import load_checkpoint, save_checkpoint
@@ -39,12 +37,6 @@ TINY = [
 def compose_train(*overrides: str):
     with initialize_config_module("glow_train.configs", version_base="1.3"):
         return compose("train", overrides=list(overrides))
-
-
-def glow_train_cmd() -> str:
-    path = Path(sys.executable).parent / "glow-train"
-    assert path.exists(), "glow-train is not installed in this environment"
-    return str(path)
 
 
 def test_parse_duration():
@@ -218,13 +210,13 @@ def test_deferred_step_reads_each_outcome_one_step_later(tmp_path):
 
 def test_consecutive_bad_steps_stop_with_a_clear_message(tmp_path, monkeypatch):
     trainer = _tiny_trainer(tmp_path, "train.max_bad_steps=3")
-    real_prepare = trainer.prepare_batch
+    real_prepare = trainer.steps.prepare_batch
 
     def poisoned(batch, step):
         x, noise, y = real_prepare(batch, step)
         return x * float("inf"), noise, y
 
-    monkeypatch.setattr(trainer, "prepare_batch", poisoned)
+    monkeypatch.setattr(trainer.steps, "prepare_batch", poisoned)  # what the loop calls
     with pytest.raises(TrainingDiverged, match="3 consecutive steps .* learning rate"):
         trainer.fit()
     assert trainer.progress.skipped_steps == 3
@@ -232,17 +224,8 @@ def test_consecutive_bad_steps_stop_with_a_clear_message(tmp_path, monkeypatch):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [glow_train_cmd(), *TINY, "train.max_steps=100000", f"run_dir={run_dir}"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "tb").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.5)  # let it take some steps
+    args = [*TINY, "train.max_steps=100000", f"run_dir={run_dir}"]
+    proc = start_glow_train(args, tmp_path, wait_for=run_dir / "tb", then=1.5)  # some steps
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -1,5 +1,6 @@
 """``glow-eval``: a checkpoint's figure on a split (:func:`glow_train.evaluate.evaluate`),
-or with ``ood=`` its out-of-distribution AUROCs (:func:`glow_train.ood.evaluate_ood`),
+with ``ood=`` its out-of-distribution AUROCs (:func:`glow_train.ood.evaluate_ood`), or
+with ``backtest=`` a registered backtest (:func:`glow_train.eval_modes.run_backtest`),
 printed."""
 
 from __future__ import annotations
@@ -96,9 +97,11 @@ def app(cfg: DictConfig) -> None:
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = require_ckpt(cfg, "glow-eval")
         if cfg.backtest is not None:  # series models with a context
-            from glow_train.series_commands import backtest_command
+            from glow_train.eval_modes import run_backtest
 
-            backtest_command(cfg, ckpt)
+            options = {k: plain(v) for k, v in cfg.items() if k not in ("ckpt", "backtest")}
+            for line in run_backtest(cfg.backtest, ckpt, options).lines():
+                print(line)
             say_which(cfg, ckpt, "glow-eval")
             return
         common = dict(

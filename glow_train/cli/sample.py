@@ -1,6 +1,6 @@
 """``glow-sample``: run the ``mode=`` the command line names
 (:func:`glow_train.sampling.run_mode`) and print the files it wrote, one per line,
-then anything else it has to say."""
+then anything else it has to say (:meth:`glow_train.modes.Written.lines`)."""
 
 from __future__ import annotations
 
@@ -21,23 +21,17 @@ __all__ = ["app"]
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    from glow_train.sampling import run_mode  # PyTorch on use
+    from glow_train.modes import takes  # PyTorch on use
+    from glow_train.sampling import MODES, run_mode
 
     def run():
         ckpt = require_ckpt(cfg, "glow-sample")
-        if cfg.mode == "forecast":  # series models with a context
-            from glow_train.series_commands import forecast_command
-
-            forecast_command(cfg, ckpt)
-            say_which(cfg, ckpt, "glow-sample")
-            return
         options = {key: plain(value) for key, value in cfg.items() if key not in ("ckpt", "mode")}
         written = run_mode(cfg.mode, ckpt, options)
-        for path in written.paths:
-            print(path)
-        for line in written.notes:
+        for line in written.lines():
             print(line)
         say_which(cfg, ckpt, "glow-sample")
-        say_precision(cfg, "glow-sample")
+        if takes(MODES[cfg.mode], "precision"):  # a mode run in a precision says which
+            say_precision(cfg, "glow-sample")
 
     report("glow-sample", run)

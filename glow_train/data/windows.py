@@ -31,6 +31,24 @@ def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
     )
 
 
+def _bounds(cfg: dict[str, Any], t: int) -> dict[str, tuple[int, int]]:
+    """``[a, b)`` of each part of ``t`` steps: train first, then validation, then test
+    (``dataset.val_size`` and ``dataset.test_size`` steps, or fractions of ``t``)."""
+    n_test, n_val = split_count(cfg, "test_size", t), split_count(cfg, "val_size", t)
+    return {
+        "train": (0, t - n_test - n_val),
+        "val": (t - n_test - n_val, t - n_test),
+        "test": (t - n_test, t),
+    }
+
+
+def _enough(parts: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """``parts``, when its training part has at least 2 items."""
+    if len(parts["train"]) < 2:
+        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
+    return parts
+
+
 def split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
     window, stride = int(cfg.get("window") or 1), int(cfg["stride"])
     t = len(series)
@@ -41,15 +59,9 @@ def split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[st
             f"dataset.window={window} is longer than the series in {path} ({t} values); "
             "lower dataset.window"
         )
-    n_test, n_val = split_count(cfg, "test_size", t), split_count(cfg, "val_size", t)
-    bounds = {
-        "train": (0, t - n_test - n_val),
-        "val": (t - n_test - n_val, t - n_test),
-        "test": (t - n_test, t),
-    }
     parts = {}
-    for split, (a, b) in bounds.items():
-        if split == "val" and n_val == 0:
+    for split, (a, b) in _bounds(cfg, t).items():
+        if split == "val" and a == b:  # no validation part
             parts[split] = np.empty((0, window * series.shape[1]))
             continue
         if b - a < window:
@@ -59,9 +71,7 @@ def split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[st
                 "change dataset.test_size/val_size"
             )
         parts[split] = _windows(series[a:b], window, stride)
-    if len(parts["train"]) < 2:
-        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
-    return parts
+    return _enough(parts, path)
 
 
 def _split_with_context(
@@ -76,18 +86,12 @@ def _split_with_context(
             f"dataset.context={context} with dataset.window={window} spans {span} steps, and "
             f"the series in {path} has {t}; lower dataset.context"
         )
-    n_test, n_val = split_count(cfg, "test_size", t), split_count(cfg, "val_size", t)
-    bounds = {
-        "train": (0, t - n_test - n_val),
-        "val": (t - n_test - n_val, t - n_test),
-        "test": (t - n_test, t),
-    }
     parts = {}
-    for split, (a, b) in bounds.items():
+    for split, (a, b) in _bounds(cfg, t).items():
         first = max(a - context, 0)
         starts = range(first, b - span + 1, stride)
         if len(starts) == 0:
-            if split == "val" and n_val == 0:
+            if split == "val" and a == b:  # no validation part
                 parts[split] = np.empty((0, span * series.shape[1]))
                 continue
             raise DataError(
@@ -96,6 +100,4 @@ def _split_with_context(
                 "change dataset.test_size/val_size"
             )
         parts[split] = np.stack([series[s : s + span].reshape(-1) for s in starts])
-    if len(parts["train"]) < 2:
-        raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
-    return parts
+    return _enough(parts, path)

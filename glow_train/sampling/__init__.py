@@ -5,8 +5,8 @@
 - ``formats``: how samples are written for each kind of data (image grids, CSV
   tables) and where (:func:`~glow_train.sampling.formats.output_paths`);
 - ``latents``: encoding, decoding, interpolation and attribute directions;
-- ``modes``: the registry of ``glow-sample mode=...`` (:data:`MODES`, :func:`run_mode`)
-  and the latent-space modes.
+- ``modes``: the registry of ``glow-sample mode=...`` (:data:`MODES`, :func:`run_mode`),
+  the forecast of a series model and the latent-space modes.
 
 A new mode is one function ``(ckpt, **options)`` in :mod:`glow_train.sampling.modes`
 and its entry in :data:`MODES`; a new kind of output, one writer class in
@@ -28,6 +28,7 @@ from glow_train.sampling.latents import INTERPOLATIONS, decode, encode, interpol
 from glow_train.sampling.modes import (
     MODES,
     Written,
+    forecast_paths,
     interpolate_strip,
     manipulate_strip,
     run_mode,
@@ -46,6 +47,7 @@ __all__ = [
     "class_index",
     "decode",
     "encode",
+    "forecast_paths",
     "interpolate",
     "interpolate_strip",
     "manipulate_strip",

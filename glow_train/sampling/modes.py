@@ -1,12 +1,14 @@
 """``glow-sample mode=...``: the registry of sampling modes, and the latent-space ones.
 
 Every mode is one function ``(ckpt, **options) -> Written`` (or a list of written
-paths) registered in :data:`MODES` under its ``mode=`` name; :func:`run_mode`
-passes it the options its signature names, out of ``glow-sample``'s config.
-Each takes ``None`` for "the value in ``configs/sample.yaml``" and loads the
-checkpoint through :func:`glow_train.inference.load`.
+paths, :mod:`glow_train.modes`) registered in :data:`MODES` under its ``mode=``
+name; :func:`run_mode` passes it the options its signature names, out of
+``glow-sample``'s config. Each takes ``None`` for "the value in
+``configs/sample.yaml``".
 
 - ``sample``: grids of samples (:func:`glow_train.sampling.images.sample`);
+- ``forecast``: paths of a series model with a context (:func:`forecast_paths`,
+  over :func:`glow_train.forecast.forecast`);
 - ``interpolate``, ``direction``, ``manipulate``: the latent-space modes below;
   the mathematics is in :mod:`glow_train.sampling.latents`. They write strips
   (PNG, one row) and direction files (``torch.save`` of a dict, beside the checkpoint).
@@ -14,10 +16,8 @@ checkpoint through :func:`glow_train.inference.load`.
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,11 @@ import torch
 from omegaconf import OmegaConf
 
 from glow_train.config import SampleConfig, fill_defaults
+from glow_train.distributed import resolve_device
 from glow_train.errors import CheckpointError, ConfigError
+from glow_train.forecast import forecast
 from glow_train.inference import Loaded, load, resolve_checkpoint
+from glow_train.modes import Mode, Written, run_registered
 from glow_train.outputs import claim_outputs, strip_target, write_atomic
 from glow_train.sampling.formats import image_format, writable_extensions
 from glow_train.sampling.images import sample
@@ -45,29 +48,18 @@ __all__ = [
     "MODES",
     "Written",
     "run_mode",
+    "forecast_paths",
     "interpolate_strip",
     "save_direction",
     "manipulate_strip",
 ]
 
 
-@dataclass
-class Written:
-    """What a mode wrote (``paths``) and anything else it has to say (``notes``)."""
-
-    paths: list[Path]
-    notes: list[str] = field(default_factory=list)
-
-
 def run_mode(mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any]) -> Written:
     """Run ``MODES[mode]`` on ``ckpt`` with the ``options`` its signature takes (the rest of
     ``glow-sample``'s keys are for other modes)."""
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    function = MODES[mode]
-    accepted = inspect.signature(function).parameters
-    result = function(ckpt, **{k: v for k, v in options.items() if k in accepted})
-    return result if isinstance(result, Written) else Written(list(result))
+    unknown = f"mode must be one of {', '.join(MODES)}, got {mode!r}"
+    return run_registered(MODES, mode, ckpt, options, unknown)
 
 
 def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
@@ -102,12 +94,66 @@ def _claim_strip(
     return claim_outputs([target], out, overwrite, ckpt, [data_cfg], images)[0]
 
 
-def _write(path: Path, images: torch.Tensor, padding: int) -> Path:
+def _encode_inputs(
+    loaded: Loaded, data_cfg: dict, refs: list[Any], y: Any
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The latents (one tensor per level) and labels of the input images ``refs``
+    (test-set indices or image files; ``y``: the class of a conditional model's file)."""
+    batch = load_inputs(refs, data_cfg, y, loaded.flow.num_classes)
+    labels = loaded.objective.labels(batch)
+    with loaded.autocast():
+        return encode(loaded.objective, batch.x, labels), labels
+
+
+def _decode_strip(
+    loaded: Loaded,
+    path: Path,
+    latents: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    padding: int,
+) -> Written:
+    """Decode ``latents`` (one image each) and write them as one row to ``path``."""
     from torchvision.utils import make_grid, save_image  # about a second to load: on use
 
+    with loaded.autocast():
+        images = decode(loaded.objective, latents, labels)
     grid = make_grid(images, nrow=len(images), padding=padding)
     kind = image_format(path)
-    return write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))
+    return Written([write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))])
+
+
+def forecast_paths(
+    ckpt: str | os.PathLike,
+    horizon: int | None = None,
+    n: int | None = None,
+    *,
+    context_end: int | None = None,
+    seed: int | None = None,
+    out: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    ema: bool | None = None,
+) -> Written:
+    """``mode=forecast``: ``n`` paths of ``horizon`` steps of a series model with a
+    context, written as ``forecast.csv`` and the fan chart ``forecast.png``
+    (:func:`glow_train.forecast.forecast`)."""
+    opts = _options(horizon=horizon, n=n, context_end=context_end, seed=seed, ema=ema)
+    opts.device = str(device) if device is not None else opts.device
+    result = forecast(
+        ckpt,
+        opts.horizon,
+        opts.n,
+        context_end=opts.context_end,
+        seed=opts.seed,
+        out=out,
+        device=resolve_device(str(opts.device)),
+        ema=opts.ema,
+    )
+    units = "prices" if result.in_prices else "values"
+    text = [
+        f"{result.csv_path} ({opts.n} paths of {opts.horizon} steps, in {units})",
+        str(result.png_path),
+    ]
+    return Written([result.csv_path, result.png_path], text=text)
 
 
 def interpolate_strip(
@@ -141,9 +187,8 @@ def interpolate_strip(
     opts.device = str(device) if device is not None else opts.device
     steps = require_int("steps", opts.steps, 2)
     loaded, data_cfg = _load(ckpt, opts)
-    objective, ckpt = loaded.objective, loaded.path
-    batch = load_inputs([a, b], data_cfg, y, objective.flow.num_classes)
-    labels = objective.labels(batch)
+    ckpt = loaded.path
+    z, labels = _encode_inputs(loaded, data_cfg, [a, b], y)
     if labels is not None and int(labels[0]) != int(labels[1]):
         raise ConfigError(
             f"a and b are of classes {int(labels[0])} and {int(labels[1])}; a class-conditional "
@@ -151,14 +196,10 @@ def interpolate_strip(
         )
     name = f"interp_{opts.interp}_{_tag(a)}_{_tag(b)}"
     path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [a, b])
-    with loaded.autocast():
-        z = encode(objective, batch.x, labels)
     za, zb = [l[:1] for l in z], [l[1:] for l in z]
     mixed = interpolate(za, zb, steps, opts.interp)
     y_all = None if labels is None else labels[:1].expand(steps)
-    with loaded.autocast():
-        images = decode(objective, mixed, y_all)
-    return Written([_write(path, images, opts.padding)])
+    return _decode_strip(loaded, path, mixed, y_all, opts.padding)
 
 
 def save_direction(
@@ -228,13 +269,9 @@ def manipulate_strip(
         )
     direction = torch.load(path_in, weights_only=True)
     loaded, data_cfg = _load(ckpt, opts)
-    objective = loaded.objective
     name = f"manipulate_{_safe(str(attribute))}_{_tag(image)}"
     path = _claim_strip(ckpt, name, out, opts.overwrite, data_cfg, [image])
-    batch = load_inputs([image], data_cfg, y, objective.flow.num_classes)
-    labels = objective.labels(batch)
-    with loaded.autocast():
-        z = encode(objective, batch.x, labels)
+    z, labels = _encode_inputs(loaded, data_cfg, [image], y)
     if [tuple(d.shape) for d in direction["levels"]] != [tuple(l.shape[1:]) for l in z]:
         raise CheckpointError(f"{path_in} was computed for another model; compute it again")
     _check_alphas(alphas, z, direction["levels"])
@@ -244,9 +281,7 @@ def manipulate_strip(
         for l, d in zip(z, direction["levels"], strict=True)
     ]
     y_all = None if labels is None else labels.expand(len(alphas))
-    with loaded.autocast():
-        images = decode(objective, edited, y_all)
-    return Written([_write(path, images, opts.padding)])
+    return _decode_strip(loaded, path, edited, y_all, opts.padding)
 
 
 #: how far ``alpha`` may move the latent, in lengths of the image's own latent
@@ -271,9 +306,10 @@ def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch
 
 
 #: ``mode=`` name -> the function that runs it (:func:`run_mode`)
-MODES: dict[str, Callable[..., Written | list[Path]]] = {
+MODES: dict[str, Mode] = {
     "sample": sample,
     "interpolate": interpolate_strip,
     "direction": save_direction,
     "manipulate": manipulate_strip,
+    "forecast": forecast_paths,
 }

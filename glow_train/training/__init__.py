@@ -2,8 +2,13 @@
 
 - ``run``: the entry point, :func:`train`.
 - ``checks``: the check of the whole config.
-- ``trainer``: data, objective, the step, evaluation and checkpoints.
-- ``loop``: the loop, stopping, the final report.
+- ``trainer``: builds a run's collaborators (data, objective, stepper, evaluation,
+  checkpoint writer, monitor) and hands them to the loop.
+- ``loop``: :class:`~glow_train.training.loop.TrainingLoop`, the loop over those
+  collaborators: steps, periodic evaluation, samples and checkpoints, stopping.
+- ``stepper``: one optimisation step (noise, flips, update, its outcome counted).
+- ``saving``: checkpoints written only when the model is healthy; the last good one.
+- ``report``: ``TrainResult``, the final report's lines, ``TrainingDiverged``.
 - ``optim``: optimiser, schedule, GradScaler, EMA, the step's update.
 - ``schedule``: stopping rules and the learning-rate curve.
 - ``state``: counters, the checkpoint dict, resume.
@@ -13,9 +18,10 @@
 """
 
 from glow_train.training.checks import check_config
-from glow_train.training.loop import TrainingDiverged, TrainResult
+from glow_train.training.report import TrainingDiverged, TrainResult
 from glow_train.training.run import train
-from glow_train.training.trainer import Trainer, step_seed
+from glow_train.training.stepper import step_seed
+from glow_train.training.trainer import Trainer
 from glow_train.validate import parse_duration
 
 __all__ = [

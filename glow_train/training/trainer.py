@@ -1,9 +1,18 @@
-"""The trainer: one objective, its data and its optimisation, and the loop that trains it.
+"""The trainer: one run's data, objective and optimisation, put together and handed
+to the loop.
 
-Determinism: every random choice of a step (flips, dequantisation noise) comes
-from a generator seeded by ``(seed, step, rank)`` and the data order from
-``(seed, epoch)`` (:class:`glow_train.distributed.EpochSampler`), so a run resumed
-from a checkpoint continues exactly as if it had never stopped.
+:class:`Trainer` builds the collaborators of a run from its config: the data
+(loader and :class:`~glow_train.distributed.EpochSampler`), the objective and its
+:class:`~glow_train.training.stepper.Stepper` (one optimisation step), the
+evaluation on the held-out splits, the
+:class:`~glow_train.training.saving.CheckpointWriter` and the
+:class:`~glow_train.training.monitor.Monitor`; :meth:`Trainer.fit` gives them to a
+:class:`~glow_train.training.loop.TrainingLoop`.
+
+Determinism: every random choice of a step comes from a generator seeded by
+``(seed, step, rank)`` (:func:`~glow_train.training.stepper.step_seed`) and the data
+order from ``(seed, epoch)``, so a run resumed from a checkpoint continues exactly
+as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -16,32 +25,29 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from glow_train.checkpoint import save_checkpoint
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
 from glow_train.data.registry import train_and_validation
-from glow_train.distributed import DistInfo, EpochSampler, all_reduce_max
+from glow_train.distributed import DistInfo, EpochSampler
 from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.models import FlowModel, build_model
 from glow_train.objective import Objective, build_objective
 from glow_train.precision import resolve_precision
 from glow_train.scoring import evaluate_objective
 from glow_train.training.checks import check_config, fitted_batch_size
-from glow_train.training.loop import TrainingDiverged, TrainResult, fit
+from glow_train.training.loop import TrainingLoop
 from glow_train.training.monitor import Monitor
-from glow_train.training.optim import Optimization, StepOutcome
+from glow_train.training.optim import Optimization
+from glow_train.training.report import TrainingDiverged, TrainResult
+from glow_train.training.saving import CheckpointWriter, Probe
 from glow_train.training.schedule import total_steps
 from glow_train.training.sizing import auto_keys, resolve_auto
 from glow_train.training.state import Progress, checkpoint_state, restore
+from glow_train.training.stepper import Stepper, step_seed
 from glow_train.validate import parse_duration
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "step_seed"]
 
 PROBE_SIZE = 16  # items of the health check run before every checkpoint
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A distinct 63-bit seed for each (run seed, step, rank)."""
-    return (seed * 1_000_003 + step * 1_009 + rank * 7_919 + 17) % (2**63 - 1)
 
 
 class Trainer:
@@ -50,7 +56,8 @@ class Trainer:
     Use: ``Trainer(cfg, dist, run_dir)`` (the config is checked with
     :func:`glow_train.training.check_config`), then :meth:`prepare` (ActNorm init
     or a checkpoint's state, EMA, DDP/compile wrapping), then :meth:`fit`. The step
-    :meth:`train_step` can also be called directly on :meth:`prepare_batch`'s output.
+    :meth:`train_step` (:attr:`steps`'s) can also be called directly on
+    :meth:`prepare_batch`'s output.
     """
 
     def __init__(
@@ -120,17 +127,32 @@ class Trainer:
             self.device.type,
             fp16=self.amp_dtype == torch.float16,
         )
-        self.progress = Progress()
-        self.stop_seen = {"signalled": False, "time_up": False}  # on any rank, agreed
-        self.last_good: tuple[Path, int] | None = None  # the newest checkpoint saved healthy
-        self.probe: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
-        self.wrapped: torch.nn.Module = self.objective
         self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
+        #: one optimisation step of the objective (its counters: :attr:`progress`)
+        self.steps = Stepper(
+            self.objective,
+            self.optim,
+            Progress(),
+            self.monitor,
+            seed=self.seed,
+            rank=dist.rank,
+            device=self.device,
+            precision=self.precision,
+            class_weight=self.class_weight,
+            hflip=bool(cfg.dataset.get("hflip", False)),
+        )
+        #: the health-checked checkpoint writer (:meth:`prepare` makes it)
+        self.checkpoints: CheckpointWriter | None = None
 
     @property
     def model(self) -> FlowModel:
         """The raw flow being trained."""
         return self.objective.flow
+
+    @property
+    def progress(self) -> Progress:
+        """The run's counters (the stepper's)."""
+        return self.steps.progress
 
     @property
     def step(self) -> int:
@@ -158,20 +180,17 @@ class Trainer:
         index = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()
         return collate([self.train_set[i] for i in index]).to(self.device)
 
-    def _make_probe(self) -> None:
-        """A fixed small batch (with its noise) on which :meth:`healthy` runs the model."""
+    def _make_probe(self) -> Probe:
+        """A fixed small batch (with its noise) on which the checkpoint writer runs the
+        model before every write."""
         batch = self._init_batch(limit=PROBE_SIZE)
         x = self.objective.prepare(batch.x)
         noise = self.objective.noise(x, torch.Generator(self.device).manual_seed(self.seed + 1))
-        self.probe = (x, noise, self.objective.labels(batch))
+        return x, noise, self.objective.labels(batch)
 
-    @torch.no_grad()
-    def healthy(self) -> bool:
-        """Whether the trained weights, and the EMA's, give finite log-likelihoods on the
-        probe batch: what a checkpoint must satisfy before it is written as good."""
-        x, noise, y = self.probe
-        objectives = [self.objective] + ([self.optim.ema.module] if self.optim.ema else [])
-        return all(bool(torch.isfinite(o(x, noise, y)).all()) for o in objectives)
+    def _objectives(self) -> list[Objective]:
+        """The trained objective and the EMA's copy when there is one."""
+        return [self.objective] + ([self.optim.ema.module] if self.optim.ema else [])
 
     def prepare(self, state: dict[str, Any] | None = None, source: Path | None = None) -> None:
         """Fresh run: ActNorm init on real data; resume: load ``state``. Then the EMA
@@ -181,7 +200,7 @@ class Trainer:
             self.optim.make_ema(self.objective)
         else:
             self.optim.make_ema(self.objective)
-            self.progress = restore(
+            self.steps.progress = restore(
                 state,
                 source,
                 self.objective,
@@ -190,14 +209,16 @@ class Trainer:
                 self.batch_size,
                 self.steps_per_epoch,
             )
-        self._make_probe()
+        self.checkpoints = CheckpointWriter(
+            self.run_dir, self.state_dict, self._objectives, self._make_probe(), self.monitor
+        )
         if state is not None:
-            if not self.healthy():
+            if not self.checkpoints.healthy():
                 raise NonFiniteError(
                     f"{source} holds a model whose outputs are not finite (a diverged run); "
                     "resume from an earlier checkpoint"
                 )
-            self.last_good = (source, self.step)
+            self.checkpoints.last_good = (source, self.step)
         self._wrap()
 
     def _wrap(self) -> None:
@@ -208,7 +229,7 @@ class Trainer:
             wrapped = DistributedDataParallel(wrapped, device_ids=ids)
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
-        self.wrapped = wrapped
+        self.steps.wrapped = wrapped
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(self.cfg.train.cudnn_benchmark)
 
@@ -225,23 +246,11 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ steps
-    def _autocast(self):
-        return self.precision.autocast(self.device.type)
-
     def prepare_batch(
         self, batch: Batch, step: int
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """A loader batch -> ``(x, noise, y)`` for :meth:`train_step`: flipped (if
-        ``dataset.hflip``), on the model's grid, with its dequantisation noise."""
-        gen = torch.Generator(self.device).manual_seed(step_seed(self.seed, step, self.dist.rank))
-        batch = batch.to(self.device, non_blocking=True)
-        data = batch.x
-        if self.cfg.dataset.get("hflip", False):
-            flip = torch.rand(data.shape[0], generator=gen, device=self.device) < 0.5
-            data = torch.where(flip.view(-1, *([1] * (data.dim() - 1))), data.flip(-1), data)
-        x = self.objective.prepare(data)
-        noise = self.objective.noise(x, gen)
-        return x, noise, self.objective.labels(batch)
+        """:meth:`glow_train.training.stepper.Stepper.prepare_batch`."""
+        return self.steps.prepare_batch(batch, step)
 
     def train_step(
         self,
@@ -251,63 +260,18 @@ class Trainer:
         signalled: bool = False,
         time_up: bool = False,
     ) -> dict[str, Any]:
-        """One optimiser step; skipped if anything is non-finite (see
-        :meth:`glow_train.training.optim.Optimization.step`). Returns the figures of
-        the step whose outcome became known: this one, or under the deferred step
-        (the default) the previous one, whose flags the device finished meanwhile."""
-        if not self.objective.training:  # evaluation and sampling switch it back after them
-            self.objective.train()
-        self.optim.optimizer.zero_grad(set_to_none=True)
-        # dropout draws from the global generator: seed it per (seed, step, rank) too,
-        # so a resumed run drops the same units whatever ran in between
-        torch.manual_seed(step_seed(self.seed, self.step, self.dist.rank) + 1)
-        with self._autocast():
-            nll = self.wrapped(x, noise, y, self.class_weight)
-        loss = self.objective.score(nll).mean()
-        deferred = self.optim.deferred
-        outcome = self.optim.step(self.objective, loss, signalled, time_up)
-        self.progress.step += 1
-        return self._record(outcome, self.progress.step - 1 if deferred else self.progress.step)
-
-    def _record(self, outcome: StepOutcome | None, step: int) -> dict[str, Any]:
-        """Count the outcome of step ``step`` once it is known; the figures the loop logs
-        (``score`` and ``grad_norm`` are ``None`` when no outcome is known yet). A signal
-        or the time limit seen on any rank is kept in :attr:`stop_seen`."""
-        if outcome is None:  # the first deferred step: nothing known yet
-            return {"step": step, "score": None, "grad_norm": None, "lr": self.optim.lr}
-        self.stop_seen["signalled"] |= outcome.signalled
-        self.stop_seen["time_up"] |= outcome.time_up
-        self.progress.count(outcome)
-        return {
-            "step": step,
-            "score": outcome.loss,
-            "grad_norm": outcome.grad_norm,
-            "skipped": outcome.skipped,
-            "overflow": outcome.overflow,
-            "lr": self.optim.lr,
-        }
-
-    def set_horizon(self, estimate: int | None) -> None:
-        """Let the cosine decay end at the clock's estimate of the final step; every
-        rank takes the smallest estimate, so the schedule stays the same everywhere."""
-        value = torch.tensor([-(estimate if estimate is not None else 2**62)], device=self.device)
-        agreed = -int(all_reduce_max(value).item())
-        if agreed < 2**62:
-            self.optim.horizon = agreed
-            self.monitor.scalar("schedule_horizon", agreed, self.step)
+        """:meth:`glow_train.training.stepper.Stepper.train_step`."""
+        return self.steps.train_step(x, noise, y, signalled, time_up)
 
     def settle(self) -> None:
-        """Count the deferred step's outcome now, before anything reads the state
-        (evaluation, checkpoints, the end of the run)."""
-        outcome = self.optim.flush()
-        if outcome is not None:
-            self._record(outcome, self.progress.step)
+        """:meth:`glow_train.training.stepper.Stepper.settle`."""
+        self.steps.settle()
 
     # ------------------------------------------------------------ evaluation
     @property
     def eval_objective(self) -> Objective:
         """The EMA's copy of the objective when there is one, else the trained one."""
-        return self.optim.ema.module if self.optim.ema is not None else self.objective
+        return self.steps.eval_objective
 
     def evaluate(self, split: str = "test") -> float:
         """The EMA's (or the model's) score on ``split`` (``"val"`` or ``"test"``)."""
@@ -322,27 +286,26 @@ class Trainer:
         self.objective.train()
         return result.value
 
-    def save(self, name: str) -> Path | None:
-        """Write ``run_dir/name`` if the model is :meth:`healthy`; else keep the file
-        there is, say so, and return ``None``."""
-        if not self.healthy():
-            self.monitor.log(
-                f"step {self.step}: the model's outputs are not finite; {name} not written "
-                f"({self.last_good_text()})"
-            )
-            return None
-        path = save_checkpoint(self.state_dict(), self.run_dir / name)
-        self.last_good = (path, self.step)
-        return path
-
-    def last_good_text(self) -> str:
-        """``last good checkpoint: <path> (step N)``, or that there is none."""
-        if self.last_good is None:
-            return "no good checkpoint was written"
-        path, step = self.last_good
-        return f"last good checkpoint: {path} (step {step})"
-
     def fit(self) -> TrainResult:
         """Train until a limit, a signal or divergence; always end with a checkpoint
-        (:func:`glow_train.training.loop.fit`)."""
-        return fit(self)
+        (:meth:`glow_train.training.loop.TrainingLoop.run`). Call :meth:`prepare` first."""
+        if self.checkpoints is None:
+            raise RuntimeError("Trainer.fit() needs Trainer.prepare() first")
+        loop = TrainingLoop(
+            self.cfg.train,
+            self.dist,
+            self.run_dir,
+            seed=self.seed,
+            spec=self.spec,
+            loader=self.loader,
+            sampler=self.sampler,
+            batch_size=self.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            steps=self.steps,
+            evaluate=self.evaluate,
+            checkpoints=self.checkpoints,
+            monitor=self.monitor,
+            time_limit=self.time_limit,
+            selection=self.selection,
+        )
+        return loop.run()
