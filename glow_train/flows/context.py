@@ -8,6 +8,10 @@ every coupling network and the prior through one shared encoder.
   encoding): :math:`z_b = (x_b + t(x_a, h))\,\sigma(s(x_a, h) + 2)`,
   :math:`\log|\det J| = \sum \log\sigma(s + 2)`; for a single dimension (``x_a``
   empty) it is an affine map of ``x`` whose shift and scale depend on ``h`` alone.
+  With ``kind="spline"`` the conditioner gives the parameters of a
+  rational-quadratic spline of each value of ``x_b`` instead
+  (:func:`~glow_train.flows.spline.rational_quadratic`), so even a single
+  dimension has a non-Gaussian conditional density.
 - :class:`ContextPrior`: :math:`\mathcal N(\mu(h), \mathrm{diag}\,e^{2\rho(h)})`,
   from a zero-initialised linear layer, so it starts as :math:`\mathcal N(0, I)`.
 
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 
 from glow_train.flows.base import deinterleave, logdet_dtype
 from glow_train.flows.conditioner import ACTIVATIONS, ZeroInit, mlp_conditioner
+from glow_train.flows.spline import rational_quadratic, spline_parameters
 
 __all__ = ["ContextEncoder", "ContextCoupling", "ContextPrior"]
 
@@ -41,22 +46,45 @@ class ContextEncoder(nn.Sequential):
 
 
 class ContextCoupling(nn.Module):
-    """Affine coupling of ``(B, D)`` given context features ``h`` ``(B, E)``.
+    """Affine or spline coupling of ``(B, D)`` given context features ``h`` ``(B, E)``.
 
     Args:
         num_features: ``D`` (1 or more; ``D // 2`` dimensions condition the rest).
         context_features: ``E``.
         hidden_features, mlp: the conditioner's width and options
             (:func:`~glow_train.flows.conditioner.mlp_conditioner`).
+        kind: ``"affine"`` or ``"spline"``.
+        spline: ``bins`` and ``bound`` of the spline (``kind="spline"``).
     """
 
-    def __init__(self, num_features: int, context_features: int, hidden_features: int, mlp: dict):
+    def __init__(
+        self,
+        num_features: int,
+        context_features: int,
+        hidden_features: int,
+        mlp: dict,
+        kind: str = "affine",
+        spline: dict | None = None,
+    ):
         super().__init__()
+        if kind not in ("affine", "spline"):
+            raise ValueError(f"a context coupling is affine or spline, got {kind!r}")
         self.split = num_features // 2
+        self.kind = kind
         changed = num_features - self.split
-        self.net = mlp_conditioner(
-            self.split + context_features, hidden_features, 2 * changed, **mlp
-        )
+        if kind == "spline":
+            self.bins, self.bound = int(spline["bins"]), float(spline["bound"])
+            out = changed * spline_parameters(self.bins)
+        else:
+            out = 2 * changed
+        self.net = mlp_conditioner(self.split + context_features, hidden_features, out, **mlp)
+
+    def _spline(self, x_a: Tensor, x_b: Tensor, h: Tensor, inverse: bool):
+        dtype = logdet_dtype(x_b)
+        raw = self.net(torch.cat([x_a, h.to(x_a.dtype)], dim=1)).to(dtype)
+        raw = raw.unflatten(1, (x_b.shape[1], -1))
+        out, log_derivative = rational_quadratic(x_b.to(dtype), raw, self.bound, inverse)
+        return out.to(x_b.dtype), log_derivative.sum(dim=1)
 
     def _shift_and_log_scale(self, x_a: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         out = self.net(torch.cat([x_a, h.to(x_a.dtype)], dim=1)).to(x_a.dtype)
@@ -66,12 +94,17 @@ class ContextCoupling(nn.Module):
     def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(x (B, D), h (B, E)) -> (z (B, D), log|det dz/dx| (B,))``."""
         x_a, x_b = x[:, : self.split], x[:, self.split :]
+        if self.kind == "spline":
+            z_b, logdet = self._spline(x_a, x_b, h, inverse=False)
+            return torch.cat([x_a, z_b], dim=1), logdet
         shift, log_scale = self._shift_and_log_scale(x_a, h)
         z_b = (x_b + shift) * log_scale.exp().to(x.dtype)
         return torch.cat([x_a, z_b], dim=1), log_scale.sum(dim=1)
 
     def inverse(self, z: Tensor, h: Tensor) -> Tensor:
         z_a, z_b = z[:, : self.split], z[:, self.split :]
+        if self.kind == "spline":
+            return torch.cat([z_a, self._spline(z_a, z_b, h, inverse=True)[0]], dim=1)
         shift, log_scale = self._shift_and_log_scale(z_a, h)
         return torch.cat([z_a, z_b * torch.exp(-log_scale).to(z.dtype) - shift], dim=1)
 
