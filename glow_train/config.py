@@ -122,6 +122,8 @@ class Glow1DConfig:
     lu: bool = MISSING
     spline_bins: int = 8  # absent from older checkpoints' configs: the model's own default
     spline_bound: float = 4.0  # likewise
+    prior: str = "gaussian"  # likewise
+    prior_components: int = 8  # likewise
 
 
 @dataclass

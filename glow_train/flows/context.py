@@ -13,7 +13,8 @@ every coupling network and the prior through one shared encoder.
   (:func:`~glow_train.flows.spline.rational_quadratic`), so even a single
   dimension has a non-Gaussian conditional density.
 - :class:`ContextPrior`: :math:`\mathcal N(\mu(h), \mathrm{diag}\,e^{2\rho(h)})`,
-  from a zero-initialised linear layer, so it starts as :math:`\mathcal N(0, I)`.
+  from a zero-initialised linear layer, so it starts as :math:`\mathcal N(0, I)`;
+  or Student-t's of that location and scale (``model.prior=student_t``).
 
 For a fixed context each layer is invertible in ``x``, so the change of variables
 gives :math:`\log p(x \mid c) = \log p_Z(f(x; c) \mid c) + \log|\det \partial f / \partial x|`
@@ -30,6 +31,12 @@ from torch import Tensor, nn
 
 from glow_train.flows.base import deinterleave, logdet_dtype
 from glow_train.flows.conditioner import ACTIVATIONS, ZeroInit, mlp_conditioner
+from glow_train.flows.priors import (
+    INITIAL_DF,
+    gaussian_log_prob,
+    student_t_log_prob,
+    student_t_noise,
+)
 from glow_train.flows.spline import rational_quadratic, spline_parameters
 
 __all__ = ["ContextEncoder", "ContextCoupling", "ContextPrior"]
@@ -111,12 +118,18 @@ class ContextCoupling(nn.Module):
 
 class ContextPrior(nn.Module):
     """Diagonal Gaussian over ``(B, D)`` whose mean and log-scale are linear in ``h``
-    (zero-initialised: N(0, I) until trained)."""
+    (zero-initialised: N(0, I) until trained); with ``student_t=True``, independent
+    Student-t's of the same location and scale and one learned degrees of freedom per
+    dimension (:func:`~glow_train.flows.priors.student_t_log_prob`)."""
 
-    def __init__(self, num_features: int, context_features: int):
+    def __init__(self, num_features: int, context_features: int, student_t: bool = False):
         super().__init__()
         self.num_features = num_features
         self.params = ZeroInit(nn.Linear(context_features, 2 * num_features))
+        if student_t:
+            self.log_df = nn.Parameter(torch.full((num_features,), math.log(INITIAL_DF)))
+        else:
+            self.log_df = None
 
     def mean_and_log_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_scale = self.params(h).chunk(2, dim=1)
@@ -125,15 +138,18 @@ class ContextPrior(nn.Module):
     def log_prob(self, z: Tensor, h: Tensor) -> Tensor:
         """Per-item log-density in at least float32, ``(B,)``."""
         mean, log_scale = self.mean_and_log_scale(h)
-        dtype = logdet_dtype(z)
-        z, mean, log_scale = z.to(dtype), mean.to(dtype), log_scale.to(dtype)
-        e = (z - mean) * torch.exp(-log_scale)
-        return (-0.5 * e.pow(2) - log_scale - 0.5 * math.log(2 * math.pi)).sum(dim=1)
+        if self.log_df is not None:
+            return student_t_log_prob(z, mean, log_scale, self.log_df)
+        return gaussian_log_prob(z, mean, log_scale)
 
     def sample(
         self, h: Tensor, temperature: float, generator: torch.Generator | None = None
     ) -> Tensor:
         """One draw per row of ``h``, the scale multiplied by ``temperature``."""
         mean, log_scale = self.mean_and_log_scale(h)
-        eps = torch.randn(mean.shape, generator=generator, device=h.device, dtype=mean.dtype)
+        if self.log_df is not None:
+            df = torch.exp(self.log_df.to(mean.dtype))
+            eps = student_t_noise(df, mean.shape, generator)
+        else:
+            eps = torch.randn(mean.shape, generator=generator, device=h.device, dtype=mean.dtype)
         return mean + temperature * torch.exp(log_scale) * eps

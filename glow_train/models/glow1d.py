@@ -14,6 +14,7 @@ from glow_train.flows import FlowStep, FlowSteps, LearnedPrior
 from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.context import ContextCoupling, ContextEncoder, ContextPrior
 from glow_train.flows.invconv import InvertibleLinear
+from glow_train.flows.priors import PRIORS, MixturePrior, StudentTPrior
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
 __all__ = ["Glow1D"]
@@ -39,6 +40,11 @@ class Glow1D(FlowModel):
         lu: LU-parameterised linear maps.
         spline_bins, spline_bound: the spline coupling's pieces ``K`` and interval
             ``[-B, B]`` (``coupling="spline"`` only).
+        prior: ``"gaussian"``, or ``"student_t"``: the learned prior's location and
+            scale with Student-t tails, a learned degrees of freedom per dimension
+            (:class:`~glow_train.flows.priors.StudentTPrior`); or ``"mixture"``: a
+            mixture of ``prior_components`` learned diagonal Gaussians
+            (:class:`~glow_train.flows.priors.MixturePrior`; unconditional models).
         num_classes: if > 0, the prior is class-conditional.
         context_dims: if > 0, the model is :math:`p(x \mid c)`: its input ``(B, C + D)``
             holds the context ``c`` (the first ``C`` values, e.g. the steps before a
@@ -68,6 +74,8 @@ class Glow1D(FlowModel):
         context_dims: int = 0,
         spline_bins: int = 8,
         spline_bound: float = 4.0,
+        prior: str = "gaussian",
+        prior_components: int = 8,
     ):
         super().__init__()
         check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
@@ -90,6 +98,19 @@ class Glow1D(FlowModel):
         spline = dict(bins=int(spline_bins), bound=float(spline_bound))
         if coupling == "spline":  # likewise
             self.config |= dict(spline_bins=spline["bins"], spline_bound=spline["bound"])
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+        if prior != "gaussian":  # likewise
+            self.config["prior"] = prior
+        if prior == "mixture":
+            if num_classes > 0 or context_dims > 0:
+                raise ValueError(
+                    "prior=mixture is for unconditional models; a class-conditional or "
+                    "context model takes prior=gaussian or student_t"
+                )
+            check_positive(prior_components=prior_components)
+            self.config["prior_components"] = int(prior_components)
+        student_t = prior == "student_t"
         self.num_dims = dim
         self.num_classes = num_classes
         self.context_dims = int(context_dims)
@@ -113,13 +134,17 @@ class Glow1D(FlowModel):
                 )
                 for _ in range(K)
             )
-            self.prior = ContextPrior(dim, width)
+            self.prior = ContextPrior(dim, width, student_t=student_t)
             return
         self.flow = FlowSteps(
             FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp, spline=spline)
             for _ in range(K)
         )
-        self.prior = LearnedPrior((dim,), num_classes=num_classes)
+        if prior == "mixture":
+            self.prior = MixturePrior((dim,), int(prior_components))
+        else:
+            prior_class = StudentTPrior if student_t else LearnedPrior
+            self.prior = prior_class((dim,), num_classes=num_classes)
 
     @classmethod
     def for_data(cls, spec: DataSpec, options: dict[str, Any]) -> Glow1D:
