@@ -124,6 +124,7 @@ class Glow1DConfig:
     spline_bound: float = 4.0  # likewise
     prior: str = "gaussian"  # likewise
     prior_components: int = 8  # likewise
+    context_magnitudes: bool = False  # likewise
 
 
 @dataclass

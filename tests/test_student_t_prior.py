@@ -75,8 +75,16 @@ def test_student_t_draws_have_the_distribution_and_follow_the_generator():
 def test_context_model_with_student_t_prior(coupling):
     torch.manual_seed(0)
     model = Glow1D(
-        dim=1, K=2, hidden_features=8, coupling=coupling, lu=True, context_dims=3, prior="student_t"
+        dim=1,
+        K=2,
+        hidden_features=8,
+        coupling=coupling,
+        lu=True,
+        context_dims=3,
+        prior="student_t",
+        context_magnitudes=True,
     ).double()
+    assert model.encoder[0].in_features == 6  # it reads [c, |c|]
     perturb(model, 0.3).eval()
     x = torch.randn(4, 4, dtype=torch.float64)
     h = model.encoder(x[:, :3])
@@ -103,6 +111,7 @@ def test_context_model_with_student_t_prior(coupling):
     loaded = Glow1D.from_config(model.config).double()
     loaded.load_state_dict(model.state_dict())
     torch.testing.assert_close(loaded.eval().log_prob(x), model.log_prob(x))
+    assert loaded.encoder.magnitudes
 
 
 def test_mixture_prior_is_the_log_sum_exp_of_its_gaussians():

@@ -43,13 +43,24 @@ __all__ = ["ContextEncoder", "ContextCoupling", "ContextPrior"]
 
 
 class ContextEncoder(nn.Sequential):
-    """``(B, C)`` context -> ``(B, E)`` features: Linear → activation, twice."""
+    """``(B, C)`` context -> ``(B, E)`` features: Linear → activation, twice.
 
-    def __init__(self, in_features: int, features: int, activation: str = "relu"):
+    With ``magnitudes``, the first layer reads ``[c, |c|]`` (``(B, 2C)``): the size of
+    recent moves, which carries volatility clustering, is then one layer away instead
+    of a function the network must first learn to fold."""
+
+    def __init__(
+        self, in_features: int, features: int, activation: str = "relu", magnitudes: bool = False
+    ):
         act = ACTIVATIONS[activation]
-        super().__init__(
-            nn.Linear(in_features, features), act(), nn.Linear(features, features), act()
-        )
+        width = 2 * in_features if magnitudes else in_features
+        super().__init__(nn.Linear(width, features), act(), nn.Linear(features, features), act())
+        self.magnitudes = magnitudes
+
+    def forward(self, context: Tensor) -> Tensor:
+        if self.magnitudes:
+            context = torch.cat([context, context.abs()], dim=1)
+        return super().forward(context)
 
 
 class ContextCoupling(nn.Module):

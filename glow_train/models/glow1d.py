@@ -40,6 +40,8 @@ class Glow1D(FlowModel):
         lu: LU-parameterised linear maps.
         spline_bins, spline_bound: the spline coupling's pieces ``K`` and interval
             ``[-B, B]`` (``coupling="spline"`` only).
+        context_magnitudes: the context encoder reads ``|c|`` beside ``c``
+            (:class:`~glow_train.flows.context.ContextEncoder`).
         prior: ``"gaussian"``, or ``"student_t"``: the learned prior's location and
             scale with Student-t tails, a learned degrees of freedom per dimension
             (:class:`~glow_train.flows.priors.StudentTPrior`); or ``"mixture"``: a
@@ -76,6 +78,7 @@ class Glow1D(FlowModel):
         spline_bound: float = 4.0,
         prior: str = "gaussian",
         prior_components: int = 8,
+        context_magnitudes: bool = False,
     ):
         super().__init__()
         check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
@@ -95,6 +98,8 @@ class Glow1D(FlowModel):
         )
         if context_dims > 0:  # recorded only when set: older checkpoints rebuild unchanged
             self.config["context_dims"] = int(context_dims)
+            if context_magnitudes:
+                self.config["context_magnitudes"] = True
         spline = dict(bins=int(spline_bins), bound=float(spline_bound))
         if coupling == "spline":  # likewise
             self.config |= dict(spline_bins=spline["bins"], spline_bound=spline["bound"])
@@ -123,7 +128,9 @@ class Glow1D(FlowModel):
                     f"a model with a context takes affine or spline couplings, not {coupling!r}"
                 )
             width = hidden_features
-            self.encoder = ContextEncoder(self.context_dims, width, activation)
+            self.encoder = ContextEncoder(
+                self.context_dims, width, activation, magnitudes=bool(context_magnitudes)
+            )
             self.steps = nn.ModuleList(
                 nn.ModuleList(
                     [
