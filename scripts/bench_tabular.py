@@ -111,16 +111,19 @@ def mixture_table(folder: Path, n: int = 2000, d: int = 4, seed: int = 1):
 
 
 def garch_t_returns(n: int, seed: int, omega=2e-6, alpha=0.08, beta=0.9, df=5.0):
-    """Returns of a GARCH(1,1) with unit-variance Student-t innovations, and the exact
-    log-density of each return given its whole past (the filter, known parameters)."""
+    """Returns of a GARCH(1,1) with unit-variance Student-t innovations, the exact
+    log-density of each return given its whole past (the filter, known parameters),
+    and each return's conditional standard deviation."""
     rng = np.random.default_rng(seed)
     eps = rng.standard_t(df, size=n + 500) * math.sqrt((df - 2) / df)
-    var, out, logp = omega / (1 - alpha - beta), np.empty(n + 500), np.empty(n + 500)
+    var, out = omega / (1 - alpha - beta), np.empty(n + 500)
+    logp, sd = np.empty(n + 500), np.empty(n + 500)
     for t in range(n + 500):
-        out[t] = math.sqrt(var) * eps[t]
-        logp[t] = standardized_t_logpdf(out[t] / math.sqrt(var), df) - 0.5 * math.log(var)
+        sd[t] = math.sqrt(var)
+        out[t] = sd[t] * eps[t]
+        logp[t] = standardized_t_logpdf(out[t] / sd[t], df) - math.log(sd[t])
         var = omega + alpha * out[t] ** 2 + beta * var
-    return out[500:], logp[500:]
+    return out[500:], logp[500:], sd[500:]
 
 
 def standardized_t_logpdf(e, df: float):
@@ -144,7 +147,7 @@ def price_series(name: str, folder: Path, n: int = 4000) -> tuple[Path, dict, di
     conditional density, the filter's, is known)."""
     extra = {}
     if name.startswith("garch_t"):
-        returns, logp = garch_t_returns(n, 2)
+        returns, logp, _ = garch_t_returns(n, 2)
         extra["step_log_prob"] = logp
     else:
         returns = ar1_t_returns(n, 3)
