@@ -44,7 +44,7 @@ from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
 from glow_train.forecast import context_model, draw_given
 
-__all__ = ["backtest", "kupiec", "christoffersen", "var_es", "LEVELS"]
+__all__ = ["backtest", "coverage", "kupiec", "christoffersen", "var_es", "LEVELS"]
 
 LEVELS = (0.01, 0.05)
 
@@ -90,7 +90,10 @@ def _log(p: float) -> float:
     return math.log(p) if p > 0 else 0.0
 
 
-def _summary(returns: np.ndarray, var: np.ndarray, es: np.ndarray, level: float) -> dict:
+def coverage(returns: np.ndarray, var: np.ndarray, es: np.ndarray, level: float) -> dict:
+    """One row of the backtest table: the exceedances of ``returns`` below ``-var``
+    (VaR as a positive loss, one per step), their count against ``level * n``, the
+    mean VaR and ES, and the Kupiec and Christoffersen statistics and p-values."""
     exceed = returns < -var
     lr_uc, p_uc = kupiec(exceed, level)
     lr_ind, p_ind = christoffersen(exceed)
@@ -193,7 +196,7 @@ def backtest(
         notes.append("garch_t skipped: the arch package is not installed (pip install arch)")
     else:
         methods["garch_t"] = garch
-    table = {name: [_summary(returns, *m[a], a) for a in LEVELS] for name, m in methods.items()}
+    table = {name: [coverage(returns, *m[a], a) for a in LEVELS] for name, m in methods.items()}
     folder = Path(out) if out is not None else Path(ckpt).parent / "backtest"
     folder.mkdir(parents=True, exist_ok=True)
     result = {

@@ -120,6 +120,11 @@ class Glow1DConfig:
     dropout: Any = MISSING  # a float, or auto
     coupling: str = MISSING
     lu: bool = MISSING
+    spline_bins: int = 8  # absent from older checkpoints' configs: the model's own default
+    spline_bound: float = 4.0  # likewise
+    prior: str = "gaussian"  # likewise
+    prior_components: int = 8  # likewise
+    context_magnitudes: bool = False  # likewise
 
 
 @dataclass

@@ -19,8 +19,16 @@ of ``glow-train dataset=csv``): lower is better, in the data's own units.
 The datasets: scikit-learn's breast-cancer (30 columns), wine (13) and diabetes (the
 9 continuous columns; its binary column would give a density spike), a 6-D Student-t
 (4 degrees of freedom) and a 4-D mixture of three correlated Gaussians written with
-known densities, and two simulated price series cut into windows of 8 log-returns:
-a GARCH(1,1) with Student-t innovations and an AR(1) with Student-t innovations.
+known densities, two simulated price series cut into windows of 8 log-returns (a
+GARCH(1,1) with Student-t innovations and an AR(1) with Student-t innovations), and
+the next GARCH return given the previous 20 (``garch_t_next``, ``dataset.context=20``).
+On that one the Gaussian, the mixture and zuko's flows are conditional densities of
+the same items, and two more rows join:
+
+- ``garch_t``: a GARCH(1,1)-t fitted on the training returns with ``arch``
+  (``pip install -e '.[finance]'``), its density of each test return given the whole
+  past; skipped with a note when arch is not installed.
+- ``truth``: the simulation's own filter, with the true parameters.
 
     python scripts/bench_tabular.py --out bench_tabular/     # every dataset
     python scripts/bench_tabular.py --only wine,student_t --json out.json
@@ -41,7 +49,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from glow_train.data.table import load_table
+from glow_train.data.table import load_table, series_values
 
 SERIES = {"columns": ["close"], "window": 8, "transform": "log_return"}
 
@@ -103,14 +111,25 @@ def mixture_table(folder: Path, n: int = 2000, d: int = 4, seed: int = 1):
 
 
 def garch_t_returns(n: int, seed: int, omega=2e-6, alpha=0.08, beta=0.9, df=5.0):
-    """Returns of a GARCH(1,1) with unit-variance Student-t innovations."""
+    """Returns of a GARCH(1,1) with unit-variance Student-t innovations, the exact
+    log-density of each return given its whole past (the filter, known parameters),
+    and each return's conditional standard deviation."""
     rng = np.random.default_rng(seed)
     eps = rng.standard_t(df, size=n + 500) * math.sqrt((df - 2) / df)
     var, out = omega / (1 - alpha - beta), np.empty(n + 500)
+    logp, sd = np.empty(n + 500), np.empty(n + 500)
     for t in range(n + 500):
-        out[t] = math.sqrt(var) * eps[t]
+        sd[t] = math.sqrt(var)
+        out[t] = sd[t] * eps[t]
+        logp[t] = standardized_t_logpdf(out[t] / sd[t], df) - math.log(sd[t])
         var = omega + alpha * out[t] ** 2 + beta * var
-    return out[500:]
+    return out[500:], logp[500:], sd[500:]
+
+
+def standardized_t_logpdf(e, df: float):
+    """Log-density of a Student-t scaled to unit variance (``df > 2``)."""
+    const = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(math.pi * (df - 2))
+    return const - (df + 1) / 2 * np.log1p(np.square(e) / (df - 2))
 
 
 def ar1_t_returns(n: int, seed: int, phi=0.6, scale=0.01, df=4.0):
@@ -122,13 +141,33 @@ def ar1_t_returns(n: int, seed: int, phi=0.6, scale=0.01, df=4.0):
     return out[100:]
 
 
-def price_series(name: str, folder: Path, n: int = 4000) -> tuple[Path, dict]:
-    returns = garch_t_returns(n, 2) if name == "garch_t" else ar1_t_returns(n, 3)
+def price_series(name: str, folder: Path, n: int = 4000) -> tuple[Path, dict, dict]:
+    """Prices from simulated log-returns: windows of 8 (``garch_t``, ``ar1_t``), or the
+    next return given the previous ``NEXT_CONTEXT`` (``garch_t_next``, whose exact
+    conditional density, the filter's, is known)."""
+    extra = {}
+    if name.startswith("garch_t"):
+        returns, logp, _ = garch_t_returns(n, 2)
+        extra["step_log_prob"] = logp
+    else:
+        returns = ar1_t_returns(n, 3)
     prices = 100.0 * np.exp(np.concatenate([[0.0], np.cumsum(returns)]))
-    return _write(folder / f"{name}.csv", ["close"], prices[:, None]), dict(SERIES)
+    options = dict(NEXT) if name.endswith("_next") else dict(SERIES)
+    return _write(folder / f"{name}.csv", ["close"], prices[:, None]), options, extra
 
 
-DATASETS = ("breast_cancer", "wine", "diabetes", "student_t", "mixture", "garch_t", "ar1_t")
+NEXT_CONTEXT = 20
+NEXT = {"columns": ["close"], "context": NEXT_CONTEXT, "transform": "log_return"}
+DATASETS = (
+    "breast_cancer",
+    "wine",
+    "diabetes",
+    "student_t",
+    "mixture",
+    "garch_t",
+    "ar1_t",
+    "garch_t_next",
+)
 
 
 def make_dataset(name: str, folder: Path) -> tuple[Path, dict, dict]:
@@ -142,8 +181,7 @@ def make_dataset(name: str, folder: Path) -> tuple[Path, dict, dict]:
     if name == "mixture":
         path, extra = mixture_table(folder)
         return path, {}, extra
-    path, options = price_series(name, folder)
-    return path, options, {}
+    return price_series(name, folder)
 
 
 # ------------------------------------------------------------------ models
@@ -170,62 +208,90 @@ def glow1d_defaults(path: Path, options: dict, run_dir: Path, extra: tuple = ())
     return {"nats": result.best_test_score, "seconds": seconds, "step": result.best_step}
 
 
-def standardized(parts: dict) -> tuple[dict, float]:
+def standardized(parts: dict, context: int = 0) -> tuple[dict, float]:
     """The splits standardised with the training statistics, and the log-Jacobian per
-    item, so that figures on them convert back to the data's own units."""
+    item of the modelled values (those after the first ``context``), so that figures on
+    them convert back to the data's own units."""
     loc, scale = parts["train"].mean(0), parts["train"].std(0)
-    return {k: (v - loc) / scale for k, v in parts.items()}, float(-np.log(scale).sum())
+    return {k: (v - loc) / scale for k, v in parts.items()}, float(-np.log(scale[context:]).sum())
 
 
-def gaussian(parts: dict) -> dict:
+def gaussian(parts: dict, context: int = 0) -> dict:
+    """Full covariance; with a context, the conditional Gaussian of the rest given it
+    (the joint's log-density minus the context's)."""
     start = time.perf_counter()
-    data, log_jac = standardized(parts)
-    train = data["train"]
-    dist = stats.multivariate_normal(train.mean(0), np.cov(train, rowvar=False, bias=True))
-    nats = -(dist.logpdf(data["test"]).mean() + log_jac) / train.shape[1]
+    data, log_jac = standardized(parts, context)
+    train, test = data["train"], data["test"]
+    mean, cov = train.mean(0), np.cov(train, rowvar=False, bias=True)
+    logp = stats.multivariate_normal(mean, cov).logpdf(test)
+    if context:
+        c = slice(0, context)
+        logp = logp - stats.multivariate_normal(mean[c], cov[c, c]).logpdf(test[:, c])
+    nats = -(logp.mean() + log_jac) / (train.shape[1] - context)
     return {"nats": float(nats), "seconds": time.perf_counter() - start}
 
 
-def gmm(parts: dict, max_components: int = 8) -> dict:
+def _gmm_log_prob(model, x: np.ndarray, context: int) -> np.ndarray:
+    """log p(x) of a fitted GaussianMixture, or log p(rest | first ``context``)."""
+    logp = model.score_samples(x)
+    if not context:
+        return logp
+    c = slice(0, context)
+    parts = [
+        np.log(w) + stats.multivariate_normal(m[c], cov[c, c]).logpdf(x[:, c])
+        for w, m, cov in zip(model.weights_, model.means_, model.covariances_, strict=True)
+    ]
+    return logp - np.logaddexp.reduce(np.stack(parts).reshape(len(parts), -1), axis=0)
+
+
+def gmm(parts: dict, context: int = 0, max_components: int = 8) -> dict:
     from sklearn.mixture import GaussianMixture
 
     start = time.perf_counter()
-    data, log_jac = standardized(parts)
+    data, log_jac = standardized(parts, context)
     best = None
     for k in range(1, max_components + 1):
         model = GaussianMixture(k, covariance_type="full", n_init=2, random_state=0)
         model.fit(data["train"])
-        val = -model.score(data["val"])
+        val = -_gmm_log_prob(model, data["val"], context).mean()
         if best is None or val < best[0]:
             best = (val, k, model)
     _, k, model = best
-    nats = -(model.score(data["test"]) + log_jac) / data["train"].shape[1]
+    dims = data["train"].shape[1] - context
+    nats = -(_gmm_log_prob(model, data["test"], context).mean() + log_jac) / dims
     return {"nats": float(nats), "seconds": time.perf_counter() - start, "components": k}
 
 
-def zuko_flow(parts: dict, kind: str, patience: int = 20, max_epochs: int = 1000) -> dict:
-    """zuko's NSF or MAF on standardised data, early stopping on validation."""
+def zuko_flow(
+    parts: dict, kind: str, context: int = 0, patience: int = 20, max_epochs: int = 1000
+) -> dict:
+    """zuko's NSF or MAF on standardised data (with a context: conditioned on it),
+    early stopping on validation."""
     import zuko
 
     start = time.perf_counter()
     torch.manual_seed(0)
-    arrays, log_jac = standardized(parts)
+    arrays, log_jac = standardized(parts, context)
     data = {k: torch.from_numpy(v).float() for k, v in arrays.items()}
-    d = data["train"].shape[1]
+    d = data["train"].shape[1] - context
     make = zuko.flows.NSF if kind == "nsf" else zuko.flows.MAF
-    flow = make(features=d, transforms=4, hidden_features=[128, 128])
+    flow = make(features=d, context=context, transforms=4, hidden_features=[128, 128])
     opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
     batch = min(256, max(32, len(data["train"]) // 8))
 
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        dist = flow(x[:, :context]) if context else flow()
+        return dist.log_prob(x[:, context:])
+
     def nll(x: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(-(flow().log_prob(x).mean()) - log_jac) / d
+            return float(-(log_prob(x).mean()) - log_jac) / d
 
     best, best_state, since = math.inf, None, 0
     for _ in range(max_epochs):
         order = torch.randperm(len(data["train"]))
         for i in range(0, len(order) - batch + 1, batch):
-            loss = -flow().log_prob(data["train"][order[i : i + batch]]).mean()
+            loss = -log_prob(data["train"][order[i : i + batch]]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -238,6 +304,27 @@ def zuko_flow(parts: dict, kind: str, patience: int = 20, max_epochs: int = 1000
                 break
     flow.load_state_dict(best_state)
     return {"nats": nll(data["test"]), "seconds": time.perf_counter() - start}
+
+
+def garch(returns: np.ndarray, n_train: int, n_test: int) -> dict | None:
+    """GARCH(1,1) with Student-t innovations and a constant mean (the ``arch`` package,
+    ``pip install -e '.[finance]'``), fitted on the first ``n_train`` returns, then run
+    through the whole series with those parameters: the log-density of each of the last
+    ``n_test`` returns given its whole past. ``None`` when arch is not installed."""
+    try:
+        from arch import arch_model
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    scale = 100.0  # arch's optimiser prefers returns in percent
+    y = scale * returns
+    fit = arch_model(y[:n_train], mean="Constant", vol="GARCH", p=1, q=1, dist="t")
+    params = fit.fit(disp="off").params
+    run = arch_model(y, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fix(params)
+    sigma = np.asarray(run.conditional_volatility)
+    e = (y - params["mu"]) / sigma
+    logp = standardized_t_logpdf(e, params["nu"]) - np.log(sigma) + math.log(scale)
+    return {"nats": float(-logp[-n_test:].mean()), "seconds": time.perf_counter() - start}
 
 
 # ------------------------------------------------------------------ the table
@@ -264,6 +351,7 @@ def run(
             "delimiter": ",",
             "dropna": False,
             "window": None,
+            "context": None,
             "stride": 1,
             "transform": "none",
             "val_size": 0.1,
@@ -273,30 +361,43 @@ def run(
         }
         table = load_table(cfg)
         parts = table.parts
+        context = int(options.get("context") or 0)
         row = {
             "dataset": name,
-            "dims": parts["train"].shape[1],
+            "dims": parts["train"].shape[1] - context,
+            "context": context,
             "train": len(parts["train"]),
             "val": len(parts["val"]),
             "test": len(parts["test"]),
         }
         if "log_prob" in extra:
             row["truth"] = float(-extra["log_prob"](parts["test"]).mean() / row["dims"])
-        row["gaussian"] = gaussian(parts)
-        row["gmm"] = gmm(parts)
+        if "step_log_prob" in extra and context:
+            # the next return given its whole past; the test targets are the last returns
+            row["truth"] = float(-extra["step_log_prob"][-row["test"] :].mean())
+        row["gaussian"] = gaussian(parts, context)
+        row["gmm"] = gmm(parts, context)
         for kind in flows if baselines else ():
-            row[kind] = zuko_flow(parts, kind)
+            row[kind] = zuko_flow(parts, kind, context)
+        if context:
+            returns = series_values(cfg)[1][:, 0]
+            fitted = garch(returns, len(returns) - row["test"] - row["val"], row["test"])
+            if fitted is None:
+                print("arch is not installed (pip install -e '.[finance]'): no garch_t row")
+            else:
+                row["garch_t"] = fitted
         row["glow1d"] = glow1d_defaults(path, options, out / "runs" / name, glow_options)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
 
 
-COLUMNS = ("gaussian", "gmm", "nsf", "maf", "glow1d")
+COLUMNS = ("gaussian", "gmm", "nsf", "maf", "garch_t", "glow1d")
 
 
 def format_row(row: dict) -> str:
-    cells = [row["dataset"], str(row["dims"]), str(row["train"])]
+    name = row["dataset"] + (f" (given {row['context']})" if row.get("context") else "")
+    cells = [name, str(row["dims"]), str(row["train"])]
     cells.append(f"{row['truth']:.3f}" if "truth" in row else "")
     for key in COLUMNS:
         r = row.get(key)
@@ -307,8 +408,8 @@ def format_row(row: dict) -> str:
 
 
 HEADER = (
-    "| dataset | D | train | truth | gaussian | gmm (val) | zuko nsf | zuko maf | 1-D Glow "
-    "(defaults) | margin over best classical |\n|" + " --- |" * 11
+    "| dataset | D | train | truth | gaussian | gmm (val) | zuko nsf | zuko maf | GARCH(1,1)-t "
+    "| 1-D Glow (defaults) | margin over gaussian and gmm |\n|" + " --- |" * 12
 )
 
 

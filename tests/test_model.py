@@ -184,7 +184,8 @@ def test_bits_per_dim_of_an_untrained_glow_is_plausible():
         (dict(L=0), "L must be at least 1"),
         (dict(K=0), "K must be at least 1"),
         (dict(hidden_channels=0), "hidden_channels must be at least 1"),
-        (dict(coupling="spline"), "unknown coupling 'spline'"),
+        (dict(coupling="cubic"), "unknown coupling 'cubic'"),
+        (dict(coupling="spline"), "coupling=spline is for vectors \\(model=glow1d"),
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs, match):

@@ -108,7 +108,7 @@ PRESETS = {
     "mnist": ("mnist", "glow", 16, 2, 256, 1e-3, 100_000, None),
     "cifar10": ("cifar10", "glow", 32, 3, 512, 1e-3, 300_000, None),
     "celeba": ("celeba", "glow", 32, 4, 512, 1e-3, 300_000, None),
-    "csv": ("csv", "glow1d", "auto", None, "auto", 2e-3, "auto", None),  # sized by the split
+    "csv": ("csv", "glow1d", "auto", None, "auto", 5e-4, "auto", None),  # sized by the split
     "folder": (None, "glow", 32, 3, 512, 1e-3, 100_000, None),  # no preset: the neutral values
 }
 

@@ -197,7 +197,13 @@ def _fit_series(tmp_path, values, context, extra):
     return result, table.parts["test"]
 
 
-AR1_SMALL = ["model.K=2", "model.hidden_features=32", "model.dropout=0", "train.lr=1e-3"]
+AR1_SMALL = [
+    "model.K=2",
+    "model.hidden_features=32",
+    "model.dropout=0",
+    "train.lr=1e-3",
+    "precision=fp32",  # the same arithmetic on CPUs with and without native bf16
+]
 
 
 @pytest.mark.parametrize(
@@ -236,12 +242,15 @@ def garch_t(n: int, seed: int, omega=0.05, alpha=0.1, beta=0.85, df=6.0):
     return out[500:], logp[500:]
 
 
-@pytest.mark.slow
-def test_garch_conditional_density_is_near_the_filtered_density(tmp_path):
-    values, logp = garch_t(20000, seed=1)
-    context = 40
-    result, test = _fit_series(
-        tmp_path, values, context, ["train.max_steps=6000", "model.dropout=0"]
-    )
+@pytest.mark.parametrize(
+    "n, context",
+    [pytest.param(4000, 20, id="small"), pytest.param(20000, 40, marks=pytest.mark.slow)],
+)
+def test_garch_conditional_density_is_near_the_filtered_density(tmp_path, n, context):
+    """The defaults (dataset=csv with a context, nothing else) on a GARCH(1,1)-t series:
+    the test figure of p(next return | previous C) is within 0.05 nats of the exact
+    density given the whole past, averaged over the same test returns."""
+    values, logp = garch_t(n, seed=1)
+    result, test = _fit_series(tmp_path, values, context, ["precision=fp32"])
     exact = -logp[-len(test) :].mean()
     assert result.best_test_score == pytest.approx(float(exact), abs=0.05)

@@ -7,6 +7,12 @@ Every prior is a diagonal Gaussian :math:`\mathcal N(\mu, \sigma^2)` with
   or a 1-D Glow), optionally shifted by a per-class offset (class-conditional).
 - :class:`SplitPrior`: the factored-out half of a multi-scale level, conditioned on
   the kept half by a zero-initialised conv3×3 that predicts :math:`(\mu, \log\sigma)`.
+- :class:`StudentTPrior`: :class:`LearnedPrior`'s location and scale with Student-t
+  tails, one learned degrees of freedom :math:`\nu_i` per element (``model.prior=student_t``
+  of the 1-D Glow): heavy-tailed data, such as returns, need no extreme stretch of the
+  flow to reach their tails (Jaini et al. 2020, "Tails of Lipschitz triangular flows").
+- :class:`MixturePrior`: a mixture of ``M`` learned diagonal Gaussians
+  (``model.prior=mixture``): separated modes need no tearing of the flow.
 
 :math:`\log p(z) = \sum_i -\tfrac12\log 2\pi - \log\sigma_i - \tfrac12((z_i-\mu_i)/\sigma_i)^2`,
 summed per sample in float32 (or float64 for float64 input). Sampling at
@@ -24,7 +30,20 @@ from torch import Tensor, nn
 from glow_train.flows.base import autocast_off, deinterleave, logdet_dtype
 from glow_train.flows.conditioner import ZeroInit
 
-__all__ = ["gaussian_log_prob", "GaussianPrior", "LearnedPrior", "SplitPrior"]
+__all__ = [
+    "gaussian_log_prob",
+    "student_t_log_prob",
+    "student_t_noise",
+    "GaussianPrior",
+    "LearnedPrior",
+    "SplitPrior",
+    "StudentTPrior",
+    "MixturePrior",
+    "PRIORS",
+]
+
+PRIORS = ("gaussian", "student_t", "mixture")  # the 1-D Glow's model.prior
+INITIAL_DF = 10.0  # a Student-t prior's degrees of freedom before training
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -35,6 +54,44 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     z, mean, log_scale = z.to(dtype), mean.to(dtype), log_scale.to(dtype)
     log_p = -_HALF_LOG_2PI - log_scale - 0.5 * ((z - mean) * torch.exp(-log_scale)) ** 2
     return log_p.sum(dim=tuple(range(1, log_p.dim())))  # no copy for channels_last
+
+
+def student_t_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor, log_df: Tensor) -> Tensor:
+    r"""Per-sample log-density of independent Student-t's, summed over all but dim 0:
+    :math:`\sum_i \log\Gamma(\tfrac{\nu_i+1}2) - \log\Gamma(\tfrac{\nu_i}2)
+    - \tfrac12\log(\nu_i\pi) - \log\sigma_i - \tfrac{\nu_i+1}2\log(1 + e_i^2/\nu_i)`,
+    :math:`e_i = (z_i - \mu_i)/\sigma_i`, :math:`\nu_i = e^{\text{log\_df}_i}`."""
+    dtype = logdet_dtype(z)
+    z, mean, log_scale = z.to(dtype), mean.to(dtype), log_scale.to(dtype)
+    df = torch.exp(log_df.to(dtype))
+    e = (z - mean) * torch.exp(-log_scale)
+    log_p = (
+        torch.lgamma((df + 1) / 2)
+        - torch.lgamma(df / 2)
+        - 0.5 * torch.log(df * math.pi)
+        - log_scale
+        - (df + 1) / 2 * torch.log1p(e * e / df)
+    )
+    return log_p.sum(dim=tuple(range(1, log_p.dim())))
+
+
+def student_t_noise(
+    df: Tensor, shape: torch.Size, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Standard Student-t draws of ``shape`` (``df`` broadcast to it):
+    :math:`\epsilon / \sqrt{G / \nu}`, :math:`\epsilon \sim \mathcal N(0, 1)`,
+    :math:`G \sim \chi^2_\nu`. The chi-square draws come from the global generator
+    seeded from ``generator`` (PyTorch's gamma sampler takes none), so a seeded
+    generator gives the same draws every time."""
+    eps = torch.randn(shape, generator=generator, device=df.device, dtype=df.dtype)
+    chi2 = torch.distributions.Chi2(df.expand(shape))
+    if generator is None:
+        return eps / torch.sqrt(chi2.sample() / df)
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[df.device] if df.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        draws = chi2.sample()
+    return eps / torch.sqrt(draws / df)
 
 
 class GaussianPrior(nn.Module):
@@ -129,3 +186,83 @@ class SplitPrior(GaussianPrior):
         with autocast_off(context):  # one conv per level: keep the prior in full precision
             h = self.net(context)
         return deinterleave(h)
+
+
+class StudentTPrior(LearnedPrior):
+    """:class:`LearnedPrior` (location, scale, class offsets) with Student-t tails: one
+    learned ``log_df`` per element, starting at ``log(INITIAL_DF)``. Sampling at
+    temperature ``T`` multiplies the scale by ``T``."""
+
+    def __init__(self, shape: tuple[int, ...], num_classes: int = 0):
+        super().__init__(shape, num_classes)
+        self.log_df = nn.Parameter(torch.full(shape, math.log(INITIAL_DF)))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        mean, log_scale = self.params(context, z.shape[0])
+        return student_t_log_prob(z, mean, log_scale, self.log_df)
+
+    def sample(
+        self,
+        batch_size: int,
+        context: Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        mean, log_scale = self.params(context, batch_size)
+        dtype = logdet_dtype(mean)
+        mean, log_scale = mean.to(dtype), log_scale.to(dtype)
+        noise = student_t_noise(torch.exp(self.log_df.to(dtype)), mean.shape, generator)
+        return mean + temperature * torch.exp(log_scale) * noise
+
+
+class MixturePrior(nn.Module):
+    r"""A mixture of ``M`` diagonal Gaussians over ``(B, *shape)`` with learned weights,
+    means and scales:
+    :math:`\log p(z) = \operatorname{logsumexp}_m [\log\pi_m + \log\mathcal N(z; \mu_m,
+    \operatorname{diag}\sigma_m^2)]`, the sum over components in at least float32.
+
+    The weights start equal and the scales at 1; the means start at fixed, seeded
+    draws from :math:`\mathcal N(0, I)` (equal means would keep the components equal
+    under gradient descent), so the mixture starts close to the data that ActNorm
+    standardises. Unconditional only.
+    """
+
+    def __init__(self, shape: tuple[int, ...], components: int, seed: int = 0):
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"a mixture prior needs at least 1 component, got {components}")
+        gen = torch.Generator().manual_seed(seed)
+        self.means = nn.Parameter(torch.randn((components, *shape), generator=gen))
+        self.log_scales = nn.Parameter(torch.zeros((components, *shape)))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def component_log_probs(self, z: Tensor) -> Tensor:
+        """``log pi_m + log N(z; mu_m, sigma_m)`` for each item and component, ``(B, M)``."""
+        columns = [
+            gaussian_log_prob(z, mean.expand_as(z), log_scale.expand_as(z))
+            for mean, log_scale in zip(self.means, self.log_scales, strict=True)
+        ]
+        weights = torch.log_softmax(self.logits.to(logdet_dtype(z)), dim=0)
+        return torch.stack(columns, dim=1) + weights
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None:
+            raise ValueError("a mixture prior is unconditional")
+        return torch.logsumexp(self.component_log_probs(z), dim=1)
+
+    def sample(
+        self,
+        batch_size: int,
+        context: Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A component per draw (by the weights), then its Gaussian with the scale
+        multiplied by ``temperature``."""
+        if context is not None:
+            raise ValueError("a mixture prior is unconditional")
+        probs = torch.softmax(self.logits.detach().float(), dim=0)
+        which = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
+        mean, log_scale = self.means[which], self.log_scales[which]
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + temperature * torch.exp(log_scale) * eps

@@ -40,6 +40,7 @@ from glow_train.flows.invconv import (
     stacked_log_abs_det,
     stacked_weight_matrices,
 )
+from glow_train.flows.spline import SplineCoupling
 
 __all__ = ["FlowStep", "FlowSteps"]
 
@@ -103,12 +104,14 @@ class FlowStep(FlowSequence):
     Args:
         num_channels: ``C`` of ``(B, C, H, W)`` maps, or ``D`` of ``(B, D)`` vectors.
         hidden_channels: width of the coupling's conditioner.
-        coupling: ``"affine"`` or ``"additive"``.
+        coupling: ``"affine"``, ``"additive"`` or (``dense`` only) ``"spline"``.
         lu: LU-parameterised channel mixing.
         dense: an MLP conditioner for vectors instead of convolutions.
         dropout: the convolutional conditioner's dropout (images).
         mlp: the MLP conditioner's options
             (see :func:`~glow_train.flows.conditioner.mlp_conditioner`).
+        spline: ``bins`` and ``bound`` of a ``"spline"`` coupling
+            (:class:`~glow_train.flows.spline.SplineCoupling`).
     """
 
     def __init__(
@@ -120,16 +123,17 @@ class FlowStep(FlowSequence):
         dense: bool = False,
         mlp: dict | None = None,
         dropout: float = 0.0,
+        spline: dict | None = None,
     ):
-        super().__init__(
-            [
-                ActNorm(num_channels),
-                InvertibleLinear(num_channels, lu=lu),
-                Coupling(
-                    num_channels, hidden_channels, coupling, dense=dense, mlp=mlp, dropout=dropout
-                ),
-            ]
-        )
+        if coupling == "spline":
+            if not dense:
+                raise ValueError("the spline coupling is for vectors (dense=True)")
+            last = SplineCoupling(num_channels, hidden_channels, mlp=mlp, **(spline or {}))
+        else:
+            last = Coupling(
+                num_channels, hidden_channels, coupling, dense=dense, mlp=mlp, dropout=dropout
+            )
+        super().__init__([ActNorm(num_channels), InvertibleLinear(num_channels, lu=lu), last])
 
     def _fold(self) -> _NormThenMix:
         """The fold of this step's current ActNorm and 1×1 conv, built on first use (and

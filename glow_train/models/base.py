@@ -21,7 +21,7 @@ from glow_train.data.spec import DataSpec
 from glow_train.flows import ActNorm, FlowSequence, FlowStep
 from glow_train.flows.coupling import COUPLINGS
 
-__all__ = ["FlowModel", "check_positive", "check_coupling"]
+__all__ = ["FlowModel", "check_positive", "check_coupling", "VECTOR_COUPLINGS"]
 
 
 def check_positive(**values: int) -> None:
@@ -31,9 +31,20 @@ def check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be at least 1, got {value}")
 
 
-def check_coupling(coupling: str) -> None:
-    if coupling not in COUPLINGS:
-        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
+VECTOR_COUPLINGS = (*COUPLINGS, "spline")  # the 1-D Glow's: flows/spline.py as well
+
+
+def check_coupling(coupling: str, vectors: bool = False) -> None:
+    """``coupling`` is one the model takes (``vectors``: the 1-D Glow's), else a
+    ``ValueError`` naming the choices."""
+    allowed = VECTOR_COUPLINGS if vectors else COUPLINGS
+    if coupling in VECTOR_COUPLINGS and coupling not in allowed:
+        raise ValueError(
+            f"coupling={coupling} is for vectors (model=glow1d, e.g. dataset=csv); "
+            f"images take model.coupling={' or '.join(allowed)}"
+        )
+    if coupling not in allowed:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(allowed)}")
 
 
 class FlowModel(nn.Module):

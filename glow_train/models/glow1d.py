@@ -14,6 +14,7 @@ from glow_train.flows import FlowStep, FlowSteps, LearnedPrior
 from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.context import ContextCoupling, ContextEncoder, ContextPrior
 from glow_train.flows.invconv import InvertibleLinear
+from glow_train.flows.priors import PRIORS, MixturePrior, StudentTPrior
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
 __all__ = ["Glow1D"]
@@ -31,11 +32,21 @@ class Glow1D(FlowModel):
         dim: ``D`` (at least 2; from the dataset).
         K: number of steps.
         hidden_features: width of the MLP conditioners.
-        coupling: ``"affine"`` or ``"additive"``.
+        coupling: ``"affine"``, ``"additive"`` or ``"spline"`` (rational-quadratic,
+            :mod:`glow_train.flows.spline`).
         hidden_layers: hidden layers per MLP conditioner.
         activation: ``relu``, ``elu``, ``gelu`` or ``tanh``.
         dropout: dropout probability after each hidden layer (training mode only).
         lu: LU-parameterised linear maps.
+        spline_bins, spline_bound: the spline coupling's pieces ``K`` and interval
+            ``[-B, B]`` (``coupling="spline"`` only).
+        context_magnitudes: the context encoder reads ``|c|`` beside ``c``
+            (:class:`~glow_train.flows.context.ContextEncoder`).
+        prior: ``"gaussian"``, or ``"student_t"``: the learned prior's location and
+            scale with Student-t tails, a learned degrees of freedom per dimension
+            (:class:`~glow_train.flows.priors.StudentTPrior`); or ``"mixture"``: a
+            mixture of ``prior_components`` learned diagonal Gaussians
+            (:class:`~glow_train.flows.priors.MixturePrior`; unconditional models).
         num_classes: if > 0, the prior is class-conditional.
         context_dims: if > 0, the model is :math:`p(x \mid c)`: its input ``(B, C + D)``
             holds the context ``c`` (the first ``C`` values, e.g. the steps before a
@@ -43,8 +54,9 @@ class Glow1D(FlowModel):
             ``x`` given ``c`` and ``num_dims`` is ``D``. One shared encoder of ``c``
             (:class:`~glow_train.flows.context.ContextEncoder`, ``hidden_features``
             wide) feeds every coupling network and the prior's mean and scale
-            (:mod:`glow_train.flows.context`). With ``D = 1`` the couplings are affine
-            in ``x`` given ``c``, so the conditional density is a Gaussian.
+            (:mod:`glow_train.flows.context`). With ``D = 1`` and affine couplings
+            the conditional density is a Gaussian; spline couplings (or ``D > 1``)
+            are not restricted to one.
     """
 
     name = "glow1d"
@@ -62,10 +74,15 @@ class Glow1D(FlowModel):
         activation: str = "relu",
         dropout: float = 0.0,
         context_dims: int = 0,
+        spline_bins: int = 8,
+        spline_bound: float = 4.0,
+        prior: str = "gaussian",
+        prior_components: int = 8,
+        context_magnitudes: bool = False,
     ):
         super().__init__()
         check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
-        check_coupling(coupling)
+        check_coupling(coupling, vectors=True)
         if dim < (1 if context_dims > 0 else 2):
             raise ValueError(f"dim must be at least 2 (1 with a context), got {dim}")
         self.config = dict(
@@ -81,6 +98,24 @@ class Glow1D(FlowModel):
         )
         if context_dims > 0:  # recorded only when set: older checkpoints rebuild unchanged
             self.config["context_dims"] = int(context_dims)
+            if context_magnitudes:
+                self.config["context_magnitudes"] = True
+        spline = dict(bins=int(spline_bins), bound=float(spline_bound))
+        if coupling == "spline":  # likewise
+            self.config |= dict(spline_bins=spline["bins"], spline_bound=spline["bound"])
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+        if prior != "gaussian":  # likewise
+            self.config["prior"] = prior
+        if prior == "mixture":
+            if num_classes > 0 or context_dims > 0:
+                raise ValueError(
+                    "prior=mixture is for unconditional models; a class-conditional or "
+                    "context model takes prior=gaussian or student_t"
+                )
+            check_positive(prior_components=prior_components)
+            self.config["prior_components"] = int(prior_components)
+        student_t = prior == "student_t"
         self.num_dims = dim
         self.num_classes = num_classes
         self.context_dims = int(context_dims)
@@ -88,26 +123,35 @@ class Glow1D(FlowModel):
         if self.context_dims > 0:
             if num_classes > 0:
                 raise ValueError("a model with a context has no class-conditional prior")
-            if coupling != "affine":
-                raise ValueError("a model with a context uses affine couplings")
+            if coupling not in ("affine", "spline"):
+                raise ValueError(
+                    f"a model with a context takes affine or spline couplings, not {coupling!r}"
+                )
             width = hidden_features
-            self.encoder = ContextEncoder(self.context_dims, width, activation)
+            self.encoder = ContextEncoder(
+                self.context_dims, width, activation, magnitudes=bool(context_magnitudes)
+            )
             self.steps = nn.ModuleList(
                 nn.ModuleList(
                     [
                         ActNorm(dim),
                         InvertibleLinear(dim, lu=lu),
-                        ContextCoupling(dim, width, width, mlp),
+                        ContextCoupling(dim, width, width, mlp, coupling, spline),
                     ]
                 )
                 for _ in range(K)
             )
-            self.prior = ContextPrior(dim, width)
+            self.prior = ContextPrior(dim, width, student_t=student_t)
             return
         self.flow = FlowSteps(
-            FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp) for _ in range(K)
+            FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp, spline=spline)
+            for _ in range(K)
         )
-        self.prior = LearnedPrior((dim,), num_classes=num_classes)
+        if prior == "mixture":
+            self.prior = MixturePrior((dim,), int(prior_components))
+        else:
+            prior_class = StudentTPrior if student_t else LearnedPrior
+            self.prior = prior_class((dim,), num_classes=num_classes)
 
     @classmethod
     def for_data(cls, spec: DataSpec, options: dict[str, Any]) -> Glow1D:
