@@ -1,16 +1,24 @@
 """Flow layers: each maps ``forward(x) -> (z, logdet)`` and ``inverse(z) -> x``.
 
 ``base`` (the protocol, :class:`FlowSequence`), ``actnorm``, ``invconv`` (1×1
-convolution / linear map), ``coupling`` (and the conditioners), ``step`` (one
-step of flow), ``priors``, ``squeeze`` (the reshapes between scales) and
-``recompute`` (the memory-saving backward pass).
+convolution / linear map), ``coupling`` (and the conditioners), ``spline`` (the
+rational-quadratic spline coupling of vectors), ``step`` (one step of flow),
+``priors``, ``squeeze`` (the reshapes between scales) and ``recompute`` (the
+memory-saving backward pass).
 """
 
 from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.base import Flow, FlowSequence
 from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import InvertibleLinear
-from glow_train.flows.priors import GaussianPrior, LearnedPrior, SplitPrior
+from glow_train.flows.priors import (
+    GaussianPrior,
+    LearnedPrior,
+    MixturePrior,
+    SplitPrior,
+    StudentTPrior,
+)
+from glow_train.flows.spline import SplineCoupling
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 from glow_train.flows.standardize import Standardize
 from glow_train.flows.step import FlowStep, FlowSteps
@@ -26,6 +34,9 @@ __all__ = [
     "GaussianPrior",
     "InvertibleLinear",
     "LearnedPrior",
+    "MixturePrior",
+    "SplineCoupling",
+    "StudentTPrior",
     "SplitPrior",
     "squeeze2d",
     "unsqueeze2d",

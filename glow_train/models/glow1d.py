@@ -38,8 +38,8 @@ class Glow1D(FlowModel):
         activation: ``relu``, ``elu``, ``gelu`` or ``tanh``.
         dropout: dropout probability after each hidden layer (training mode only).
         lu: LU-parameterised linear maps.
-        spline_bins, spline_bound: the spline coupling's pieces ``K`` and interval
-            ``[-B, B]`` (``coupling="spline"`` only).
+        spline_bins: the spline coupling's pieces (``coupling="spline"`` only).
+        spline_bound: ``B``: the splines act on ``[-B, B]``, the identity outside.
         context_magnitudes: the context encoder reads ``|c|`` beside ``c``
             (:class:`~glow_train.flows.context.ContextEncoder`).
         prior: ``"gaussian"``, or ``"student_t"``: the learned prior's location and
