@@ -125,15 +125,19 @@ class FlowStep(FlowSequence):
         dropout: float = 0.0,
         spline: dict | None = None,
     ):
+        if coupling == "spline" and not dense:
+            raise ValueError("the spline coupling is for vectors (dense=True)")
+        # built in this order (the random initialisation of a seeded model depends on it)
+        layers: list[Flow] = [ActNorm(num_channels), InvertibleLinear(num_channels, lu=lu)]
         if coupling == "spline":
-            if not dense:
-                raise ValueError("the spline coupling is for vectors (dense=True)")
-            last = SplineCoupling(num_channels, hidden_channels, mlp=mlp, **(spline or {}))
+            layers.append(SplineCoupling(num_channels, hidden_channels, mlp=mlp, **(spline or {})))
         else:
-            last = Coupling(
-                num_channels, hidden_channels, coupling, dense=dense, mlp=mlp, dropout=dropout
+            layers.append(
+                Coupling(
+                    num_channels, hidden_channels, coupling, dense=dense, mlp=mlp, dropout=dropout
+                )
             )
-        super().__init__([ActNorm(num_channels), InvertibleLinear(num_channels, lu=lu), last])
+        super().__init__(layers)
 
     def _fold(self) -> _NormThenMix:
         """The fold of this step's current ActNorm and 1×1 conv, built on first use (and
