@@ -215,16 +215,36 @@ class StudentTPrior(LearnedPrior):
         return mean + temperature * torch.exp(log_scale) * noise
 
 
+def _k_means(points: Tensor, m: int, iterations: int, gen: torch.Generator) -> Tensor:
+    """``m`` centers of ``points`` ``(N, D)``: k-means++ seeding (each next center drawn
+    with probability proportional to its squared distance from the chosen ones), then
+    ``iterations`` Lloyd steps."""
+    first = torch.randint(points.shape[0], (1,), generator=gen, device=points.device)
+    centers = points[first]
+    while centers.shape[0] < m:
+        d2 = torch.cdist(points, centers).min(dim=1).values.square()
+        pick = torch.multinomial(d2 / d2.sum(), 1, generator=gen)
+        centers = torch.cat([centers, points[pick]])
+    for _ in range(iterations):
+        assign = torch.cdist(points, centers).argmin(dim=1)
+        for k in range(m):
+            members = points[assign == k]
+            if len(members):
+                centers[k] = members.mean(0)
+    return centers
+
+
 class MixturePrior(nn.Module):
     r"""A mixture of ``M`` diagonal Gaussians over ``(B, *shape)`` with learned weights,
     means and scales:
     :math:`\log p(z) = \operatorname{logsumexp}_m [\log\pi_m + \log\mathcal N(z; \mu_m,
     \operatorname{diag}\sigma_m^2)]`, the sum over components in at least float32.
 
-    The weights start equal and the scales at 1; the means start at fixed, seeded
-    draws from :math:`\mathcal N(0, I)` (equal means would keep the components equal
-    under gradient descent), so the mixture starts close to the data that ActNorm
-    standardises. Unconditional only.
+    The means start at fixed, seeded draws from :math:`\mathcal N(0, I)`, the scales
+    at 1 and the weights equal (equal means would keep the components equal under
+    gradient descent); :meth:`initialize` then places them on k-means clusters of
+    the first batch's latents, as ActNorm takes that batch's statistics.
+    Unconditional only.
     """
 
     def __init__(self, shape: tuple[int, ...], components: int, seed: int = 0):
@@ -232,9 +252,48 @@ class MixturePrior(nn.Module):
         if components < 1:
             raise ValueError(f"a mixture prior needs at least 1 component, got {components}")
         gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self.means = nn.Parameter(torch.randn((components, *shape), generator=gen))
         self.log_scales = nn.Parameter(torch.zeros((components, *shape)))
         self.logits = nn.Parameter(torch.zeros(components))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def initialize(self, z: Tensor, iterations: int = 20, restarts: int = 4) -> None:
+        """Data-dependent initialisation from latents ``z`` ``(N, *shape)`` (the flow's
+        output on the first batch, as ActNorm's): k-means with k-means++ seeding (a
+        fixed seed; the best of ``restarts``), then each component's mean,
+        per-dimension scale and weight from its cluster. Does nothing once initialised
+        (e.g. after loading a checkpoint)."""
+        if bool(self.initialized):
+            return
+        points = z.reshape(z.shape[0], -1).double()
+        m = self.means.shape[0]
+        if points.shape[0] < 2 * m:
+            self.initialized.fill_(1)  # too few points: keep the seeded draws
+            return
+        gen = torch.Generator(device=points.device).manual_seed(self.seed)
+        best = None
+        for _ in range(restarts):  # keep the restart with the smallest within-cluster spread
+            centers = _k_means(points, m, iterations, gen)
+            inertia = torch.cdist(points, centers).min(dim=1).values.square().sum()
+            if best is None or inertia < best[0]:
+                best = (inertia, centers)
+        centers = best[1]
+        assign = torch.cdist(points, centers).argmin(dim=1)
+        spread = points.std(0)
+        for k in range(m):
+            members = points[assign == k]
+            scale = members.std(0) if len(members) > 2 else spread
+            self.log_scales[k] = (
+                scale.clamp_min(1e-2 * spread.mean())
+                .log()
+                .view_as(self.log_scales[k])
+                .to(self.log_scales.dtype)
+            )
+            self.means[k] = centers[k].view_as(self.means[k]).to(self.means.dtype)
+            self.logits[k] = math.log(max(len(members), 1) / points.shape[0])
+        self.initialized.fill_(1)
 
     def component_log_probs(self, z: Tensor) -> Tensor:
         """``log pi_m + log N(z; mu_m, sigma_m)`` for each item and component, ``(B, M)``."""

@@ -161,6 +161,14 @@ class Glow1D(FlowModel):
         context = spec.context_dims
         return cls(dim=spec.num_dims - context, context_dims=context, **options)
 
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
+        """ActNorm's data-dependent initialisation, then a mixture prior's from the
+        latents of the same batch (:meth:`MixturePrior.initialize`)."""
+        super().initialize(x, y)
+        if isinstance(self.prior, MixturePrior):
+            self.prior.initialize(self.flow(x)[0])
+
     def split_context(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C + D)`` -> ``(context features h (B, E), x (B, D))``."""
         return self.encoder(x[:, : self.context_dims]), x[:, self.context_dims :]
