@@ -43,6 +43,7 @@ from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
 from glow_train.forecast import context_model, draw_given
+from glow_train.outputs import claim_outputs, folder_targets, write_atomic
 
 __all__ = ["backtest", "coverage", "kupiec", "christoffersen", "var_es", "LEVELS"]
 
@@ -157,11 +158,15 @@ def backtest(
     samples: int = 1000,
     seed: int = 0,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
     ema: bool = True,
 ) -> dict[str, Any]:
-    """The backtest table (also written, with ``backtest.csv`` and ``backtest.png``, into
-    ``out``, a folder; default ``<checkpoint folder>/backtest/``).
+    """The backtest table (also written as ``backtest.json``, with ``backtest.csv`` and
+    ``backtest.png``, into ``out``: a folder, or the JSON file's name with the others
+    beside it; default ``<checkpoint folder>/backtest/``), under the output policy of
+    :mod:`glow_train.outputs` (existing files that ``out`` names are kept unless
+    ``overwrite``).
 
     Raises:
         ConfigError: a model without a context, or ``samples`` below 100.
@@ -176,6 +181,9 @@ def backtest(
         "each step's risk is forecast from the C values before it",
     )
     cfg = info["config"]["dataset"]
+    names = ["backtest.json", "backtest.csv", "backtest.png"]
+    targets = folder_targets(Path(ckpt), "backtest", out, names)
+    json_path, csv_path, png_path = claim_outputs(targets, out, overwrite, Path(ckpt), [cfg])
     columns, values, _ = series_values(cfg)
     total, context = len(values), int(spec.context)
     first_test = total - split_count(cfg, "test_size", total)
@@ -197,8 +205,6 @@ def backtest(
     else:
         methods["garch_t"] = garch
     table = {name: [coverage(returns, *m[a], a) for a in LEVELS] for name, m in methods.items()}
-    folder = Path(out) if out is not None else Path(ckpt).parent / "backtest"
-    folder.mkdir(parents=True, exist_ok=True)
     result = {
         "series": columns[0],
         "test_steps": len(steps),
@@ -207,10 +213,11 @@ def backtest(
         "methods": table,
         "notes": notes,
     }
-    (folder / "backtest.json").write_text(json.dumps(result, indent=2))
-    _write_csv(folder / "backtest.csv", steps, returns, methods)
-    _plot(folder / "backtest.png", returns, {k: v[LEVELS[0]][0] for k, v in methods.items()})
-    result["folder"] = str(folder)
+    write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
+    write_atomic(csv_path, lambda tmp: _write_csv(tmp, steps, returns, methods))
+    var = {k: v[LEVELS[0]][0] for k, v in methods.items()}
+    write_atomic(png_path, lambda tmp: _plot(tmp, returns, var))
+    result["files"] = [str(json_path), str(csv_path), str(png_path)]
     return result
 
 
@@ -232,7 +239,8 @@ COLOURS = {"glow1d": (20, 60, 160), "historical": (120, 120, 120), "garch_t": (2
 
 def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900, 400)) -> None:
     """Returns (black), each method's VaR as a line at ``-VaR``, exceedances of the model's
-    VaR as red dots (PIL: no plotting library needed)."""
+    VaR as red dots, the return range and a legend in the methods' colours (PIL: no
+    plotting library needed)."""
     from PIL import Image, ImageDraw
 
     width, height, margin = size[0], size[1], 20
@@ -254,7 +262,17 @@ def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900
     for t in np.flatnonzero(returns < -var["glow1d"]):
         x, y = xy(t, returns[t])
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(220, 0, 0))
-    image.save(path)
+    draw.text((margin, 2), f"{high:.4g}", fill=(0, 0, 0))  # the return axis' ends
+    draw.text((margin, height - margin + 4), f"{low:.4g}", fill=(0, 0, 0))
+    x = width // 4
+    for label, colour in (
+        [("returns", (0, 0, 0))]
+        + [(f"{name} -VaR", COLOURS.get(name, (0, 150, 0))) for name in var]
+        + [("exceedances of glow1d", (220, 0, 0))]
+    ):
+        draw.text((x, 2), label, fill=colour)
+        x += 7 * len(label) + 16
+    image.save(path, format="PNG")
 
 
 def format_table(result: dict[str, Any]) -> str:

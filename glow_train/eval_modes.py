@@ -32,6 +32,7 @@ def var_backtest(
     backtest_samples: int | None = None,
     seed: int | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
 ) -> Written:
@@ -39,21 +40,23 @@ def var_backtest(
     written, with ``backtest.csv`` and ``backtest.png``, into ``out``); ``seed``:
     ``None`` draws with seed 0 (``glow-eval``'s ``seed`` is null: the checkpoint's,
     which a backtest has no use for)."""
-    opts = fill_defaults("eval", EvalConfig, backtest_samples=backtest_samples, ema=ema)
+    opts = fill_defaults(
+        "eval", EvalConfig, backtest_samples=backtest_samples, ema=ema, overwrite=overwrite
+    )
     result = backtest(
         ckpt,
         samples=opts.backtest_samples,
         seed=0 if seed is None else seed,
         out=out,
+        overwrite=opts.overwrite,
         device=resolve_device(str(device if device is not None else opts.device)),
         ema=opts.ema,
     )
-    folder = Path(result["folder"])
+    files = [Path(name) for name in result["files"]]
     text = [
         f"one-step VaR/ES of {result['series']} over {result['test_steps']} test steps "
-        f"({result['samples']} draws per step): {folder}"
+        f"({result['samples']} draws per step): {files[0].parent}"
     ]
-    files = [folder / name for name in ("backtest.json", "backtest.csv", "backtest.png")]
     return Written(files, [format_table(result)], text)
 
 

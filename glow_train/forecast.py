@@ -29,6 +29,7 @@ from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
 from glow_train.inference import load_objective
+from glow_train.outputs import claim_outputs, folder_targets, write_atomic
 
 __all__ = ["forecast", "ForecastResult", "draw_paths", "draw_given", "context_model", "BANDS"]
 
@@ -110,11 +111,15 @@ def forecast(
     context_end: int | None = None,
     seed: int = 0,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
     ema: bool = True,
 ) -> ForecastResult:
     """Draw ``n`` paths of ``horizon`` steps and write ``forecast.csv`` and ``forecast.png``
-    into ``out`` (a folder; default ``<checkpoint folder>/forecast/``).
+    into ``out`` (a folder, or the CSV's name with the PNG beside it; default
+    ``<checkpoint folder>/forecast/``), under the output policy of
+    :mod:`glow_train.outputs` (existing files that ``out`` names are kept unless
+    ``overwrite``).
 
     Args:
         context_end: the number of series values before the first drawn step (the
@@ -145,6 +150,10 @@ def forecast(
             f"context_end={end}: the context needs the {context} values before it and the "
             f"series has {total}; choose context_end in {context}..{total}"
         )
+    targets = folder_targets(Path(ckpt), "forecast", out, ["forecast.csv", "forecast.png"])
+    csv_path, png_path = claim_outputs(
+        targets, out, overwrite, Path(ckpt), [info["config"]["dataset"]]
+    )
     generator = torch.Generator(next(flow.parameters()).device).manual_seed(int(seed))
     paths = draw_paths(flow, spec, values[end - context : end], horizon, n, generator)
     start = max(0, end - HISTORY)
@@ -154,11 +163,8 @@ def forecast(
         history = levels[start : end + 1]
     else:
         history = values[start:end]
-    folder = Path(out) if out is not None else Path(ckpt).parent / "forecast"
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / "forecast.csv", folder / "forecast.png"
-    _write_csv(csv_path, paths, columns)
-    fan_chart(png_path, history[:, 0], paths[:, :, 0])
+    write_atomic(csv_path, lambda tmp: _write_csv(tmp, paths, columns))
+    write_atomic(png_path, lambda tmp: fan_chart(tmp, history[:, 0], paths[:, :, 0]))
     return ForecastResult(paths, history, columns, csv_path, png_path, in_prices)
 
 
@@ -173,7 +179,8 @@ def _write_csv(path: Path, paths: np.ndarray, columns: list[str]) -> None:
 
 def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400)) -> None:
     """A PNG of ``history`` ``(h,)`` then, per step, the median of ``paths`` ``(n, H)``
-    and its :data:`BANDS` (drawn with PIL: no plotting library needed)."""
+    and its :data:`BANDS`, with the value range and a legend written on it (drawn with
+    PIL: no plotting library needed)."""
     from PIL import Image, ImageDraw
 
     width, height, margin = size[0], size[1], 20
@@ -204,4 +211,8 @@ def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400
         fill=(20, 60, 160),
         width=2,
     )
-    image.save(path)
+    draw.text((margin, 2), f"{high:.6g}", fill=(0, 0, 0))  # the value axis' ends
+    draw.text((margin, height - margin + 4), f"{low:.6g}", fill=(0, 0, 0))
+    legend = "history (black), median (blue), 50/90/98 % bands (shades); steps to the right"
+    draw.text((width // 3, 2), legend, fill=(0, 0, 0))
+    image.save(path, format="PNG")

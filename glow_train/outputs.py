@@ -42,6 +42,7 @@ __all__ = [
     "eval_targets",
     "strip_target",
     "ood_targets",
+    "folder_targets",
     "claim_outputs",
 ]
 
@@ -271,6 +272,33 @@ def ood_targets(
     return eval_targets(
         ckpt, f"{ckpt.stem}_ood_{name}", out, ["per_image.csv", "ood_per_image.csv"]
     )
+
+
+def folder_targets(
+    ckpt: Path, folder_name: str, out: str | os.PathLike | None, names: list[str]
+) -> list[Target]:
+    """The files ``names`` of one result (``forecast.csv`` and ``forecast.png``;
+    ``backtest.json``, ``.csv`` and ``.png``) in ``out`` or the tool's
+    ``<checkpoint folder>/<folder_name>/``. An ``out`` with the first name's extension
+    names that file, and the others go beside it with its stem (``out=fc.csv``:
+    ``fc.csv`` and ``fc.png``).
+
+    Raises:
+        ConfigError: ``out`` is an existing file without that extension, or a name with
+            another extension.
+    """
+    first = Path(names[0]).suffix
+    file = _folder_or_file(out, [first])
+    if file is not None:
+        return [Target(file.with_suffix(Path(name).suffix), own=False) for name in names]
+    if out is None:
+        return [Target(ckpt.parent / folder_name / name, own=True) for name in names]
+    folder = Path(os.path.expanduser(str(out)))
+    if folder.is_file():
+        raise ConfigError(f"out={out} is an existing file; pass a folder or a {first} file name")
+    if folder.suffix:
+        raise ConfigError(f"out={out}: name a {first} file or a folder (without an extension)")
+    return [Target(folder / name, own=False) for name in names]
 
 
 def claim_outputs(

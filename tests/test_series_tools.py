@@ -114,3 +114,45 @@ def test_backtest_writes_its_table_files_and_picture(price_runs):
     assert len(steps) == result["test_steps"] and math.isfinite(steps[:, 2].sum())
     assert (folder / "bt" / "backtest.png").stat().st_size > 0
     assert "Kupiec" in out
+
+
+@pytest.mark.parametrize(
+    "main, args, names",
+    [
+        (sample_main, ["mode=forecast", "horizon=3", "n=20"], ["forecast.csv", "forecast.png"]),
+        (
+            eval_main,
+            ["backtest=var", "backtest_samples=100"],
+            ["backtest.json", "backtest.csv", "backtest.png"],
+        ),
+    ],
+)
+def test_forecast_and_backtest_follow_the_output_policy(price_runs, main, args, names):
+    """A folder the user named keeps its files unless overwrite=true; a file name with
+    the first file's extension names it, the others beside it; the tool's own default
+    folder is replaced on a rerun."""
+    folder, _, runs = price_runs
+    ckpt = f"ckpt={runs['context']}"
+    out = f"policy_{names[0].split('.')[0]}"
+    assert run_console(main, [ckpt, *args, f"out={out}", "seed=1"], folder)[0] == 0
+    before = {n: (folder / out / n).read_bytes() for n in names}
+    status, _, err = run_console(main, [ckpt, *args, f"out={out}", "seed=2"], folder)
+    assert status != 0 and len(err.strip().splitlines()) == 1
+    assert "overwrite=true" in err and f"out={out}" in err
+    assert {n: (folder / out / n).read_bytes() for n in names} == before  # nothing lost
+    more = [ckpt, *args, f"out={out}", "seed=2", "overwrite=true"]
+    assert run_console(main, more, folder)[0] == 0
+    assert (folder / out / names[0]).read_bytes() != before[names[0]]
+    file = f"{out}_file{names[0][names[0].index('.') :]}"  # e.g. out=policy_forecast_file.csv
+    assert run_console(main, [ckpt, *args, f"out={file}"], folder)[0] == 0
+    stem = file.rsplit(".", 1)[0]
+    assert all((folder / f"{stem}{n[n.index('.') :]}").exists() for n in names)
+    for _ in range(2):  # the default folder beside the checkpoint: the tool's own
+        assert run_console(main, [ckpt, *args], folder)[0] == 0
+
+
+def test_plain_samples_of_a_context_model_point_to_forecast(price_runs):
+    folder, _, runs = price_runs
+    status, out, err = run_console(sample_main, [f"ckpt={runs['context']}", "n=3"], folder)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "mode=forecast" in err and "dataset.context" in err

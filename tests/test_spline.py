@@ -203,3 +203,37 @@ def test_glow_train_fits_a_spline_model_and_images_refuse_it(tmp_path):
     assert len(err.strip().splitlines()) == 1
     assert "model.coupling" in err and "glow1d" in err
     assert not (tmp_path / "img").exists()
+
+
+@pytest.mark.parametrize(
+    "option, match",
+    [
+        ("model.spline_bins=1", "spline_bins must be in 2..256, got 1"),
+        ("model.spline_bins=1500", "spline_bins must be in 2..256, got 1500"),
+        ("model.spline_bound=0", "spline_bound must be > 0"),
+        ("model.prior_components=0", "prior_components must be at least 1"),
+    ],
+)
+def test_spline_and_prior_options_are_checked_whatever_the_coupling(tmp_path, option, match):
+    """The default coupling is affine and the default prior Student-t: a bad spline or
+    mixture value is still refused in one line, not silently ignored."""
+    path = tmp_path / "t.csv"
+    np.savetxt(
+        path,
+        np.random.default_rng(0).normal(size=(50, 2)),
+        delimiter=",",
+        header="a,b",
+        comments="",
+    )
+    args = [
+        "dataset=csv",
+        f"dataset.path={path}",
+        option,
+        f"run_dir={tmp_path / 'run'}",
+        "train.progress=false",
+        "device=cpu",
+    ]
+    status, out, err = run_console(train_main, args, tmp_path)
+    assert status != 0 and len(err.strip().splitlines()) == 1
+    assert match in err
+    assert not (tmp_path / "run").exists()

@@ -1,7 +1,8 @@
-r"""Gaussian priors with learned parameters.
+r"""Priors with learned parameters.
 
-Every prior is a diagonal Gaussian :math:`\mathcal N(\mu, \sigma^2)` with
-:math:`\sigma = e^{\log\sigma}` whose parameters come from a context:
+The image model's priors and the 1-D Glow's default are diagonal Gaussians
+:math:`\mathcal N(\mu, \sigma^2)` with :math:`\sigma = e^{\log\sigma}` whose parameters
+come from a context; the 1-D Glow can also take Student-t tails or a mixture:
 
 - :class:`LearnedPrior`: free parameters of the latent's shape (the top of a Glow
   or a 1-D Glow), optionally shifted by a per-class offset (class-conditional).
@@ -14,10 +15,12 @@ Every prior is a diagonal Gaussian :math:`\mathcal N(\mu, \sigma^2)` with
 - :class:`MixturePrior`: a mixture of ``M`` learned diagonal Gaussians
   (``model.prior=mixture``): separated modes need no tearing of the flow.
 
+For the Gaussians,
 :math:`\log p(z) = \sum_i -\tfrac12\log 2\pi - \log\sigma_i - \tfrac12((z_i-\mu_i)/\sigma_i)^2`,
-summed per sample in float32 (or float64 for float64 input). Sampling at
-temperature ``T`` draws :math:`z = \mu + T\sigma\epsilon` with
-:math:`\epsilon\sim\mathcal N(0, I)`: ``T`` multiplies every standard deviation.
+summed per sample in float32 (or float64 for float64 input); every prior sums in at
+least float32. Sampling at temperature ``T`` draws :math:`z = \mu + T\sigma\epsilon`
+with :math:`\epsilon` standard normal (standard Student-t for :class:`StudentTPrior`;
+the mixture first draws a component): ``T`` multiplies every scale.
 """
 
 from __future__ import annotations

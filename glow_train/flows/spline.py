@@ -39,11 +39,21 @@ from torch import Tensor
 from glow_train.flows.base import Flow, logdet_dtype, split_channels
 from glow_train.flows.conditioner import mlp_conditioner
 
-__all__ = ["SplineCoupling", "rational_quadratic", "spline_parameters"]
+__all__ = ["SplineCoupling", "check_spline", "rational_quadratic", "spline_parameters"]
 
 MIN_BIN = 1e-3  # the smallest bin width and height, as a fraction of 2B
+MAX_BINS = 256  # well below 1 / MIN_BIN, where the floors alone would fill the interval
 MIN_DERIVATIVE = 1e-3
 _DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))  # softplus(0 + shift) = 1 - min
+
+
+def check_spline(bins: int, bound: float) -> None:
+    """``2 <= bins <= MAX_BINS`` and ``bound > 0``, else a ``ValueError`` naming the
+    model option (``spline_bins``, ``spline_bound``)."""
+    if not 2 <= int(bins) <= MAX_BINS:
+        raise ValueError(f"spline_bins must be in 2..{MAX_BINS}, got {bins}")
+    if not float(bound) > 0:
+        raise ValueError(f"spline_bound must be > 0, got {bound}")
 
 
 def spline_parameters(bins: int) -> int:
@@ -155,10 +165,7 @@ class SplineCoupling(Flow):
         super().__init__()
         if num_features < 2:
             raise ValueError(f"coupling needs at least 2 features, got {num_features}")
-        if bins < 2:
-            raise ValueError(f"a spline needs at least 2 bins, got {bins}")
-        if not bound > 0:
-            raise ValueError(f"the spline's bound must be > 0, got {bound}")
+        check_spline(bins, bound)
         self.split = num_features // 2
         self.bins, self.bound = int(bins), float(bound)
         changed = num_features - self.split

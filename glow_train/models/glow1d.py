@@ -15,6 +15,7 @@ from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.context import ContextCoupling, ContextEncoder, ContextPrior
 from glow_train.flows.invconv import InvertibleLinear
 from glow_train.flows.priors import PRIORS, MixturePrior, StudentTPrior
+from glow_train.flows.spline import check_spline
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
 __all__ = ["Glow1D"]
@@ -83,6 +84,8 @@ class Glow1D(FlowModel):
         super().__init__()
         check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
         check_coupling(coupling, vectors=True)
+        check_spline(spline_bins, spline_bound)  # checked whatever the coupling: a typo
+        check_positive(prior_components=prior_components)  # is refused, never ignored
         if dim < (1 if context_dims > 0 else 2):
             raise ValueError(f"dim must be at least 2 (1 with a context), got {dim}")
         self.config = dict(
@@ -113,7 +116,6 @@ class Glow1D(FlowModel):
                     "prior=mixture is for unconditional models; a class-conditional or "
                     "context model takes prior=gaussian or student_t"
                 )
-            check_positive(prior_components=prior_components)
             self.config["prior_components"] = int(prior_components)
         student_t = prior == "student_t"
         self.num_dims = dim

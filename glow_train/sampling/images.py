@@ -257,8 +257,9 @@ def sample(
         atomically, so a failure leaves no partial file.
 
     Raises:
-        ConfigError: an invalid option, or a target the output policy refuses (checked
-            before anything is drawn). CheckpointError: an unusable checkpoint.
+        ConfigError: an invalid option, a model with a context (it samples with
+            ``mode=forecast``), or a target the output policy refuses (checked before
+            anything is drawn). CheckpointError: an unusable checkpoint.
     """
     opts = fill_defaults(
         "sample",
@@ -287,6 +288,12 @@ def sample(
     device = device if device is not None else opts.device
     loaded = load(ckpt, ema=opts.ema, device=device, precision=opts.precision)
     objective, spec = loaded.objective, loaded.spec
+    if getattr(objective.flow, "context_dims", 0):
+        raise ConfigError(
+            f"ckpt={ckpt} models each window given the values before it (dataset.context="
+            f"{spec.context}), so it has no free samples; draw paths from the data's recent "
+            "past with mode=forecast horizon=H"
+        )
     writer = sample_format(spec, padding=padding, nrow=nrow)
     if start_price is not None:
         if spec.transform != "log_return":

@@ -130,13 +130,16 @@ def forecast_paths(
     context_end: int | None = None,
     seed: int | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
     device: str | torch.device | None = None,
     ema: bool | None = None,
 ) -> Written:
     """``mode=forecast``: ``n`` paths of ``horizon`` steps of a series model with a
     context, written as ``forecast.csv`` and the fan chart ``forecast.png``
     (:func:`glow_train.forecast.forecast`)."""
-    opts = _options(horizon=horizon, n=n, context_end=context_end, seed=seed, ema=ema)
+    opts = _options(
+        horizon=horizon, n=n, context_end=context_end, seed=seed, ema=ema, overwrite=overwrite
+    )
     opts.device = str(device) if device is not None else opts.device
     result = forecast(
         ckpt,
@@ -145,6 +148,7 @@ def forecast_paths(
         context_end=opts.context_end,
         seed=opts.seed,
         out=out,
+        overwrite=opts.overwrite,
         device=resolve_device(str(opts.device)),
         ema=opts.ema,
     )
