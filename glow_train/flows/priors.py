@@ -104,9 +104,18 @@ class GaussianPrior(nn.Module):
         """Return ``(mean, log_scale)`` of shape ``(B, *latent_shape)``."""
         raise NotImplementedError  # pragma: no cover
 
+    def log_density(self, z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+        """Per-sample log-density of ``z`` at this location and scale (the shape of the
+        distribution: Gaussian here)."""
+        return gaussian_log_prob(z, mean, log_scale)
+
+    def noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard draws of ``like``'s shape, dtype and device (Gaussian here)."""
+        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         mean, log_scale = self.params(context, z.shape[0])
-        return gaussian_log_prob(z, mean, log_scale)
+        return self.log_density(z, mean, log_scale)
 
     def sample(
         self,
@@ -118,8 +127,7 @@ class GaussianPrior(nn.Module):
         mean, log_scale = self.params(context, batch_size)
         dtype = logdet_dtype(mean)
         mean, log_scale = mean.to(dtype), log_scale.to(dtype)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + temperature * torch.exp(log_scale) * eps
+        return mean + temperature * torch.exp(log_scale) * self.noise(mean, generator)
 
 
 class LearnedPrior(GaussianPrior):
@@ -200,22 +208,12 @@ class StudentTPrior(LearnedPrior):
         super().__init__(shape, num_classes)
         self.log_df = nn.Parameter(torch.full(shape, math.log(INITIAL_DF)))
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        mean, log_scale = self.params(context, z.shape[0])
+    def log_density(self, z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
         return student_t_log_prob(z, mean, log_scale, self.log_df)
 
-    def sample(
-        self,
-        batch_size: int,
-        context: Tensor | None = None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        mean, log_scale = self.params(context, batch_size)
-        dtype = logdet_dtype(mean)
-        mean, log_scale = mean.to(dtype), log_scale.to(dtype)
-        noise = student_t_noise(torch.exp(self.log_df.to(dtype)), mean.shape, generator)
-        return mean + temperature * torch.exp(log_scale) * noise
+    def noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        df = torch.exp(self.log_df.to(like.dtype))
+        return student_t_noise(df, like.shape, generator)
 
 
 def _k_means(points: Tensor, m: int, iterations: int, gen: torch.Generator) -> Tensor:
