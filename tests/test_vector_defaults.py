@@ -147,6 +147,24 @@ def test_csv_preset_resolves_auto_from_the_training_split(tmp_path):
     assert small.dataset.batch_size < large.dataset.batch_size
 
 
+def test_context_models_take_the_context_sizing_rules(tmp_path):
+    """With dataset.context the rules under sizing.context replace the model's depth and
+    width (a smaller flow: its couplings see few values); the rest stays as it was."""
+    table = _compose(["dataset=csv", f"dataset.path={tmp_path / 'x.csv'}"])
+    series = _compose(["dataset=csv", f"dataset.path={tmp_path / 'x.csv'}", "dataset.context=20"])
+    plain, chosen_plain = resolve_auto(table, 2780)
+    given, chosen_given = resolve_auto(series, 2780)
+    rules = series.sizing.context.model
+    assert given.model.K == sized_value(rules.K, 2780, 1000, int) == 2
+    assert given.model.hidden_features == sized_value(rules.hidden_features, 2780, 1000, int)
+    assert (given.model.K, given.model.hidden_features) < (
+        plain.model.K,
+        plain.model.hidden_features,
+    )
+    for key in ("model.dropout", "dataset.batch_size", "train.max_steps"):
+        assert chosen_given[key] == chosen_plain[key]
+
+
 # --------------------------------------------------------------------- early stopping
 
 

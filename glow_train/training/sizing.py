@@ -9,8 +9,11 @@ holds the vector data's)::
 
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
-``multiple: null`` keeps the value unrounded (dropout). The resolved numbers are
-what the run's ``config.yaml`` and checkpoints record, and the start-up line prints.
+``multiple: null`` keeps the value unrounded (dropout). With ``dataset.context``, the
+rules under ``sizing.context`` replace those of the same keys: a window given its
+past needs a smaller flow (its couplings see few values; one, for a window of 1).
+The resolved numbers are what the run's ``config.yaml`` and checkpoints record, and
+the start-up line prints.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ def resolve_auto(
     if not keys:
         return cfg, {}
     sizing = cfg.sizing
+    if (cfg.get("dataset") or {}).get("context") and sizing.get("context") is not None:
+        sizing = OmegaConf.merge(sizing, sizing.context)  # its rules replace the same keys'
     reference = float(sizing.get("reference_items") or 1000)
     chosen = {
         key: sized_value(_get(sizing, key), n_train, reference, AUTO_KEYS[key]) for key in keys
