@@ -272,3 +272,45 @@ def test_garch_conditional_density_is_near_the_filtered_density(tmp_path, n, con
     result, test = _fit_series(tmp_path, values, context, ["precision=fp32"])
     exact = -logp[-len(test) :].mean()
     assert result.best_test_score == pytest.approx(float(exact), abs=0.05)
+
+
+def test_resuming_a_table_run_may_name_its_own_dataset(tmp_path):
+    """A 1-D Glow's keys are unknown to the default (image) model's schema: a resume
+    that sets one says to name the run's dataset, and with it the run continues (or a
+    changed architecture is refused as such)."""
+    from helpers import run_console
+
+    from glow_train.cli import train_main
+
+    path = tmp_path / "t.csv"
+    np.savetxt(
+        path,
+        np.random.default_rng(0).normal(size=(200, 3)),
+        delimiter=",",
+        header="a,b,c",
+        comments="",
+    )
+    common = ["train.progress=false", "device=cpu"]
+    first = [
+        "dataset=csv",
+        f"dataset.path={path}",
+        "train.max_steps=20",
+        f"run_dir={tmp_path / 'r'}",
+    ]
+    assert run_console(train_main, [*first, *common], tmp_path)[0] == 0
+    ckpt = f"ckpt={tmp_path / 'r' / 'last.pt'}"
+    status, _, err = run_console(train_main, [ckpt, "model.prior=gaussian", *common], tmp_path)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "dataset=csv" in err
+    status, _, err = run_console(
+        train_main,
+        [ckpt, "dataset=csv", "model.prior=gaussian", "train.max_steps=30", *common],
+        tmp_path,
+    )
+    assert status == 2 and "different configuration" in err
+    status, out, err = run_console(
+        train_main, [ckpt, "dataset=csv", "train.max_steps=30", *common], tmp_path
+    )
+    assert status == 0, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 30
+    status, _, err = run_console(train_main, [ckpt, "dataset=digits", *common], tmp_path)
+    assert status == 2 and "cannot change dataset=digits when resuming" in err

@@ -131,8 +131,22 @@ def check_command_line(config_name: str, prog: str) -> None:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        message = _one_line(err)
+        print(f"{prog}: error: {message}{_resume_hint(overrides, message)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _resume_hint(overrides: list[str], message: str) -> str:
+    """For a key unknown to the default groups' schema on a ``ckpt=`` command line: how
+    to name the run's own dataset, whose schema has it (a 1-D Glow's model keys)."""
+    resuming = any(arg.startswith("ckpt=") for arg in overrides)
+    named = any(arg.split("=", 1)[0] in ("dataset", "model") for arg in overrides)
+    if not resuming or named or "not in" not in message:
+        return ""
+    return (
+        "; when resuming a run of another dataset, name it as well (e.g. dataset=csv "
+        "for a 1-D Glow run) so that its keys are known"
+    )
 
 
 def _shared_overrides(overrides: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glow_train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 
-__all__ = ["resume_config", "auto_resume", "finished_run"]
+__all__ = ["resume_config", "stored_choices", "auto_resume", "finished_run"]
 
 
 def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]) -> DictConfig:
@@ -20,23 +20,48 @@ def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]
     A plain ``glow-train ckpt=.../last.pt`` continues the run as it was configured
     (whatever the defaults are now); ``train.max_steps=...`` and other ``key=value``
     overrides still apply. Choosing another entry of ``groups`` (dataset, model,
-    experiment) would make a different run, so it is refused.
+    experiment) would make a different run, so it is refused; naming the run's own
+    (``dataset=csv`` for a table's run) is allowed, and lets this command line set the
+    keys of that group's schema (``model.prior=...`` of a 1-D Glow).
     """
     ckpt = resolve_checkpoint(cfg.ckpt, ("last.pt",))
     state = load_checkpoint(ckpt, mmap=True)
-    chosen = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups]
+    stored = stored_choices(state["config"])
+    chosen = [
+        o
+        for o in overrides
+        if (group := o.split("=", 1)[0].lstrip("+~")) in groups
+        and stored.get(group) != o.split("=", 1)[-1]
+    ]
     if chosen:
         raise CheckpointError(
             f"cannot change {', '.join(chosen)} when resuming {cfg.ckpt}; "
             "start a new run instead (without ckpt=)"
         )
     base = OmegaConf.create(state["config"])
-    extra = [o for o in overrides if not o.startswith("ckpt=")]
+    extra = [
+        o
+        for o in overrides
+        if not o.startswith("ckpt=") and o.split("=", 1)[0].lstrip("+~") not in groups
+    ]
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
     with open_dict(merged):
         merged.ckpt = str(ckpt)
         merged.run_dir = cfg.run_dir if cfg.run_dir is not None else None
     return merged
+
+
+def stored_choices(config: dict) -> dict[str, str]:
+    """The group entries a stored run config was composed from: its dataset, model and
+    preset names (``{"dataset": "csv", "model": "glow1d", "preset": "csv"}``)."""
+    choices = {}
+    for group in ("dataset", "model"):
+        name = (config.get(group) or {}).get("name")
+        if name is not None:
+            choices[group] = str(name)
+    if config.get("preset") is not None:
+        choices["preset"] = str(config["preset"])
+    return choices
 
 
 def auto_resume(cfg: DictConfig) -> DictConfig:
