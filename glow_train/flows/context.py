@@ -37,7 +37,7 @@ from glow_train.flows.priors import (
     student_t_log_prob,
     student_t_noise,
 )
-from glow_train.flows.spline import rational_quadratic, spline_parameters
+from glow_train.flows.spline import spline_parameters, spline_transform
 
 __all__ = ["ContextEncoder", "ContextCoupling", "ContextPrior"]
 
@@ -98,11 +98,8 @@ class ContextCoupling(nn.Module):
         self.net = mlp_conditioner(self.split + context_features, hidden_features, out, **mlp)
 
     def _spline(self, x_a: Tensor, x_b: Tensor, h: Tensor, inverse: bool):
-        dtype = logdet_dtype(x_b)
-        raw = self.net(torch.cat([x_a, h.to(x_a.dtype)], dim=1)).to(dtype)
-        raw = raw.unflatten(1, (x_b.shape[1], -1))
-        out, log_derivative = rational_quadratic(x_b.to(dtype), raw, self.bound, inverse)
-        return out.to(x_b.dtype), log_derivative.sum(dim=1)
+        params = self.net(torch.cat([x_a, h.to(x_a.dtype)], dim=1))
+        return spline_transform(x_b, params, self.bound, inverse)
 
     def _shift_and_log_scale(self, x_a: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         out = self.net(torch.cat([x_a, h.to(x_a.dtype)], dim=1)).to(x_a.dtype)

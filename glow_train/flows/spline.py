@@ -39,7 +39,13 @@ from torch import Tensor
 from glow_train.flows.base import Flow, logdet_dtype, split_channels
 from glow_train.flows.conditioner import mlp_conditioner
 
-__all__ = ["SplineCoupling", "check_spline", "rational_quadratic", "spline_parameters"]
+__all__ = [
+    "SplineCoupling",
+    "check_spline",
+    "rational_quadratic",
+    "spline_parameters",
+    "spline_transform",
+]
 
 MIN_BIN = 1e-3  # the smallest bin width and height, as a fraction of 2B
 MAX_BINS = 256  # well below 1 / MIN_BIN, where the floors alone would fill the interval
@@ -135,6 +141,19 @@ def rational_quadratic(
     return out, torch.where(inside, log_derivative, torch.zeros_like(log_derivative))
 
 
+def spline_transform(
+    x_b: Tensor, params: Tensor, bound: float, inverse: bool = False
+) -> tuple[Tensor, Tensor]:
+    """A coupling's changed half through its splines: ``x_b`` ``(B, C)`` and the
+    conditioner's output ``params`` ``(B, C * (3K - 1))`` -> (the result in ``x_b``'s
+    dtype, the log-determinant ``(B,)`` summed in at least float32).
+    :func:`rational_quadratic` runs in that float32-or-wider dtype."""
+    dtype = logdet_dtype(x_b)
+    raw = params.to(dtype).unflatten(1, (x_b.shape[1], -1))
+    out, log_derivative = rational_quadratic(x_b.to(dtype), raw, bound, inverse)
+    return out.to(x_b.dtype), log_derivative.sum(dim=1)
+
+
 class SplineCoupling(Flow):
     r"""Rational-quadratic spline coupling over dimension 1 of ``(B, D)``
     (``model.coupling=spline``, the 1-D Glow).
@@ -173,18 +192,12 @@ class SplineCoupling(Flow):
             self.split, hidden_features, changed * spline_parameters(bins), **(mlp or {})
         )
 
-    def _spline(self, x_a: Tensor, x_b: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        dtype = logdet_dtype(x_b)
-        raw = self.net(x_a).to(dtype).unflatten(1, (x_b.shape[1], -1))
-        out, log_derivative = rational_quadratic(x_b.to(dtype), raw, self.bound, inverse)
-        return out.to(x_b.dtype), log_derivative.sum(dim=1)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = split_channels(x, self.split)
-        z_b, logdet = self._spline(x_a, x_b, inverse=False)
+        z_b, logdet = spline_transform(x_b, self.net(x_a), self.bound)
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z: Tensor) -> Tensor:
         z_a, z_b = split_channels(z, self.split)
-        x_b, _ = self._spline(z_a, z_b, inverse=True)
+        x_b, _ = spline_transform(z_b, self.net(z_a), self.bound, inverse=True)
         return torch.cat([z_a, x_b], dim=1)
