@@ -45,7 +45,15 @@ from glow_train.errors import ConfigError
 from glow_train.forecast import context_model, draw_given
 from glow_train.outputs import claim_outputs, folder_targets, write_atomic
 
-__all__ = ["backtest", "coverage", "kupiec", "christoffersen", "var_es", "LEVELS"]
+__all__ = [
+    "backtest",
+    "coverage",
+    "kupiec",
+    "christoffersen",
+    "var_es",
+    "student_t_var_es",
+    "LEVELS",
+]
 
 LEVELS = (0.01, 0.05)
 
@@ -125,6 +133,17 @@ def model_draws(flow, spec: DataSpec, contexts: np.ndarray, samples: int, seed: 
     return out
 
 
+def student_t_var_es(
+    mean: np.ndarray, sd: np.ndarray, nu: float, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """VaR and ES at ``level`` (positive losses) of returns ``mean + sd * T``, ``T`` a
+    Student-t with ``nu > 2`` degrees of freedom scaled to unit variance."""
+    unit = math.sqrt((nu - 2) / nu)  # a standard t times this has unit variance
+    t_q = stats.t.ppf(level, nu)
+    tail = (nu + t_q**2) / (nu - 1) * stats.t.pdf(t_q, nu) / level  # -E[T | T <= t_q]
+    return -(mean + sd * unit * t_q), -(mean - sd * unit * tail)
+
+
 def garch_t_var_es(
     values: np.ndarray, first_test: int, levels: tuple[float, ...]
 ) -> dict[float, tuple[np.ndarray, np.ndarray]] | None:
@@ -141,15 +160,7 @@ def garch_t_var_es(
     mean = fc.mean.values[: len(values) - first_test, 0]
     sigma = np.sqrt(fc.variance.values[: len(values) - first_test, 0])
     nu = float(fit.params["nu"])
-    unit = math.sqrt((nu - 2) / nu)  # a standard t times this has unit variance
-    out = {}
-    for level in levels:
-        t_q = stats.t.ppf(level, nu)
-        tail = (nu + t_q**2) / (nu - 1) * stats.t.pdf(t_q, nu) / level  # -E[T | T <= t_q]
-        var = -(mean + sigma * unit * t_q) / factor
-        es = -(mean - sigma * unit * tail) / factor
-        out[level] = (var, es)
-    return out
+    return {a: student_t_var_es(mean / factor, sigma / factor, nu, a) for a in levels}
 
 
 def backtest(

@@ -20,22 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from bench_tabular import garch_t_returns
-from scipy import stats
 
 DF = 5.0  # the innovations' degrees of freedom (garch_t_returns' default)
-
-
-def true_var_es(sd: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """VaR and ES (positive losses) of returns ``sd * t_DF * sqrt((DF - 2) / DF)``."""
-    unit = math.sqrt((DF - 2) / DF)
-    q = stats.t.ppf(level, DF)
-    tail = (DF + q**2) / (DF - 1) * stats.t.pdf(q, DF) / level  # -E[T | T <= q]
-    return -sd * unit * q, sd * unit * tail
 
 
 def main() -> None:
@@ -49,7 +39,7 @@ def main() -> None:
 
     from hydra import compose, initialize_config_module
 
-    from glow_train.backtest import LEVELS, backtest, coverage, format_table
+    from glow_train.backtest import LEVELS, backtest, coverage, format_table, student_t_var_es
     from glow_train.training import train
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +61,7 @@ def main() -> None:
     result = train(cfg)
     table = backtest(result.best_ckpt, samples=args.samples, out=args.out / "backtest")
     steps = np.arange(table["first_test_step"], len(returns))
-    truth = [coverage(returns[steps], *true_var_es(sd[steps], a), a) for a in LEVELS]
+    truth = [coverage(returns[steps], *student_t_var_es(0.0, sd[steps], DF, a), a) for a in LEVELS]
     table["methods"]["truth"] = truth
     print(format_table(table))
     exact = float(-logp[steps].mean())
