@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from helpers import brute_force_logdet, perturb
@@ -112,79 +111,3 @@ def test_context_model_with_student_t_prior(coupling):
     loaded.load_state_dict(model.state_dict())
     torch.testing.assert_close(loaded.eval().log_prob(x), model.log_prob(x))
     assert loaded.encoder.magnitudes
-
-
-def test_mixture_prior_is_the_log_sum_exp_of_its_gaussians():
-    torch.manual_seed(0)
-    model = Glow1D(
-        dim=2,
-        K=1,
-        hidden_features=8,
-        coupling="affine",
-        lu=True,
-        prior="mixture",
-        prior_components=3,
-    ).double()
-    perturb(model, 0.3).eval()
-    prior = model.prior
-    z = 2 * torch.randn(5, 2, dtype=torch.float64)
-    weights = torch.softmax(prior.logits.detach(), 0).numpy()
-    expected = np.log(
-        sum(
-            weights[m]
-            * stats.multivariate_normal(
-                prior.means[m].detach().numpy(),
-                np.diag(prior.log_scales[m].detach().exp().numpy() ** 2),
-            ).pdf(z.numpy())
-            for m in range(3)
-        )
-    )
-    torch.testing.assert_close(prior.log_prob(z).detach(), torch.from_numpy(expected))
-    x = torch.randn(4, 2, dtype=torch.float64)
-    zx, logdet = model.encode(x)
-    torch.testing.assert_close(model.log_prob(x), prior.log_prob(zx) + logdet)
-    draws = model.sample(500, 1.0, generator=torch.Generator().manual_seed(0))
-    again = model.sample(500, 1.0, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(draws, again)
-    loaded = Glow1D.from_config(model.config).double()
-    loaded.load_state_dict(model.state_dict())
-    torch.testing.assert_close(loaded.eval().log_prob(x), model.log_prob(x))
-    with pytest.raises(ValueError, match="prior=mixture is for unconditional models"):
-        Glow1D(
-            dim=2,
-            K=1,
-            hidden_features=8,
-            coupling="affine",
-            lu=True,
-            prior="mixture",
-            context_dims=2,
-        )
-    with pytest.raises(ValueError, match="unknown prior 'laplace'"):
-        Glow1D(dim=2, K=1, hidden_features=8, coupling="affine", lu=True, prior="laplace")
-
-
-def test_mixture_prior_starts_from_k_means_of_the_first_batch():
-    """Three separated clusters of latents: the data-dependent initialisation puts one
-    component on each, with the clusters' weights and spreads; a second call (a loaded
-    or already trained model) changes nothing."""
-    from glow_train.flows.priors import MixturePrior
-
-    gen = torch.Generator().manual_seed(0)
-    centers = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
-    counts = [600, 300, 100]
-    z = torch.cat(
-        [c + 0.5 * torch.randn(n, 2, generator=gen) for c, n in zip(centers, counts, strict=True)]
-    )
-    prior = MixturePrior((2,), 3)
-    prior.initialize(z)
-    order = prior.means[:, 0].argsort()  # left, top, right
-    torch.testing.assert_close(prior.means[order].detach(), centers, atol=0.1, rtol=0)
-    weights = torch.softmax(prior.logits, 0)[order].detach()
-    torch.testing.assert_close(weights, torch.tensor([0.6, 0.3, 0.1]), atol=0.01, rtol=0)
-    torch.testing.assert_close(
-        prior.log_scales.exp().detach(), torch.full((3, 2), 0.5), atol=0.06, rtol=0
-    )
-    before = {k: v.clone() for k, v in prior.state_dict().items()}
-    prior.initialize(z + 10)
-    for key, value in prior.state_dict().items():
-        torch.testing.assert_close(value, before[key])

@@ -165,6 +165,38 @@ def test_context_models_take_the_context_sizing_rules(tmp_path):
         assert chosen_given[key] == chosen_plain[key]
 
 
+def test_the_prior_is_chosen_by_the_kind_of_vector_data(tmp_path):
+    """prior=auto in the csv preset: multivariate t's for a table or windows, Student-t
+    tails around a context's location and scale for p(window | past); a prior named on
+    the command line is kept, and one a context model cannot take is refused in one line."""
+    path = f"dataset.path={tmp_path / 'x.csv'}"
+    plain, chosen = resolve_auto(_compose(["dataset=csv", path]), 500)
+    assert plain.model.prior == chosen["model.prior"] == "mixture_t"
+    given, _ = resolve_auto(_compose(["dataset=csv", path, "dataset.context=20"]), 500)
+    assert given.model.prior == "student_t"
+    named, chosen = resolve_auto(_compose(["dataset=csv", path, "model.prior=gaussian"]), 500)
+    assert named.model.prior == "gaussian" and "model.prior" not in chosen
+    rng = np.random.default_rng(0)
+    prices = 100 * np.exp(np.cumsum(0.01 * rng.standard_normal(300)))
+    csv = tmp_path / "p.csv"
+    np.savetxt(csv, prices[:, None], delimiter=",", header="close", comments="", fmt="%.6f")
+    cfg = _compose(
+        [
+            "dataset=csv",
+            f"dataset.path={csv}",
+            "dataset.columns=[close]",
+            "dataset.transform=log_return",
+            "dataset.context=5",
+            "model.prior=mixture_t",
+            f"run_dir={tmp_path / 'run'}",
+            "device=cpu",
+        ]
+    )
+    with pytest.raises(Exception, match="prior=mixture_t is for unconditional models"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------- early stopping
 
 

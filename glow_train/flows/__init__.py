@@ -3,21 +3,16 @@
 ``base`` (the protocol, :class:`FlowSequence`), ``actnorm``, ``invconv`` (1×1
 convolution / linear map), ``coupling`` (and the conditioners), ``spline`` (the
 rational-quadratic spline coupling of vectors), ``step`` (one step of flow),
-``priors``, ``squeeze`` (the reshapes between scales) and ``recompute`` (the
-memory-saving backward pass).
+``priors``, ``mixture`` (the mixture priors), ``squeeze`` (the reshapes between
+scales) and ``recompute`` (the memory-saving backward pass).
 """
 
 from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.base import Flow, FlowSequence
 from glow_train.flows.coupling import Coupling
 from glow_train.flows.invconv import InvertibleLinear
-from glow_train.flows.priors import (
-    GaussianPrior,
-    LearnedPrior,
-    MixturePrior,
-    SplitPrior,
-    StudentTPrior,
-)
+from glow_train.flows.mixture import MixturePrior
+from glow_train.flows.priors import GaussianPrior, LearnedPrior, SplitPrior, StudentTPrior
 from glow_train.flows.spline import SplineCoupling
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 from glow_train.flows.standardize import Standardize

@@ -14,7 +14,8 @@ from glow_train.flows import FlowStep, FlowSteps, LearnedPrior
 from glow_train.flows.actnorm import ActNorm
 from glow_train.flows.context import ContextCoupling, ContextEncoder, ContextPrior
 from glow_train.flows.invconv import InvertibleLinear
-from glow_train.flows.priors import PRIORS, MixturePrior, StudentTPrior
+from glow_train.flows.mixture import MixturePrior
+from glow_train.flows.priors import PRIORS, StudentTPrior
 from glow_train.flows.spline import check_spline
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
@@ -46,8 +47,9 @@ class Glow1D(FlowModel):
         prior: ``"gaussian"``, or ``"student_t"``: the learned prior's location and
             scale with Student-t tails, a learned degrees of freedom per dimension
             (:class:`~glow_train.flows.priors.StudentTPrior`); or ``"mixture"``: a
-            mixture of ``prior_components`` learned diagonal Gaussians
-            (:class:`~glow_train.flows.priors.MixturePrior`; unconditional models).
+            mixture of ``prior_components`` learned full-covariance Gaussians, or
+            ``"mixture_t"``: of multivariate Student-t's
+            (:class:`~glow_train.flows.mixture.MixturePrior`; unconditional models).
         num_classes: if > 0, the prior is class-conditional.
         context_dims: if > 0, the model is :math:`p(x \mid c)`: its input ``(B, C + D)``
             holds the context ``c`` (the first ``C`` values, e.g. the steps before a
@@ -110,10 +112,11 @@ class Glow1D(FlowModel):
             raise ValueError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
         if prior != "gaussian":  # likewise
             self.config["prior"] = prior
-        if prior == "mixture":
+        mixture = prior in ("mixture", "mixture_t")
+        if mixture:
             if num_classes > 0 or context_dims > 0:
                 raise ValueError(
-                    "prior=mixture is for unconditional models; a class-conditional or "
+                    f"prior={prior} is for unconditional models; a class-conditional or "
                     "context model takes prior=gaussian or student_t"
                 )
             self.config["prior_components"] = int(prior_components)
@@ -149,8 +152,8 @@ class Glow1D(FlowModel):
             FlowStep(dim, hidden_features, coupling, lu, dense=True, mlp=mlp, spline=spline)
             for _ in range(K)
         )
-        if prior == "mixture":
-            self.prior = MixturePrior((dim,), int(prior_components))
+        if mixture:
+            self.prior = MixturePrior((dim,), int(prior_components), tails=prior == "mixture_t")
         else:
             prior_class = StudentTPrior if student_t else LearnedPrior
             self.prior = prior_class((dim,), num_classes=num_classes)

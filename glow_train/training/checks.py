@@ -64,6 +64,8 @@ def _check_number(key: str, value) -> None:
     if value is None:
         return
     kind = AUTO_KEYS[key]
+    if kind is str:
+        return  # a choice: checked by the model that takes it
     ok = isinstance(value, numbers.Integral if kind is int else numbers.Real)
     if isinstance(value, bool) or not ok:
         what = "an integer" if kind is int else "a number"

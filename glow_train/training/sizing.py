@@ -9,9 +9,11 @@ holds the vector data's)::
 
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
-``multiple: null`` keeps the value unrounded (dropout). With ``dataset.context``, the
-rules under ``sizing.context`` replace those of the same keys: a window given its
-past needs a smaller flow (its couplings see few values; one, for a window of 1).
+``multiple: null`` keeps the value unrounded (dropout). A choice (``model.prior``)
+has a plain value as its rule. With ``dataset.context``, the rules under
+``sizing.context`` replace those of the same keys: a window given its past needs a
+smaller flow (its couplings see few values; one, for a window of 1), and a prior
+whose parameters the context can move.
 The resolved numbers are what the run's ``config.yaml`` and checkpoints record, and
 the start-up line prints.
 """
@@ -33,6 +35,7 @@ AUTO_KEYS: dict[str, type] = {
     "model.K": int,
     "model.hidden_features": int,
     "model.dropout": float,
+    "model.prior": str,
     "dataset.batch_size": int,
     "train.max_steps": int,
     "train.warmup_steps": int,
@@ -51,9 +54,11 @@ def auto_keys(cfg: Any) -> list[str]:
     """The :data:`AUTO_KEYS` whose value is ``auto`` in ``cfg``; any other string in one
     of them is a :class:`ConfigError`, as is an ``auto`` without a ``sizing`` rule."""
     found = []
-    for key in AUTO_KEYS:
+    for key, kind in AUTO_KEYS.items():
         value = _get(cfg, key)
         if isinstance(value, str):
+            if value != AUTO and kind is str:
+                continue  # a choice, checked by whatever takes it
             if value != AUTO:
                 raise ConfigError(f"{key} must be a number or auto, got {value!r}")
             found.append(key)
@@ -67,8 +72,13 @@ def auto_keys(cfg: Any) -> list[str]:
     return found
 
 
-def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float:
-    """One rule of the ``sizing`` table applied to ``n`` training items (module docstring)."""
+def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float | str:
+    """One rule of the ``sizing`` table applied to ``n`` training items (module docstring);
+    a choice's rule is its value."""
+    if kind is str:
+        if not isinstance(rule, str):
+            raise ConfigError(f"a sizing rule of a choice is its value, got {rule!r}")
+        return rule
     missing = [k for k in RULE_KEYS if k not in rule]
     if missing:
         raise ConfigError(f"a sizing rule needs {', '.join(RULE_KEYS)}; {missing[0]} is missing")
