@@ -193,33 +193,42 @@ class MixturePrior(nn.Module):
         BIC, :math:`-2\log L + p\log N` with :math:`p = k(D + D(D+1)/2) + k - 1` free
         parameters (:math:`+k` degrees of freedom with tails), is the one used: the
         ``used`` first components, the others stay out of the density. The search
-        stops once two counts in a row have not lowered the BIC. Does nothing
+        stops once two counts in a row have not lowered the BIC, and takes no more
+        components than leave two points per free parameter. The fit runs on the
+        whitened points (so it does not depend on the random linear maps before the
+        prior) and is mapped back. Does nothing
         once initialised (e.g. after loading a checkpoint)."""
         if bool(self.initialized):
             return
         points = z.reshape(z.shape[0], -1).double()
         n, d = points.shape
+        if n < d + 2:  # too few points for a covariance: keep the seeded draws
+            self.initialized.fill_(1)
+            return
+        # fitted on whitened points, so that the fit does not depend on the linear
+        # maps before the prior (k-means is not affine invariant), then mapped back
+        center = points.mean(0)
+        eye = torch.eye(d, dtype=points.dtype, device=points.device)
+        whiten = torch.linalg.cholesky(torch.cov(points.T).reshape(d, d) + 1e-9 * eye)
+        white = torch.linalg.solve_triangular(whiten, (points - center).T, upper=False).T
+        per_component = d + d * (d + 1) / 2 + 1 + self.tails  # mean, covariance, weight, df
         best = None
         for k in range(1, self.means.shape[0] + 1):
-            if n < 2 * k:
-                break
+            if k > 1 and n < 2 * k * per_component:
+                break  # fewer than 2 points per free parameter: no more components
             gen = torch.Generator(device=points.device).manual_seed(self.seed)
-            fit = fit_gaussian_mixture(points, k, gen)
-            params = k * (d + d * (d + 1) / 2) + k - 1
+            fit = fit_gaussian_mixture(white, k, gen)
             if self.tails:
-                fit = fit_t_mixture(points, *fit[:3])
-                params += k  # the degrees of freedom
-            bic = -2 * fit[-1] + params * math.log(n)
+                fit = fit_t_mixture(white, *fit[:3])
+            bic = -2 * fit[-1] + (k * per_component - 1) * math.log(n)
             if best is None or bic < best[0]:
                 best, worse = (bic, fit), 0
             else:
                 worse += 1
                 if worse == 2:  # two more components did not help: neither will more
                     break
-        if best is None:  # too few points: keep the seeded draws
-            self.initialized.fill_(1)
-            return
         weights, means, covs = best[1][:3]
+        means, covs = center + means @ whiten.T, whiten @ covs @ whiten.T
         k = len(weights)
         if self.tails:
             self.log_df[:k] = best[1][3].log()
