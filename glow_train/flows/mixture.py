@@ -58,7 +58,7 @@ def fit_gaussian_mixture(
             best = (inertia, centers)
     resp = torch.nn.functional.one_hot(torch.cdist(points, best[1]).argmin(dim=1), k)
     resp = resp.to(points.dtype)  # (N, k): responsibilities, first the clusters
-    floor = 1e-3 * points.var(0).mean() * torch.eye(d, dtype=points.dtype, device=points.device)
+    floor = _floor(points)
     for _ in range(em_steps + 1):
         counts = resp.sum(0) + 1e-9
         weights = counts / n
@@ -70,6 +70,12 @@ def fit_gaussian_mixture(
         joint = (_log_density(q, log_det, d) + weights.log()[:, None]).T
         resp = torch.softmax(joint, dim=1)  # (N, k)
     return weights, means, covs, float(torch.logsumexp(joint, dim=1).sum())
+
+
+def _floor(points: Tensor) -> Tensor:
+    """The least covariance of a fitted component: 1e-3 of the mean variance, ``(D, D)``."""
+    eye = torch.eye(points.shape[1], dtype=points.dtype, device=points.device)
+    return 1e-3 * points.var(0).mean() * eye
 
 
 #: the degrees of freedom :func:`fit_t_mixture` chooses from
@@ -109,14 +115,14 @@ def fit_t_mixture(
     :data:`DF_GRID` by its weighted log-likelihood. Returns
     ``(weights, means, scale matrices, df (k,), log L)``."""
     n, d = points.shape
-    floor = 1e-3 * points.var(0).mean() * torch.eye(d, dtype=points.dtype, device=points.device)
+    floor = _floor(points)
     grid = torch.tensor(DF_GRID, dtype=points.dtype, device=points.device)[:, None, None]
     df = torch.full_like(weights, DF_GRID[-1])
-    for _ in range(steps + 1):
+    for step in range(steps + 1):
         q, log_det = _mahalanobis(points, means, covs)
         joint = _log_density(q, log_det, d, df[:, None]) + weights.log()[:, None]  # (k, N)
         resp = torch.softmax(joint, dim=0)
-        if _ == steps:
+        if step == steps:
             break
         u = resp * (df[:, None] + d) / (df[:, None] + q)
         weights = resp.sum(1) / n
@@ -208,8 +214,7 @@ class MixturePrior(nn.Module):
         # fitted on whitened points, so that the fit does not depend on the linear
         # maps before the prior (k-means is not affine invariant), then mapped back
         center = points.mean(0)
-        eye = torch.eye(d, dtype=points.dtype, device=points.device)
-        whiten = torch.linalg.cholesky(torch.cov(points.T).reshape(d, d) + 1e-9 * eye)
+        whiten = torch.linalg.cholesky(torch.cov(points.T).reshape(d, d) + 1e-3 * _floor(points))
         white = torch.linalg.solve_triangular(whiten, (points - center).T, upper=False).T
         per_component = d + d * (d + 1) / 2 + 1 + self.tails  # mean, covariance, weight, df
         best = None
@@ -252,20 +257,11 @@ class MixturePrior(nn.Module):
             e = torch.linalg.solve_triangular(
                 self.scale_tril(dtype), diff.transpose(1, 2), upper=False
             )
-            q = e.square().sum(1).T  # (B, k)
-            log_det = self.log_scales[:k].reshape(k, d).to(dtype).sum(1)
-            if self.tails:
-                df = torch.exp(self.log_df[:k].to(dtype))
-                log_p = (
-                    torch.lgamma((df + d) / 2)
-                    - torch.lgamma(df / 2)
-                    - d / 2 * torch.log(df * math.pi)
-                    - log_det
-                    - (df + d) / 2 * torch.log1p(q / df)
-                )
-            else:
-                log_p = -d * HALF_LOG_2PI - log_det - 0.5 * q
-            return log_p + torch.log_softmax(self.logits[:k].to(dtype), dim=0)
+            q = e.square().sum(1)  # (k, B)
+            log_det = self.log_scales[:k].reshape(k, d).to(dtype).sum(1, keepdim=True)
+            df = torch.exp(self.log_df[:k, None].to(dtype)) if self.tails else None
+            log_p = _log_density(q, log_det, d, df)
+            return (log_p + torch.log_softmax(self.logits[:k, None].to(dtype), dim=0)).T
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         if context is not None:
