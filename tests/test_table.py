@@ -144,6 +144,13 @@ def test_log_returns(tmp_path):
             "column\\(s\\) 'y' are constant on the training split",
         ),
         (
+            [["1", "3"], ["2", "5"], ["4", "9"], ["7", "15"], ["8", "17"]],
+            {"test_size": 1, "val_size": 0},
+            DataError,
+            "columns 'x', 'y' are linearly dependent on the training split .* leave one of "
+            "them out of dataset.columns",
+        ),
+        (
             [["1", "2"], ["3", "4"]],
             {"window": 3},
             DataError,

@@ -86,6 +86,8 @@ class Table:
                 "constant on the training split and have no density; leave them out of "
                 "dataset.columns"
             )
+        if not self.series:
+            self._refuse_dependent_columns(train, cfg["path"])
         transform = cfg.get("transform") or "none"
         context = cfg.get("context")
         self.spec = DataSpec(
@@ -100,6 +102,26 @@ class Table:
             window=None if window is None and context is None else int(window or 1),
             series=self.series,
             context=None if context is None else int(context),
+        )
+
+    def _refuse_dependent_columns(self, train: np.ndarray, path: str) -> None:
+        """A column that is an exact linear combination of others (a duplicate, a total
+        of parts) leaves the rows on a hyperplane, where no density exists: refused,
+        naming the columns of the combination. Checked when there are more training
+        rows than columns, on the correlation matrix's smallest eigenvalue."""
+        n, d = train.shape
+        if n <= d or d < 2:
+            return
+        z = (train - self.loc) / self.scale
+        values, vectors = np.linalg.eigh(z.T @ z / n)
+        if values[0] > 1e-9 * d:
+            return
+        weights = np.abs(vectors[:, 0])
+        names = [self.columns[i] for i in np.flatnonzero(weights > 0.1 * weights.max())]
+        raise DataError(
+            f"dataset.path={path}: columns {', '.join(map(repr, names))} are linearly "
+            "dependent on the training split (one is a combination of the others), so the "
+            "rows have no density; leave one of them out of dataset.columns"
         )
 
     def _column_of(self, dim: int) -> str:
