@@ -93,16 +93,20 @@ def test_rows_split_is_seeded_disjoint_and_complete(tmp_path):
 
 
 def test_windows_are_split_by_time_without_leakage(tmp_path):
-    t = np.arange(200)
-    path = write_csv(tmp_path / "s.csv", ["t", "u"], np.stack([t, 1000 + t], 1).tolist())
+    # time plus a fraction of noise (a ramp alone has no density: its windows are
+    # linearly dependent), so that the integer part tells each value's step
+    rng = np.random.default_rng(0)
+    t = np.arange(200) + rng.uniform(0, 0.5, 200)
+    u = 1000 + np.arange(200) + rng.uniform(0, 0.5, 200)
+    path = write_csv(tmp_path / "s.csv", ["t", "u"], np.stack([t, u], 1).tolist())
     cfg = table_cfg(path, window=5, stride=2)
     table = load_table(cfg)
     assert table.spec.shape == (10,) and table.spec.columns[:4] == ("t[0]", "u[0]", "t[1]", "u[1]")
     spans = {}
     for split, windows in table.parts.items():
-        steps = windows[:, 0::2]  # the t column of each window, time-major
+        steps = np.floor(windows[:, 0::2])  # the t column of each window, time-major
         assert (np.diff(steps, axis=1) == 1).all()  # consecutive values
-        assert (windows[:, 1::2] == steps + 1000).all()  # columns stay aligned
+        assert (np.floor(windows[:, 1::2]) == steps + 1000).all()  # columns stay aligned
         assert (np.diff(steps[:, 0]) == 2).all()  # every stride steps
         spans[split] = (steps.min(), steps.max())
     # train = the first 140 values, validation the next 20, test the last 40
@@ -150,6 +154,26 @@ def test_log_returns(tmp_path):
             "columns 'x', 'y' are linearly dependent on the training split .* leave one of "
             "them out of dataset.columns",
         ),
+        (
+            [[str(1e9 + v), str(v * v)] for v in (0.1, 0.7, 0.2, 0.9, 0.4, 0.5)],
+            {"test_size": 1, "val_size": 0},
+            DataError,
+            "column 'x' varies by .* around 1e\\+09, finer than float32 resolves there; "
+            "subtract an offset",
+        ),
+        (
+            [[str(v), str(2 * v)] for v in (1.5, 0.2, 3.1, 0.7, 2.2, 1.1, 0.4, 2.9, 1.8, 0.3)],
+            {"window": 2, "test_size": 2, "val_size": 0},
+            DataError,
+            "the windows of columns 'x', 'y' are linearly dependent on the training split",
+        ),
+        (
+            [[str(v), "1"] for v in range(12)],
+            {"window": 3, "columns": ["x"], "test_size": 3, "val_size": 0},
+            DataError,
+            "the windows of 'x' are linearly dependent .* exact linear recurrence",
+        ),
+        ([["1", "2"]], {"columns": ["x", "x"]}, ConfigError, "names 'x' twice"),
         (
             [["1", "2"], ["3", "4"]],
             {"window": 3},

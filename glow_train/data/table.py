@@ -86,8 +86,8 @@ class Table:
                 "constant on the training split and have no density; leave them out of "
                 "dataset.columns"
             )
-        if not self.series:
-            self._refuse_dependent_columns(train, cfg["path"])
+        self._refuse_unresolvable_columns(cfg["path"])
+        self._refuse_dependent_columns(train, cfg["path"])
         transform = cfg.get("transform") or "none"
         context = cfg.get("context")
         self.spec = DataSpec(
@@ -104,11 +104,29 @@ class Table:
             context=None if context is None else int(context),
         )
 
+    def _refuse_unresolvable_columns(self, path: str) -> None:
+        """Items reach the model in float32, whose rounding (a relative 6e-8) must stay
+        below 1e-3 of each column's spread: a column of 1e9 + N(0, 1) (a timestamp, an
+        id) would round to a few values and have a false density. Refused, naming it."""
+        rounding = 6e-8 * np.abs(self.loc)
+        coarse = rounding > 1e-3 * self.scale
+        if coarse.any():
+            i = int(np.flatnonzero(coarse)[0])
+            raise DataError(
+                f"dataset.path={path}: column {self._column_of(i)!r} varies by "
+                f"{self.scale[i]:.3g} around {self.loc[i]:.6g}, finer than float32 resolves "
+                "there; subtract an offset from it in the file, or leave it out of "
+                "dataset.columns"
+            )
+
     def _refuse_dependent_columns(self, train: np.ndarray, path: str) -> None:
-        """A column that is an exact linear combination of others (a duplicate, a total
-        of parts) leaves the rows on a hyperplane, where no density exists: refused,
-        naming the columns of the combination. Checked when there are more training
-        rows than columns, on the correlation matrix's smallest eigenvalue."""
+        """Dimensions of which a combination (nearly) does not vary (a duplicate column,
+        a total of parts, a series repeated) leave the items on a hyperplane, where
+        there is no density (and float32 cannot tell them from one): refused, naming
+        the columns, when the training correlation matrix's smallest eigenvalue is
+        below ``1e-9 D``, i.e. some combination varies by less than ``sqrt(1e-9 D)``
+        of the columns' spread. Checked when there are more training items than
+        dimensions."""
         n, d = train.shape
         if n <= d or d < 2:
             return
@@ -117,11 +135,24 @@ class Table:
         if values[0] > 1e-9 * d:
             return
         weights = np.abs(vectors[:, 0])
-        names = [self.columns[i] for i in np.flatnonzero(weights > 0.1 * weights.max())]
+        dims = np.flatnonzero(weights > 0.1 * weights.max())
+        names = list(dict.fromkeys(self._column_of(int(i)) for i in dims))
+        spread = float(np.sqrt(max(values[0], 0.0)))
+        if len(names) == 1:  # one series: its windows obey a linear recurrence
+            raise DataError(
+                f"dataset.path={path}: the windows of {names[0]!r} are linearly dependent on "
+                f"the training split (a combination of their values varies by {spread:.1e} of "
+                "their spread: the series follows an exact linear recurrence, such as a line "
+                "or a sine), so they have no density; model a series with noise in it"
+            )
+        what = f"columns {', '.join(map(repr, names))}"
+        if self.series:
+            what = f"the windows of {what}"
         raise DataError(
-            f"dataset.path={path}: columns {', '.join(map(repr, names))} are linearly "
-            "dependent on the training split (one is a combination of the others), so the "
-            "rows have no density; leave one of them out of dataset.columns"
+            f"dataset.path={path}: {what} are linearly dependent on the training split (a "
+            f"combination of them varies by {spread:.1e} of their spread: a column repeated, "
+            "a total of others, or a series following an exact linear recurrence), so the "
+            "items have no density; leave one of them out of dataset.columns"
         )
 
     def _column_of(self, dim: int) -> str:
@@ -269,6 +300,9 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             "dataset.columns is empty; name the columns or use null for all numeric ones"
         )
+    if columns is not None and len(set(columns)) < len(columns):
+        twice = next(c for c in columns if list(columns).count(c) > 1)
+        raise ConfigError(f"dataset.columns names {twice!r} twice; name each column once")
     if len(cfg.get("delimiter") or ",") != 1:
         raise ConfigError(f"dataset.delimiter must be one character, got {cfg['delimiter']!r}")
 
