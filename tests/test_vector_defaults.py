@@ -197,6 +197,36 @@ def test_the_prior_is_chosen_by_the_kind_of_vector_data(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_ckpt_auto_resumes_with_the_runs_own_auto_choices(tmp_path):
+    """A run whose auto prior resolved to something else (another version's rule, here
+    set on the first command line) resumes with the same command line and ckpt=auto:
+    an auto setting takes the value the run chose."""
+    from helpers import run_console
+
+    from glow_train.cli import train_main
+
+    rng = np.random.default_rng(0)
+    np.savetxt(
+        tmp_path / "t.csv", rng.standard_t(5, (200, 3)), delimiter=",", header="a,b,c", comments=""
+    )
+    command = [
+        "dataset=csv",
+        "dataset.path=t.csv",
+        "run_dir=run",
+        "ckpt=auto",
+        "device=cpu",
+        "train.progress=false",
+        "train.early_stopping=null",
+    ]
+    first = [*command, "sizing.model.prior=student_t", "train.max_steps=4"]
+    status, out, err = run_console(train_main, first, tmp_path)
+    assert status == 0 and "model.prior=student_t" in out, err
+    status, out, err = run_console(train_main, [*command, "train.max_steps=6"], tmp_path)
+    assert status == 0 and "resuming" in out, err
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["step"] == 6 and state["model_config"]["prior"] == "student_t"
+
+
 # --------------------------------------------------------------------- early stopping
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glow_train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from glow_train.training.sizing import AUTO, AUTO_KEYS
 
 __all__ = ["resume_config", "stored_choices", "auto_resume", "finished_run"]
 
@@ -68,7 +69,9 @@ def auto_resume(cfg: DictConfig) -> DictConfig:
     """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there.
 
     The same command continues a requeued job: the config is this command line's (the
-    trainer refuses a checkpoint of another model), not the checkpoint's.
+    trainer refuses a checkpoint of another model), not the checkpoint's, except that a
+    setting this command line leaves ``auto`` takes the value the run chose (so a run
+    resumes the same after the rules of ``auto``, or the preset's choice, changed).
     """
     if cfg.run_dir is None:
         raise CheckpointError(
@@ -78,6 +81,13 @@ def auto_resume(cfg: DictConfig) -> DictConfig:
     last = Path(cfg.run_dir) / "last.pt"
     with open_dict(cfg):
         cfg.ckpt = str(last) if last.is_file() else None
+        if cfg.ckpt is not None:
+            stored = OmegaConf.create(load_checkpoint(last, mmap=True)["config"])
+            for key in AUTO_KEYS:
+                section, name = key.split(".")
+                chosen = (stored.get(section) or {}).get(name)
+                if (cfg.get(section) or {}).get(name) == AUTO and chosen not in (None, AUTO):
+                    cfg[section][name] = chosen
     return cfg
 
 
