@@ -376,3 +376,44 @@ def test_resuming_a_table_run_may_name_its_own_dataset(tmp_path):
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 30
     status, _, err = run_console(train_main, [ckpt, "dataset=digits", *common], tmp_path)
     assert status == 2 and "cannot change dataset=digits when resuming" in err
+
+
+def test_a_checkpoint_from_before_full_covariance_mixtures_evaluates_but_does_not_resume(
+    tmp_path,
+):
+    """A model.prior=mixture checkpoint written before the mixture had off_diagonal (and
+    used): its weights load (the density is the diagonal mixture it was), but the
+    optimiser state has one parameter fewer, so resuming is refused in one line that
+    says why."""
+    from glow_train import load
+    from glow_train.errors import CheckpointError
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "t.csv"
+    np.savetxt(path, rng.standard_normal((120, 3)), delimiter=",", header="a,b,c", comments="")
+    options = [
+        "dataset=csv",
+        f"dataset.path={path}",
+        "device=cpu",
+        "train.progress=false",
+        "model.prior=mixture",
+        "precision=fp32",
+    ]
+    train(_compose([*options, f"run_dir={tmp_path / 'run'}", "train.max_steps=3"]))
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    for part in ("objective", "ema"):  # as the older version wrote it
+        for key in [k for k in state[part] if k.endswith(("prior.off_diagonal", "prior.used"))]:
+            del state[part][key]
+    group = state["optimizer"]["param_groups"][0]
+    state["optimizer"]["state"].pop(group["params"].pop(), None)
+    torch.save(state, last)
+    before = load(last).flow.prior.off_diagonal
+    assert before.abs().max() == 0
+    resumed = [*options, f"ckpt={last}", f"run_dir={tmp_path / 'again'}", "train.max_steps=5"]
+    with pytest.raises(
+        CheckpointError,
+        match="written before this version's model had .*"
+        "prior.off_diagonal.* training cannot resume from it; start a new run",
+    ):
+        train(_compose(resumed))

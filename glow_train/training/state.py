@@ -151,6 +151,13 @@ def restore(
     try:
         optim.optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:
+        added = sorted(set(objective.state_dict()) - set(state["objective"]))
+        if added:  # filled in by a load hook: the weights load, the optimiser's state not
+            raise CheckpointError(
+                f"{source} was written before this version's model had {', '.join(added)}: "
+                "glow-eval and glow-sample read it, but training cannot resume from it; "
+                "start a new run (without ckpt=)"
+            ) from err
         raise CheckpointError(f"{source}: optimiser state does not fit: {err}") from err
     optim.scheduler.load_state_dict(state["scheduler"])
     optim.horizon = state.get("schedule_horizon")
