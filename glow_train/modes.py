@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from glow_train.errors import ConfigError
 
-__all__ = ["Mode", "Written", "run_registered", "takes"]
+__all__ = ["Mode", "Written", "run_registered", "refuse_unused", "takes"]
 
 
 @dataclass
@@ -49,6 +49,18 @@ Mode = Callable[..., Written | list[Path]]
 def takes(mode: Mode, option: str) -> bool:
     """Whether ``mode``'s signature names ``option``."""
     return option in inspect.signature(mode).parameters
+
+
+def refuse_unused(function: Mode, typed: Iterable[str], what: str) -> None:
+    """An option typed on the command line that ``function`` (a mode) does not take
+    would be ignored: refused in one line naming the options it takes."""
+    accepted = list(inspect.signature(function).parameters)[1:]  # after ckpt
+    unused = [key for key in typed if key not in accepted]
+    if unused:
+        raise ConfigError(
+            f"{unused[0]}= is not an option of {what} (it takes {', '.join(accepted)}); "
+            f"leave {unused[0]}= out"
+        )
 
 
 def run_registered(

@@ -81,6 +81,10 @@ def test_forecast_writes_price_paths_and_a_fan_chart(price_runs):
     [
         (["mode=forecast", "horizon=0"], "horizon=0"),
         (["mode=forecast", "horizon=3", "context_end=2"], "context_end=2"),
+        (  # an option the mode does not take is refused, not ignored
+            ["mode=forecast", "horizon=3", "temperature=0.5"],
+            "temperature= is not an option of mode=forecast (it takes horizon, n,",
+        ),
     ],
 )
 def test_forecast_refuses_bad_input_in_one_line(price_runs, args, words):

@@ -38,6 +38,7 @@ __all__ = [
     "require_ckpt",
     "say_precision",
     "say_which",
+    "typed_options",
 ]
 
 
@@ -176,6 +177,17 @@ def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> b
     if exit_on_error:
         sys.exit(2)
     return False
+
+
+def typed_options(cfg: DictConfig) -> list[str]:
+    """The keys of ``cfg`` this command line sets (``temperature=0.5`` -> ``temperature``),
+    besides ``ckpt`` and ``mode``; empty outside a Hydra app (the Python API)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return [k for k in keys if k in cfg and k not in ("ckpt", "mode")]
 
 
 def plain(value: object) -> object:
