@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -413,3 +414,17 @@ def test_real_table_beats_a_full_covariance_gaussian(tmp_path):
         0.5 * (z**2).sum(0) + np.log(np.diag(chol)).sum() + 15 * math.log(2 * math.pi)
     ).mean() / 30
     assert result.last_test_score < gaussian - 0.2, (result.last_test_score, gaussian)
+
+
+def test_repeated_whole_numbers_are_warned_of(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [
+        [int(a), float(b)] for a, b in zip(rng.integers(0, 3, 60), rng.normal(size=60), strict=True)
+    ]
+    path = write_csv(tmp_path / "t.csv", ["level", "x"], rows)
+    with pytest.warns(UserWarning, match="column\\(s\\) 'level' hold whole numbers that repeat"):
+        load_table(table_cfg(path))
+    spread = write_csv(tmp_path / "u.csv", ["x", "y"], rng.normal(size=(60, 2)).tolist())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_table(table_cfg(spread))

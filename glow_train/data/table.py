@@ -20,6 +20,7 @@ counts the log-determinant, so every likelihood is in the data's own units.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ class Table:
                 "dataset.columns"
             )
         self._refuse_unresolvable_columns(cfg["path"])
+        self._warn_of_repeated_integers(train, cfg["path"])
         self._refuse_dependent_columns(train, cfg["path"])
         transform = cfg.get("transform") or "none"
         context = cfg.get("context")
@@ -117,6 +119,26 @@ class Table:
                 f"{self.scale[i]:.3g} around {self.loc[i]:.6g}, finer than float32 resolves "
                 "there; subtract an offset from it in the file, or leave it out of "
                 "dataset.columns"
+            )
+
+    def _warn_of_repeated_integers(self, train: np.ndarray, path: str) -> None:
+        """Integer columns whose values repeat (counts, ratings, categories as numbers):
+        a continuous density can put ever higher spikes on the repeated values, so the
+        figures fall without bound; warned once, naming them."""
+        whole = (train == np.round(train)).all(axis=0)
+        repeated = [
+            self._column_of(i)
+            for i in np.flatnonzero(whole)
+            if len(np.unique(train[:, i])) <= len(train) // 2
+        ]
+        if repeated:
+            names = ", ".join(map(repr, dict.fromkeys(repeated)))
+            warnings.warn(
+                f"dataset.path={path}: column(s) {names} hold whole numbers that repeat; a "
+                "density of continuous values can grow without bound on them (the figures "
+                "then mean little): add uniform noise in [0, 1) to them, or leave them out "
+                "of dataset.columns",
+                stacklevel=2,
             )
 
     def _refuse_dependent_columns(self, train: np.ndarray, path: str) -> None:

@@ -116,8 +116,8 @@ class Glow1D(FlowModel):
         if mixture:
             if num_classes > 0 or context_dims > 0:
                 raise ValueError(
-                    f"prior={prior} is for unconditional models; a class-conditional or "
-                    "context model takes prior=gaussian or student_t"
+                    f"prior={prior} is for unconditional models; a model given a context "
+                    "(dataset.context) or classes takes prior=gaussian or student_t"
                 )
             self.config["prior_components"] = int(prior_components)
         student_t = prior == "student_t"
