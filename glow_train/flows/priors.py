@@ -1,8 +1,9 @@
 r"""Priors with learned parameters.
 
-The image model's priors and the 1-D Glow's default are diagonal Gaussians
-:math:`\mathcal N(\mu, \sigma^2)` with :math:`\sigma = e^{\log\sigma}` whose parameters
-come from a context; the 1-D Glow can also take Student-t tails or a mixture:
+The image model's priors and the 1-D Glow model's own default (``model.prior=gaussian``;
+the csv preset chooses another, :mod:`glow_train.flows.mixture`) are diagonal
+Gaussians :math:`\mathcal N(\mu, \sigma^2)` with :math:`\sigma = e^{\log\sigma}` whose
+parameters come from a context; the 1-D Glow can also take Student-t tails or a mixture:
 
 - :class:`LearnedPrior`: free parameters of the latent's shape (the top of a Glow
   or a 1-D Glow), optionally shifted by a per-class offset (class-conditional).

@@ -26,8 +26,8 @@ class Glow1D(FlowModel):
     r"""Glow for vectors ``(B, D)`` (``model=glow1d``).
 
     The same steps of flow as :class:`glow_train.Glow` with dense layers: ActNorm
-    per feature, an invertible linear map, an MLP coupling; one learned Gaussian
-    prior on the output. Every hyperparameter is required (the config group's
+    per feature, an invertible linear map, an MLP coupling; one learned prior on
+    the output (``prior``: a Gaussian, Student-t tails, or a mixture). Every hyperparameter is required (the config group's
     YAML holds the defaults).
 
     Args:
