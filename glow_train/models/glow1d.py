@@ -27,8 +27,8 @@ class Glow1D(FlowModel):
 
     The same steps of flow as :class:`glow_train.Glow` with dense layers: ActNorm
     per feature, an invertible linear map, an MLP coupling; one learned prior on
-    the output (``prior``: a Gaussian, Student-t tails, or a mixture). Every hyperparameter is required (the config group's
-    YAML holds the defaults).
+    the output (``prior``: a Gaussian, Student-t tails, or a mixture). Every
+    hyperparameter is required (the config group's YAML holds the defaults).
 
     Args:
         dim: ``D`` (at least 2; from the dataset).
