@@ -67,8 +67,8 @@ def app(cfg: DictConfig) -> float | None:
             with open_dict(config):
                 config.run_dir = str(folder)
         if cfg.ckpt == "auto":
-            config = auto_resume(config)
-            done = finished_run(config) if config.ckpt is not None else None
+            config, state = auto_resume(config)
+            done = finished_run(config, state) if state is not None else None
             if done is not None:  # a requeued job that had already finished: not an error
                 if main:
                     print(done[0])

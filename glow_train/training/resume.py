@@ -65,8 +65,10 @@ def stored_choices(config: dict) -> dict[str, str]:
     return choices
 
 
-def auto_resume(cfg: DictConfig) -> DictConfig:
-    """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there.
+def auto_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there;
+    the config, and the checkpoint read (``None`` for a fresh start) for
+    :func:`finished_run`.
 
     The same command continues a requeued job: the config is this command line's (the
     trainer refuses a checkpoint of another model), not the checkpoint's, except that a
@@ -79,25 +81,25 @@ def auto_resume(cfg: DictConfig) -> DictConfig:
             "has its own folder)"
         )
     last = Path(cfg.run_dir) / "last.pt"
+    state = load_checkpoint(last, mmap=True) if last.is_file() else None
     with open_dict(cfg):
-        cfg.ckpt = str(last) if last.is_file() else None
-        if cfg.ckpt is not None:
-            stored = OmegaConf.create(load_checkpoint(last, mmap=True)["config"])
+        cfg.ckpt = str(last) if state is not None else None
+        if state is not None:
+            stored = OmegaConf.create(state["config"])
             for key in AUTO_KEYS:
                 section, name = key.split(".")
                 chosen = (stored.get(section) or {}).get(name)
                 if (cfg.get(section) or {}).get(name) == AUTO and chosen not in (None, AUTO):
                     cfg[section][name] = chosen
-    return cfg
+    return cfg, state
 
 
-def finished_run(cfg: DictConfig) -> tuple[str, float | None] | None:
-    """For ``ckpt=auto`` on a run that already ended (its ``last.pt`` is at the limit and
-    holds the final figures): one line saying so and the figure a sweeper gets; else
-    ``None`` (the run resumes)."""
+def finished_run(cfg: DictConfig, state: dict) -> tuple[str, float | None] | None:
+    """For ``ckpt=auto`` on a run that already ended (its ``last.pt``, read as ``state``,
+    is at the limit and holds the final figures): one line saying so and the figure a
+    sweeper gets; else ``None`` (the run resumes)."""
     from glow_train.training.schedule import reached_limits
 
-    state = load_checkpoint(cfg.ckpt, mmap=True)
     if not state.get("finished", True):
         return None
     if not reached_limits(cfg.train, state["step"], state["epoch"]):
