@@ -120,7 +120,7 @@ def check_command_line(config_name: str, prog: str) -> None:
             sys.exit(2)
     if config_name in OPTIONS:
         for arg in overrides:
-            key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+            key = override_key(arg).split(".", 1)[0]
             if key not in OPTIONS[config_name] and key != "hydra":
                 print(
                     f"{prog}: error: {key} is not an option of {prog}; it takes "
@@ -186,8 +186,13 @@ def typed_options(cfg: DictConfig) -> list[str]:
 
     if not HydraConfig.initialized():
         return []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    keys = [override_key(o) for o in HydraConfig.get().overrides.task]
     return [k for k in keys if k in cfg and k not in ("ckpt", "mode")]
+
+
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+model.K=4`` -> ``model.K``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def plain(value: object) -> object:
