@@ -201,9 +201,9 @@ class MixturePrior(nn.Module):
         ``used`` first components, the others stay out of the density. The search
         stops once two counts in a row have not lowered the BIC, and takes no more
         components than leave two points per free parameter. The fit runs on the
-        whitened points (so it does not depend on the random linear maps before the
-        prior) and is mapped back. Does nothing
-        once initialised (e.g. after loading a checkpoint)."""
+        whitened points (k-means is not affine invariant: the fit would depend on the
+        random linear maps before the prior) and is mapped back. Does nothing once
+        initialised (e.g. after loading a checkpoint)."""
         if bool(self.initialized):
             return
         points = z.reshape(z.shape[0], -1).double()
@@ -211,8 +211,6 @@ class MixturePrior(nn.Module):
         if n < d + 2:  # too few points for a covariance: keep the seeded draws
             self.initialized.fill_(1)
             return
-        # fitted on whitened points, so that the fit does not depend on the linear
-        # maps before the prior (k-means is not affine invariant), then mapped back
         center = points.mean(0)
         whiten = torch.linalg.cholesky(torch.cov(points.T).reshape(d, d) + 1e-3 * _floor(points))
         white = torch.linalg.solve_triangular(whiten, (points - center).T, upper=False).T
