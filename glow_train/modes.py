@@ -20,7 +20,7 @@ from typing import Any
 
 from glow_train.errors import ConfigError
 
-__all__ = ["Mode", "Written", "run_registered", "refuse_unused", "takes"]
+__all__ = ["Mode", "Written", "run_registered", "takes"]
 
 
 @dataclass
@@ -51,30 +51,28 @@ def takes(mode: Mode, option: str) -> bool:
     return option in inspect.signature(mode).parameters
 
 
-def refuse_unused(function: Mode, typed: Iterable[str], what: str) -> None:
-    """An option typed on the command line that ``function`` (a mode) does not take
-    would be ignored: refused in one line naming the options it takes."""
-    accepted = list(inspect.signature(function).parameters)[1:]  # after ckpt
-    unused = [key for key in typed if key not in accepted]
-    if unused:
-        raise ConfigError(
-            f"{unused[0]}= is not an option of {what} (it takes {', '.join(accepted)}); "
-            f"leave {unused[0]}= out"
-        )
-
-
 def run_registered(
     registry: Mapping[str, Mode],
     name: str,
     ckpt: str | os.PathLike,
     options: Mapping[str, Any],
     unknown: str,
+    typed: Iterable[str] = (),
 ) -> Written:
     """Run ``registry[name]`` on ``ckpt`` with the ``options`` its signature takes;
-    ``unknown`` is the one-line :class:`ConfigError` for a name not registered."""
+    ``unknown`` is the one-line :class:`ConfigError` for a name not registered. An
+    option in ``typed`` (those the command line set) that the mode does not take
+    would be ignored: refused in one line naming the options the mode takes."""
     if name not in registry:
         raise ConfigError(unknown)
     function = registry[name]
     accepted = inspect.signature(function).parameters
+    unused = [key for key in typed if key not in accepted]
+    if unused:
+        takes_options = ", ".join(list(accepted)[1:])  # after ckpt
+        raise ConfigError(
+            f"{unused[0]}= is not an option of mode={name} (it takes {takes_options}); "
+            f"leave {unused[0]}= out"
+        )
     result = function(ckpt, **{k: v for k, v in options.items() if k in accepted})
     return result if isinstance(result, Written) else Written(list(result))

@@ -22,15 +22,13 @@ __all__ = ["app"]
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    from glow_train.modes import refuse_unused, takes  # PyTorch on use
+    from glow_train.modes import takes  # PyTorch on use
     from glow_train.sampling import MODES, run_mode
 
     def run():
         ckpt = require_ckpt(cfg, "glow-sample")
-        if cfg.mode in MODES:  # what the command line sets must reach the mode
-            refuse_unused(MODES[cfg.mode], typed_options(cfg), f"mode={cfg.mode}")
         options = {key: plain(value) for key, value in cfg.items() if key not in ("ckpt", "mode")}
-        written = run_mode(cfg.mode, ckpt, options)
+        written = run_mode(cfg.mode, ckpt, options, typed_options(cfg))
         for line in written.lines():
             print(line)
         say_which(cfg, ckpt, "glow-sample")

@@ -17,7 +17,7 @@ name; :func:`run_mode` passes it the options its signature names, out of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,14 @@ __all__ = [
 ]
 
 
-def run_mode(mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any]) -> Written:
+def run_mode(
+    mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any], typed: Iterable[str] = ()
+) -> Written:
     """Run ``MODES[mode]`` on ``ckpt`` with the ``options`` its signature takes (the rest of
-    ``glow-sample``'s keys are for other modes)."""
+    ``glow-sample``'s keys are for other modes); one of ``typed`` (set on the command
+    line) that it does not take is refused (:func:`glow_train.modes.run_registered`)."""
     unknown = f"mode must be one of {', '.join(MODES)}, got {mode!r}"
-    return run_registered(MODES, mode, ckpt, options, unknown)
+    return run_registered(MODES, mode, ckpt, options, unknown, typed)
 
 
 def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
