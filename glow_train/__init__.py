@@ -1,12 +1,10 @@
-"""glow-train: train, sample and evaluate Glow normalizing flows on images.
+"""glow-train: train, sample and evaluate Glow normalizing flows on images, tables and series.
 
-Layout (data flows one way): ``config`` (typed schemas) and ``validate`` (checks
-of single values) → ``data`` (sources, registry, batch, loader) + ``models``
-(registry of flows built from ``flows``) → ``dequantize`` + ``objective`` (what
-is optimised and reported) → ``scoring`` (every figure) → ``training`` (the
-loop) → ``checkpoint`` (the file format) → ``inference`` (the one path from a
-checkpoint to a ready objective) → ``sampling`` / ``evaluate`` / ``ood``;
-``cli`` is the thin Hydra layer over them, one module per command.
+Layout, lowest layer first (data flows one way): `errors`, `config`, `validate`,
+`modes` → `io` (checkpoint format, output policy) → `flows` (layers) → `runtime`
+(devices, processes, precision) → `data` → `models` → `likelihood` (dequantisation,
+objective, loading a checkpoint) → `evaluation` / `series` / `sampling` → `training`;
+`cli` is the thin Hydra layer over them, one module per command.
 
 The names below are imported on first use, so the console scripts start (and
 answer Ctrl-C) before PyTorch is loaded.
@@ -19,14 +17,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Glow": "glow_train.models",
     "Glow1D": "glow_train.models",
-    "Objective": "glow_train.objective",
-    "bits_per_dim": "glow_train.objective",
-    "dequantize": "glow_train.dequantize",
-    "postprocess": "glow_train.dequantize",
-    "preprocess": "glow_train.dequantize",
-    "quantize": "glow_train.dequantize",
-    "keep_freed_memory": "glow_train.runtime",
-    "load": "glow_train.inference",
+    "Objective": "glow_train.likelihood.objective",
+    "bits_per_dim": "glow_train.likelihood.objective",
+    "dequantize": "glow_train.likelihood.dequantize",
+    "postprocess": "glow_train.likelihood.dequantize",
+    "preprocess": "glow_train.likelihood.dequantize",
+    "quantize": "glow_train.likelihood.dequantize",
+    "keep_freed_memory": "glow_train.runtime.memory",
+    "load": "glow_train.likelihood.loading",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -228,10 +228,10 @@ class EvalConfig:
     device: str = MISSING
     ema: bool = MISSING
     progress: bool = MISSING
-    ood: str | None = None  # a dataset name or a folder of images (glow_train.ood)
+    ood: str | None = None  # a dataset name or a folder of images (glow_train.evaluation.ood)
     ood_train_images: int = MISSING
     class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
-    precision: str = MISSING  # fp32|bf16|auto (glow_train.precision)
+    precision: str = MISSING  # fp32|bf16|auto (glow_train.runtime.precision)
     backtest: str | None = None  # var: the risk backtest of a series model (eval_modes.BACKTESTS)
     backtest_samples: int = MISSING
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>

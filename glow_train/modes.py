@@ -1,8 +1,8 @@
 """The shape of a command's modes: one function ``(ckpt, **options) -> Written`` each,
 registered by name.
 
-``glow-sample mode=<name>`` runs :data:`glow_train.sampling.modes.MODES` and
-``glow-eval backtest=<name>`` :data:`glow_train.series_modes.BACKTESTS`, both
+``glow-sample mode=<name>`` runs :data:`glow_train.sampling.registry.MODES` and
+``glow-eval backtest=<name>`` :data:`glow_train.series.registry.BACKTESTS`, both
 through :func:`run_registered`: it passes a mode only the options its signature
 names (the command's other keys are for other modes), and the command prints the
 :class:`Written`'s :meth:`~Written.lines`. A new mode is one function and its entry

@@ -6,7 +6,7 @@ Where the other kinds of input are checked: a whole run config in
 :func:`glow_train.training.checks.check_config` (its schema types in
 :mod:`glow_train.config`), ``dataset.*`` in :func:`glow_train.data.validate_dataset_config`
 (helpers in :mod:`glow_train.data.checks`), checkpoints in
-:func:`glow_train.checkpoint.load_checkpoint` and :mod:`glow_train.inference`.
+:func:`glow_train.io.checkpoint.load_checkpoint` and :mod:`glow_train.likelihood.loading`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,13 @@ def main() -> None:
 
     from hydra import compose, initialize_config_module
 
-    from glow_train.backtest import LEVELS, backtest, coverage, format_table, student_t_var_es
+    from glow_train.series.backtest import (
+        LEVELS,
+        backtest,
+        coverage,
+        format_table,
+        student_t_var_es,
+    )
     from glow_train.training import train
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 from glow_train.data import TensorImageDataset, build_dataset
-from glow_train.distributed import DistInfo, resolve_device
 from glow_train.errors import GlowError
+from glow_train.runtime.distributed import DistInfo, resolve_device
 from glow_train.training import Trainer
 
 RUNS = [  # (name, precision, compile)

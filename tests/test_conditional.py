@@ -16,10 +16,10 @@ from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.data import build_dataset, dataset_config, describe_dataset
 from glow_train.data.spec import DataSpec
 from glow_train.errors import DataError
+from glow_train.evaluation.ood import auroc
 from glow_train.flows.priors import gaussian_log_prob
-from glow_train.inference import load_objective
-from glow_train.objective import build_objective
-from glow_train.ood import auroc
+from glow_train.likelihood.loading import load_objective
+from glow_train.likelihood.objective import build_objective
 from glow_train.sampling import sample_images
 
 SHAPE = dict(in_channels=1, image_size=8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True)

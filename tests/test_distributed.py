@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from glow_train.checkpoint import load_checkpoint
 from glow_train.data import build_dataset, dataset_config
-from glow_train.inference import load_objective
-from glow_train.scoring import evaluate_objective
+from glow_train.evaluation.scoring import evaluate_objective
+from glow_train.io.checkpoint import load_checkpoint
+from glow_train.likelihood.loading import load_objective
 
 WORKER = textwrap.dedent(
     """

@@ -17,9 +17,9 @@ from helpers import one_line_error, run_console, snapshot, start_glow_train
 from test_table import SHORT, gaussian_rows, write_csv
 from test_train import TINY, compose_train
 
-from glow_train.checkpoint import load_checkpoint
 from glow_train.cli import eval_main, sample_main, train_main
-from glow_train.outputs import Outputs, Target
+from glow_train.io.checkpoint import load_checkpoint
+from glow_train.io.outputs import Outputs, Target
 from glow_train.training import train
 
 FAST = [*TINY, "model.K=1", "model.hidden_channels=8", "train.progress=false"]

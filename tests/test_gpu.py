@@ -32,8 +32,8 @@ def test_gpu_check_tiny_on_cuda(tmp_path):
 def test_sample_and_eval_on_cuda_match_cpu():
     from glow_train import Glow
     from glow_train.data import build_dataset, collate, dataset_config, describe_dataset
-    from glow_train.objective import build_objective
-    from glow_train.scoring import evaluate_objective
+    from glow_train.evaluation.scoring import evaluate_objective
+    from glow_train.likelihood.objective import build_objective
 
     torch.manual_seed(0)
     model = Glow(1, 8, K=2, L=2, hidden_channels=16, coupling="affine", lu=True)
@@ -50,7 +50,7 @@ def test_sample_and_eval_on_cuda_match_cpu():
 
 def test_precision_auto_on_cuda_is_bf16_from_ampere_on():
     """auto: bf16 where the GPU computes it natively (compute capability 8.0 and later)."""
-    from glow_train.precision import resolve_precision
+    from glow_train.runtime.precision import resolve_precision
 
     chosen = resolve_precision("auto", "cuda")
     native = torch.cuda.get_device_capability()[0] >= 8

@@ -12,7 +12,7 @@ from test_data import celeba_root, existence_only  # noqa: F401
 from glow_train.cli import sample_main, train_main
 from glow_train.data import build_dataset, collate, dataset_config
 from glow_train.errors import ConfigError
-from glow_train.inference import load_objective
+from glow_train.likelihood.loading import load_objective
 from glow_train.sampling.latents import attribute_mask, decode, encode, interpolate
 
 TRAIN = ["model.K=2", "model.hidden_channels=16", "train.max_steps=60", "train.warmup_steps=5"]

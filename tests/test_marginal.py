@@ -12,9 +12,9 @@ from helpers import perturb
 
 from glow_train import Glow, Glow1D
 from glow_train.data import DataSpec, TensorImageDataset
-from glow_train.dequantize import build_dequantizer
-from glow_train.objective import Objective, build_objective, marginal_nll
-from glow_train.scoring import batch_seed, class_prior, evaluate_objective
+from glow_train.evaluation.scoring import batch_seed, class_prior, evaluate_objective
+from glow_train.likelihood.dequantize import build_dequantizer
+from glow_train.likelihood.objective import Objective, build_objective, marginal_nll
 
 SHAPE = dict(in_channels=1, image_size=8, K=2, L=2, hidden_channels=8, coupling="affine", lu=True)
 SPEC = DataSpec(kind="image", shape=(1, 8, 8), n_bits=5, num_classes=3)

@@ -14,7 +14,7 @@ from helpers import one_line_error, run_console
 from sklearn.metrics import roc_auc_score
 
 from glow_train.cli import eval_main, train_main
-from glow_train.ood import auroc
+from glow_train.evaluation.ood import auroc
 
 ROOT = Path(__file__).resolve().parents[1]
 

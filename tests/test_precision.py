@@ -23,7 +23,7 @@ from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.errors import ConfigError
 from glow_train.flows import fused
 from glow_train.flows.conditioner import ConvConditioner, conv_conditioner
-from glow_train.precision import resolve_precision
+from glow_train.runtime.precision import resolve_precision
 from glow_train.training import train
 
 NATIVE = fused.CPU_NATIVE_BF16  # this machine's CPU, as the product sees it

@@ -14,10 +14,10 @@ from helpers import one_line_error, run_console, snapshot, start_glow_train
 from PIL import Image
 from test_train import TINY, compose_train
 
-from glow_train.checkpoint import load_checkpoint, save_checkpoint
 from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.data import dataset_names
-from glow_train.distributed import DistInfo
+from glow_train.io.checkpoint import load_checkpoint, save_checkpoint
+from glow_train.runtime.distributed import DistInfo
 from glow_train.training import Trainer, TrainingDiverged, train
 from glow_train.training.run_dir import LOCK_NAME
 

@@ -1,4 +1,4 @@
-"""The CPU allocator setting of the console scripts (glow_train.runtime)."""
+"""The CPU allocator setting of the console scripts (glow_train.runtime.memory)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ PROBE = textwrap.dedent(
     """
     import resource, sys
     if sys.argv[1] == "1":
-        from glow_train.runtime import keep_freed_memory
+        from glow_train.runtime.memory import keep_freed_memory
         assert keep_freed_memory()
     import torch
     def work():
@@ -48,7 +48,7 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 
 
 def test_idempotent():
-    from glow_train.runtime import freed_memory_kept, keep_freed_memory
+    from glow_train.runtime.memory import freed_memory_kept, keep_freed_memory
 
     first = keep_freed_memory()
     assert keep_freed_memory() == first == freed_memory_kept()

@@ -19,12 +19,12 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 from glow_train import Glow, bits_per_dim, preprocess
-from glow_train.checkpoint import save_checkpoint
 from glow_train.cli import eval_main, sample_main
 from glow_train.data import build_dataset
 from glow_train.errors import CheckpointError, ConfigError, DataError
-from glow_train.evaluate import batch_seed, eval_dataset, evaluate
-from glow_train.inference import load_objective
+from glow_train.evaluation.figures import batch_seed, eval_dataset, evaluate
+from glow_train.io.checkpoint import save_checkpoint
+from glow_train.likelihood.loading import load_objective
 from glow_train.sampling import sample, sample_images
 from glow_train.training import train
 

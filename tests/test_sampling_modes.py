@@ -57,7 +57,7 @@ def test_an_unknown_mode_names_the_registered_ones(tmp_path):
 def test_a_registered_backtest_runs_from_the_command_line(monkeypatch, tmp_path):
     """glow-eval's backtest= registry takes a new entry the same way."""
     from glow_train.cli import eval_main
-    from glow_train.eval_modes import BACKTESTS
+    from glow_train.series.registry import BACKTESTS
 
     monkeypatch.setitem(BACKTESTS, "noise", noise_strip)
     out = tmp_path / "strip.png"

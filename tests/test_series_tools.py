@@ -11,8 +11,8 @@ import pytest
 from helpers import run_console
 from scipy import stats
 
-from glow_train.backtest import christoffersen, kupiec, var_es
 from glow_train.cli import eval_main, sample_main, train_main
+from glow_train.series.backtest import christoffersen, kupiec, var_es
 
 
 def test_kupiec_is_the_binomial_likelihood_ratio():

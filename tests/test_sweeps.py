@@ -15,7 +15,7 @@ from helpers import glow_train_cmd, run_console
 from test_train import TINY
 
 from glow_train.cli import train_main
-from glow_train.cluster import export_torch_env, first_host
+from glow_train.runtime.cluster import export_torch_env, first_host
 
 FAST = [*TINY, "model.K=1", "model.hidden_channels=8", "train.eval_every_steps=null"]
 

@@ -17,10 +17,10 @@ from test_train import compose_train
 from glow_train import Glow1D
 from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.data import build_dataset, dataset_config, describe_dataset, load_table
-from glow_train.dequantize import Identity
 from glow_train.errors import ConfigError, DataError
 from glow_train.flows import Standardize
-from glow_train.objective import Objective
+from glow_train.likelihood.dequantize import Identity
+from glow_train.likelihood.objective import Objective
 from glow_train.training import train
 
 SHORT = [

@@ -13,10 +13,10 @@ import torch
 from helpers import glow_train_cmd, run_console, start_glow_train
 from hydra import compose, initialize_config_module
 
-from glow_train.checkpoint import load_checkpoint, save_checkpoint
 from glow_train.cli import train_main
-from glow_train.distributed import DistInfo
 from glow_train.errors import CheckpointError, ConfigError
+from glow_train.io.checkpoint import load_checkpoint, save_checkpoint
+from glow_train.runtime.distributed import DistInfo
 from glow_train.training import Trainer, TrainingDiverged, parse_duration, train
 
 TINY = [

@@ -12,10 +12,10 @@ from torch import Tensor
 from torch.distributions import Normal, SigmoidTransform, TransformedDistribution
 
 from glow_train.cli import eval_main, train_main
-from glow_train.dequantize import Variational
-from glow_train.inference import load_objective
+from glow_train.likelihood.dequantize import Variational
+from glow_train.likelihood.loading import load_objective
+from glow_train.likelihood.objective import Objective
 from glow_train.models.base import FlowModel
-from glow_train.objective import Objective
 
 
 class UniformBox(FlowModel):
@@ -160,7 +160,7 @@ def test_adamw_decouples_weight_decay(tmp_path):
             f"run_dir={tmp_path}",
         )
     )
-    from glow_train.checkpoint import load_checkpoint
+    from glow_train.io.checkpoint import load_checkpoint
 
     groups = load_checkpoint(result.last_ckpt)["optimizer"]["param_groups"]
     assert groups[0]["weight_decay"] == 0.1 and groups[0]["fused"]

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_module
 from glow_train import Glow1D
 from glow_train.data.table import load_table
 from glow_train.errors import DataError
-from glow_train.evaluate import evaluate
+from glow_train.evaluation.figures import evaluate
 from glow_train.training import train
 from glow_train.training.sizing import resolve_auto, sized_value
 

@@ -24,7 +24,7 @@ __all__ = ["train_main", "sample_main", "eval_main"]
 _MODULES = {
     "train": ("glow_train.cli.train", "glow_train.training", "torch.utils.tensorboard"),
     "sample": ("glow_train.cli.sample", "glow_train.sampling"),
-    "eval": ("glow_train.cli.eval", "glow_train.evaluate", "glow_train.ood"),
+    "eval": ("glow_train.cli.eval", "glow_train.evaluation.figures", "glow_train.evaluation.ood"),
 }
 
 
@@ -67,9 +67,9 @@ def _hydra_only(args: list[str]) -> bool:
 
 
 def _run(config_name: str, prog: str) -> None:
-    from glow_train.runtime import keep_freed_memory
+    from glow_train.runtime.memory import keep_freed_memory
 
-    keep_freed_memory()  # before the first tensor: see glow_train.runtime
+    keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
     _warnings_as_lines(prog)
     try:
         from glow_train.cli.common import check_command_line  # Hydra, OmegaConf: light

@@ -205,7 +205,7 @@ def plain(value: object) -> object:
 def require_ckpt(cfg: DictConfig, prog: str) -> str:
     """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
     ``last.pt``), which :func:`say_which` reports once the command succeeded."""
-    from glow_train.inference import resolve_checkpoint  # PyTorch on use
+    from glow_train.likelihood.loading import resolve_checkpoint  # PyTorch on use
 
     if cfg.ckpt is None:
         raise CheckpointError(f"no checkpoint given; run {prog} ckpt=runs/<dataset>/<time>/best.pt")
@@ -218,8 +218,8 @@ def say_precision(cfg: DictConfig, prog: str) -> None:
     (CPU has native bf16)``; nothing for an explicit fp32 (glow-eval's default)."""
     if cfg.precision == "fp32":
         return
-    from glow_train.distributed import resolve_device
-    from glow_train.precision import INFERENCE_PRECISIONS, resolve_precision
+    from glow_train.runtime.distributed import resolve_device
+    from glow_train.runtime.precision import INFERENCE_PRECISIONS, resolve_precision
 
     device = resolve_device(str(cfg.device))
     chosen = resolve_precision(str(cfg.precision), device, INFERENCE_PRECISIONS)

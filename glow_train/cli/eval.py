@@ -1,6 +1,6 @@
-"""``glow-eval``: a checkpoint's figure on a split (:func:`glow_train.evaluate.evaluate`),
-with ``ood=`` its out-of-distribution AUROCs (:func:`glow_train.ood.evaluate_ood`), or
-with ``backtest=`` a registered backtest (:func:`glow_train.eval_modes.run_backtest`),
+"""``glow-eval``: a checkpoint's figure on a split (:func:`glow_train.evaluation.figures.evaluate`),
+with ``ood=`` its out-of-distribution AUROCs (:func:`glow_train.evaluation.ood.evaluate_ood`), or
+with ``backtest=`` a registered backtest (:func:`glow_train.series.registry.run_backtest`),
 printed."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from glow_train.cli.common import (
 from glow_train.errors import ConfigError
 
 if TYPE_CHECKING:
-    from glow_train.evaluate import EvalReport
+    from glow_train.evaluation.figures import EvalReport
 
 __all__ = ["app", "print_report", "print_ood"]
 
@@ -87,8 +87,8 @@ def print_ood(s: dict[str, Any]) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    from glow_train.evaluate import evaluate  # PyTorch on use
-    from glow_train.ood import evaluate_ood
+    from glow_train.evaluation.figures import evaluate  # PyTorch on use
+    from glow_train.evaluation.ood import evaluate_ood
 
     def run():
         # dataset=<name> composes that group's config (with any dataset.* overrides in
@@ -97,7 +97,7 @@ def app(cfg: DictConfig) -> None:
         chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = require_ckpt(cfg, "glow-eval")
         if cfg.backtest is not None:  # series models with a context
-            from glow_train.eval_modes import run_backtest
+            from glow_train.series.registry import run_backtest
 
             options = {k: plain(v) for k, v in cfg.items() if k not in ("ckpt", "backtest")}
             for line in run_backtest(cfg.backtest, ckpt, options).lines():

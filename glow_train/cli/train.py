@@ -44,8 +44,8 @@ def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
     # the library (PyTorch) on use: this module loads with Hydra alone
-    from glow_train.cluster import export_torch_env
-    from glow_train.runtime import keep_freed_memory
+    from glow_train.runtime.cluster import export_torch_env
+    from glow_train.runtime.memory import keep_freed_memory
     from glow_train.training import train
     from glow_train.training.resume import auto_resume, finished_run, resume_config
 

@@ -4,7 +4,7 @@
 ``(C, H, W)`` images for the image sources); ``describe_dataset(cfg.dataset)`` the
 :class:`DataSpec` (kind, shape, bit depth, classes) without loading anything;
 ``make_loader`` batches items into :class:`Batch` objects. Quantisation and
-dequantisation belong to the objective (:mod:`glow_train.dequantize`), the
+dequantisation belong to the objective (:mod:`glow_train.likelihood.dequantize`), the
 horizontal flip (``dataset.hflip``) to the trainer.
 
 Layout: ``spec`` (DataSpec, DataSource), ``checks`` (shared range checks),

@@ -2,7 +2,7 @@
 
 Datasets do no quantisation, no float conversion and no random augmentation:
 reducing to ``n_bits`` and the dequantisation noise belong to the objective
-(:mod:`glow_train.dequantize`) and the horizontal flip (``dataset.hflip``) to the
+(:mod:`glow_train.likelihood.dequantize`) and the horizontal flip (``dataset.hflip``) to the
 trainer, so bits/dim is computed the same way for every dataset and a resumed run
 sees the same batches.
 """

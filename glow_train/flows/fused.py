@@ -20,7 +20,7 @@ AVX-NE-CONVERT or AMX on x86; oneDNN refuses them elsewhere with a ``RuntimeErro
 :data:`CPU_NATIVE_BF16` says whether this CPU does, asked once at import with the
 check PyTorch's own compiler uses (``torch.ops.mkldnn._is_mkldnn_bf16_supported``);
 without it, bfloat16 runs through the plain layers, and ``precision=auto``
-(:mod:`glow_train.precision`) chooses float32 there.
+(:mod:`glow_train.runtime.precision`) chooses float32 there.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ its config, and how it comes back from a checkpoint.
 
 A model is a density ``log_prob(x, y) -> (B,)`` in nats of continuous input, with
 ``sample(n, temperature, generator, y)``. It knows nothing about quantisation or
-units: the objective (:mod:`glow_train.objective`) adds the dequantiser and the
+units: the objective (:mod:`glow_train.likelihood.objective`) adds the dequantiser and the
 reported unit around it.
 """
 
@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from glow_train.checkpoint import CheckpointError, flow_weights, load_checkpoint, model_config
 from glow_train.data.spec import DataSpec
 from glow_train.flows import ActNorm, FlowSequence, FlowStep
 from glow_train.flows.coupling import COUPLINGS
+from glow_train.io.checkpoint import CheckpointError, flow_weights, load_checkpoint, model_config
 
 __all__ = ["FlowModel", "check_positive", "check_coupling", "VECTOR_COUPLINGS"]
 
@@ -73,7 +73,7 @@ class FlowModel(nn.Module):
     def class_log_probs(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         r""":math:`\log p(x \mid y=k)` in nats for every class ``k``, ``(B, num_classes)``,
         of a class-conditional model (the marginal :math:`p(x)` is built on it in
-        :meth:`glow_train.objective.Objective.class_nlls`)."""
+        :meth:`glow_train.likelihood.objective.Objective.class_nlls`)."""
         raise NotImplementedError
 
     def require_classes(self) -> None:
@@ -151,14 +151,14 @@ class FlowModel(nn.Module):
 
         Raises:
             CheckpointError: the file is unusable or holds another kind of model
-                (:func:`glow_train.inference.load_model` rebuilds whatever it holds).
+                (:func:`glow_train.likelihood.loading.load_model` rebuilds whatever it holds).
         """
         state = load_checkpoint(path)
         name, _ = model_config(state, path)
         if name != cls.name:
             raise CheckpointError(
                 f"{path} holds a {name!r} model, not {cls.name!r}; "
-                "use glow_train.inference.load_model to rebuild any model"
+                "use glow_train.likelihood.loading.load_model to rebuild any model"
             )
         return cls.from_state(state, path, ema).to(device).eval()
 
@@ -166,7 +166,7 @@ class FlowModel(nn.Module):
     def from_state(cls, state: dict[str, Any], path: Any, ema: bool = True) -> FlowModel:
         """This class from a loaded checkpoint's ``model_config`` and (EMA) weights;
         every failure is one :class:`CheckpointError` naming ``path``. (A ready
-        objective, dequantiser included: :func:`glow_train.inference.load`.)"""
+        objective, dequantiser included: :func:`glow_train.likelihood.loading.load`.)"""
         _, kwargs = model_config(state, path)
         try:
             model = cls.from_config(kwargs)

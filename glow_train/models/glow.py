@@ -14,7 +14,7 @@ Architecture (data → latent), for ``L`` levels of ``K`` steps on ``(B, C, H, W
 
 Density (change of variables): with ``f`` the whole flow and ``z = (z_1, …, z_L)``,
 :math:`\log p(x) = \sum_l \log p(z_l \mid \cdot) + \log|\det \partial f/\partial x|`,
-in nats, for continuous ``x`` (see :mod:`glow_train.objective` for the
+in nats, for continuous ``x`` (see :mod:`glow_train.likelihood.objective` for the
 dequantisation and the bits/dim formula).
 """
 

@@ -1,7 +1,7 @@
 """The model registry: ``model.name`` -> a :class:`~glow_train.models.base.FlowModel` class.
 
 A checkpoint records the model's name beside its constructor arguments, so
-:func:`glow_train.inference.load_model` rebuilds whatever model it holds and the
+:func:`glow_train.likelihood.loading.load_model` rebuilds whatever model it holds and the
 checkpoint module imports no model.
 """
 

@@ -8,7 +8,7 @@
 - ``modes``: the registry of ``glow-sample mode=...`` (:data:`MODES`, :func:`run_mode`),
   the forecast of a series model and the latent-space modes.
 
-A new mode is one function ``(ckpt, **options)`` in :mod:`glow_train.sampling.modes`
+A new mode is one function ``(ckpt, **options)`` in :mod:`glow_train.sampling.registry`
 and its entry in :data:`MODES`; a new kind of output, one writer class in
 :mod:`glow_train.sampling.formats` and its entry in ``WRITERS``. Every public
 function takes ``None`` for "the value in ``configs/sample.yaml``".
@@ -25,7 +25,7 @@ from glow_train.sampling.images import (
     sample_rows,
 )
 from glow_train.sampling.latents import INTERPOLATIONS, decode, encode, interpolate
-from glow_train.sampling.modes import (
+from glow_train.sampling.registry import (
     MODES,
     Written,
     forecast_paths,

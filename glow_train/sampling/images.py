@@ -21,9 +21,9 @@ import torch
 
 from glow_train.config import SampleConfig, fill_defaults
 from glow_train.errors import ConfigError
-from glow_train.inference import load, resolve_checkpoint
-from glow_train.objective import Objective
-from glow_train.outputs import claim_outputs, sample_targets, write_atomic
+from glow_train.io.outputs import claim_outputs, sample_targets, write_atomic
+from glow_train.likelihood.loading import load, resolve_checkpoint
+from glow_train.likelihood.objective import Objective
 from glow_train.sampling.formats import (
     TableSamples,
     image_format,
@@ -239,18 +239,18 @@ def sample(
         seed: seeds the latents; every temperature uses the same draws.
         batch_size: images decoded at once (``None``: all ``n``); part of what the
             images depend on, with the seed and the device.
-        out: a file or a folder (:func:`glow_train.outputs.sample_targets`).
+        out: a file or a folder (:func:`glow_train.io.outputs.sample_targets`).
         device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
         ema: use the EMA weights when the checkpoint has them.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (the coupling networks under
             bf16 autocast; the priors, the 1x1 convolutions and the stream between layers
             stay fp32); ``"auto"`` is bf16 where the device computes it natively
-            (:func:`glow_train.precision.resolve_precision`).
+            (:func:`glow_train.runtime.precision.resolve_precision`).
         start_price: for a model of log-return windows, also write each window as a
             price path from this price (``<file>_prices.csv``).
         y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
         overwrite: replace existing files that ``out`` names (the checkpoint and the
-            dataset's files are never written; see :mod:`glow_train.outputs`).
+            dataset's files are never written; see :mod:`glow_train.io.outputs`).
 
     Returns:
         The written files. They are written only after every grid was drawn, each

@@ -34,7 +34,7 @@ from glow_train.data import Batch, build_dataset, collate, source
 from glow_train.data.labels import dataset_labels
 from glow_train.data.transforms import ToUint8
 from glow_train.errors import ConfigError, DataError
-from glow_train.objective import Objective
+from glow_train.likelihood.objective import Objective
 from glow_train.sampling.images import class_index
 
 __all__ = [

@@ -23,12 +23,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from glow_train.checkpoint import load_checkpoint, objective_weights
 from glow_train.data.spec import DataSpec
-from glow_train.distributed import DistInfo, EpochSampler
 from glow_train.errors import NonFiniteError
+from glow_train.io.checkpoint import load_checkpoint, objective_weights
+from glow_train.io.outputs import write_atomic
 from glow_train.models import FlowModel
-from glow_train.outputs import write_atomic
+from glow_train.runtime.distributed import DistInfo, EpochSampler
 from glow_train.sampling.formats import sample_format
 from glow_train.sampling.images import sample_images
 from glow_train.training.monitor import Monitor

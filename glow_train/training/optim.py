@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from glow_train.distributed import all_reduce_max
+from glow_train.runtime.distributed import all_reduce_max
 from glow_train.training.schedule import lr_factor
 
 __all__ = ["Optimization", "StepOutcome", "make_optimizer"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from glow_train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from glow_train.io.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from glow_train.training.sizing import AUTO, AUTO_KEYS
 
 __all__ = ["resume_config", "stored_choices", "auto_resume", "finished_run"]

@@ -1,7 +1,7 @@
 """``train(cfg)``: one training job end to end, from a config to a finished run folder.
 
 The run folder holds ``config.yaml``, ``last.pt`` / ``best.pt`` (see
-:mod:`glow_train.checkpoint`), TensorBoard events under ``tb/`` and
+:mod:`glow_train.io.checkpoint`), TensorBoard events under ``tb/`` and
 ``samples.png``. Every check of the configuration runs before anything is
 created, so a bad setting or missing data leaves nothing behind.
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Dataset
 
-from glow_train.checkpoint import load_checkpoint, resolve_checkpoint
-from glow_train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from glow_train.errors import ConfigError
-from glow_train.evaluate import density_of
-from glow_train.outputs import write_atomic
-from glow_train.runtime import freed_memory_kept
+from glow_train.evaluation.figures import density_of
+from glow_train.io.checkpoint import load_checkpoint, resolve_checkpoint
+from glow_train.io.outputs import write_atomic
+from glow_train.runtime.distributed import DistInfo, cleanup_distributed, setup_distributed
+from glow_train.runtime.memory import freed_memory_kept
 from glow_train.training.checks import check_config
 from glow_train.training.run_dir import resolve_run_dir
 from glow_train.training.schedule import reached_limits

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from glow_train.distributed import DistInfo, broadcast_object
 from glow_train.errors import ConfigError
+from glow_train.runtime.distributed import DistInfo, broadcast_object
 
 __all__ = ["holds_a_run", "new_run_dir", "resolve_run_dir", "RunLock", "LOCK_NAME"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from glow_train.checkpoint import save_checkpoint
-from glow_train.objective import Objective
+from glow_train.io.checkpoint import save_checkpoint
+from glow_train.likelihood.objective import Objective
 from glow_train.training.monitor import Monitor
 
 __all__ = ["CheckpointWriter"]

@@ -1,7 +1,7 @@
 """What a run must carry across a restart: counters, RNG states, and the resume checks.
 
 :class:`Progress` holds the counters; :func:`checkpoint_state` assembles the
-checkpoint dict (:mod:`glow_train.checkpoint` describes its keys) and
+checkpoint dict (:mod:`glow_train.io.checkpoint` describes its keys) and
 :func:`restore` puts one back, continuing at the same place in the data even
 with another number of processes or batch size.
 """
@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from glow_train import __version__
 from glow_train.data.spec import DataSpec
 from glow_train.errors import CheckpointError
-from glow_train.objective import Objective
+from glow_train.likelihood.objective import Objective
 from glow_train.training.optim import Optimization, StepOutcome
 
 __all__ = ["Progress", "checkpoint_state", "restore", "model_record"]

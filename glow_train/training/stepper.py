@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from glow_train.data import Batch
-from glow_train.distributed import all_reduce_max
-from glow_train.objective import Objective
-from glow_train.precision import Precision
+from glow_train.likelihood.objective import Objective
+from glow_train.runtime.distributed import all_reduce_max
+from glow_train.runtime.precision import Precision
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization, StepOutcome
 from glow_train.training.state import Progress

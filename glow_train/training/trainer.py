@@ -2,7 +2,7 @@
 to the loop.
 
 :class:`Trainer` builds the collaborators of a run from its config: the data
-(loader and :class:`~glow_train.distributed.EpochSampler`), the objective and its
+(loader and :class:`~glow_train.runtime.distributed.EpochSampler`), the objective and its
 :class:`~glow_train.training.stepper.Stepper` (one optimisation step), the
 evaluation on the held-out splits, the
 :class:`~glow_train.training.saving.CheckpointWriter` and the
@@ -27,12 +27,12 @@ from torch.utils.data import Dataset
 
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
 from glow_train.data.registry import train_and_validation
-from glow_train.distributed import DistInfo, EpochSampler
 from glow_train.errors import ConfigError, NonFiniteError
+from glow_train.evaluation.scoring import evaluate_objective
+from glow_train.likelihood.objective import Objective, build_objective
 from glow_train.models import FlowModel, build_model
-from glow_train.objective import Objective, build_objective
-from glow_train.precision import resolve_precision
-from glow_train.scoring import evaluate_objective
+from glow_train.runtime.distributed import DistInfo, EpochSampler
+from glow_train.runtime.precision import resolve_precision
 from glow_train.training.checks import check_config, fitted_batch_size
 from glow_train.training.loop import TrainingLoop
 from glow_train.training.monitor import Monitor

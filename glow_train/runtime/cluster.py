@@ -1,7 +1,7 @@
 """Rank, world size and rendezvous from a cluster scheduler when torchrun is absent.
 
 torchrun exports ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`glow_train.distributed.setup_distributed` reads those. A job
+``MASTER_PORT``; :func:`glow_train.runtime.distributed.setup_distributed` reads those. A job
 started by submitit (``hydra/launcher=slurm_gpu`` or ``submitit_local``) or by
 ``srun`` with several tasks has its own variables instead; :func:`export_torch_env`
 translates them, so one ``glow-train`` per task forms one process group.

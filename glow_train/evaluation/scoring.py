@@ -1,7 +1,7 @@
 r"""Scoring: one function, :func:`evaluate_objective`, behind every figure.
 
 The trainer's validation and test figures, ``glow-eval``'s and the
-out-of-distribution scores (:mod:`glow_train.ood`) all come from it, so they
+out-of-distribution scores (:mod:`glow_train.evaluation.ood`) all come from it, so they
 cannot drift apart.
 
 The split is cut into fixed batches ``[0, b), [b, 2b), …``; batch ``i`` of draw
@@ -16,8 +16,8 @@ A class-conditional model scores :math:`p(x \mid y)`; given a class prior
 .. math::  p(x) = \sum_y p(y)\, p(x \mid y)
 
 with one pass of the flow and one evaluation of the top prior per class
-(:meth:`glow_train.objective.Objective.class_nlls`), the log-sum-exp in float64
-(:func:`glow_train.objective.marginal_nll`). The class prior is uniform or the
+(:meth:`glow_train.likelihood.objective.Objective.class_nlls`), the log-sum-exp in float64
+(:func:`glow_train.likelihood.objective.marginal_nll`). The class prior is uniform or the
 training split's class frequencies (:func:`class_prior`).
 """
 
@@ -35,28 +35,17 @@ from tqdm import tqdm
 
 from glow_train.data import make_loader
 from glow_train.data.labels import dataset_labels
-from glow_train.distributed import DistInfo, all_reduce_sum, shard_batches
-from glow_train.errors import ConfigError, DataError
-from glow_train.objective import Objective, marginal_nll
+from glow_train.errors import DataError
+from glow_train.likelihood.objective import Objective, check_class_prior, marginal_nll
+from glow_train.runtime.distributed import DistInfo, all_reduce_sum, shard_batches
 
 __all__ = [
     "EvalResult",
     "evaluate_objective",
     "batch_seed",
     "class_prior",
-    "CLASS_PRIORS",
-    "check_class_prior",
     "write_per_item_csv",
 ]
-
-#: the class priors p(y) of the marginal p(x) of a class-conditional model
-CLASS_PRIORS = ("uniform", "train")
-
-
-def check_class_prior(kind: str) -> None:
-    """Refuse a ``class_prior=`` other than those of :data:`CLASS_PRIORS`."""
-    if kind not in CLASS_PRIORS:
-        raise ConfigError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {kind!r}")
 
 
 @dataclass

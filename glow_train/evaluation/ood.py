@@ -2,7 +2,7 @@ r"""Out-of-distribution scores: ``glow-eval ckpt=... ood=<dataset or folder>``.
 
 Both sets, the checkpoint's test split (in-distribution, the negatives) and the
 other data (out-of-distribution, the positives), are scored per image in
-bits/dim by :func:`glow_train.scoring.evaluate_objective`, the function behind
+bits/dim by :func:`glow_train.evaluation.scoring.evaluate_objective`, the function behind
 ``glow-eval``'s figures; then the area under the ROC curve of telling them apart by
 
 - **bits/dim**: a higher figure means less likely, hence "out";
@@ -47,10 +47,10 @@ from glow_train.data import (
     source,
 )
 from glow_train.errors import ConfigError, NonFiniteError
-from glow_train.evaluate import eval_dataset, model_class_prior
-from glow_train.inference import load_to_score
-from glow_train.outputs import claim_outputs, ood_targets, write_atomic
-from glow_train.scoring import EvalResult, evaluate_objective, write_per_item_csv
+from glow_train.evaluation.figures import eval_dataset, model_class_prior
+from glow_train.evaluation.scoring import EvalResult, evaluate_objective, write_per_item_csv
+from glow_train.io.outputs import claim_outputs, ood_targets, write_atomic
+from glow_train.likelihood.loading import load_to_score
 from glow_train.validate import require_int
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
@@ -143,7 +143,7 @@ def evaluate_ood(
     ``train_images``: the first training images whose mean bits/dim is the
     typicality centre; ``class_prior``: :math:`p(y)` of a class-conditional model's
     marginal, ``uniform`` or ``train``; ``precision``: as
-    :func:`glow_train.evaluate.evaluate`'s.
+    :func:`glow_train.evaluation.figures.evaluate`'s.
     """
     opts = fill_defaults(
         "eval",

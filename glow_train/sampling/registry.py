@@ -7,8 +7,8 @@ name; :func:`run_mode` passes it the options its signature names, out of
 ``configs/sample.yaml``".
 
 - ``sample``: grids of samples (:func:`glow_train.sampling.images.sample`);
-- ``forecast``: paths of a series model with a context (:func:`forecast_paths`,
-  over :func:`glow_train.forecast.forecast`);
+- ``forecast``: paths of a series model with a context
+  (:func:`glow_train.series.registry.forecast_paths`);
 - ``interpolate``, ``direction``, ``manipulate``: the latent-space modes below;
   the mathematics is in :mod:`glow_train.sampling.latents`. They write strips
   (PNG, one row) and direction files (``torch.save`` of a dict, beside the checkpoint).
@@ -25,12 +25,10 @@ import torch
 from omegaconf import OmegaConf
 
 from glow_train.config import SampleConfig, fill_defaults
-from glow_train.distributed import resolve_device
 from glow_train.errors import CheckpointError, ConfigError
-from glow_train.forecast import forecast
-from glow_train.inference import Loaded, load, resolve_checkpoint
+from glow_train.io.outputs import claim_outputs, strip_target, write_atomic
+from glow_train.likelihood.loading import Loaded, load, resolve_checkpoint
 from glow_train.modes import Mode, Written, run_registered
-from glow_train.outputs import claim_outputs, strip_target, write_atomic
 from glow_train.sampling.formats import image_format, writable_extensions
 from glow_train.sampling.images import sample
 from glow_train.sampling.latents import (
@@ -42,6 +40,7 @@ from glow_train.sampling.latents import (
     load_inputs,
     source_dataset,
 )
+from glow_train.series.registry import forecast_paths
 from glow_train.validate import require_int, require_numbers
 
 __all__ = [
@@ -90,7 +89,7 @@ def _tag(ref: Any) -> str:
 def _claim_strip(
     ckpt: Path, name: str, out: Any, overwrite: bool, data_cfg: dict, inputs: list[Any]
 ) -> Path:
-    """Where a strip goes (:func:`glow_train.outputs.strip_target`), checked against the
+    """Where a strip goes (:func:`glow_train.io.outputs.strip_target`), checked against the
     output policy: never the checkpoint, the dataset's files or the input images."""
     images = [(r, f"the input image {r}") for r in inputs if not str(r).lstrip("-").isdigit()]
     target = strip_target(ckpt, name, out, writable_extensions())
@@ -123,44 +122,6 @@ def _decode_strip(
     grid = make_grid(images, nrow=len(images), padding=padding)
     kind = image_format(path)
     return Written([write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))])
-
-
-def forecast_paths(
-    ckpt: str | os.PathLike,
-    horizon: int | None = None,
-    n: int | None = None,
-    *,
-    context_end: int | None = None,
-    seed: int | None = None,
-    out: str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-) -> Written:
-    """``mode=forecast``: ``n`` paths of ``horizon`` steps of a series model with a
-    context, written as ``forecast.csv`` and the fan chart ``forecast.png``
-    (:func:`glow_train.forecast.forecast`)."""
-    opts = _options(
-        horizon=horizon, n=n, context_end=context_end, seed=seed, ema=ema, overwrite=overwrite
-    )
-    opts.device = str(device) if device is not None else opts.device
-    result = forecast(
-        ckpt,
-        opts.horizon,
-        opts.n,
-        context_end=opts.context_end,
-        seed=opts.seed,
-        out=out,
-        overwrite=opts.overwrite,
-        device=resolve_device(str(opts.device)),
-        ema=opts.ema,
-    )
-    units = "prices" if result.in_prices else "values"
-    text = [
-        f"{result.csv_path} ({opts.n} paths of {opts.horizon} steps, in {units})",
-        str(result.png_path),
-    ]
-    return Written([result.csv_path, result.png_path], text=text)
 
 
 def interpolate_strip(

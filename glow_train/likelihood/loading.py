@@ -8,7 +8,7 @@ takes the EMA weights when asked and present, puts everything on the device in
 eval mode, and carries the precision the caller runs it in
 (:meth:`Loaded.autocast`).
 
-The file format itself is :mod:`glow_train.checkpoint`'s; this module is the
+The file format itself is :mod:`glow_train.io.checkpoint`'s; this module is the
 only one that turns it into modules.
 """
 
@@ -22,20 +22,19 @@ from typing import Any
 
 import torch
 
-from glow_train.checkpoint import load_checkpoint, model_config, objective_weights
-from glow_train.checkpoint import resolve_checkpoint as resolve
 from glow_train.config import EvalConfig
 from glow_train.data.registry import SPLITS, validate_dataset_config
 from glow_train.data.spec import DataSpec
-from glow_train.dequantize import build_dequantizer
-from glow_train.distributed import resolve_device
 from glow_train.errors import CheckpointError, ConfigError
 from glow_train.flows.standardize import Standardize
+from glow_train.io.checkpoint import load_checkpoint, model_config, objective_weights
+from glow_train.io.checkpoint import resolve_checkpoint as resolve
+from glow_train.likelihood.dequantize import build_dequantizer
+from glow_train.likelihood.objective import ClassHead, Objective, check_class_prior
 from glow_train.models.base import FlowModel
 from glow_train.models.registry import MODELS
-from glow_train.objective import ClassHead, Objective
-from glow_train.precision import INFERENCE_PRECISIONS, Precision, resolve_precision
-from glow_train.scoring import check_class_prior
+from glow_train.runtime.distributed import resolve_device
+from glow_train.runtime.precision import INFERENCE_PRECISIONS, Precision, resolve_precision
 from glow_train.validate import require_int
 
 __all__ = [
@@ -62,7 +61,7 @@ class Loaded:
     """A checkpoint ready to use: the objective (eval mode, on ``device``), the
     checkpoint's other entries (``info``: ``config``, ``step``, ``data``, ...,
     ``ema_used``), the file it came from and the precision to run it in
-    (:class:`glow_train.precision.Precision`, ``auto`` resolved for the device)."""
+    (:class:`glow_train.runtime.precision.Precision`, ``auto`` resolved for the device)."""
 
     objective: Objective
     info: dict[str, Any]
@@ -112,8 +111,8 @@ def load(
     Args:
         ema: use the EMA weights when the checkpoint has them.
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
-        precision: ``fp32``, ``bf16`` or ``auto`` (:func:`glow_train.precision.resolve_precision`;
-            :meth:`Loaded.autocast`).
+        precision: ``fp32``, ``bf16`` or ``auto``
+            (:func:`glow_train.runtime.precision.resolve_precision`; :meth:`Loaded.autocast`).
 
     Raises:
         ConfigError: an unknown device or precision. CheckpointError: a missing,

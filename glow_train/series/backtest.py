@@ -42,8 +42,8 @@ from glow_train.data.checks import split_count
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
-from glow_train.forecast import context_model, draw_given
-from glow_train.outputs import claim_outputs, folder_targets, write_atomic
+from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
+from glow_train.series.forecast import context_model, draw_given
 
 __all__ = [
     "backtest",
@@ -176,7 +176,7 @@ def backtest(
     """The backtest table (also written as ``backtest.json``, with ``backtest.csv`` and
     ``backtest.png``, into ``out``: a folder, or the JSON file's name with the others
     beside it; default ``<checkpoint folder>/backtest/``), under the output policy of
-    :mod:`glow_train.outputs` (existing files that ``out`` names are kept unless
+    :mod:`glow_train.io.outputs` (existing files that ``out`` names are kept unless
     ``overwrite``).
 
     Raises:

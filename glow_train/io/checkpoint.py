@@ -5,7 +5,7 @@ Keys (format version 2): ``format`` (``"glow-train"``), ``format_version``,
 ``model_config`` (the model's registry ``name`` and constructor arguments),
 ``objective_config`` (the dequantiser's name and bit depth), ``data`` (the
 :class:`~glow_train.data.DataSpec` of the training data), ``objective`` (the
-state dict of the :class:`~glow_train.objective.Objective`: the flow's weights under
+state dict of the :class:`~glow_train.likelihood.objective.Objective`: the flow's weights under
 ``flow.``, a trainable dequantiser's under ``dequantizer.``), ``ema`` (the
 ``AveragedModel`` of the objective, or ``None``), ``optimizer``, ``scheduler``,
 ``scaler`` (state dicts), ``step``, ``epoch``, ``batch_in_epoch``, ``world_size``,
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from glow_train.errors import CheckpointError
-from glow_train.outputs import write_atomic
+from glow_train.io.outputs import write_atomic
 
 __all__ = [
     "FORMAT",

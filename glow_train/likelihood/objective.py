@@ -16,7 +16,7 @@ classifier of the paper's code (``train.class_loss_weight`` :math:`w > 0`) the
 training loss adds :math:`w` times the cross-entropy of :math:`p(y \mid z_L)` in
 bits per image to the bits/dim; evaluation reports bits/dim alone.
 
-For continuous data (:class:`~glow_train.dequantize.Identity`) it is
+For continuous data (:class:`~glow_train.likelihood.dequantize.Identity`) it is
 :math:`-\log p(x)` and the unit is nats per dimension. :math:`\log p` is the
 flow's log-density in nats (:meth:`glow_train.Glow.log_prob`), ``D`` the number of
 dimensions of one item (``C·H·W``).
@@ -40,10 +40,10 @@ from torch import Tensor, nn
 
 from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
-from glow_train.dequantize import Dequantizer, build_dequantizer
 from glow_train.errors import ConfigError, DataError, NonFiniteError
 from glow_train.flows.conditioner import ZeroInit
 from glow_train.flows.standardize import Standardize
+from glow_train.likelihood.dequantize import Dequantizer, build_dequantizer
 from glow_train.models.base import FlowModel
 from glow_train.validate import check_n_bits
 
@@ -54,10 +54,22 @@ __all__ = [
     "marginal_nll",
     "build_objective",
     "METRICS",
+    "CLASS_PRIORS",
+    "check_class_prior",
 ]
 
 #: metric name -> how it is printed
 METRICS = {"bpd": "bpd", "nats_per_dim": "nats/dim"}
+
+
+#: the class priors p(y) of the marginal p(x) of a class-conditional model
+CLASS_PRIORS = ("uniform", "train")
+
+
+def check_class_prior(kind: str) -> None:
+    """Refuse a ``class_prior=`` other than those of :data:`CLASS_PRIORS`."""
+    if kind not in CLASS_PRIORS:
+        raise ConfigError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {kind!r}")
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int, n_bits: int) -> Tensor:

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from glow_train.cluster import export_torch_env
 from glow_train.errors import ConfigError
+from glow_train.runtime.cluster import export_torch_env
 
 __all__ = [
     "DistInfo",
@@ -80,7 +80,7 @@ def resolve_device(spec: str | torch.device, local_rank: int = 0) -> torch.devic
 
 def setup_distributed(device: str | torch.device) -> DistInfo:
     """Initialise the process group if torchrun (or submitit, or ``srun`` with several
-    tasks: :mod:`glow_train.cluster`) started us; return this rank's info.
+    tasks: :mod:`glow_train.runtime.cluster`) started us; return this rank's info.
 
     ``device`` is the run's ``device`` setting (``auto|cpu|cuda|cuda:N``).
     """

@@ -1,6 +1,6 @@
 r"""``glow-eval``'s library function: checkpoint in, ``eval.json`` (and a per-item CSV) out.
 
-:func:`evaluate` scores with :func:`glow_train.scoring.evaluate_objective`, the
+:func:`evaluate` scores with :func:`glow_train.evaluation.scoring.evaluate_objective`, the
 function behind the trainer's figures too: with the checkpoint's
 ``train.eval_seed`` and ``dataset.eval_batch_size`` (its defaults) it reproduces
 the trainer's test figure exactly on the same device. For a class-conditional
@@ -23,22 +23,22 @@ import torch
 from glow_train.config import EvalConfig, fill_defaults
 from glow_train.data import DataSpec, build_dataset, describe_dataset
 from glow_train.data import validate_dataset_config as check_dataset
-from glow_train.dequantize import build_dequantizer
 from glow_train.errors import ConfigError, DataError, NonFiniteError
-from glow_train.inference import load_to_score
-from glow_train.objective import METRICS, Objective
-from glow_train.outputs import claim_outputs, eval_targets, write_atomic
-from glow_train.scoring import (
+from glow_train.evaluation.scoring import (
     EvalResult,
     batch_seed,
     class_prior,
     evaluate_objective,
     write_per_item_csv,
 )
+from glow_train.io.outputs import claim_outputs, eval_targets, write_atomic
+from glow_train.likelihood.dequantize import build_dequantizer
+from glow_train.likelihood.loading import load_to_score
+from glow_train.likelihood.objective import METRICS, Objective
 from glow_train.validate import require_int
 
 __all__ = [
-    "EvalResult",  # (re-exported from glow_train.scoring, their home)
+    "EvalResult",  # (re-exported from glow_train.evaluation.scoring, their home)
     "EvalReport",
     "evaluate_objective",
     "evaluate",
@@ -131,10 +131,10 @@ def evaluate(
         batch_size: items per batch (``None``: the dataset's ``eval_batch_size``).
         n_bits: bit depth the images are quantised to (``None``: the model's).
         per_image: also write a CSV ``index,label,<metric>`` (label empty when unknown).
-        out: a folder, or a ``.json`` file (:func:`glow_train.outputs.eval_targets`);
+        out: a folder, or a ``.json`` file (:func:`glow_train.io.outputs.eval_targets`);
             default ``<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/``.
         overwrite: replace existing files that ``out`` names (never the checkpoint or
-            the dataset's files: :mod:`glow_train.outputs`).
+            the dataset's files: :mod:`glow_train.io.outputs`).
         device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
         ema: use the EMA weights when the checkpoint has them.
         progress: show a progress bar.
@@ -142,7 +142,7 @@ def evaluate(
             :math:`p(x)`: ``"uniform"`` or ``"train"`` (the training split's class
             frequencies); unused for other models.
         precision: ``"fp32"`` (figures comparable across machines), ``"bf16"`` or
-            ``"auto"`` (:func:`glow_train.precision.resolve_precision`).
+            ``"auto"`` (:func:`glow_train.runtime.precision.resolve_precision`).
 
     Returns:
         The summary (also in ``eval.json``), the full result and the written paths.

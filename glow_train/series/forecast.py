@@ -28,8 +28,8 @@ import torch
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.errors import ConfigError
-from glow_train.inference import load_objective
-from glow_train.outputs import claim_outputs, folder_targets, write_atomic
+from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
+from glow_train.likelihood.loading import load_objective
 
 __all__ = ["forecast", "ForecastResult", "draw_paths", "draw_given", "context_model", "BANDS"]
 
@@ -118,7 +118,7 @@ def forecast(
     """Draw ``n`` paths of ``horizon`` steps and write ``forecast.csv`` and ``forecast.png``
     into ``out`` (a folder, or the CSV's name with the PNG beside it; default
     ``<checkpoint folder>/forecast/``), under the output policy of
-    :mod:`glow_train.outputs` (existing files that ``out`` names are kept unless
+    :mod:`glow_train.io.outputs` (existing files that ``out`` names are kept unless
     ``overwrite``).
 
     Args:
