@@ -1,9 +1,9 @@
 """Exceptions that carry a message meant for the user.
 
-The command-line layer prints a :class:`GlowError` as one line and exits with a
+The command-line layer prints a `GlowError` as one line and exits with a
 non-zero status instead of showing a traceback; library callers can catch it
 like any other exception. The checks that raise them for single values are in
-:mod:`glow_train.validate`.
+`glow_train.validate`.
 """
 
 
@@ -12,7 +12,7 @@ class GlowError(Exception):
 
 
 class ConfigError(GlowError, ValueError):
-    """An invalid configuration value (also a ``ValueError`` for library callers)."""
+    """An invalid configuration value (also a `ValueError` for library callers)."""
 
 
 class DataError(GlowError):

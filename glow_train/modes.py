@@ -1,11 +1,11 @@
-"""The shape of a command's modes: one function ``(ckpt, **options) -> Written`` each,
+"""The shape of a command's modes: one function `(ckpt, **options) -> Written` each,
 registered by name.
 
-``glow-sample mode=<name>`` runs :data:`glow_train.sampling.registry.MODES` and
-``glow-eval backtest=<name>`` :data:`glow_train.series.registry.BACKTESTS`, both
-through :func:`run_registered`: it passes a mode only the options its signature
+`glow-sample mode=<name>` runs `glow_train.sampling.registry.MODES` and
+`glow-eval backtest=<name>` `glow_train.series.registry.BACKTESTS`, both
+through `run_registered`: it passes a mode only the options its signature
 names (the command's other keys are for other modes), and the command prints the
-:class:`Written`'s :meth:`~Written.lines`. A new mode is one function and its entry
+`Written`'s `lines`. A new mode is one function and its entry
 in the registry.
 """
 
@@ -25,10 +25,10 @@ __all__ = ["Mode", "Written", "run_registered", "takes"]
 
 @dataclass
 class Written:
-    """What a mode wrote (``paths``) and anything else it has to say (``notes``).
+    """What a mode wrote (`paths`) and anything else it has to say (`notes`).
 
-    ``text``: the lines that stand for the files when the mode describes them itself
-    (e.g. ``forecast.csv (30 paths of 7 steps, in prices)``); ``None``: the paths,
+    `text`: the lines that stand for the files when the mode describes them itself
+    (e.g. `forecast.csv (30 paths of 7 steps, in prices)`); `None`: the paths,
     one per line.
     """
 
@@ -37,17 +37,17 @@ class Written:
     text: list[str] | None = None
 
     def lines(self) -> list[str]:
-        """What the command prints: the files (or ``text``), then the notes."""
+        """What the command prints: the files (or `text`), then the notes."""
         files = self.text if self.text is not None else [str(p) for p in self.paths]
         return [*files, *self.notes]
 
 
-#: a mode: ``(ckpt, **options) -> Written`` (or a list of the paths it wrote)
+#: a mode: `(ckpt, **options) -> Written` (or a list of the paths it wrote)
 Mode = Callable[..., Written | list[Path]]
 
 
 def takes(mode: Mode, option: str) -> bool:
-    """Whether ``mode``'s signature names ``option``."""
+    """Whether `mode`'s signature names `option`."""
     return option in inspect.signature(mode).parameters
 
 
@@ -59,9 +59,9 @@ def run_registered(
     unknown: str,
     typed: Iterable[str] = (),
 ) -> Written:
-    """Run ``registry[name]`` on ``ckpt`` with the ``options`` its signature takes;
-    ``unknown`` is the one-line :class:`ConfigError` for a name not registered. An
-    option in ``typed`` (those the command line set) that the mode does not take
+    """Run `registry[name]` on `ckpt` with the `options` its signature takes;
+    `unknown` is the one-line `ConfigError` for a name not registered. An
+    option in `typed` (those the command line set) that the mode does not take
     would be ignored: refused in one line naming the options the mode takes."""
     if name not in registry:
         raise ConfigError(unknown)

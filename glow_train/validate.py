@@ -1,12 +1,12 @@
 """Checks of single values, one place for every layer: integers in a range, lists of
-numbers, durations, bit depths. Each failure is one :class:`~glow_train.errors.ConfigError`
+numbers, durations, bit depths. Each failure is one `ConfigError`
 line naming the option as the user typed it.
 
 Where the other kinds of input are checked: a whole run config in
-:func:`glow_train.training.checks.check_config` (its schema types in
-:mod:`glow_train.config`), ``dataset.*`` in :func:`glow_train.data.validate_dataset_config`
-(helpers in :mod:`glow_train.data.checks`), checkpoints in
-:func:`glow_train.io.checkpoint.load_checkpoint` and :mod:`glow_train.likelihood.loading`.
+`glow_train.training.checks.check_config` (its schema types in
+`glow_train.config`), `dataset.*` in `glow_train.data.validate_dataset_config`
+(helpers in `glow_train.data.checks`), checkpoints in
+`glow_train.io.checkpoint.load_checkpoint` and `glow_train.likelihood.loading`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ __all__ = ["require_int", "require_numbers", "parse_duration", "check_n_bits"]
 def require_int(
     name: str, value: object, low: int, high: int | None = None, allow_none: bool = False
 ) -> int | None:
-    """``value`` as an ``int`` if it is an integer in ``low..high`` (or ``None`` when
-    allowed), else a :class:`ConfigError` naming the option and its valid range."""
+    """`value` as an `int` if it is an integer in `low..high` (or `None` when
+    allowed), else a `ConfigError` naming the option and its valid range."""
     if value is None and allow_none:
         return None
     bounds = f">= {low}" if high is None else f"in {low}..{high}"
@@ -40,9 +40,9 @@ def require_int(
 def require_numbers(
     name: str, value: object, example: str, low: float | None = None
 ) -> list[float]:
-    """``value`` (a number or a list of them) as a non-empty list of finite floats, each
-    ``>= low`` when given, else a :class:`ConfigError` naming the option (``example``
-    shows a valid value, e.g. ``"0.7"`` or ``"[-1,0,1]"``)."""
+    """`value` (a number or a list of them) as a non-empty list of finite floats, each
+    `>= low` when given, else a `ConfigError` naming the option (`example`
+    shows a valid value, e.g. `"0.7"` or `"[-1,0,1]"`)."""
     values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     if len(values) == 0:
         raise ConfigError(f"{name} must name at least one value, e.g. {name}={example}")
@@ -63,7 +63,7 @@ def check_n_bits(n_bits: int) -> None:
 
 
 def parse_duration(value: Any) -> float | None:
-    """``"120s"``, ``"90m"``, ``"2h"``, ``"1.5h"`` or plain seconds -> seconds (None stays None)."""
+    """`"120s"`, `"90m"`, `"2h"`, `"1.5h"` or plain seconds -> seconds (None stays None)."""
     if value is None:
         return None
     if isinstance(value, int | float):

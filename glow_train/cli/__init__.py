@@ -1,15 +1,15 @@
-"""The command-line layer: the console scripts' entry points, ``glow-train``,
-``glow-sample`` and ``glow-eval``, one module per command (:mod:`~glow_train.cli.train`,
-:mod:`~glow_train.cli.sample`, :mod:`~glow_train.cli.eval`), each a Hydra app that
+"""The command-line layer: the console scripts' entry points, `glow-train`,
+`glow-sample` and `glow-eval`, one module per command (`train`,
+`sample`, `eval`), each a Hydra app that
 calls one library function and prints what it returns; what they share is in
-:mod:`~glow_train.cli.common`.
+`common`.
 
 Ctrl-C at any moment, start-up included, ends with one line
-(``glow-train: aborted``) and exit status 130. The command line is checked against
-the configs first, with Hydra and OmegaConf alone, so ``--help``, ``--cfg`` and a
+(`glow-train: aborted`) and exit status 130. The command line is checked against
+the configs first, with Hydra and OmegaConf alone, so `--help`, `--cfg` and a
 refused option answer without loading PyTorch. While the heavy modules load
 (PyTorch, TensorBoard), an interrupt is only noted, because an import can swallow
-the ``KeyboardInterrupt`` it would raise; it takes effect as soon as they are loaded.
+the `KeyboardInterrupt` it would raise; it takes effect as soon as they are loaded.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _load(config_name: str) -> None:
 
 
 def _warnings_as_lines(prog: str) -> None:
-    """Show warnings as ``<prog>: warning: <message>``, one line, without the source
+    """Show warnings as `<prog>: warning: <message>`, one line, without the source
     line and path of the code that raised them."""
     import warnings
 
@@ -84,15 +84,15 @@ def _run(config_name: str, prog: str) -> None:
 
 
 def train_main() -> None:
-    """Entry point of ``glow-train``."""
+    """Entry point of `glow-train`."""
     _run("train", "glow-train")
 
 
 def sample_main() -> None:
-    """Entry point of ``glow-sample``."""
+    """Entry point of `glow-sample`."""
     _run("sample", "glow-sample")
 
 
 def eval_main() -> None:
-    """Entry point of ``glow-eval``."""
+    """Entry point of `glow-eval`."""
     _run("eval", "glow-eval")

@@ -1,15 +1,15 @@
 """What the three commands share: the command line, checked before Hydra runs an app
 (one line and exit status 2 for a value of the wrong type, an unknown key or an option
-another command takes), one-line errors, and the checkpoint that ``ckpt=`` names.
+another command takes), one-line errors, and the checkpoint that `ckpt=` names.
 
-Each command is one module of this package (:mod:`glow_train.cli.train`,
-:mod:`glow_train.cli.sample`, :mod:`glow_train.cli.eval`): a Hydra app that turns
+Each command is one module of this package (`glow_train.cli.train`,
+`glow_train.cli.sample`, `glow_train.cli.eval`): a Hydra app that turns
 the composed config into plain arguments, calls one library function and prints
-what it returns. Errors the user can fix (:class:`glow_train.errors.GlowError`,
+what it returns. Errors the user can fix (`glow_train.errors.GlowError`,
 and a command line the typed configs refuse) print one line and exit with status
 2. This module imports only Hydra and OmegaConf (no PyTorch), so these answers
 come at once. It also lets Hydra find this project's sweeper
-(:mod:`hydra_plugins.glow_train_sweeper`).
+(`hydra_plugins.glow_train_sweeper`).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ __all__ = [
 
 
 def make_sweeper_visible() -> None:
-    """Make ``hydra/sweeper=glow`` (:mod:`hydra_plugins.glow_train_sweeper`, the default
-    of ``glow-train -m``) composable and instantiable.
+    """Make `hydra/sweeper=glow` (`hydra_plugins.glow_train_sweeper`, the default
+    of `glow-train -m`) composable and instantiable.
 
     Importing the plugin stores its config node. A regular install puts the plugin into
-    site-packages' ``hydra_plugins``, where Hydra's plugin scan finds the class; an
-    editable install maps it through an import hook the scan (``pkgutil`` over
-    ``hydra_plugins.__path__``) cannot list, so the source folder is added to that path,
+    site-packages' `hydra_plugins`, where Hydra's plugin scan finds the class; an
+    editable install maps it through an import hook the scan (`pkgutil` over
+    `hydra_plugins.__path__`) cannot list, so the source folder is added to that path,
     and the class is registered directly if Hydra scanned before this ran.
     """
     from pathlib import Path
@@ -104,9 +104,9 @@ def check_command_line(config_name: str, prog: str) -> None:
     or an unknown key is one line and exit status 2 rather than Hydra's report; for
     glow-sample and glow-eval, a key they do not take is named with the ones they do.
 
-    Under ``-m`` the overrides every job shares are checked the same way (each job's
-    swept values are composed by the sweeper, :mod:`hydra_plugins.glow_train_sweeper`).
-    Other command lines with Hydra's own flags (``--help``, ``--cfg``) are left to Hydra.
+    Under `-m` the overrides every job shares are checked the same way (each job's
+    swept values are composed by the sweeper, `hydra_plugins.glow_train_sweeper`).
+    Other command lines with Hydra's own flags (`--help`, `--cfg`) are left to Hydra.
     """
     overrides = sys.argv[1:]
     flags = {arg for arg in overrides if arg.startswith("-")}
@@ -138,7 +138,7 @@ def check_command_line(config_name: str, prog: str) -> None:
 
 
 def _resume_hint(overrides: list[str], message: str) -> str:
-    """For a key unknown to the default groups' schema on a ``ckpt=`` command line: how
+    """For a key unknown to the default groups' schema on a `ckpt=` command line: how
     to name the run's own dataset, whose schema has it (a 1-D Glow's model keys)."""
     resuming = any(arg.startswith("ckpt=") for arg in overrides)
     named = any(arg.split("=", 1)[0] in ("dataset", "model") for arg in overrides)
@@ -163,9 +163,9 @@ def _shared_overrides(overrides: list[str]) -> list[str]:
 
 
 def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:
-    """Run ``fn``; a user-fixable error is one line and exit status 2, or with
-    ``exit_on_error=False`` (one job of a sweep) one line and ``False``. (Ctrl-C is
-    handled once, in :mod:`glow_train.cli`, around the imports and the whole run.)"""
+    """Run `fn`; a user-fixable error is one line and exit status 2, or with
+    `exit_on_error=False` (one job of a sweep) one line and `False`. (Ctrl-C is
+    handled once, in `glow_train.cli`, around the imports and the whole run.)"""
     try:
         fn()
         return True
@@ -180,8 +180,8 @@ def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> b
 
 
 def typed_options(cfg: DictConfig) -> list[str]:
-    """The keys of ``cfg`` this command line sets (``temperature=0.5`` -> ``temperature``),
-    besides ``ckpt`` and ``mode``; empty outside a Hydra app (the Python API)."""
+    """The keys of `cfg` this command line sets (`temperature=0.5` -> `temperature`),
+    besides `ckpt` and `mode`; empty outside a Hydra app (the Python API)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -191,7 +191,7 @@ def typed_options(cfg: DictConfig) -> list[str]:
 
 
 def override_key(override: str) -> str:
-    """The key a command-line override sets: ``+model.K=4`` -> ``model.K``."""
+    """The key a command-line override sets: `+model.K=4` -> `model.K`."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -203,8 +203,8 @@ def plain(value: object) -> object:
 
 
 def require_ckpt(cfg: DictConfig, prog: str) -> str:
-    """The checkpoint file ``ckpt=`` names: for a run folder, its ``best.pt`` (else
-    ``last.pt``), which :func:`say_which` reports once the command succeeded."""
+    """The checkpoint file `ckpt=` names: for a run folder, its `best.pt` (else
+    `last.pt`), which `say_which` reports once the command succeeded."""
     from glow_train.likelihood.loading import resolve_checkpoint  # PyTorch on use
 
     if cfg.ckpt is None:
@@ -214,8 +214,8 @@ def require_ckpt(cfg: DictConfig, prog: str) -> str:
 
 def say_precision(cfg: DictConfig, prog: str) -> None:
     """On stderr, once the command succeeded (an error stays one line), the precision
-    ``precision=`` resolved to on ``device=``, e.g. ``glow-sample: precision auto -> bf16
-    (CPU has native bf16)``; nothing for an explicit fp32 (glow-eval's default)."""
+    `precision=` resolved to on `device=`, e.g. `glow-sample: precision auto -> bf16
+    (CPU has native bf16)`; nothing for an explicit fp32 (glow-eval's default)."""
     if cfg.precision == "fp32":
         return
     from glow_train.runtime.distributed import resolve_device

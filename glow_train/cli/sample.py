@@ -1,6 +1,6 @@
-"""``glow-sample``: run the ``mode=`` the command line names
-(:func:`glow_train.sampling.run_mode`) and print the files it wrote, one per line,
-then anything else it has to say (:meth:`glow_train.modes.Written.lines`)."""
+"""`glow-sample`: run the `mode=` the command line names
+(`glow_train.sampling.run_mode`) and print the files it wrote, one per line,
+then anything else it has to say (`glow_train.modes.Written.lines`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ __all__ = ["app"]
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
 def app(cfg: DictConfig) -> None:
+    """`glow-sample`: run the mode `cfg.mode` on `cfg.ckpt` and print what it wrote."""
     from glow_train.modes import takes  # PyTorch on use
     from glow_train.sampling import MODES, run_mode
 

@@ -1,8 +1,8 @@
-"""``glow-train``: compose the run config and call :func:`glow_train.training.train`
+"""`glow-train`: compose the run config and call `glow_train.training.train`
 (the run reports itself through its monitor, on rank 0). Like every command module
 it imports only Hydra and OmegaConf at the top, the library inside the app.
 
-Under ``-m`` (a sweep) one failed job prints one line and returns ``nan`` to the
+Under `-m` (a sweep) one failed job prints one line and returns `nan` to the
 sweeper, which goes on with the next.
 """
 
@@ -28,7 +28,7 @@ __all__ = ["app", "sweep_objective"]
 
 def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
     """What the task returns to a sweeper: the final model's validation figure, or its
-    test figure when there is no validation split (said so under ``-m``); ``nan`` (a
+    test figure when there is no validation split (said so under `-m`); `nan` (a
     failed trial) for a run stopped by a signal before its end."""
     value = result.last_val_score if result.selection == "val" else result.last_test_score
     if result.interrupted:
@@ -44,6 +44,7 @@ def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
     # the library (PyTorch) on use: this module loads with Hydra alone
+    """`glow-train`: train with the composed `cfg`; returns the selection score (for sweeps)."""
     from glow_train.runtime.cluster import export_torch_env
     from glow_train.runtime.memory import keep_freed_memory
     from glow_train.training import train

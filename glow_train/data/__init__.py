@@ -1,18 +1,18 @@
 """Data: one module per source, a registry, the batch type and the loader.
 
-``build_dataset(cfg.dataset, "train")`` gives ``(item, int label)`` pairs (uint8
-``(C, H, W)`` images for the image sources); ``describe_dataset(cfg.dataset)`` the
-:class:`DataSpec` (kind, shape, bit depth, classes) without loading anything;
-``make_loader`` batches items into :class:`Batch` objects. Quantisation and
-dequantisation belong to the objective (:mod:`glow_train.likelihood.dequantize`), the
-horizontal flip (``dataset.hflip``) to the trainer.
+`build_dataset(cfg.dataset, "train")` gives `(item, int label)` pairs (uint8
+`(C, H, W)` images for the image sources); `describe_dataset(cfg.dataset)` the
+`DataSpec` (kind, shape, bit depth, classes) without loading anything;
+`make_loader` batches items into `Batch` objects. Quantisation and
+dequantisation belong to the objective (`glow_train.likelihood.dequantize`), the
+horizontal flip (`dataset.hflip`) to the trainer.
 
-Layout: ``spec`` (DataSpec, DataSource), ``checks`` (shared range checks),
-``transforms`` (PIL -> uint8), ``images`` (the dataset classes), ``files``
-(torchvision load errors and tidy-up), ``digits`` / ``mnist`` / ``cifar10`` /
-``celeba`` / ``folder`` (the image sources), ``csvfile`` + ``table`` (numeric
-columns of a CSV file: rows or time-series windows, ``dataset=csv``),
-``registry`` (names; loading and checking configs), ``batch``, ``labels``, ``loader``.
+Layout: `spec` (DataSpec, DataSource), `checks` (shared range checks),
+`transforms` (PIL -> uint8), `images` (the dataset classes), `files`
+(torchvision load errors and tidy-up), `digits` / `mnist` / `cifar10` /
+`celeba` / `folder` (the image sources), `csvfile` + `table` (numeric
+columns of a CSV file: rows or time-series windows, `dataset=csv`),
+`registry` (names; loading and checking configs), `batch`, `labels`, `loader`.
 """
 
 from glow_train.data.batch import Batch, collate

@@ -1,7 +1,7 @@
-"""Helpers for the range checks of ``dataset.*`` that the sources share.
+"""Helpers for the range checks of `dataset.*` that the sources share.
 
-Types and known keys come from the schema (:class:`glow_train.config.ImageDatasetConfig`);
-:func:`glow_train.data.registry.validate_dataset_config` applies it, then the common
+Types and known keys come from the schema (`glow_train.config.ImageDatasetConfig`);
+`glow_train.data.registry.validate_dataset_config` applies it, then the common
 image checks here, then the source's own check from its registry entry.
 """
 
@@ -35,26 +35,26 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def require_key(cfg: Mapping[str, Any], key: str) -> Any:
-    """``cfg[key]``, or a :class:`ConfigError` saying it must be set."""
+    """`cfg[key]`, or a `ConfigError` saying it must be set."""
     if cfg.get(key) is None:
         raise ConfigError(f"dataset.{key} is missing for dataset={cfg.get('name')}; set it")
     return cfg[key]
 
 
 def int_key(cfg: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
-    """``cfg[key]`` as an int in ``low..high`` (it must be set)."""
+    """`cfg[key]` as an int in `low..high` (it must be set)."""
     return require_int(f"dataset.{key}", require_key(cfg, key), low, high)
 
 
 def check_image_keys(cfg: Mapping[str, Any]) -> None:
-    """``image_size`` (positive) and ``channels`` (1 or 3) are set and valid."""
+    """`image_size` (positive) and `channels` (1 or 3) are set and valid."""
     int_key(cfg, "image_size", 1)
     if require_key(cfg, "channels") not in (1, 3):
         raise ConfigError(f"dataset.channels must be 1 or 3, got {cfg['channels']!r}")
 
 
 def require_root(cfg: Mapping[str, Any]) -> None:
-    """The check of the sources that read files from ``dataset.root``."""
+    """The check of the sources that read files from `dataset.root`."""
     if cfg.get("root") is None:
         raise ConfigError(
             f"dataset.root is missing for dataset={cfg['name']}; set dataset.root=/path"
@@ -62,7 +62,7 @@ def require_root(cfg: Mapping[str, Any]) -> None:
 
 
 def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
-    """``dataset.<key>`` (a fraction in [0, 1) or a whole count) as a count of ``total``."""
+    """`dataset.<key>` (a fraction in [0, 1) or a whole count) as a count of `total`."""
     value = float(require_key(cfg, key))
     if value < 0 or (value >= 1 and not value.is_integer()):
         raise ConfigError(f"dataset.{key} must be a fraction in [0, 1) or a count, got {value:g}")

@@ -1,10 +1,10 @@
 """Reading the numeric columns of a CSV file, with one-line errors for bad input.
 
-:func:`read_columns` returns the chosen columns (or every numeric one) as float64.
-A header is detected (``auto``: a first row with a field that is neither a number
-nor a missing value) or forced; without one the columns are named ``0``, ``1``, ...
+`read_columns` returns the chosen columns (or every numeric one) as float64.
+A header is detected (`auto`: a first row with a field that is neither a number
+nor a missing value) or forced; without one the columns are named `0`, `1`, ...
 Errors name the file, the column and the line: a non-numeric column that was asked
-for, missing values (counted and located, unless ``dropna``), infinite values,
+for, missing values (counted and located, unless `dropna`), infinite values,
 ragged rows, duplicate or unknown column names.
 """
 
@@ -31,7 +31,7 @@ LARGEST = float(np.finfo(np.float32).max)
 def read_columns(
     path: Path, columns: list[str] | None, header: str, delimiter: str, dropna: bool
 ) -> tuple[list[str], np.ndarray]:
-    """``(names, values (N, c) float64)`` of ``columns`` (``None``: the numeric ones)."""
+    """`(names, values (N, c) float64)` of `columns` (`None`: the numeric ones)."""
     rows, lines = _read_rows(path, delimiter)
     names, rows, lines = _header(rows, lines, header)
     names, values = _parse(path, names, rows, lines, columns)
@@ -39,8 +39,8 @@ def read_columns(
 
 
 def header_choice(value: object) -> str | None:
-    """``dataset.header`` as ``auto``, ``true`` or ``false`` (``None`` if it is none of
-    them); the command line's ``true``/``false`` arrive as booleans."""
+    """`dataset.header` as `auto`, `true` or `false` (`None` if it is none of
+    them); the command line's `true`/`false` arrive as booleans."""
     if value is None:
         return "auto"
     if isinstance(value, bool):
@@ -86,7 +86,7 @@ def _read_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
 def _header(
     rows: list[list[str]], lines: list[int], header: str
 ) -> tuple[list[str], list[list[str]], list[int]]:
-    """``(column names, data rows, the file line of each data row)``."""
+    """`(column names, data rows, the file line of each data row)`."""
     first = rows[0]
     if header == "auto":
         has_header = any(f.lower() not in MISSING and not _is_number(f) for f in first)
@@ -100,7 +100,7 @@ def _header(
 def _parse(
     path: Path, names: list[str], rows: list[list[str]], lines: list[int], wanted: list[str] | None
 ) -> tuple[list[str], np.ndarray]:
-    """The chosen (or all numeric) columns as float64 ``(N, c)``, NaN where missing."""
+    """The chosen (or all numeric) columns as float64 `(N, c)`, NaN where missing."""
     width = len(names)
     for i, row in enumerate(rows):
         if len(row) != width:

@@ -1,5 +1,5 @@
 """The built-in dataset: the 1,797 8×8 UCI handwritten digits shipped in the package
-(``digits.npz``; see ``DIGITS.md``). The first 1,500 are train, the other 297 test."""
+(`digits.npz`; see `DIGITS.md`). The first 1,500 are train, the other 297 test."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ NUM_TRAIN = 1500  # first 1,500 of scikit-learn's order are train, the other 297
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The packaged digits: uint8 images ``(1797, 8, 8)`` in ``0..255`` and labels ``(1797,)``."""
+    """The packaged digits: uint8 images `(1797, 8, 8)` in `0..255` and labels `(1797,)`."""
     with resources.files("glow_train.data").joinpath("digits.npz").open("rb") as f:
         with np.load(f) as arrays:
             return arrays["images"], arrays["labels"]
 
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
+    """The bundled digits' `split` (the first 1,500 train, 297 test), resized to `cfg`."""
     images, labels = load_digits_arrays()
     part = slice(0, NUM_TRAIN) if split == "train" else slice(NUM_TRAIN, None)
     images, labels = images[part], labels[part]

@@ -22,16 +22,16 @@ LOAD_ERRORS = (
 
 
 def existing_ancestor(path: Path) -> Path:
-    """``path`` or its closest existing parent (what to tidy up to after a failure)."""
+    """`path` or its closest existing parent (what to tidy up to after a failure)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
 
 
 def remove_empty_dirs(path: Path, stop: Path) -> None:
-    """Remove ``path`` and its parents up to (not including) ``stop`` while they are empty:
+    """Remove `path` and its parents up to (not including) `stop` while they are empty:
     the folders a failed download created and left with nothing in them. Nothing is
-    touched when ``path`` existed before (``stop == path``)."""
+    touched when `path` existed before (`stop == path`)."""
     if stop == path or not path.is_dir():
         return
     for folder in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):

@@ -1,8 +1,8 @@
 """Any directory of images (recursive), with a train/test split by file-name hash.
 
-With ``dataset.classes=true`` the first level of sub-folders are the classes
-(``root/<class>/**/*.png``, labels by the sorted folder names, as torchvision's
-``ImageFolder`` numbers them); otherwise every image has the label -1 (none).
+With `dataset.classes=true` the first level of sub-folders are the classes
+(`root/<class>/**/*.png`, labels by the sorted folder names, as torchvision's
+`ImageFolder` numbers them); otherwise every image has the label -1 (none).
 """
 
 from __future__ import annotations
@@ -63,24 +63,24 @@ def class_folders(root: str | os.PathLike) -> list[str]:
 class ImageFolder(Dataset):
     """Every image under a directory (recursive), with a deterministic train/test split.
 
-    A file is in the test split when a hash of its path relative to ``root`` (with
-    ``/`` separators) falls below ``test_fraction``, so the split depends only on file
+    A file is in the test split when a hash of its path relative to `root` (with
+    `/` separators) falls below `test_fraction`, so the split depends only on file
     names: not on listing order, and adding or removing files never moves others
-    between splits. The test share is therefore ``test_fraction`` on average, not
+    between splits. The test share is therefore `test_fraction` on average, not
     exactly.
 
     Each file of the requested split is decoded once at construction (JPEGs at
     reduced scale) so truncated or unreadable files are skipped up front, with one
     warning naming them. This costs about 3 ms per 1024x1024 JPEG on one CPU core
     (some 90 s for CelebA-HQ's 30,000 images), paid by every process that builds it.
-    It relies on Pillow's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``.
+    It relies on Pillow's default `ImageFile.LOAD_TRUNCATED_IMAGES = False`.
 
     Args:
         root: the directory.
-        split: ``"train"`` or ``"test"``.
-        test_fraction: share of files (by hash) held out for ``"test"``, in ``[0, 1)``.
+        split: `"train"` or `"test"`.
+        test_fraction: share of files (by hash) held out for `"test"`, in `[0, 1)`.
         transform: PIL image -> uint8 tensor.
-        classes: label each image by its first-level sub-folder (:func:`class_folders`).
+        classes: label each image by its first-level sub-folder (`class_folders`).
     """
 
     def __init__(
@@ -163,6 +163,11 @@ class ImageFolder(Dataset):
 
 
 def validate(cfg: dict[str, Any]) -> None:
+    """Check a `dataset=folder` config without reading the folder.
+
+    Raises:
+        ConfigError: no `dataset.root`.
+    """
     if cfg.get("root") is None:
         raise ConfigError(
             "dataset.root is required for dataset=folder; pass dataset.root=/path/to/images"
@@ -173,13 +178,14 @@ def validate(cfg: dict[str, Any]) -> None:
 
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
+    """The `split` of the images under `dataset.root` (a fixed fraction held out for test)."""
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="resize")
     classes = bool(cfg.get("classes"))
     return ImageFolder(cfg["root"], split, float(cfg["test_fraction"]), transform, classes)
 
 
 def describe(cfg: dict[str, Any], num_classes: int) -> DataSpec:
-    """The image spec, with as many classes as class sub-folders when ``classes``."""
+    """The image spec, with as many classes as class sub-folders when `classes`."""
     return image_spec(cfg, len(class_folders(cfg["root"])) if cfg.get("classes") else 0)
 
 

@@ -1,7 +1,7 @@
 """The two dataset classes every image source returns.
 
-Each yields ``(image, label)``: ``image`` a ``torch.uint8`` tensor ``(C, H, W)`` in
-``0..255``, ``label`` an ``int`` (``-1`` where the data has no labels).
+Each yields `(image, label)`: `image` a `torch.uint8` tensor `(C, H, W)` in
+`0..255`, `label` an `int` (`-1` where the data has no labels).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ __all__ = ["ImageDataset", "TensorImageDataset"]
 
 
 class ImageDataset(Dataset):
-    """Wraps a source of ``(PIL image, target)`` pairs into ``(uint8 (C, H, W), int)``.
+    """Wraps a source of `(PIL image, target)` pairs into `(uint8 (C, H, W), int)`.
 
     Args:
-        source: an indexable dataset of ``(PIL.Image, target)``; ``target`` may be
-            ``None`` (no label, yielded as ``-1``).
-        transform: PIL image -> uint8 tensor, e.g. :class:`glow_train.data.ToUint8`.
+        source: an indexable dataset of `(PIL.Image, target)`; `target` may be
+            `None` (no label, yielded as `-1`).
+        transform: PIL image -> uint8 tensor, e.g. `glow_train.data.ToUint8`.
         num_classes: number of label values, 0 when there are no labels.
     """
 
@@ -44,7 +44,7 @@ class ImageDataset(Dataset):
 
 
 class TensorImageDataset(Dataset):
-    """In-memory uint8 images ``(N, C, H, W)`` with integer labels ``(N,)``."""
+    """In-memory uint8 images `(N, C, H, W)` with integer labels `(N,)`."""
 
     def __init__(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):

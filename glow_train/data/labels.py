@@ -10,9 +10,9 @@ __all__ = ["dataset_labels"]
 
 
 def dataset_labels(dataset: Dataset, limit: int | None = None) -> Tensor:
-    """The labels ``(n,)`` int64 of the first ``limit`` items (all when ``None``; ``-1``
+    """The labels `(n,)` int64 of the first `limit` items (all when `None`; `-1`
     where an item has none): from the dataset's label list when it keeps one
-    (in-memory images, class folders, torchvision's ``targets``, through a subset)
+    (in-memory images, class folders, torchvision's `targets`, through a subset)
     rather than by decoding every item."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     inner = getattr(dataset, "dataset", None)

@@ -23,23 +23,23 @@ def make_loader(
     batch_sampler: Sampler | Iterable | None = None,
     persistent_workers: bool = True,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` yielding :class:`~glow_train.data.Batch` objects
-    (``x``: the stacked items, e.g. uint8 ``(B, C, H, W)``; ``y``: int64 ``(B,)``).
+    """A DataLoader over `dataset` yielding `Batch` objects
+    (`x`: the stacked items, e.g. uint8 `(B, C, H, W)`; `y`: int64 `(B,)`).
 
     The order is the sampler's (the trainer's resumable, rank-sharded one) or the
     dataset's own; nothing is shuffled here.
 
     Args:
-        dataset: e.g. from :func:`glow_train.data.build_dataset`.
-        batch_size: items per batch (per process); ignored with ``batch_sampler``.
+        dataset: e.g. from `glow_train.data.build_dataset`.
+        batch_size: items per batch (per process); ignored with `batch_sampler`.
         drop_last: drop a final incomplete batch.
         num_workers: loader worker processes (0 loads in the calling process).
         device: where the batches go; memory is pinned when it is a CUDA device.
         sampler: index sampler, e.g. a distributed or resumable one from the trainer.
-        batch_sampler: yields lists of indices; excludes ``batch_size``, ``sampler``
-            and ``drop_last``.
+        batch_sampler: yields lists of indices; excludes `batch_size`, `sampler`
+            and `drop_last`.
         persistent_workers: keep workers alive between epochs (only when
-            ``num_workers > 0``).
+            `num_workers > 0`).
     """
     common = {
         "num_workers": num_workers,

@@ -1,8 +1,8 @@
-"""The dataset registry: ``dataset.name`` -> a :class:`~glow_train.data.spec.DataSource`.
+"""The dataset registry: `dataset.name` -> a `DataSource`.
 
-Each source lives in a module of its own and exports ``SOURCE``; a new kind of
-data is one more module and one :func:`register_dataset` call (plus its
-``configs/dataset/<name>.yaml``), with no table elsewhere to keep in step.
+Each source lives in a module of its own and exports `SOURCE`; a new kind of
+data is one more module and one `register_dataset` call (plus its
+`configs/dataset/<name>.yaml`), with no table elsewhere to keep in step.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DATASETS: dict[str, DataSource] = {}
 
 
 def register_dataset(entry: DataSource) -> DataSource:
-    """Add a source under ``entry.name`` (a name may be registered once)."""
+    """Add a source under `entry.name` (a name may be registered once)."""
     if entry.name in DATASETS:
         raise ValueError(f"dataset {entry.name!r} is already registered")
     DATASETS[entry.name] = entry
@@ -52,22 +52,23 @@ for _module in (digits, mnist, cifar10, celeba, folder, table):
 
 
 def dataset_names() -> tuple[str, ...]:
+    """The names `dataset=` accepts, in registration order."""
     return tuple(DATASETS)
 
 
 def source(name: Any) -> DataSource:
-    """The registry entry of ``name``, or one error listing the known names."""
+    """The registry entry of `name`, or one error listing the known names."""
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
 def dataset_config(name: str, /, **overrides: Any) -> dict[str, Any]:
-    """Load the packaged config-group entry ``configs/dataset/<name>.yaml`` as a plain dict.
+    """Load the packaged config-group entry `configs/dataset/<name>.yaml` as a plain dict.
 
-    For library use and tests without Hydra; interpolations (the default ``root``) are
+    For library use and tests without Hydra; interpolations (the default `root`) are
     resolved and the entry's schema reference (its defaults list) is dropped.
-    ``overrides`` replace top-level keys.
+    `overrides` replace top-level keys.
     """
     source(name)  # an unknown name: one error listing the known ones
     text = resources.files("glow_train.configs").joinpath("dataset", f"{name}.yaml").read_text()
@@ -81,10 +82,10 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
     """Check a dataset config and return it as a plain dict.
 
     Types and unknown keys are the source's schema's; then the name (a registered
-    source), for images ``image_size`` (positive) and ``channels`` (1 or 3), and unless
-    ``shape_only``, ``n_bits`` (1..8), the loader sizes when present and the source's
+    source), for images `image_size` (positive) and `channels` (1 or 3), and unless
+    `shape_only`, `n_bits` (1..8), the loader sizes when present and the source's
     own keys.
-    Whether ``image_size`` suits the model (divisible by ``2^L``) is the model's check.
+    Whether `image_size` suits the model (divisible by `2^L`) is the model's check.
 
     Raises:
         ConfigError: naming the offending key and value.
@@ -122,29 +123,29 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
 
 
 def describe_dataset(cfg: Any) -> DataSpec:
-    """The :class:`DataSpec` of a dataset config, without loading any data.
+    """The `DataSpec` of a dataset config, without loading any data.
 
-    Only the keys that fix the shape are required, so a config whose ``root`` is
-    unset (e.g. for sampling) still works; ``n_bits`` is ``None`` when not given.
+    Only the keys that fix the shape are required, so a config whose `root` is
+    unset (e.g. for sampling) still works; `n_bits` is `None` when not given.
     """
     cfg = validate_dataset_config(cfg, shape_only=True)
     return source(cfg["name"]).spec(cfg)
 
 
 def build_dataset(cfg: Any, split: str) -> Dataset:
-    """Build the configured dataset's ``split``.
+    """Build the configured dataset's `split`.
 
     Args:
-        cfg: the dataset config (``cfg.dataset`` of the run: a Mapping or DictConfig).
-        split: ``"train"``, ``"val"`` or ``"test"``. An image source's validation
-            images are ``dataset.val_size`` of its training images, drawn with
-            ``dataset.split_seed``, and ``"train"`` is the rest (CelebA's own
-            ``valid`` partition is not used); the table source cuts its own.
+        cfg: the dataset config (`cfg.dataset` of the run: a Mapping or DictConfig).
+        split: `"train"`, `"val"` or `"test"`. An image source's validation
+            images are `dataset.val_size` of its training images, drawn with
+            `dataset.split_seed`, and `"train"` is the rest (CelebA's own
+            `valid` partition is not used); the table source cuts its own.
 
     Returns:
-        A map-style dataset of ``(item, int label)`` with a ``num_classes`` attribute
+        A map-style dataset of `(item, int label)` with a `num_classes` attribute
         (0 when there are no labels; labels are then -1). Image items are uint8
-        ``(C, H, W)`` tensors.
+        `(C, H, W)` tensors.
 
     Raises:
         ConfigError: an invalid config value or split.
@@ -168,7 +169,7 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
 
 
 def train_and_validation(cfg: Any) -> tuple[Dataset, Dataset | None]:
-    """The configured dataset's training split and its validation split (``None``
+    """The configured dataset's training split and its validation split (`None`
     when it has none), reading an image source's training data once for both."""
     cfg = validate_dataset_config(cfg)
     entry = source(cfg["name"])
@@ -179,10 +180,10 @@ def train_and_validation(cfg: Any) -> tuple[Dataset, Dataset | None]:
 
 
 def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    """An image source's ``(train, val)``: ``dataset.val_size`` of its training images
-    are validation (``None`` when there are none): drawn with ``dataset.split_seed``
-    (``val_draw: random``, the default), or the last ones in the source's order
-    (``val_draw: last``: on digits they predict the test figure, the images after them,
+    """An image source's `(train, val)`: `dataset.val_size` of its training images
+    are validation (`None` when there are none): drawn with `dataset.split_seed`
+    (`val_draw: random`, the default), or the last ones in the source's order
+    (`val_draw: last`: on digits they predict the test figure, the images after them,
     far better than a random draw; see docs/guide/datasets.md)."""
     full = entry.build(cfg, "train")
     n_val = validation_size(cfg, len(full))
@@ -207,15 +208,15 @@ def _seed(cfg: dict[str, Any]) -> int:
 
 
 def validation_size(cfg: dict[str, Any], num_train: int) -> int:
-    """``dataset.val_size`` of an image source as a count of its ``num_train`` training
-    images (``None`` or 0: no validation split)."""
+    """`dataset.val_size` of an image source as a count of its `num_train` training
+    images (`None` or 0: no validation split)."""
     value = float(cfg.get("val_size") or 0)
     return int(value) if value >= 1 else int(round(value * num_train))
 
 
 class HeldOut(Dataset):
-    """The items ``indices`` of ``dataset`` (validation images, or the training images
-    left after them), with its ``num_classes``."""
+    """The items `indices` of `dataset` (validation images, or the training images
+    left after them), with its `num_classes`."""
 
     def __init__(self, dataset: Dataset, indices: list[int]):
         self.dataset, self.indices = dataset, indices

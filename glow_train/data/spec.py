@@ -1,6 +1,6 @@
 """What a dataset yields, described without loading it.
 
-Every registered data source returns a :class:`DataSpec` from its configuration
+Every registered data source returns a `DataSpec` from its configuration
 alone. The model registry builds a model for it, the objective picks the
 dequantiser and the reported unit from it, and the sampler turns model output
 back into data with it, so none of them needs to know which dataset it is.
@@ -17,7 +17,7 @@ from glow_train.config import ImageDatasetConfig
 
 __all__ = ["DataSpec", "DataSource", "KINDS", "image_spec"]
 
-#: ``image``: ``(C, H, W)`` uint8 pixels; ``vector``: ``(D,)`` real numbers.
+#: `image`: `(C, H, W)` uint8 pixels; `vector`: `(D,)` real numbers.
 KINDS = ("image", "vector")
 
 
@@ -26,22 +26,22 @@ class DataSpec:
     """The shape and nature of one data item.
 
     Attributes:
-        kind: one of :data:`KINDS`.
-        shape: the shape of one item, ``(C, H, W)`` for images, ``(D,)`` for vectors.
-        n_bits: bit depth of quantised data (images: 1..8), ``None`` for continuous data.
+        kind: one of `KINDS`.
+        shape: the shape of one item, `(C, H, W)` for images, `(D,)` for vectors.
+        n_bits: bit depth of quantised data (images: 1..8), `None` for continuous data.
         num_classes: number of label values, 0 when the data has no labels.
-        columns: vectors: the name of each of the ``D`` dimensions (for windows
-            ``<column>[t]``, ``t`` in ``0..W-1``, time-major).
+        columns: vectors: the name of each of the `D` dimensions (for windows
+            `<column>[t]`, `t` in `0..W-1`, time-major).
         loc, scale: vectors: per-dimension mean and standard deviation of the
             training split; the objective standardises with them and adds the
             log-determinant, so likelihoods stay in the data's own units.
-        transform: vectors: ``"log_return"`` when the items are log-returns of the
-            columns, else ``None``.
-        window: time series: the window length ``W`` (``None`` for rows of a table).
+        transform: vectors: `"log_return"` when the items are log-returns of the
+            columns, else `None`.
+        window: time series: the window length `W` (`None` for rows of a table).
         series: time series: the columns the windows were cut from.
-        context: time series with ``dataset.context=C``: each item is the ``C`` steps
-            before its window, then the window (``(C + W)·c`` values, time-major), and
-            a model of it is the density of the window given those ``C`` steps.
+        context: time series with `dataset.context=C`: each item is the `C` steps
+            before its window, then the window (`(C + W)·c` values, time-major), and
+            a model of it is the density of the window given those `C` steps.
     """
 
     kind: str
@@ -69,30 +69,31 @@ class DataSpec:
 
     @property
     def num_dims(self) -> int:
-        """``D``, the number of dimensions of one item (``C·H·W`` for images)."""
+        """`D`, the number of dimensions of one item (`C·H·W` for images)."""
         return math.prod(self.shape)
 
     @property
     def context_dims(self) -> int:
-        """The leading values of an item that are context (``C·c``; 0 without one)."""
+        """The leading values of an item that are context (`C·c`; 0 without one)."""
         return int(self.context or 0) * max(len(self.series), 1)
 
     @property
     def quantized(self) -> bool:
+        """Whether the data lies on a grid of `n_bits` (images), not continuous."""
         return self.n_bits is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain containers, for checkpoints and ``eval.json``."""
+        """Plain containers, for checkpoints and `eval.json`."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:
-        """The inverse of :meth:`to_dict` (a checkpoint's ``data``); unknown keys are ignored."""
+        """The inverse of `to_dict` (a checkpoint's `data`); unknown keys are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def mismatch_message(self, data_cfg: dict[str, Any], model: dict[str, Any], ckpt: Any) -> str:
-        """Why data of this spec does not fit the model stored in ``ckpt`` (its ``data``
+        """Why data of this spec does not fit the model stored in `ckpt` (its `data`
         dict), and what to set: image keys for an image model, the columns (or the
         window) for a vector model."""
         given = "x".join(map(str, self.shape))
@@ -118,7 +119,7 @@ def _no_check(cfg: dict[str, Any]) -> None:
 
 
 def image_spec(cfg: dict[str, Any], num_classes: int) -> DataSpec:
-    """The spec of an image source from its (checked) config: ``(channels, size, size)``."""
+    """The spec of an image source from its (checked) config: `(channels, size, size)`."""
     size = int(cfg["image_size"])
     n_bits = cfg.get("n_bits")
     return DataSpec(
@@ -131,18 +132,18 @@ def image_spec(cfg: dict[str, Any], num_classes: int) -> DataSpec:
 
 @dataclass(frozen=True)
 class DataSource:
-    """A registry entry (:mod:`glow_train.data.registry`): how to build and describe
-    one kind of dataset from its ``dataset.*`` config.
+    """A registry entry (`glow_train.data.registry`): how to build and describe
+    one kind of dataset from its `dataset.*` config.
 
     Attributes:
-        name: the ``dataset.name`` (and the ``configs/dataset/<name>.yaml`` entry).
-        build: ``(checked config, split) -> Dataset`` of ``(item, int label)``.
+        name: the `dataset.name` (and the `configs/dataset/<name>.yaml` entry).
+        build: `(checked config, split) -> Dataset` of `(item, int label)`.
         num_classes: number of label values, 0 when the source has no labels.
         validate: the source's own checks of its config (after the common ones).
-        describe: ``(checked config, num_classes) -> DataSpec``; image sources need no
+        describe: `(checked config, num_classes) -> DataSpec`; image sources need no
             data for it, the table source reads its file (the statistics).
-        kind: the :data:`KINDS` entry of what it yields.
-        schema: the dataclass that types its ``dataset.*`` keys.
+        kind: the `KINDS` entry of what it yields.
+        schema: the dataclass that types its `dataset.*` keys.
     """
 
     name: str
@@ -154,4 +155,5 @@ class DataSource:
     schema: type = ImageDatasetConfig
 
     def spec(self, cfg: dict[str, Any]) -> DataSpec:
+        """The `DataSpec` of the data `cfg` describes."""
         return self.describe(cfg, self.num_classes)

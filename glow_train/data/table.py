@@ -1,21 +1,19 @@
-"""Numeric tables and time series from a CSV file (``dataset=csv``).
+r"""Numeric tables and time series from a CSV file (`dataset=csv`).
 
-Rows of a table: each item is one row's chosen columns, ``(D,)`` float. The rows
-are shuffled with ``dataset.split_seed`` and cut into test (first), validation and
-train parts of ``dataset.test_size`` and ``dataset.val_size`` (a fraction below 1
-or a count).
+Rows of a table: each item is one row's chosen columns, `(D,)` float. The rows are
+shuffled with `dataset.split_seed` and cut into test (first), validation and train
+parts of `dataset.test_size` and `dataset.val_size` (a fraction below 1 or a count).
 
-Time series (``dataset.window=W``): the chosen columns, in file order, optionally
-turned into log-returns (``dataset.transform=log_return``:
-:math:`r_t = \\log(p_t / p_{t-1})`, one value fewer), are cut by time into train
-(the first part), validation and test (the last part); each part yields its own
-windows of ``W`` consecutive values every ``dataset.stride`` steps, so no window
-straddles a boundary. An item is a window flattened time-major:
-``(W·c,)`` with dimension ``t·c + j`` holding column ``j`` at step ``t``.
+Time series (`dataset.window=W`): the chosen columns, in file order, optionally turned
+into log-returns (`dataset.transform=log_return`: $r_t = \log(p_t / p_{t-1})$, one
+value fewer), are cut by time into train (the first part), validation and test (the
+last part); each part yields its own windows of `W` consecutive values every
+`dataset.stride` steps, so no window straddles a boundary. An item is a window
+flattened time-major: `(W·c,)` with dimension `t·c + j` holding column `j` at step `t`.
 
-The statistics of the training items (per dimension) go into the data's
-:class:`~glow_train.data.spec.DataSpec`; the objective standardises with them and
-counts the log-determinant, so every likelihood is in the data's own units.
+The statistics of the training items (per dimension) go into the data's `DataSpec`;
+the objective standardises with them and counts the log-determinant, so every
+likelihood is in the data's own units.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ TRANSFORMS = ("none", "log_return")
 
 
 class VectorDataset(Dataset):
-    """In-memory float vectors ``(N, D)``; items ``(float32 (D,), -1)`` (no labels)."""
+    """In-memory float vectors `(N, D)`; items `(float32 (D,), -1)` (no labels)."""
 
     num_classes = 0
 
@@ -59,9 +57,9 @@ class VectorDataset(Dataset):
 
 
 class Table:
-    """The three splits of a ``dataset=csv`` config as arrays, and their description.
+    """The three splits of a `dataset=csv` config as arrays, and their description.
 
-    ``series``: for time series, the file columns the windows were cut from (the
+    `series`: for time series, the file columns the windows were cut from (the
     dimensions repeat them, time-major); empty for rows of a table.
     """
 
@@ -142,13 +140,12 @@ class Table:
             )
 
     def _refuse_dependent_columns(self, train: np.ndarray, path: str) -> None:
-        """Dimensions of which a combination (nearly) does not vary (a duplicate column,
-        a total of parts, a series repeated) leave the items on a hyperplane, where
-        there is no density (and float32 cannot tell them from one): refused, naming
-        the columns, when the training correlation matrix's smallest eigenvalue is
-        below ``1e-9 D``, i.e. some combination varies by less than ``sqrt(1e-9 D)``
-        of the columns' spread. Checked when there are more training items than
-        dimensions."""
+        """Dimensions of which a combination (nearly) does not vary (a duplicate column, a
+        total of parts, a series repeated) leave the items on a hyperplane, where there is
+        no density (and float32 cannot tell them from one): refused, naming the columns,
+        when the training correlation matrix's smallest eigenvalue is below `1e-9 D`, i.e.
+        some combination varies by less than `sqrt(1e-9 D)` of the columns' spread.
+        Checked when there are more training items than dimensions."""
         n, d = train.shape
         if n <= d or d < 2:
             return
@@ -178,7 +175,7 @@ class Table:
         )
 
     def _column_of(self, dim: int) -> str:
-        """The file column behind dimension ``dim`` (a window's dims repeat the columns)."""
+        """The file column behind dimension `dim` (a window's dims repeat the columns)."""
         if not self.series:
             return self.columns[dim]
         return self.series[dim % len(self.series)]
@@ -231,7 +228,7 @@ _SPLIT_KEYS = (
 
 
 def load_table(cfg: dict[str, Any]) -> Table:
-    """Read, check and split a ``dataset=csv`` config's file (cached per file version)."""
+    """Read, check and split a `dataset=csv` config's file (cached per file version)."""
     path = Path(str(require_key(cfg, "path"))).expanduser()
     try:
         stat = path.stat()
@@ -246,10 +243,10 @@ def load_table(cfg: dict[str, Any]) -> Table:
 
 
 def series_values(cfg: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """A time series config's file as ``(columns, values (T, c), levels)``: ``values`` is
-    what the items are cut from (the log-returns with ``transform=log_return``), and
-    ``levels`` the file's values ``(T + 1, c)`` then (``levels[t]`` is the level after
-    ``values[:t]``), else ``None``."""
+    """A time series config's file as `(columns, values (T, c), levels)`: `values` is
+    what the items are cut from (the log-returns with `transform=log_return`), and
+    `levels` the file's values `(T + 1, c)` then (`levels[t]` is the level after
+    `values[:t]`), else `None`."""
     path = Path(str(require_key(cfg, "path"))).expanduser()
     columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
@@ -269,7 +266,7 @@ def _read(path: Path, cfg: dict[str, Any]) -> tuple[list[str], np.ndarray]:
 
 
 def _log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
-    """:math:`r_t = \\log(p_{t+1} / p_t)` of every column, ``(T - 1, c)``."""
+    r"""$r_t = \log(p_{t+1} / p_t)$ of every column, `(T - 1, c)`."""
     if len(values) < 2:
         raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
     bad = np.argwhere(values <= 0)
@@ -296,6 +293,7 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
 
 
 def validate(cfg: dict[str, Any]) -> None:
+    """Check a `dataset=csv` config without reading the file (`ConfigError` if bad)."""
     require_key(cfg, "path")
     if header_choice(cfg.get("header")) is None:
         raise ConfigError(
@@ -330,6 +328,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
 
 def describe(cfg: dict[str, Any], num_classes: int) -> DataSpec:
+    """The `DataSpec` of a table (it reads the file; `ConfigError`: too few columns)."""
     validate(cfg)
     spec = load_table(cfg).spec
     if spec.num_dims - spec.context_dims < (1 if spec.context else 2):
@@ -341,6 +340,7 @@ def describe(cfg: dict[str, Any], num_classes: int) -> DataSpec:
 
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
+    """The `split` of the table, as float vectors."""
     table = load_table(cfg)
     return VectorDataset(torch.from_numpy(table.parts[split]).float())
 

@@ -1,8 +1,8 @@
 """PIL image -> uint8 tensor: mode conversion, crop, resize or pad (no randomness).
 
 Datasets do no quantisation, no float conversion and no random augmentation:
-reducing to ``n_bits`` and the dequantisation noise belong to the objective
-(:mod:`glow_train.likelihood.dequantize`) and the horizontal flip (``dataset.hflip``) to the
+reducing to `n_bits` and the dequantisation noise belong to the objective
+(`glow_train.likelihood.dequantize`) and the horizontal flip (`dataset.hflip`) to the
 trainer, so bits/dim is computed the same way for every dataset and a resumed run
 sees the same batches.
 """
@@ -20,7 +20,7 @@ __all__ = ["ToUint8", "to_mode", "pil_to_uint8"]
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL image to ``"L"`` (1 channel) or ``"RGB"`` (3 channels).
+    """Convert any PIL image to `"L"` (1 channel) or `"RGB"` (3 channels).
 
     Transparent pixels (RGBA, LA, palette or colour-keyed transparency) are composited
     over black, so their hidden colour never leaks in. 16-bit and float greyscale is
@@ -44,7 +44,7 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bicubic, antialiased), then centre-crop."""
+    """Resize so the shorter side is `size` (bicubic, antialiased), then centre-crop."""
     w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)
@@ -63,7 +63,7 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def _pad_or_resize(img: Image.Image, size: int) -> Image.Image:
-    """Zero-pad a smaller image centred to ``size`` (MNIST 28 -> 32); shrink a larger one."""
+    """Zero-pad a smaller image centred to `size` (MNIST 28 -> 32); shrink a larger one."""
     w, h = img.size
     if w <= size and h <= size:
         if (w, h) == (size, size):
@@ -75,7 +75,7 @@ def _pad_or_resize(img: Image.Image, size: int) -> Image.Image:
 
 
 def pil_to_uint8(img: Image.Image) -> Tensor:
-    """PIL ``L``/``RGB`` image -> uint8 tensor ``(H, W, C) -> (C, H, W)``."""
+    """PIL `L`/`RGB` image -> uint8 tensor `(H, W, C) -> (C, H, W)`."""
     array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -84,13 +84,13 @@ def pil_to_uint8(img: Image.Image) -> Tensor:
 
 @dataclass(frozen=True)
 class ToUint8:
-    """PIL image -> uint8 ``(channels, size, size)`` tensor (picklable, for worker processes).
+    """PIL image -> uint8 `(channels, size, size)` tensor (picklable, for worker processes).
 
     Args:
         channels: 1 (greyscale) or 3 (RGB).
         size: output side in pixels.
-        fit: ``"pad"`` zero-pads smaller images centred (fixed-size datasets);
-            ``"resize"`` resizes the shorter side to ``size`` and centre-crops.
+        fit: `"pad"` zero-pads smaller images centred (fixed-size datasets);
+            `"resize"` resizes the shorter side to `size` and centre-crops.
         crop: optional centre crop (pixels) applied before fitting (CelebA's 148).
     """
 

@@ -1,9 +1,9 @@
-"""Cutting a time series into the items of ``dataset=csv`` with ``dataset.window`` or
-``dataset.context``, by time: train (the first part), validation, test (the last part).
+"""Cutting a time series into the items of `dataset=csv` with `dataset.window` or
+`dataset.context`, by time: train (the first part), validation, test (the last part).
 
-Without a context each part yields its own windows of ``W`` steps every ``stride``
-steps, so no window straddles a boundary. With ``dataset.context=C`` an item is the
-``C`` steps before a window and then the window (``(C + W)·c`` values, time-major),
+Without a context each part yields its own windows of `W` steps every `stride`
+steps, so no window straddles a boundary. With `dataset.context=C` an item is the
+`C` steps before a window and then the window (`(C + W)·c` values, time-major),
 and the window lies in the part while its context may reach back into the part before:
 the past is known when forecasting.
 """
@@ -22,7 +22,7 @@ __all__ = ["split_series"]
 
 
 def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
-    """Windows of ``window`` consecutive rows every ``stride`` rows, flattened time-major."""
+    """Windows of `window` consecutive rows every `stride` rows, flattened time-major."""
     starts = range(0, len(part) - window + 1, stride)
     return (
         np.stack([part[s : s + window].reshape(-1) for s in starts])
@@ -32,8 +32,8 @@ def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def _bounds(cfg: dict[str, Any], t: int) -> dict[str, tuple[int, int]]:
-    """``[a, b)`` of each part of ``t`` steps: train first, then validation, then test
-    (``dataset.val_size`` and ``dataset.test_size`` steps, or fractions of ``t``)."""
+    """`[a, b)` of each part of `t` steps: train first, then validation, then test
+    (`dataset.val_size` and `dataset.test_size` steps, or fractions of `t`)."""
     n_test, n_val = split_count(cfg, "test_size", t), split_count(cfg, "val_size", t)
     return {
         "train": (0, t - n_test - n_val),
@@ -43,13 +43,18 @@ def _bounds(cfg: dict[str, Any], t: int) -> dict[str, tuple[int, int]]:
 
 
 def _enough(parts: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
-    """``parts``, when its training part has at least 2 items."""
+    """`parts`, when its training part has at least 2 items."""
     if len(parts["train"]) < 2:
         raise DataError(f"dataset.path={path}: fewer than 2 training windows; add data")
     return parts
 
 
 def split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
+    """Cut a series `(T, c)` into train/val/test windows, by time.
+
+    `cfg` is `dataset.*` (`window`, `stride`, `context`, the split sizes); `path` names the
+    file in errors.
+    """
     window, stride = int(cfg.get("window") or 1), int(cfg["stride"])
     t = len(series)
     if cfg.get("context") is not None:
@@ -77,7 +82,7 @@ def split_series(series: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[st
 def _split_with_context(
     series: np.ndarray, cfg: dict[str, Any], path: Path, window: int, stride: int
 ) -> dict[str, np.ndarray]:
-    """Items of ``context + window`` consecutive steps whose window lies in the part; the
+    """Items of `context + window` consecutive steps whose window lies in the part; the
     context may reach back into the part before (the past is known when forecasting)."""
     context, t = int(cfg["context"]), len(series)
     span = context + window

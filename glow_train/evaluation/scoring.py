@@ -1,24 +1,26 @@
-r"""Scoring: one function, :func:`evaluate_objective`, behind every figure.
+r"""Scoring: one function, `evaluate_objective`, behind every figure.
 
-The trainer's validation and test figures, ``glow-eval``'s and the
-out-of-distribution scores (:mod:`glow_train.evaluation.ood`) all come from it, so they
+The trainer's validation and test figures, `glow-eval`'s and the
+out-of-distribution scores (`glow_train.evaluation.ood`) all come from it, so they
 cannot drift apart.
 
-The split is cut into fixed batches ``[0, b), [b, 2b), …``; batch ``i`` of draw
-``d`` is dequantised with noise from a generator seeded by ``(seed, d, i)``.
+The split is cut into fixed batches `[0, b), [b, 2b), …`; batch `i` of draw
+`d` is dequantised with noise from a generator seeded by `(seed, d, i)`.
 Because the batches and their noise do not depend on the number of processes, a
 sharded evaluation (batches dealt round-robin to ranks, results summed) gives the
 same number as a single-process one.
 
-A class-conditional model scores :math:`p(x \mid y)`; given a class prior
-:math:`p(y)` it also scores the marginal
+A class-conditional model scores $p(x \mid y)$; given a class prior
+$p(y)$ it also scores the marginal
 
-.. math::  p(x) = \sum_y p(y)\, p(x \mid y)
+$$
+p(x) = \sum_y p(y)\, p(x \mid y)
+$$
 
 with one pass of the flow and one evaluation of the top prior per class
-(:meth:`glow_train.likelihood.objective.Objective.class_nlls`), the log-sum-exp in float64
-(:func:`glow_train.likelihood.objective.marginal_nll`). The class prior is uniform or the
-training split's class frequencies (:func:`class_prior`).
+(`glow_train.likelihood.objective.Objective.class_nlls`), the log-sum-exp in float64
+(`glow_train.likelihood.objective.marginal_nll`). The class prior is uniform or the
+training split's class frequencies (`class_prior`).
 """
 
 from __future__ import annotations
@@ -50,13 +52,23 @@ __all__ = [
 
 @dataclass
 class EvalResult:
-    """The mean score over the items (``metric``: ``bpd`` or ``nats_per_dim``), its
-    standard error over draws (None for one draw), and each item's score (averaged
-    over draws) with its label.
+    r"""The score of a split: the mean over the items, its standard error over draws,
+    and each item's score.
 
-    Scored with a class prior, the figure is of the marginal :math:`p(x)` and
-    ``conditional`` holds that of :math:`p(x \\mid y)` from the same pass (``None``
-    when the items have no labels)."""
+    Scored with a class prior, the figure is of the marginal $p(x)$ and
+    `conditional` holds that of $p(x \mid y)$ from the same pass.
+
+    Attributes:
+        value: the mean score over the items, in the unit `metric`.
+        stderr: its standard error over the noise draws (`None` for one draw).
+        metric: `bpd` (bits per dimension) or `nats_per_dim`.
+        num_items: the number of items scored.
+        draws: the number of noise draws averaged.
+        per_item: each item's score, averaged over draws, `(num_items,)`.
+        labels: each item's label, `(num_items,)`.
+        conditional: the score of $p(x \mid y)$ beside a marginal one (`None` without a
+            class prior, or when the items have no labels).
+    """
 
     value: float
     stderr: float | None
@@ -69,15 +81,17 @@ class EvalResult:
 
 
 def batch_seed(seed: int, draw: int, batch_index: int) -> int:
+    """The seed of batch `batch_index` of draw `draw`: the same on any number of processes."""
     return (seed * 1_000_003 + draw * 104_729 + batch_index * 31 + 7) % (2**63 - 1)
 
 
 def class_prior(kind: str, num_classes: int, train_set: Dataset | None = None) -> Tensor:
-    """:math:`p(y)` ``(num_classes,)`` float64: ``"uniform"``, or ``"train"``: the class
-    frequencies of ``train_set`` (the training split the model was fitted on).
+    """$p(y)$ `(num_classes,)` float64: `"uniform"`, or `"train"`: the class
+    frequencies of `train_set` (the training split the model was fitted on).
 
     Raises:
-        ConfigError: an unknown ``kind``. DataError: a training split without labels.
+        ConfigError: an unknown `kind`.
+        DataError: a training split without labels.
     """
     check_class_prior(kind)
     if kind == "uniform":
@@ -122,20 +136,20 @@ def evaluate_objective(
     progress: bool = False,
     class_prior: Tensor | None = None,
 ) -> EvalResult:
-    """The objective's score on every item of ``dataset`` (``(item, label)`` pairs).
+    r"""The objective's score on every item of `dataset` (`(item, label)` pairs).
 
     Args:
         objective: the (unwrapped) objective; it is put in eval mode.
-        batch_size: items per batch (``dataset.eval_batch_size``); part of the noise
+        batch_size: items per batch (`dataset.eval_batch_size`); part of the noise
             schedule.
         device: where to compute.
-        seed: dequantisation seed (``train.eval_seed``); the same seed gives the same number.
+        seed: dequantisation seed (`train.eval_seed`); the same seed gives the same number.
         draws: noise draws per item; the standard error of the mean over draws is
-            reported when ``draws > 1``.
+            reported when `draws > 1`.
         dist: shard the batches over the ranks of a process group and sum the results.
-        class_prior: for a class-conditional model, :math:`p(y)` ``(num_classes,)``:
-            score the marginal :math:`p(x)` (labels are then not needed) and, for
-            labelled items, :math:`p(x \\mid y)` beside it (:attr:`EvalResult.conditional`).
+        class_prior: for a class-conditional model, $p(y)$ `(num_classes,)`:
+            score the marginal $p(x)$ (labels are then not needed) and, for
+            labelled items, $p(x \mid y)$ beside it (`EvalResult.conditional`).
     """
     device = torch.device(device)
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
@@ -192,9 +206,9 @@ def evaluate_objective(
 
 
 def write_per_item_csv(path: Path, result: EvalResult) -> None:
-    """``index,label,<metric>`` per item (label empty when unknown); with a marginal
-    result that has a conditional one, ``<metric>`` is :math:`p(x \\mid y)`'s and
-    ``<metric>_marginal`` :math:`p(x)`'s."""
+    r"""`index,label,<metric>` per item (label empty when unknown); with a marginal
+    result that has a conditional one, `<metric>` is $p(x \mid y)$'s and
+    `<metric>_marginal` $p(x)$'s."""
     columns = [result.per_item.tolist()]
     names = [result.metric]
     if result.conditional is not None:

@@ -1,10 +1,10 @@
-"""Flow layers: each maps ``forward(x) -> (z, logdet)`` and ``inverse(z) -> x``.
+"""Flow layers: each maps `forward(x) -> (z, logdet)` and `inverse(z) -> x`.
 
-``base`` (the protocol, :class:`FlowSequence`), ``actnorm``, ``invconv`` (1×1
-convolution / linear map), ``coupling`` (and the conditioners), ``spline`` (the
-rational-quadratic spline coupling of vectors), ``step`` (one step of flow),
-``priors``, ``mixture`` (the mixture priors), ``squeeze`` (the reshapes between
-scales) and ``recompute`` (the memory-saving backward pass).
+`base` (the protocol, `FlowSequence`), `actnorm`, `invconv` (1×1
+convolution / linear map), `coupling` (and the conditioners), `spline` (the
+rational-quadratic spline coupling of vectors), `step` (one step of flow),
+`priors`, `mixture` (the mixture priors), `squeeze` (the reshapes between
+scales) and `recompute` (the memory-saving backward pass).
 """
 
 from glow_train.flows.actnorm import ActNorm

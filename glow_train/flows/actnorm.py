@@ -1,13 +1,13 @@
 r"""Activation normalisation (Kingma & Dhariwal 2018, section 3.1).
 
-Per channel ``c``: :math:`z = (x + b_c)\, e^{s_c}`, applied to ``(B, C)`` vectors or
-``(B, C, *spatial)`` maps. :math:`\log|\det J| = N_\text{sp} \sum_c s_c` where
-:math:`N_\text{sp}` is the number of spatial positions (``H·W``; 1 for vectors).
+Per channel `c`: $z = (x + b_c)\, e^{s_c}$, applied to `(B, C)` vectors or
+`(B, C, *spatial)` maps. $\log|\det J| = N_\text{sp} \sum_c s_c$ where
+$N_\text{sp}$ is the number of spatial positions (`H·W`; 1 for vectors).
 
-Data-dependent initialisation: :meth:`ActNorm.initialize_from` sets ``b = -mean`` and
-``s = -log std`` per channel on a real batch, so the output has zero mean and unit
-variance. A channel whose std is below ``eps`` (a constant channel) keeps ``s = 0``
-rather than dividing by zero. The ``initialized`` flag is a buffer, so it is saved
+Data-dependent initialisation: `ActNorm.initialize_from` sets `b = -mean` and
+`s = -log std` per channel on a real batch, so the output has zero mean and unit
+variance. A channel whose std is below `eps` (a constant channel) keeps `s = 0`
+rather than dividing by zero. The `initialized` flag is a buffer, so it is saved
 and loaded with the state dict: a loaded model never re-initialises.
 """
 
@@ -25,7 +25,7 @@ class ActNorm(Flow):
     """Per-channel affine normalisation with data-dependent initialisation.
 
     Args:
-        num_channels: ``C``, the size of dimension 1 of the input.
+        num_channels: `C`, the size of dimension 1 of the input.
         eps: std under which a channel counts as constant.
     """
 
@@ -36,7 +36,7 @@ class ActNorm(Flow):
         self.eps = eps
         # uint8 rather than bool: every collective backend broadcasts it.
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
-        #: set by :meth:`glow_train.models.FlowModel.initialize` around its one forward
+        #: set by `glow_train.models.FlowModel.initialize` around its one forward
         #: pass: the next forward takes its input's statistics (if not yet initialised)
         self.initializing = False
 
@@ -47,13 +47,13 @@ class ActNorm(Flow):
 
     @staticmethod
     def per_channel(p: Tensor, x: Tensor) -> Tensor:
-        """A per-channel vector ``(C,)`` shaped to broadcast over ``x``: ``(1, C, 1, 1)``
-        for maps ``(B, C, H, W)``, ``(1, C)`` for vectors ``(B, C)``."""
+        """A per-channel vector `(C,)` shaped to broadcast over `x`: `(1, C, 1, 1)`
+        for maps `(B, C, H, W)`, `(1, C)` for vectors `(B, C)`."""
         return p.view(1, -1, *([1] * (x.dim() - 2)))
 
     @torch.no_grad()
     def initialize_from(self, x: Tensor) -> None:
-        """Set bias and scale from the statistics of ``x`` (``(B, C, ...)``)."""
+        """Set bias and scale from the statistics of `x` (`(B, C, ...)`)."""
         dims = [d for d in range(x.dim()) if d != 1]
         xf = x.detach().double()
         mean = xf.mean(dim=dims)
@@ -64,11 +64,15 @@ class ActNorm(Flow):
         self.initialized.fill_(1)
 
     def logdet(self, x: Tensor) -> Tensor:
-        """``H·W · Σ log s`` per sample of ``x`` (``H·W = 1`` for vectors), shape ``(B,)``."""
+        """`H·W · Σ log s` per sample of `x` (`H·W = 1` for vectors), shape `(B,)`."""
         ld = self.log_scale.to(logdet_dtype(x)).sum() * positions(x)
         return ld.expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z, logdet)`: `z = (x + b) · s` per channel.
+
+        The first call in initialisation mode sets `b` and `s` from the statistics of `x`.
+        """
         if self.pending_init:
             self.initialize_from(x)
         scale = self.per_channel(self.log_scale.exp(), x).to(x.dtype)
@@ -76,5 +80,6 @@ class ActNorm(Flow):
         return z, self.logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
+        """`x = z / s - b` per channel."""
         inv_scale = self.per_channel(torch.exp(-self.log_scale), z).to(z.dtype)
         return z * inv_scale - self.per_channel(self.bias, z).to(z.dtype)

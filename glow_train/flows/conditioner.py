@@ -1,11 +1,11 @@
 r"""The coupling layers' conditioner networks.
 
-- :func:`conv_conditioner` (images): conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised
-  conv3×3, as :class:`ConvConditioner`; in inference on the CPU (eval mode without
-  gradients: sampling, validation, ``glow-eval``; float32 or bfloat16) its hidden
-  layers run as fused convolution + bias + ReLU kernels (:mod:`glow_train.flows.fused`).
-  The state dict is that of the plain ``nn.Sequential`` of the same layers.
-- :func:`mlp_conditioner` (vectors): Linear → activation [→ dropout] layers and a
+- `conv_conditioner` (images): conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised
+  conv3×3, as `ConvConditioner`; in inference on the CPU (eval mode without
+  gradients: sampling, validation, `glow-eval`; float32 or bfloat16) its hidden
+  layers run as fused convolution + bias + ReLU kernels (`glow_train.flows.fused`).
+  The state dict is that of the plain `nn.Sequential` of the same layers.
+- `mlp_conditioner` (vectors): Linear → activation [→ dropout] layers and a
   zero-initialised Linear.
 """
 
@@ -34,8 +34,8 @@ __all__ = [
 class ZeroInit(nn.Module):
     """Wraps a conv or linear layer, zeroes it and adds a learned output scale.
 
-    ``y = layer(x) * exp(3 * log_scale)`` per output channel, with everything
-    starting at zero (the reference implementation's ``Conv2dZeros``): the layer
+    `y = layer(x) * exp(3 * log_scale)` per output channel, with everything
+    starting at zero (the reference implementation's `Conv2dZeros`): the layer
     outputs zeros at initialisation and can grow its output quickly once trained.
     """
 
@@ -49,10 +49,11 @@ class ZeroInit(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(out))
 
     def scale(self) -> Tensor:
-        """The per-channel output scale ``exp(3 * log_scale)``, shape ``(C_out,)``."""
+        """The per-channel output scale `exp(3 * log_scale)`, shape `(C_out,)`."""
         return torch.exp(self.log_scale * self.log_scale_factor)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The wrapped layer's output times its learned per-channel scale (zero at the start)."""
         y = self.layer(x)
         return y * self.scale().view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
 
@@ -61,13 +62,13 @@ DROPOUT_LEVELS = 2**16  # dropout's probability is rounded to a multiple of 1/65
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
-    r"""Inverted dropout: each element zeroed with probability ``p'``, the rest scaled by
-    :math:`1/(1-p')`, where :math:`p' = \mathrm{round}(65536\,p)/65536` (within
-    :math:`8\cdot 10^{-6}` of ``p``), so :math:`E[\mathrm{dropout}(x)] = x` exactly.
+    r"""Inverted dropout: each element zeroed with probability `p'`, the rest scaled by
+    $1/(1-p')$, where $p' = \mathrm{round}(65536\,p)/65536$ (within
+    $8\cdot 10^{-6}$ of `p`), so $E[\mathrm{dropout}(x)] = x$ exactly.
 
     The mask comes from 16-bit slices of 64-bit random words, one word per four
     elements, all from the global generator (seeded per step by the trainer). On the
-    CPU that is 4× fewer draws than ``F.dropout``'s Bernoulli sampling, which spent a
+    CPU that is 4× fewer draws than `F.dropout`'s Bernoulli sampling, which spent a
     fifth of a digits training step generating masks; on CUDA both are cheap.
     """
     if p <= 0.0:
@@ -86,23 +87,24 @@ def dropout(x: Tensor, p: float) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """:func:`dropout` in training mode (``nn.Dropout``'s behaviour, with the faster mask)."""
+    """`dropout` in training mode (`nn.Dropout`'s behaviour, with the faster mask)."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = float(p)
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x` with dropout in training mode, unchanged in evaluation mode."""
         return dropout(x, self.p) if self.training else x
 
 
 class ReLU(nn.Module):
-    """``nn.ReLU`` (then dropout of probability ``dropout`` in training mode) that works
+    """`nn.ReLU` (then dropout of probability `dropout` in training mode) that works
     in place wherever autograd allows it cheaply.
 
     In place saves a whole hidden activation's allocation and write (on the 2-core
     machine a fresh ReLU output cost 5× the in-place one). The exception is a view
-    that needs a gradient (the output of :class:`PointwiseConv2d`): autograd would
+    that needs a gradient (the output of `PointwiseConv2d`): autograd would
     have to copy its base for an in-place change, so it gets a new tensor.
     """
 
@@ -111,6 +113,7 @@ class ReLU(nn.Module):
         self.dropout = float(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """ReLU, in place where autograd allows, then dropout in training mode."""
         if torch.compiler.is_compiling():  # the compiler fuses it; no in-place needed
             y = F.relu(x)
         else:
@@ -122,31 +125,33 @@ class ReLU(nn.Module):
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1×1 ``nn.Conv2d`` (same parameters and state dict) computed by
-    :func:`~glow_train.flows.base.channel_linear`: a matrix product on channels_last maps."""
+    """A 1×1 `nn.Conv2d` (same parameters and state dict) computed by
+    `channel_linear`: a matrix product on channels_last maps."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The 1×1 convolution of `x` (`channel_linear`)."""
         return channel_linear(x, self.weight.flatten(1), self.bias)
 
 
 class ConvConditioner(nn.Sequential):
-    """conv3×3 → :class:`ReLU` → :class:`PointwiseConv2d` → :class:`ReLU` →
-    :class:`ZeroInit` conv3×3, shape-preserving over ``(B, C, H, W)`` maps.
+    """conv3×3 → `ReLU` → `PointwiseConv2d` → `ReLU` →
+    `ZeroInit` conv3×3, shape-preserving over `(B, C, H, W)` maps.
 
-    The layers (and so the state dict) are those of the plain ``nn.Sequential``. In
+    The layers (and so the state dict) are those of the plain `nn.Sequential`. In
     inference on the CPU (eval mode, no gradient; float32, or autocast to bfloat16 as
-    in ``glow-sample precision=bf16``) :meth:`forward` computes the same function with
+    in `glow-sample precision=bf16`) `forward` computes the same function with
     convolution + bias + ReLU in one kernel per hidden layer
-    (:mod:`glow_train.flows.fused`) and the output layer's scale ``exp(3 log_scale)``
+    (`glow_train.flows.fused`) and the output layer's scale `exp(3 log_scale)`
     folded into its weights and bias; under autocast the input and weights are cast
     once. Everywhere else (training, gradients, float64, other devices, bfloat16 on a
     CPU without native bfloat16) it runs the layers one by one.
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        """The conditioner's output (in evaluation mode, in the CPU's fast precision if any)."""
         dtype = self._inference_dtype(x)
         if dtype is None:
             return super().forward(x)
@@ -176,7 +181,7 @@ def conv_conditioner(
     in_channels: int, hidden_channels: int, out_channels: int, dropout: float = 0.0
 ) -> ConvConditioner:
     """conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3 (shape-preserving);
-    ``dropout`` after each ReLU in training mode (the state dict is the same)."""
+    `dropout` after each ReLU in training mode (the state dict is the same)."""
     return ConvConditioner(
         nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
         ReLU(dropout),
@@ -186,7 +191,7 @@ def conv_conditioner(
     )
 
 
-#: ``model.activation`` of the MLP conditioners
+#: `model.activation` of the MLP conditioners
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "elu": nn.ELU,
@@ -203,8 +208,8 @@ def mlp_conditioner(
     activation: str = "relu",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """``hidden_layers`` × (Linear → activation [→ Dropout]) → zero-initialised Linear,
-    for ``(B, D)`` input. The defaults give the layers (and state-dict keys) of the
+    """`hidden_layers` × (Linear → activation [→ Dropout]) → zero-initialised Linear,
+    for `(B, D)` input. The defaults give the layers (and state-dict keys) of the
     original two-layer ReLU MLP."""
     if activation not in ACTIVATIONS:
         raise ValueError(

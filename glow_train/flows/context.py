@@ -1,23 +1,23 @@
-r"""Layers of a conditional density :math:`p(x \mid c)`: the context ``c`` enters
+r"""Layers of a conditional density $p(x \mid c)$: the context `c` enters
 every coupling network and the prior through one shared encoder.
 
-- :class:`ContextEncoder`: ``(B, C) -> (B, E)``, an MLP of the standardised
+- `ContextEncoder`: `(B, C) -> (B, E)`, an MLP of the standardised
   context, run once per batch and shared by every layer below.
-- :class:`ContextCoupling`: the affine coupling of
-  :mod:`glow_train.flows.coupling` whose conditioner reads ``[x_a, h]`` (``h`` the
-  encoding): :math:`z_b = (x_b + t(x_a, h))\,\sigma(s(x_a, h) + 2)`,
-  :math:`\log|\det J| = \sum \log\sigma(s + 2)`; for a single dimension (``x_a``
-  empty) it is an affine map of ``x`` whose shift and scale depend on ``h`` alone.
-  With ``kind="spline"`` the conditioner gives the parameters of a
-  rational-quadratic spline of each value of ``x_b`` instead
-  (:func:`~glow_train.flows.spline.rational_quadratic`), so even a single
+- `ContextCoupling`: the affine coupling of
+  `glow_train.flows.coupling` whose conditioner reads `[x_a, h]` (`h` the
+  encoding): $z_b = (x_b + t(x_a, h))\,\sigma(s(x_a, h) + 2)$,
+  $\log|\det J| = \sum \log\sigma(s + 2)$; for a single dimension (`x_a`
+  empty) it is an affine map of `x` whose shift and scale depend on `h` alone.
+  With `kind="spline"` the conditioner gives the parameters of a
+  rational-quadratic spline of each value of `x_b` instead
+  (`rational_quadratic`), so even a single
   dimension has a non-Gaussian conditional density.
-- :class:`ContextPrior`: :math:`\mathcal N(\mu(h), \mathrm{diag}\,e^{2\rho(h)})`,
-  from a zero-initialised linear layer, so it starts as :math:`\mathcal N(0, I)`;
-  or Student-t's of that location and scale (``model.prior=student_t``).
+- `ContextPrior`: $\mathcal N(\mu(h), \mathrm{diag}\,e^{2\rho(h)})$,
+  from a zero-initialised linear layer, so it starts as $\mathcal N(0, I)$;
+  or Student-t's of that location and scale (`model.prior=student_t`).
 
-For a fixed context each layer is invertible in ``x``, so the change of variables
-gives :math:`\log p(x \mid c) = \log p_Z(f(x; c) \mid c) + \log|\det \partial f / \partial x|`
+For a fixed context each layer is invertible in `x`, so the change of variables
+gives $\log p(x \mid c) = \log p_Z(f(x; c) \mid c) + \log|\det \partial f / \partial x|$
 (Winkler et al. 2019, "Learning likelihoods with conditional normalizing flows").
 """
 
@@ -43,9 +43,9 @@ __all__ = ["ContextEncoder", "ContextCoupling", "ContextPrior"]
 
 
 class ContextEncoder(nn.Sequential):
-    """``(B, C)`` context -> ``(B, E)`` features: Linear → activation, twice.
+    """`(B, C)` context -> `(B, E)` features: Linear → activation, twice.
 
-    With ``magnitudes``, the first layer reads ``[c, |c|]`` (``(B, 2C)``): the size of
+    With `magnitudes`, the first layer reads `[c, |c|]` (`(B, 2C)`): the size of
     recent moves, which carries volatility clustering, is then one layer away instead
     of a function the network must first learn to fold."""
 
@@ -58,21 +58,22 @@ class ContextEncoder(nn.Sequential):
         self.magnitudes = magnitudes
 
     def forward(self, context: Tensor) -> Tensor:
+        """Features `h` `(B, E)` of the context `(B, C)` (its magnitudes appended when asked)."""
         if self.magnitudes:
             context = torch.cat([context, context.abs()], dim=1)
         return super().forward(context)
 
 
 class ContextCoupling(nn.Module):
-    """Affine or spline coupling of ``(B, D)`` given context features ``h`` ``(B, E)``.
+    """Affine or spline coupling of `(B, D)` given context features `h` `(B, E)`.
 
     Args:
-        num_features: ``D`` (1 or more; ``D // 2`` dimensions condition the rest).
-        context_features: ``E``.
-        hidden_features, mlp: the conditioner's width and options
-            (:func:`~glow_train.flows.conditioner.mlp_conditioner`).
-        kind: ``"affine"`` or ``"spline"``.
-        spline: ``bins`` and ``bound`` of the spline (``kind="spline"``).
+        num_features: `D` (1 or more; `D // 2` dimensions condition the rest).
+        context_features: `E`.
+        hidden_features: the conditioner's width (`mlp_conditioner`).
+        mlp: the conditioner's other options (`mlp_conditioner`).
+        kind: `"affine"` or `"spline"`.
+        spline: `bins` and `bound` of the spline (`kind="spline"`).
     """
 
     def __init__(
@@ -107,7 +108,7 @@ class ContextCoupling(nn.Module):
         return shift, F.logsigmoid(raw.to(logdet_dtype(x_a)) + 2.0)
 
     def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(x (B, D), h (B, E)) -> (z (B, D), log|det dz/dx| (B,))``."""
+        """`(x (B, D), h (B, E)) -> (z (B, D), log|det dz/dx| (B,))`."""
         x_a, x_b = x[:, : self.split], x[:, self.split :]
         if self.kind == "spline":
             z_b, logdet = self._spline(x_a, x_b, h, inverse=False)
@@ -117,6 +118,7 @@ class ContextCoupling(nn.Module):
         return torch.cat([x_a, z_b], dim=1), log_scale.sum(dim=1)
 
     def inverse(self, z: Tensor, h: Tensor) -> Tensor:
+        """`x` from `z` given the context features `h`."""
         z_a, z_b = z[:, : self.split], z[:, self.split :]
         if self.kind == "spline":
             return torch.cat([z_a, self._spline(z_a, z_b, h, inverse=True)[0]], dim=1)
@@ -125,10 +127,10 @@ class ContextCoupling(nn.Module):
 
 
 class ContextPrior(nn.Module):
-    """Diagonal Gaussian over ``(B, D)`` whose mean and log-scale are linear in ``h``
-    (zero-initialised: N(0, I) until trained); with ``student_t=True``, independent
+    """Diagonal Gaussian over `(B, D)` whose mean and log-scale are linear in `h`
+    (zero-initialised: N(0, I) until trained); with `student_t=True`, independent
     Student-t's of the same location and scale and one learned degrees of freedom per
-    dimension (:func:`~glow_train.flows.priors.student_t_log_prob`)."""
+    dimension (`student_t_log_prob`)."""
 
     def __init__(self, num_features: int, context_features: int, student_t: bool = False):
         super().__init__()
@@ -140,11 +142,12 @@ class ContextPrior(nn.Module):
             self.log_df = None
 
     def mean_and_log_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """`(mean, log_scale)`, each `(B, D)`, from the context features `h`."""
         mean, log_scale = self.params(h).chunk(2, dim=1)
         return mean, log_scale
 
     def log_prob(self, z: Tensor, h: Tensor) -> Tensor:
-        """Per-item log-density in at least float32, ``(B,)``."""
+        """Per-item log-density in at least float32, `(B,)`."""
         mean, log_scale = self.mean_and_log_scale(h)
         if self.log_df is not None:
             return student_t_log_prob(z, mean, log_scale, self.log_df)
@@ -153,7 +156,7 @@ class ContextPrior(nn.Module):
     def sample(
         self, h: Tensor, temperature: float, generator: torch.Generator | None = None
     ) -> Tensor:
-        """One draw per row of ``h``, the scale multiplied by ``temperature``."""
+        """One draw per row of `h`, the scale multiplied by `temperature`."""
         mean, log_scale = self.mean_and_log_scale(h)
         if self.log_df is not None:
             df = torch.exp(self.log_df.to(mean.dtype))

@@ -1,21 +1,21 @@
 r"""Affine and additive coupling layers (Dinh et al. 2017; Kingma & Dhariwal 2018, 3.3).
 
-The input is split along dimension 1 into ``x_a`` (the first ``C//2`` channels,
-passed through unchanged) and ``x_b`` (the rest). A conditioner network
-``NN(x_a)`` yields a shift ``t`` (and, for the affine kind, a raw scale ``h``):
+The input is split along dimension 1 into `x_a` (the first `C//2` channels,
+passed through unchanged) and `x_b` (the rest). A conditioner network
+`NN(x_a)` yields a shift `t` (and, for the affine kind, a raw scale `h`):
 
-- affine: :math:`z_b = (x_b + t)\,\sigma(h + 2)`,
-  :math:`\log|\det J| = \sum \log \sigma(h + 2)`. The sigmoid (the reference
-  implementation's choice) keeps the scale in ``(0, 1)``: it cannot blow up the way
-  ``exp(h)`` can, which is what makes affine Glow train without NaNs; the ``+2``
-  starts it near ``0.88``.
-- additive: :math:`z_b = x_b + t`, :math:`\log|\det J| = 0`.
+- affine: $z_b = (x_b + t)\,\sigma(h + 2)$,
+  $\log|\det J| = \sum \log \sigma(h + 2)$. The sigmoid (the reference
+  implementation's choice) keeps the scale in `(0, 1)`: it cannot blow up the way
+  `exp(h)` can, which is what makes affine Glow train without NaNs; the `+2`
+  starts it near `0.88`.
+- additive: $z_b = x_b + t$, $\log|\det J| = 0$.
 
-The conditioners (:mod:`glow_train.flows.conditioner`) end in a zero-initialised
+The conditioners (`glow_train.flows.conditioner`) end in a zero-initialised
 layer, so every coupling starts as the identity (affine: up to the constant scale
-:math:`\sigma(2)`).
+$\sigma(2)$).
 Conditioners run under autocast if it is on; their output is cast back to the
-stream's dtype before it touches ``x_b``, and the log-determinant is summed in
+stream's dtype before it touches `x_b`, and the log-determinant is summed in
 at least float32.
 """
 
@@ -34,15 +34,15 @@ COUPLINGS = ("affine", "additive")
 
 
 class Coupling(Flow):
-    """Affine or additive coupling over dimension 1 of ``(B, C, H, W)`` or ``(B, D)``.
+    """Affine or additive coupling over dimension 1 of `(B, C, H, W)` or `(B, D)`.
 
     Args:
-        num_channels: ``C`` (at least 2).
+        num_channels: `C` (at least 2).
         hidden_channels: width of the conditioner.
-        kind: ``"affine"`` or ``"additive"`` (``model.coupling``).
+        kind: `"affine"` or `"additive"` (`model.coupling`).
         dense: use an MLP conditioner (vectors) instead of convolutions (images).
-        mlp: options of :func:`mlp_conditioner` (``hidden_layers``, ``activation``,
-            ``dropout``), for ``dense`` only.
+        mlp: options of `mlp_conditioner` (`hidden_layers`, `activation`,
+            `dropout`), for `dense` only.
         dropout: for the convolutional conditioner, dropout after its hidden layers.
     """
 
@@ -80,7 +80,7 @@ class Coupling(Flow):
         return shift, F.logsigmoid(raw.to(logdet_dtype(x_a)) + 2.0)
 
     def _transform(self, x_b: Tensor, shift: Tensor, log_scale: Tensor | None):
-        """``z_b`` and the log-determinant from ``x_b`` and the conditioner's output."""
+        """`z_b` and the log-determinant from `x_b` and the conditioner's output."""
         z_b = x_b + shift
         if log_scale is None:
             return z_b, x_b.new_zeros(x_b.shape[0], dtype=logdet_dtype(x_b))
@@ -94,11 +94,13 @@ class Coupling(Flow):
         return z_b - shift
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z, logdet)`: the second half shifted (and scaled) by the conditioner of the first."""
         x_a, x_b = split_channels(x, self.split)
         z_b, logdet = self._transform(x_b, *self._shift_and_log_scale(x_a))
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z: Tensor) -> Tensor:
+        """`x` from `z`: the same conditioner of the unchanged first half, inverted."""
         z_a, z_b = split_channels(z, self.split)
         return torch.cat([z_a, self._untransform(z_b, *self._shift_and_log_scale(z_a))], dim=1)
 

@@ -1,27 +1,27 @@
 r"""Priors with learned parameters.
 
-The image model's priors and the 1-D Glow model's own default (``model.prior=gaussian``;
-the csv preset chooses another, :mod:`glow_train.flows.mixture`) are diagonal
-Gaussians :math:`\mathcal N(\mu, \sigma^2)` with :math:`\sigma = e^{\log\sigma}` whose
+The image model's priors and the 1-D Glow model's own default (`model.prior=gaussian`;
+the csv preset chooses another, `glow_train.flows.mixture`) are diagonal
+Gaussians $\mathcal N(\mu, \sigma^2)$ with $\sigma = e^{\log\sigma}$ whose
 parameters come from a context; the 1-D Glow can also take Student-t tails or a mixture:
 
-- :class:`LearnedPrior`: free parameters of the latent's shape (the top of a Glow
+- `LearnedPrior`: free parameters of the latent's shape (the top of a Glow
   or a 1-D Glow), optionally shifted by a per-class offset (class-conditional).
-- :class:`SplitPrior`: the factored-out half of a multi-scale level, conditioned on
-  the kept half by a zero-initialised conv3×3 that predicts :math:`(\mu, \log\sigma)`.
-- :class:`StudentTPrior`: :class:`LearnedPrior`'s location and scale with Student-t
-  tails, one learned degrees of freedom :math:`\nu_i` per element (``model.prior=student_t``
+- `SplitPrior`: the factored-out half of a multi-scale level, conditioned on
+  the kept half by a zero-initialised conv3×3 that predicts $(\mu, \log\sigma)$.
+- `StudentTPrior`: `LearnedPrior`'s location and scale with Student-t
+  tails, one learned degrees of freedom $\nu_i$ per element (`model.prior=student_t`
   of the 1-D Glow): heavy-tailed data, such as returns, need no extreme stretch of the
   flow to reach their tails (Jaini et al. 2020, "Tails of Lipschitz triangular flows").
-- :class:`~glow_train.flows.mixture.MixturePrior` (its own module): a mixture of
-  full-covariance Gaussians or multivariate t's (``model.prior=mixture|mixture_t``).
+- `MixturePrior` (its own module): a mixture of
+  full-covariance Gaussians or multivariate t's (`model.prior=mixture|mixture_t`).
 
 For the Gaussians,
-:math:`\log p(z) = \sum_i -\tfrac12\log 2\pi - \log\sigma_i - \tfrac12((z_i-\mu_i)/\sigma_i)^2`,
+$\log p(z) = \sum_i -\tfrac12\log 2\pi - \log\sigma_i - \tfrac12((z_i-\mu_i)/\sigma_i)^2$,
 summed per sample in float32 (or float64 for float64 input); every prior sums in at
-least float32. Sampling at temperature ``T`` draws :math:`z = \mu + T\sigma\epsilon`
-with :math:`\epsilon` standard normal (standard Student-t for :class:`StudentTPrior`):
-``T`` multiplies every scale.
+least float32. Sampling at temperature `T` draws $z = \mu + T\sigma\epsilon$
+with $\epsilon$ standard normal (standard Student-t for `StudentTPrior`):
+`T` multiplies every scale.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
 
 def student_t_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor, log_df: Tensor) -> Tensor:
     r"""Per-sample log-density of independent Student-t's, summed over all but dim 0:
-    :math:`\sum_i \log\Gamma(\tfrac{\nu_i+1}2) - \log\Gamma(\tfrac{\nu_i}2)
-    - \tfrac12\log(\nu_i\pi) - \log\sigma_i - \tfrac{\nu_i+1}2\log(1 + e_i^2/\nu_i)`,
-    :math:`e_i = (z_i - \mu_i)/\sigma_i`, :math:`\nu_i = e^{\text{log\_df}_i}`."""
+    $\sum_i \log\Gamma(\tfrac{\nu_i+1}2) - \log\Gamma(\tfrac{\nu_i}2)
+    - \tfrac12\log(\nu_i\pi) - \log\sigma_i - \tfrac{\nu_i+1}2\log(1 + e_i^2/\nu_i)$,
+    $e_i = (z_i - \mu_i)/\sigma_i$, $\nu_i = e^{\text{log\_df}_i}$."""
     dtype = logdet_dtype(z)
     z, mean, log_scale = z.to(dtype), mean.to(dtype), log_scale.to(dtype)
     df = torch.exp(log_df.to(dtype))
@@ -81,8 +81,8 @@ def student_t_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor, log_df: Tenso
 
 
 def chi_square(df: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    r""":math:`\chi^2_\nu` draws of ``df``'s shape. They come from the global generator
-    seeded from ``generator`` (PyTorch's gamma sampler takes none), so a seeded
+    r"""$\chi^2_\nu$ draws of `df`'s shape. They come from the global generator
+    seeded from `generator` (PyTorch's gamma sampler takes none), so a seeded
     generator gives the same draws every time."""
     chi2 = torch.distributions.Chi2(df)
     if generator is None:
@@ -96,30 +96,35 @@ def chi_square(df: Tensor, generator: torch.Generator | None = None) -> Tensor:
 def student_t_noise(
     df: Tensor, shape: torch.Size, generator: torch.Generator | None = None
 ) -> Tensor:
-    r"""Standard Student-t draws of ``shape`` (``df`` broadcast to it):
-    :math:`\epsilon / \sqrt{G / \nu}`, :math:`\epsilon \sim \mathcal N(0, 1)`,
-    :math:`G \sim \chi^2_\nu` (:func:`chi_square`)."""
+    r"""Standard Student-t draws of `shape` (`df` broadcast to it):
+    $\epsilon / \sqrt{G / \nu}$, $\epsilon \sim \mathcal N(0, 1)$,
+    $G \sim \chi^2_\nu$ (`chi_square`)."""
     eps = torch.randn(shape, generator=generator, device=df.device, dtype=df.dtype)
     return eps / torch.sqrt(chi_square(df.expand(shape), generator) / df)
 
 
 class GaussianPrior(nn.Module):
-    """Base class; subclasses define :meth:`params` from a context."""
+    """Base class; subclasses define `params` from a context."""
 
     def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
-        """Return ``(mean, log_scale)`` of shape ``(B, *latent_shape)``."""
+        """Return `(mean, log_scale)` of shape `(B, *latent_shape)`."""
         raise NotImplementedError  # pragma: no cover
 
     def log_density(self, z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
-        """Per-sample log-density of ``z`` at this location and scale (the shape of the
+        """Per-sample log-density of `z` at this location and scale (the shape of the
         distribution: Gaussian here)."""
         return gaussian_log_prob(z, mean, log_scale)
 
     def noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Standard draws of ``like``'s shape, dtype and device (Gaussian here)."""
+        """Standard draws of `like`'s shape, dtype and device (Gaussian here)."""
         return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Per-item log-density of `z` in nats, `(B,)`.
+
+        `context`: the class labels (a class-conditional top prior) or the kept half of
+        the level (a split prior); `None` for an unconditional prior.
+        """
         mean, log_scale = self.params(context, z.shape[0])
         return self.log_density(z, mean, log_scale)
 
@@ -130,6 +135,7 @@ class GaussianPrior(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
+        """`batch_size` draws at `temperature` (the scale times it), given `context`."""
         mean, log_scale = self.params(context, batch_size)
         dtype = logdet_dtype(mean)
         mean, log_scale = mean.to(dtype), log_scale.to(dtype)
@@ -137,12 +143,12 @@ class GaussianPrior(nn.Module):
 
 
 class LearnedPrior(GaussianPrior):
-    """Free ``(mean, log_scale)`` of shape ``shape``, zero-initialised (starts as N(0, I)).
+    """Free `(mean, log_scale)` of shape `shape`, zero-initialised (starts as N(0, I)).
 
-    With ``num_classes > 0`` the context is a ``(B,)`` tensor of class labels, and a
+    With `num_classes > 0` the context is a `(B,)` tensor of class labels, and a
     zero-initialised embedding adds a per-class offset to every element of both:
-    row ``y`` of ``class_embedding`` (``2·numel(shape)`` wide) is the mean's offsets,
-    then the log-scale's, each laid out as ``shape``. The paper's ``ycond`` has one
+    row `y` of `class_embedding` (`2·numel(shape)` wide) is the mean's offsets,
+    then the log-scale's, each laid out as `shape`. The paper's `ycond` has one
     offset per channel, broadcast over positions; that is the special case of equal
     offsets along each channel, and a checkpoint written with per-channel rows
     (before this layout) loads as exactly that. Per-element offsets matter when the
@@ -175,6 +181,7 @@ class LearnedPrior(GaussianPrior):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
+        """`(mean, log_scale)`, learned; shifted per class (`context`: labels) if conditional."""
         mean = self.mean.expand(batch_size, *self.mean.shape)
         log_scale = self.log_scale.expand(batch_size, *self.log_scale.shape)
         if self.num_classes > 0:
@@ -188,10 +195,10 @@ class LearnedPrior(GaussianPrior):
 
 
 class SplitPrior(GaussianPrior):
-    """p(z_out | z_keep) with ``(mean, log_scale) = ZeroConv3x3(z_keep)``.
+    """p(z_out | z_keep) with `(mean, log_scale) = ZeroConv3x3(z_keep)`.
 
     Args:
-        kept_channels: channels of the context ``z_keep``.
+        kept_channels: channels of the context `z_keep`.
         out_channels: channels of the factored-out latent.
     """
 
@@ -200,23 +207,26 @@ class SplitPrior(GaussianPrior):
         self.net = ZeroInit(nn.Conv2d(kept_channels, 2 * out_channels, 3, padding=1))
 
     def params(self, context: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor]:
+        """`(mean, log_scale)` from the kept half of the level (`context`), by the zero conv."""
         with autocast_off(context):  # one conv per level: keep the prior in full precision
             h = self.net(context)
         return deinterleave(h)
 
 
 class StudentTPrior(LearnedPrior):
-    """:class:`LearnedPrior` (location, scale, class offsets) with Student-t tails: one
-    learned ``log_df`` per element, starting at ``log(INITIAL_DF)``. Sampling at
-    temperature ``T`` multiplies the scale by ``T``."""
+    """`LearnedPrior` (location, scale, class offsets) with Student-t tails: one
+    learned `log_df` per element, starting at `log(INITIAL_DF)`. Sampling at
+    temperature `T` multiplies the scale by `T`."""
 
     def __init__(self, shape: tuple[int, ...], num_classes: int = 0):
         super().__init__(shape, num_classes)
         self.log_df = nn.Parameter(torch.full(shape, math.log(INITIAL_DF)))
 
     def log_density(self, z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+        """Student-t log-density with the learned degrees of freedom."""
         return student_t_log_prob(z, mean, log_scale, self.log_df)
 
     def noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard Student-t draws of `like`'s shape with the learned degrees of freedom."""
         df = torch.exp(self.log_df.to(like.dtype))
         return student_t_noise(df, like.shape, generator)

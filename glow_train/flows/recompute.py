@@ -1,20 +1,20 @@
 r"""A backward pass whose memory does not grow with depth.
 
 Plain autograd keeps every intermediate activation of every step of flow until the
-backward pass: memory grows linearly with ``K·L``. A flow is invertible, so a
+backward pass: memory grows linearly with `K·L`. A flow is invertible, so a
 step's input can be recomputed from its output instead (Gomez et al. 2017,
 "The Reversible Residual Network"; the trick Glow's reference code calls
-"memory-efficient gradients"). :func:`run_with_inversion` runs a
-:class:`~glow_train.flows.base.FlowSequence` without recording it, keeps only its
-output ``z``, and during the backward pass walks the steps in reverse:
+"memory-efficient gradients"). `run_with_inversion` runs a
+`FlowSequence` without recording it, keeps only its
+output `z`, and during the backward pass walks the steps in reverse:
 
-1. ``x_k = layer_k.inverse(z_k)`` and ``z_k = layer_k(x_k)`` again with a graph
-   (:meth:`~glow_train.flows.base.Flow.inverse_for_backward`),
-2. back-propagate ``(dL/dz_k, dL/dlogdet)`` to ``x_k`` and the layer's parameters,
-3. continue with ``z_{k-1} = x_k``.
+1. `x_k = layer_k.inverse(z_k)` and `z_k = layer_k(x_k)` again with a graph
+   (`inverse_for_backward`),
+2. back-propagate `(dL/dz_k, dL/dlogdet)` to `x_k` and the layer's parameters,
+3. continue with `z_{k-1} = x_k`.
 
 Only one layer's activations are alive at a time. A coupling's inverse and its
-forward need the same conditioner output ``NN(x_a)`` (``x_a = z_a`` passes through
+forward need the same conditioner output `NN(x_a)` (`x_a = z_a` passes through
 unchanged), so it is computed once, with a graph, and serves both: the whole
 backward costs one forward pass more than plain autograd, not two. The gradients equal those of
 plain autograd up to the round-off of the inversion (float32: about 1e-6 relative;
@@ -67,7 +67,7 @@ class _RecomputeByInversion(torch.autograd.Function):
 
 
 def run_with_inversion(sequence, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``sequence(x)`` with the memory-saving backward pass described above."""
+    """`sequence(x)` with the memory-saving backward pass described above."""
     device_type = x.device.type
     autocast_state = (
         device_type,

@@ -1,15 +1,15 @@
 r"""Rational-quadratic spline coupling (Durkan et al. 2019, "Neural Spline Flows").
 
-Each changed coordinate passes through a monotone map :math:`g` made of ``K``
-rational-quadratic pieces on :math:`[-B, B]` and the identity outside it. The
-conditioner gives, per coordinate, ``K`` bin widths, ``K`` bin heights and ``K - 1``
-interior derivatives; the knots :math:`(x^{(k)}, y^{(k)})` are their cumulative sums on
-:math:`[-B, B]` and the derivatives at :math:`\pm B` are 1, so :math:`g` joins the
-identity tails smoothly. In bin ``k``, with :math:`w_k, h_k` its width and height,
-:math:`s_k = h_k / w_k`, :math:`\xi = (x - x^{(k)}) / w_k \in [0, 1]` and
-:math:`d_k, d_{k+1}` the derivatives at its ends:
+Each changed coordinate passes through a monotone map $g$ made of `K`
+rational-quadratic pieces on $[-B, B]$ and the identity outside it. The
+conditioner gives, per coordinate, `K` bin widths, `K` bin heights and `K - 1`
+interior derivatives; the knots $(x^{(k)}, y^{(k)})$ are their cumulative sums on
+$[-B, B]$ and the derivatives at $\pm B$ are 1, so $g$ joins the
+identity tails smoothly. In bin `k`, with $w_k, h_k$ its width and height,
+$s_k = h_k / w_k$, $\xi = (x - x^{(k)}) / w_k \in [0, 1]$ and
+$d_k, d_{k+1}$ the derivatives at its ends:
 
-.. math::
+.. math:
 
     g(x) = y^{(k)} + \frac{h_k\,[s_k \xi^2 + d_k \xi(1 - \xi)]}
                           {s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)},
@@ -17,10 +17,10 @@ identity tails smoothly. In bin ``k``, with :math:`w_k, h_k` its width and heigh
     g'(x) = \frac{s_k^2\,[d_{k+1} \xi^2 + 2 s_k \xi(1 - \xi) + d_k (1 - \xi)^2]}
                  {[s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)]^2}.
 
-The inverse solves the quadratic in :math:`\xi` that :math:`g(x) = y` becomes, with the
-root :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})` (the stable form of the one in
-:math:`[0, 1]`). With zero raw parameters the bins are equal and every derivative is
-1, so :math:`g` is the identity: a coupling whose conditioner ends in a
+The inverse solves the quadratic in $\xi$ that $g(x) = y$ becomes, with the
+root $\xi = 2c / (-b - \sqrt{b^2 - 4ac})$ (the stable form of the one in
+$[0, 1]$). With zero raw parameters the bins are equal and every derivative is
+1, so $g$ is the identity: a coupling whose conditioner ends in a
 zero-initialised layer starts as the identity map, as the affine coupling does.
 
 The spline's arithmetic and the log-determinant run in at least float32 whatever the
@@ -54,8 +54,8 @@ _DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))  # softplus(0 + s
 
 
 def check_spline(bins: int, bound: float) -> None:
-    """``2 <= bins <= MAX_BINS`` and ``bound > 0``, else a ``ValueError`` naming the
-    model option (``spline_bins``, ``spline_bound``)."""
+    """`2 <= bins <= MAX_BINS` and `bound > 0`, else a `ValueError` naming the
+    model option (`spline_bins`, `spline_bound`)."""
     if not 2 <= int(bins) <= MAX_BINS:
         raise ValueError(f"spline_bins must be in 2..{MAX_BINS}, got {bins}")
     if not float(bound) > 0:
@@ -63,13 +63,13 @@ def check_spline(bins: int, bound: float) -> None:
 
 
 def spline_parameters(bins: int) -> int:
-    """Raw parameters per coordinate: ``K`` widths, ``K`` heights, ``K - 1`` derivatives."""
+    """Raw parameters per coordinate: `K` widths, `K` heights, `K - 1` derivatives."""
     return 3 * bins - 1
 
 
 def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """Raw sizes ``(..., K)`` -> knot positions ``(..., K + 1)`` from ``-B`` to ``B``
-    and the bin sizes ``(..., K)``, each at least ``MIN_BIN * 2B``."""
+    """Raw sizes `(..., K)` -> knot positions `(..., K + 1)` from `-B` to `B`
+    and the bin sizes `(..., K)`, each at least `MIN_BIN * 2B`."""
     bins = raw.shape[-1]
     sizes = MIN_BIN + (1.0 - MIN_BIN * bins) * torch.softmax(raw, dim=-1)
     inner = torch.cumsum(sizes, dim=-1)[..., :-1] * (2 * bound) - bound
@@ -79,7 +79,7 @@ def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
 
 
 def _derivatives(raw: Tensor) -> Tensor:
-    """Raw interior derivatives ``(..., K - 1)`` -> all ``K + 1`` (1 at both ends)."""
+    """Raw interior derivatives `(..., K - 1)` -> all `K + 1` (1 at both ends)."""
     inner = MIN_DERIVATIVE + F.softplus(raw + _DERIVATIVE_SHIFT)
     ones = inner.new_ones((*inner.shape[:-1], 1))
     return torch.cat([ones, inner, ones], dim=-1)
@@ -92,19 +92,19 @@ def _gather(values: Tensor, index: Tensor) -> Tensor:
 def rational_quadratic(
     x: Tensor, raw: Tensor, bound: float, inverse: bool = False
 ) -> tuple[Tensor, Tensor]:
-    r"""The spline :math:`g` (or :math:`g^{-1}`) applied elementwise.
+    r"""The spline $g$ (or $g^{-1}$) applied elementwise.
 
     Args:
-        x: the input, any shape ``S``, in at least float32.
-        raw: the conditioner's output for it, ``S + (3K - 1,)``: ``K`` raw widths, then
-            ``K`` raw heights, then ``K - 1`` raw interior derivatives (used in ``x``'s
+        x: the input, any shape `S`, in at least float32.
+        raw: the conditioner's output for it, `S + (3K - 1,)`: `K` raw widths, then
+            `K` raw heights, then `K - 1` raw interior derivatives (used in `x`'s
             dtype).
-        bound: ``B``; outside ``[-B, B]`` the map is the identity.
-        inverse: apply :math:`g^{-1}` instead.
+        bound: `B`; outside `[-B, B]` the map is the identity.
+        inverse: apply $g^{-1}$ instead.
 
     Returns:
-        ``(g(x), log g'(x))`` (inverse: ``(g^{-1}(x), -log g'(g^{-1}(x)))``), both of
-        shape ``S``; the log-derivative is 0 outside ``[-B, B]``.
+        `(g(x), log g'(x))` (inverse: `(g^{-1}(x), -log g'(g^{-1}(x)))`), both of
+        shape `S`; the log-derivative is 0 outside `[-B, B]`.
     """
     bins = (raw.shape[-1] + 1) // 3
     raw = raw.to(x.dtype)
@@ -144,10 +144,10 @@ def rational_quadratic(
 def spline_transform(
     x_b: Tensor, params: Tensor, bound: float, inverse: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """A coupling's changed half through its splines: ``x_b`` ``(B, C)`` and the
-    conditioner's output ``params`` ``(B, C * (3K - 1))`` -> (the result in ``x_b``'s
-    dtype, the log-determinant ``(B,)`` summed in at least float32).
-    :func:`rational_quadratic` runs in that float32-or-wider dtype."""
+    """A coupling's changed half through its splines: `x_b` `(B, C)` and the
+    conditioner's output `params` `(B, C * (3K - 1))` -> (the result in `x_b`'s
+    dtype, the log-determinant `(B,)` summed in at least float32).
+    `rational_quadratic` runs in that float32-or-wider dtype."""
     dtype = logdet_dtype(x_b)
     raw = params.to(dtype).unflatten(1, (x_b.shape[1], -1))
     out, log_derivative = rational_quadratic(x_b.to(dtype), raw, bound, inverse)
@@ -155,22 +155,22 @@ def spline_transform(
 
 
 class SplineCoupling(Flow):
-    r"""Rational-quadratic spline coupling over dimension 1 of ``(B, D)``
-    (``model.coupling=spline``, the 1-D Glow).
+    r"""Rational-quadratic spline coupling over dimension 1 of `(B, D)`
+    (`model.coupling=spline`, the 1-D Glow).
 
-    :math:`x_a` (the first ``D // 2`` values) passes unchanged; each value of
-    :math:`x_b` goes through its own spline :math:`g_{\theta(x_a)}`, whose
-    :math:`3K - 1` parameters an MLP of :math:`x_a` gives:
-    :math:`z_b = g_{\theta(x_a)}(x_b)`,
-    :math:`\log|\det J| = \sum_i \log g'_{\theta(x_a), i}(x_{b,i})`.
+    $x_a$ (the first `D // 2` values) passes unchanged; each value of
+    $x_b$ goes through its own spline $g_{\theta(x_a)}$, whose
+    $3K - 1$ parameters an MLP of $x_a$ gives:
+    $z_b = g_{\theta(x_a)}(x_b)$,
+    $\log|\det J| = \sum_i \log g'_{\theta(x_a), i}(x_{b,i})$.
 
     Args:
-        num_features: ``D`` (at least 2).
+        num_features: `D` (at least 2).
         hidden_features: width of the MLP conditioner.
-        bins: ``K``, the spline's pieces (``model.spline_bins``).
-        bound: ``B``: the spline acts on ``[-B, B]``, the identity outside
-            (``model.spline_bound``; the 1-D Glow's inputs are standardised).
-        mlp: options of :func:`~glow_train.flows.conditioner.mlp_conditioner`.
+        bins: `K`, the spline's pieces (`model.spline_bins`).
+        bound: `B`: the spline acts on `[-B, B]`, the identity outside
+            (`model.spline_bound`; the 1-D Glow's inputs are standardised).
+        mlp: options of `mlp_conditioner`.
     """
 
     def __init__(
@@ -193,11 +193,13 @@ class SplineCoupling(Flow):
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z, logdet)`: the second part splined with knots computed from the first."""
         x_a, x_b = split_channels(x, self.split)
         z_b, logdet = spline_transform(x_b, self.net(x_a), self.bound)
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z: Tensor) -> Tensor:
+        """`x` from `z`: the inverse spline, with the same knots (the first part is unchanged)."""
         z_a, z_b = split_channels(z, self.split)
         x_b, _ = spline_transform(z_b, self.net(z_a), self.bound, inverse=True)
         return torch.cat([z_a, x_b], dim=1)

@@ -1,9 +1,9 @@
 r"""Standardisation with fixed statistics, as a layer of the density.
 
-:math:`z = (x - \mu) / \sigma` per dimension, with :math:`\mu, \sigma` the training
-split's mean and standard deviation (``(D,)`` buffers, saved with the model).
-:math:`\log|\det J| = -\sum_d \log \sigma_d`, so a flow on ``z`` gives
-:math:`\log p(x) = \log p(z) - \sum_d \log\sigma_d`: the likelihood of the data in
+$z = (x - \mu) / \sigma$ per dimension, with $\mu, \sigma$ the training
+split's mean and standard deviation (`(D,)` buffers, saved with the model).
+$\log|\det J| = -\sum_d \log \sigma_d$, so a flow on `z` gives
+$\log p(x) = \log p(z) - \sum_d \log\sigma_d$: the likelihood of the data in
 its own units, not of the standardised numbers.
 """
 
@@ -20,11 +20,11 @@ __all__ = ["Standardize"]
 
 
 class Standardize(Flow):
-    """``(B, D) -> (B, D)``: subtract ``loc``, divide by ``scale`` (both fixed buffers).
+    """`(B, D) -> (B, D)`: subtract `loc`, divide by `scale` (both fixed buffers).
 
     Args:
-        loc: ``(D,)`` means.
-        scale: ``(D,)`` standard deviations, all > 0.
+        loc: `(D,)` means.
+        scale: `(D,)` standard deviations, all > 0.
     """
 
     def __init__(self, loc: Sequence[float] | Tensor, scale: Sequence[float] | Tensor):
@@ -41,13 +41,15 @@ class Standardize(Flow):
 
     @classmethod
     def placeholder(cls, dim: int) -> Standardize:
-        """An identity of ``dim`` dimensions, for ``load_state_dict`` to fill."""
+        """An identity of `dim` dimensions, for `load_state_dict` to fill."""
         return cls(torch.zeros(dim), torch.ones(dim))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z, logdet)`: `z = (x - loc) / scale`; `logdet = -Σ log scale` per item."""
         z = (x - self.loc.to(x.dtype)) / self.scale.to(x.dtype)
         logdet = -torch.log(self.scale).sum().to(logdet_dtype(x))
         return z, logdet.expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
+        """`x = z · scale + loc`."""
         return z * self.scale.to(z.dtype) + self.loc.to(z.dtype)

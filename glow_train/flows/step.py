@@ -1,21 +1,21 @@
 r"""One step of flow, shared by the image and the vector model.
 
 ActNorm followed by the invertible 1×1 convolution is one affine map per position,
-:math:`z = W\,\mathrm{diag}(s)\,(x + b) = W'(x + b)` with
-:math:`W' = W\,\mathrm{diag}(s)`, so :class:`FlowStep` applies both as one bias
-addition and one matrix product (:func:`~glow_train.flows.base.channel_linear`)
+$z = W\,\mathrm{diag}(s)\,(x + b) = W'(x + b)$ with
+$W' = W\,\mathrm{diag}(s)$, so `FlowStep` applies both as one bias
+addition and one matrix product (`channel_linear`)
 instead of an addition, a multiplication and the product, and inverts them as one:
-:math:`x = \mathrm{diag}(1/s)\,W^{-1} z - b`. :math:`W'` is formed on the ``C×C``
+$x = \mathrm{diag}(1/s)\,W^{-1} z - b$. $W'$ is formed on the `C×C`
 parameters, never on the activations; the bias is added before the product, as
-ActNorm adds it (as :math:`W'x + W'b` the two terms would cancel when ``|b|`` is large
-against the spread of ``x``). The log-determinant is that of the two layers,
-:math:`N_\text{sp}(\sum_c \log s_c + \log|\det W|)`. The layers (and their state
+ActNorm adds it (as $W'x + W'b$ the two terms would cancel when `|b|` is large
+against the spread of `x`). The log-determinant is that of the two layers,
+$N_\text{sp}(\sum_c \log s_c + \log|\det W|)$. The layers (and their state
 dict) stay as they are; ActNorm's data-dependent initialisation runs them one by one,
 and the memory-saving backward inverts the pair as one layer. Forward hooks on the
 ActNorm and the 1×1 convolution do not fire (the step does not call them).
 
-:class:`FlowSteps` runs the ``K`` steps of a level and builds their folded matrices
-in one batched computation (a dozen small operations for all ``K``, not for each).
+`FlowSteps` runs the `K` steps of a level and builds their folded matrices
+in one batched computation (a dozen small operations for all `K`, not for each).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ __all__ = ["FlowStep", "FlowSteps"]
 
 
 class _NormThenMix(Flow):
-    """The ActNorm and 1×1 convolution of one :class:`FlowStep` as one layer.
+    """The ActNorm and 1×1 convolution of one `FlowStep` as one layer.
 
     Not a submodule of the step (the state dict keeps the two layers' own keys): the
     step holds it outside the module tree and runs it; the memory-saving backward
@@ -58,12 +58,12 @@ class _NormThenMix(Flow):
         self.norm, self.mix = norm, mix
 
     def matrix(self, dtype: torch.dtype) -> Tensor:
-        r"""The folded matrix :math:`W\,\mathrm{diag}(e^{s})`, ``(C, C)`` in ``dtype``."""
+        r"""The folded matrix $W\,\mathrm{diag}(e^{s})$, `(C, C)` in `dtype`."""
         with autocast_off(self.mix.log_s if self.mix.lu else self.mix.weight):
             return self.mix.weight_matrix(dtype) * self.norm.log_scale.to(dtype).exp()
 
     def apply(self, x: Tensor, w: Tensor) -> Tensor:
-        """:math:`z = W' (x + b)` for the folded matrix ``w`` (autocast off)."""
+        """$z = W' (x + b)$ for the folded matrix `w` (autocast off)."""
         with autocast_off(x):
             # the bias first, as ActNorm adds it: folding it into the product as W'b
             # would subtract two large terms when |b| is large against x's spread
@@ -77,8 +77,8 @@ class _NormThenMix(Flow):
 
     @staticmethod
     def stacked(folds: list[_NormThenMix], x: Tensor) -> tuple[Tensor, Tensor]:
-        """The matrices of ``folds`` as one ``(K, C, C)`` tensor and the sum of their
-        log-determinants for ``x``, shape ``(B,)``, each in one batched computation."""
+        """The matrices of `folds` as one `(K, C, C)` tensor and the sum of their
+        log-determinants for `x`, shape `(B,)`, each in one batched computation."""
         dtype = logdet_dtype(x)  # of the matrices and the log-dets alike
         log_scales = torch.stack([f.norm.log_scale for f in folds])  # (K, C)
         mixes = [f.mix for f in folds]
@@ -102,16 +102,16 @@ class FlowStep(FlowSequence):
     """ActNorm → invertible 1×1 conv (a linear map on vectors) → coupling.
 
     Args:
-        num_channels: ``C`` of ``(B, C, H, W)`` maps, or ``D`` of ``(B, D)`` vectors.
+        num_channels: `C` of `(B, C, H, W)` maps, or `D` of `(B, D)` vectors.
         hidden_channels: width of the coupling's conditioner.
-        coupling: ``"affine"``, ``"additive"`` or (``dense`` only) ``"spline"``.
+        coupling: `"affine"`, `"additive"` or (`dense` only) `"spline"`.
         lu: LU-parameterised channel mixing.
         dense: an MLP conditioner for vectors instead of convolutions.
         dropout: the convolutional conditioner's dropout (images).
         mlp: the MLP conditioner's options
-            (see :func:`~glow_train.flows.conditioner.mlp_conditioner`).
-        spline: ``bins`` and ``bound`` of a ``"spline"`` coupling
-            (:class:`~glow_train.flows.spline.SplineCoupling`).
+            (see `mlp_conditioner`).
+        spline: `bins` and `bound` of a `"spline"` coupling
+            (`SplineCoupling`).
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class FlowStep(FlowSequence):
 
     def _fold(self) -> _NormThenMix:
         """The fold of this step's current ActNorm and 1×1 conv, built on first use (and
-        again if either was replaced). Kept in ``__dict__``, outside the module tree:
+        again if either was replaced). Kept in `__dict__`, outside the module tree:
         no second copy of the two layers' parameters in the state dict."""
         fold = self.__dict__.get("_norm_then_mix")
         if fold is None or fold.norm is not self.flows[0] or fold.mix is not self.flows[1]:
@@ -161,6 +161,7 @@ class FlowStep(FlowSequence):
         return norm.pending_init
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z, logdet)` with ActNorm folded into the 1×1 convolution (one matrix product)."""
         if self.initializing():
             return super().forward_plain(x)  # ActNorm takes its statistics from x first
         h, logdet = self._fold()(x)
@@ -168,25 +169,26 @@ class FlowStep(FlowSequence):
         return z, logdet + ld
 
     def forward_given(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`forward_plain` with the folded matrix ``w`` built by the caller, and
-        without the fold's log-determinant (the caller has it): see :class:`FlowSteps`."""
+        """`forward_plain` with the folded matrix `w` built by the caller, and
+        without the fold's log-determinant (the caller has it): see `FlowSteps`."""
         return self.flows[2](self._fold().apply(x, w))
 
     def inverse(self, z: Tensor) -> Tensor:
+        """`x` from `z`: the coupling's inverse, then the folded mix and normalisation's."""
         return self._fold().inverse(self.flows[2].inverse(z))
 
 
 class FlowSteps(FlowSequence):
-    r"""``K`` :class:`FlowStep` s on the same channels, run in order (a Glow level, the
-    1-D Glow's flow); the state dict is that of a :class:`FlowSequence`.
+    r"""`K` `FlowStep` s on the same channels, run in order (a Glow level, the
+    1-D Glow's flow); the state dict is that of a `FlowSequence`.
 
-    The plain forward builds the ``K`` folded matrices :math:`W_k\,\mathrm{diag}(e^{s_k})`
+    The plain forward builds the `K` folded matrices $W_k\,\mathrm{diag}(e^{s_k})$
     in one batched computation, and their log-determinants in one sum
-    (:func:`~glow_train.flows.invconv.stacked_weight_matrices`), then runs each step
+    (`stacked_weight_matrices`), then runs each step
     with its matrix: the same values as step by step up to rounding (equal to 1e-12
     in float64). ActNorm initialisation, a single step, steps that differ in width or
     parameterisation, a replaced step and a step with forward hooks run step by step
-    (see :meth:`_batchable`), as does the memory-saving backward (one layer at a time
+    (see `_batchable`), as does the memory-saving backward (one layer at a time
     by construction).
     """
 
@@ -196,7 +198,7 @@ class FlowSteps(FlowSequence):
             raise TypeError("FlowSteps holds FlowStep layers only")
 
     def _batchable(self) -> bool:
-        """Whether the batched forward applies: two or more plain :class:`FlowStep` s
+        """Whether the batched forward applies: two or more plain `FlowStep` s
         of one width and parameterisation, none initialising, none with hooks or its
         own memory-saving flag (the batched path does not call the steps)."""
         steps = list(self.flows)
@@ -213,6 +215,7 @@ class FlowSteps(FlowSequence):
         return len({(step.flows[1].lu, step.flows[0].log_scale.shape) for step in steps}) == 1
 
     def forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z, logdet)` of the `K` steps, their folded weights built in one batched pass."""
         if not self._batchable():
             return super().forward_plain(x)
         steps = list(self.flows)

@@ -1,28 +1,28 @@
 """The checkpoint format: one self-describing plain dict per file.
 
-Keys (format version 2): ``format`` (``"glow-train"``), ``format_version``,
-``version`` (package), ``config`` (the resolved run config as plain containers),
-``model_config`` (the model's registry ``name`` and constructor arguments),
-``objective_config`` (the dequantiser's name and bit depth), ``data`` (the
-:class:`~glow_train.data.DataSpec` of the training data), ``objective`` (the
-state dict of the :class:`~glow_train.likelihood.objective.Objective`: the flow's weights under
-``flow.``, a trainable dequantiser's under ``dequantizer.``), ``ema`` (the
-``AveragedModel`` of the objective, or ``None``), ``optimizer``, ``scheduler``,
-``scaler`` (state dicts), ``step``, ``epoch``, ``batch_in_epoch``, ``world_size``,
-``batch_size``, ``metric`` (``"bpd"`` or ``"nats_per_dim"``), ``best_score`` (on
-the split named by ``selection``: ``"val"``, or ``"test"`` for runs without a
-validation split and older checkpoints), ``last_test_score``, ``last_val_score``
-(in that unit), ``skipped_steps``, ``overflow_steps`` (fp16)
-``rng`` (torch CPU and CUDA generator states) and ``finished`` (the final evaluation
-was done; ``False`` when a signal stopped the run, absent from older files).
+Keys (format version 2): `format` (`"glow-train"`), `format_version`,
+`version` (package), `config` (the resolved run config as plain containers),
+`model_config` (the model's registry `name` and constructor arguments),
+`objective_config` (the dequantiser's name and bit depth), `data` (the
+`DataSpec` of the training data), `objective` (the
+state dict of the `Objective`: the flow's weights under
+`flow.`, a trainable dequantiser's under `dequantizer.`), `ema` (the
+`AveragedModel` of the objective, or `None`), `optimizer`, `scheduler`,
+`scaler` (state dicts), `step`, `epoch`, `batch_in_epoch`, `world_size`,
+`batch_size`, `metric` (`"bpd"` or `"nats_per_dim"`), `best_score` (on
+the split named by `selection`: `"val"`, or `"test"` for runs without a
+validation split and older checkpoints), `last_test_score`, `last_val_score`
+(in that unit), `skipped_steps`, `overflow_steps` (fp16)
+`rng` (torch CPU and CUDA generator states) and `finished` (the final evaluation
+was done; `False` when a signal stopped the run, absent from older files).
 
-Version-1 files (the flow's state dict under ``model``, ``best_bpd`` /
-``last_test_bpd``, no model name) are upgraded on load by :func:`upgrade_v1`, so
+Version-1 files (the flow's state dict under `model`, `best_bpd` /
+`last_test_bpd`, no model name) are upgraded on load by `upgrade_v1`, so
 every reader sees version 2.
 
 Everything is tensors, numbers, strings and containers, so it loads with
-``torch.load(path, weights_only=True)``. Files are written atomically: a
-temporary file in the same folder, flushed and fsynced, then ``os.replace``d
+`torch.load(path, weights_only=True)`. Files are written atomically: a
+temporary file in the same folder, flushed and fsynced, then `os.replace`d
 over the target, so a crash at any moment leaves the previous file intact.
 This module imports no model: the model registry rebuilds what a file holds.
 """
@@ -58,8 +58,8 @@ FORMAT_VERSION = 2
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...]) -> Path:
-    """``path`` itself, or for a run folder the first of ``prefer`` (e.g. ``best.pt``,
-    ``last.pt``) that it holds.
+    """`path` itself, or for a run folder the first of `prefer` (e.g. `best.pt`,
+    `last.pt`) that it holds.
 
     Raises:
         CheckpointError: a folder holding none of them.
@@ -77,7 +77,7 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...]) -> Path
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Atomically write ``state`` (with the format tag added) to ``path``."""
+    """Atomically write `state` (with the format tag added) to `path`."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     return write_atomic(path, lambda tmp: torch.save(state, tmp))
 
@@ -85,9 +85,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(
     path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
-    """Load and check a checkpoint; every failure is one :class:`CheckpointError`.
+    """Load and check a checkpoint; every failure is one `CheckpointError`.
 
-    ``mmap=True`` maps tensors lazily from the file (cheap when only the config is read).
+    `mmap=True` maps tensors lazily from the file (cheap when only the config is read).
     """
     path = Path(path)
     if not path.is_file():
@@ -120,7 +120,7 @@ def load_checkpoint(
 
 
 def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 checkpoint (always a :class:`~glow_train.Glow` on quantised images) in
+    """A version-1 checkpoint (always a `Glow` on quantised images) in
     the version-2 layout; the weights themselves are unchanged."""
     state = dict(state)
     model_cfg = dict(state["model_config"])
@@ -147,7 +147,7 @@ def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_config(state: dict[str, Any], path: Any) -> tuple[str, dict[str, Any]]:
-    """``(model name, constructor arguments)`` of a loaded checkpoint."""
+    """`(model name, constructor arguments)` of a loaded checkpoint."""
     try:
         config = dict(state["model_config"])
         return config.pop("name"), config
@@ -156,7 +156,7 @@ def model_config(state: dict[str, Any], path: Any) -> tuple[str, dict[str, Any]]
 
 
 def _under(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of a state dict under ``prefix``, with the prefix taken off."""
+    """The entries of a state dict under `prefix`, with the prefix taken off."""
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
@@ -164,7 +164,7 @@ def objective_weights(
     state: dict[str, Any], ema: bool = True, part: str | None = None
 ) -> dict[str, torch.Tensor]:
     """The objective's state dict from a checkpoint (the EMA weights when asked and
-    present), or only one ``part`` of it: ``"flow"`` or ``"dequantizer"``."""
+    present), or only one `part` of it: `"flow"` or `"dequantizer"`."""
     if ema and state.get("ema") is not None:
         weights = _under(state["ema"], "module.")
     else:
@@ -173,5 +173,5 @@ def objective_weights(
 
 
 def flow_weights(state: dict[str, Any], ema: bool = True) -> dict[str, torch.Tensor]:
-    """The flow's (model's) state dict alone, out of :func:`objective_weights`."""
+    """The flow's (model's) state dict alone, out of `objective_weights`."""
     return objective_weights(state, ema, "flow")

@@ -1,21 +1,21 @@
 """Where the commands write, what they may replace, and how a file is written.
 
-One policy for every file ``glow-sample`` and ``glow-eval`` write (and the
-checkpoints ``glow-train`` writes through :func:`write_atomic`):
+One policy for every file `glow-sample` and `glow-eval` write (and the
+checkpoints `glow-train` writes through `write_atomic`):
 
-- **Where.** ``out=`` names a file (its extension says so: ``grid.png``,
-  ``table.csv``, ``eval.json``) or a folder; without ``out=`` the files go to the
-  tool's own folders beside the checkpoint (``samples/``, ``eval/<ckpt>_<...>/``),
+- **Where.** `out=` names a file (its extension says so: `grid.png`,
+  `table.csv`, `eval.json`) or a folder; without `out=` the files go to the
+  tool's own folders beside the checkpoint (`samples/`, `eval/<ckpt>_<...>/`),
   with names the tool chooses.
 - **User files are kept.** A file the user named, or any file in a folder the user
-  named, that already exists is refused unless ``overwrite=true``. Files the tool
+  named, that already exists is refused unless `overwrite=true`. Files the tool
   names itself in its own folders are replaced (rerunning a command updates them).
 - **Inputs are never written.** The command's own inputs (the checkpoint, the
   dataset's file or image folder, the images it reads) are refused as targets
-  even with ``overwrite=true``.
-- **All or nothing.** Every target is checked (:meth:`Outputs.claim`) before the
+  even with `overwrite=true`.
+- **All or nothing.** Every target is checked (`Outputs.claim`) before the
   first file is written, and each file is written to a temporary file in the same
-  folder and renamed over the target (:func:`write_atomic`), so a failure or an
+  folder and renamed over the target (`write_atomic`), so a failure or an
   interrupt leaves either the old file or the new one, never half of one.
 
 This module depends on nothing but the standard library, so the policy can be
@@ -53,7 +53,7 @@ class Target:
 
     Attributes:
         path: where.
-        own: the tool chose the name inside its own folder (``samples/``, ``eval/...``),
+        own: the tool chose the name inside its own folder (`samples/`, `eval/...`),
             so an existing file there is the tool's earlier output and may be replaced.
     """
 
@@ -66,10 +66,10 @@ class Outputs:
     """The targets of one command and the inputs it must not write over.
 
     Args:
-        option: how the user names the output on the command line (``out``).
-        overwrite: the user's ``overwrite=true``: replace existing files they named.
-        inputs: ``(file or folder, what it is)`` pairs; a target equal to a file, or
-            inside a folder, is refused (e.g. ``(ckpt, "the checkpoint")``).
+        option: how the user names the output on the command line (`out`).
+        overwrite: the user's `overwrite=true`: replace existing files they named.
+        inputs: `(file or folder, what it is)` pairs; a target equal to a file, or
+            inside a folder, is refused (e.g. `(ckpt, "the checkpoint")`).
     """
 
     option: str = "out"
@@ -77,7 +77,7 @@ class Outputs:
     inputs: list[tuple[Path, str]] = field(default_factory=list)
 
     def protect(self, path: str | os.PathLike | None, what: str) -> None:
-        """Add an input (``None`` is ignored)."""
+        """Add an input (`None` is ignored)."""
         if path is not None:
             self.inputs.append((Path(os.path.expanduser(str(path))), what))
 
@@ -86,7 +86,7 @@ class Outputs:
 
         Raises:
             ConfigError: a target is one of the inputs (always), or a user-named file
-                that exists (unless ``overwrite``), or an existing folder.
+                that exists (unless `overwrite`), or an existing folder.
         """
         shown = f"{self.option}={given}" if given is not None else "the output"
         paths = []
@@ -112,7 +112,7 @@ class Outputs:
 
 
 def _same_or_inside(path: Path, source: Path) -> bool:
-    """Whether ``path`` is the file ``source`` (also through links) or lies in the folder."""
+    """Whether `path` is the file `source` (also through links) or lies in the folder."""
     try:
         target = path.resolve()
         resolved = source.resolve()
@@ -129,9 +129,9 @@ def _same_or_inside(path: Path, source: Path) -> bool:
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, rename it to `path`.
 
-    A failure (or an interrupt) at any moment leaves the previous ``path`` intact and
+    A failure (or an interrupt) at any moment leaves the previous `path` intact and
     no temporary file behind.
     """
     path = Path(path)
@@ -161,8 +161,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
 
 def dataset_inputs(outputs: Outputs, dataset: Mapping[str, Any] | None) -> Outputs:
-    """Protect a dataset config's files: a table's ``dataset.path`` and an image
-    folder's ``dataset.root`` (a new image there would join the dataset)."""
+    """Protect a dataset config's files: a table's `dataset.path` and an image
+    folder's `dataset.root` (a new image there would join the dataset)."""
     if not dataset:
         return outputs
     if dataset.get("path") is not None:
@@ -178,7 +178,7 @@ def dataset_inputs(outputs: Outputs, dataset: Mapping[str, Any] | None) -> Outpu
 
 
 def _folder_or_file(out: str | os.PathLike | None, extensions: Iterable[str]) -> Path | None:
-    """``out`` as a file name (it ends in one of ``extensions`` and is no folder), else None."""
+    """`out` as a file name (it ends in one of `extensions` and is no folder), else None."""
     if out is None:
         return None
     path = Path(os.path.expanduser(str(out)))
@@ -194,15 +194,15 @@ def sample_targets(
     suffix: str,
     extensions: Iterable[str],
 ) -> list[Target]:
-    """Where ``glow-sample`` writes one file per label (``T0.7``, ``rows_T0-1``, ...).
+    """Where `glow-sample` writes one file per label (`T0.7`, `rows_T0-1`, ...).
 
-    ``out`` ending in one of ``extensions`` is the file itself (``_<label>`` is added
+    `out` ending in one of `extensions` is the file itself (`_<label>` is added
     before the suffix when there are several files); an existing folder, or a name
-    without an extension, is a folder (files ``<ckpt stem>_<label><suffix>``); ``None``
-    is ``<checkpoint folder>/samples/``, the tool's own.
+    without an extension, is a folder (files `<ckpt stem>_<label><suffix>`); `None`
+    is `<checkpoint folder>/samples/`, the tool's own.
 
     Raises:
-        ConfigError: an extension that is not one of ``extensions``, or an existing file
+        ConfigError: an extension that is not one of `extensions`, or an existing file
             that is not one (neither can be written as asked).
     """
     extensions = list(extensions)
@@ -232,23 +232,23 @@ def sample_targets(
 def strip_target(
     ckpt: Path, name: str, out: str | os.PathLike | None, extensions: Iterable[str]
 ) -> Target:
-    """Where a latent-space strip goes: ``out`` an image file or a folder (default the
-    tool's ``<checkpoint folder>/samples/``), file ``<ckpt stem>_<name>.png``."""
+    """Where a latent-space strip goes: `out` an image file or a folder (default the
+    tool's `<checkpoint folder>/samples/`), file `<ckpt stem>_<name>.png`."""
     return sample_targets(ckpt, [name], out, ".png", extensions)[0]
 
 
 def eval_targets(
     ckpt: Path, folder_name: str, out: str | os.PathLike | None, per_image: list[str]
 ) -> tuple[Target, list[Target]]:
-    """``eval.json`` and the per-item CSV files ``per_image`` (names such as
-    ``per_image.csv``) of ``glow-eval``.
+    """`eval.json` and the per-item CSV files `per_image` (names such as
+    `per_image.csv`) of `glow-eval`.
 
-    The folder is ``out``, or the tool's ``<checkpoint folder>/eval/<folder_name>/``;
-    an ``out`` ending in ``.json`` names the JSON file itself and each CSV goes beside
-    it as ``<stem>_<csv name>``.
+    The folder is `out`, or the tool's `<checkpoint folder>/eval/<folder_name>/`;
+    an `out` ending in `.json` names the JSON file itself and each CSV goes beside
+    it as `<stem>_<csv name>`.
 
     Raises:
-        ConfigError: ``out`` is an existing file that is not ``.json``.
+        ConfigError: `out` is an existing file that is not `.json`.
     """
     file = _folder_or_file(out, [".json"])
     if file is not None:
@@ -267,8 +267,8 @@ def eval_targets(
 def ood_targets(
     ckpt: Path, name: str, out: str | os.PathLike | None
 ) -> tuple[Target, list[Target]]:
-    """``glow-eval ood=``: ``eval.json``, ``per_image.csv`` and ``ood_per_image.csv`` in
-    ``out`` or the tool's ``<checkpoint folder>/eval/<ckpt stem>_ood_<name>/``."""
+    """`glow-eval ood=`: `eval.json`, `per_image.csv` and `ood_per_image.csv` in
+    `out` or the tool's `<checkpoint folder>/eval/<ckpt stem>_ood_<name>/`."""
     return eval_targets(
         ckpt, f"{ckpt.stem}_ood_{name}", out, ["per_image.csv", "ood_per_image.csv"]
     )
@@ -277,14 +277,14 @@ def ood_targets(
 def folder_targets(
     ckpt: Path, folder_name: str, out: str | os.PathLike | None, names: list[str]
 ) -> list[Target]:
-    """The files ``names`` of one result (``forecast.csv`` and ``forecast.png``;
-    ``backtest.json``, ``.csv`` and ``.png``) in ``out`` or the tool's
-    ``<checkpoint folder>/<folder_name>/``. An ``out`` with the first name's extension
-    names that file, and the others go beside it with its stem (``out=fc.csv``:
-    ``fc.csv`` and ``fc.png``).
+    """The files `names` of one result (`forecast.csv` and `forecast.png`;
+    `backtest.json`, `.csv` and `.png`) in `out` or the tool's
+    `<checkpoint folder>/<folder_name>/`. An `out` with the first name's extension
+    names that file, and the others go beside it with its stem (`out=fc.csv`:
+    `fc.csv` and `fc.png`).
 
     Raises:
-        ConfigError: ``out`` is an existing file without that extension, or a name with
+        ConfigError: `out` is an existing file without that extension, or a name with
             another extension.
     """
     first = Path(names[0]).suffix
@@ -309,8 +309,8 @@ def claim_outputs(
     datasets: Iterable[Mapping[str, Any] | None] = (),
     files: Iterable[tuple[Any, str]] = (),
 ) -> list[Path]:
-    """:meth:`Outputs.claim` of ``targets`` with a command's usual inputs protected: the
-    checkpoint, each dataset config's files and further ``(file, what it is)`` pairs."""
+    """`Outputs.claim` of `targets` with a command's usual inputs protected: the
+    checkpoint, each dataset config's files and further `(file, what it is)` pairs."""
     outputs = Outputs(overwrite=bool(overwrite))
     outputs.protect(ckpt, "the checkpoint")
     for dataset in datasets:

@@ -1,14 +1,14 @@
 """From a checkpoint to a ready objective: the one path every reader of a checkpoint takes.
 
-``glow-eval`` (figures and ``ood=``), ``glow-sample`` in every mode and the Python
-API all call :func:`load`: it resolves a run folder to its checkpoint file,
-rebuilds the model (:meth:`glow_train.models.FlowModel.from_state`), the
+`glow-eval` (figures and `ood=`), `glow-sample` in every mode and the Python
+API all call `load`: it resolves a run folder to its checkpoint file,
+rebuilds the model (`glow_train.models.FlowModel.from_state`), the
 dequantiser, the standardisation and the class head from the file's own records,
 takes the EMA weights when asked and present, puts everything on the device in
 eval mode, and carries the precision the caller runs it in
-(:meth:`Loaded.autocast`).
+(`Loaded.autocast`).
 
-The file format itself is :mod:`glow_train.io.checkpoint`'s; this module is the
+The file format itself is `glow_train.io.checkpoint`'s; this module is the
 only one that turns it into modules.
 """
 
@@ -52,16 +52,24 @@ PREFERRED = ("best.pt", "last.pt")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` itself, or for a run folder its ``best.pt`` (else ``last.pt``)."""
+    """`path` itself, or for a run folder its `best.pt` (else `last.pt`)."""
     return resolve(path, PREFERRED)
 
 
 @dataclass
 class Loaded:
-    """A checkpoint ready to use: the objective (eval mode, on ``device``), the
-    checkpoint's other entries (``info``: ``config``, ``step``, ``data``, ...,
-    ``ema_used``), the file it came from and the precision to run it in
-    (:class:`glow_train.runtime.precision.Precision`, ``auto`` resolved for the device)."""
+    """A checkpoint ready to use, as `glow_train.load` returns it.
+
+    Attributes:
+        objective: the model and its dequantiser, in eval mode on `device`
+            (`Objective`; the bare model is `flow`).
+        info: the checkpoint's other entries: `config` (the run's whole config),
+            `step`, `data` (the data's description), ..., and `ema_used`.
+        path: the checkpoint file it came from.
+        device: where the objective is.
+        precision: the precision to run it in (`Precision`, `auto` resolved for the
+            device); `autocast` applies it.
+    """
 
     objective: Objective
     info: dict[str, Any]
@@ -71,6 +79,7 @@ class Loaded:
 
     @property
     def flow(self) -> FlowModel:
+        """The model (`objective.flow`): `log_prob`, `sample`, `encode`, `decode`."""
         return self.objective.flow
 
     @property
@@ -79,16 +88,16 @@ class Loaded:
         return DataSpec.from_dict(self.info["data"])
 
     def autocast(self) -> AbstractContextManager:
-        """``bf16``: the coupling networks under bf16 autocast (the priors, the 1x1
-        convolutions and the stream between layers stay fp32); ``fp32``: nothing."""
+        """`bf16`: the coupling networks under bf16 autocast (the priors, the 1x1
+        convolutions and the stream between layers stay fp32); `fp32`: nothing."""
         return self.precision.autocast(self.device.type)
 
     def dataset_config(self) -> dict[str, Any]:
-        """The checkpoint's dataset config, checked (:func:`validate_dataset_config`)."""
+        """The checkpoint's dataset config, checked (`validate_dataset_config`)."""
         return validate_dataset_config(self.eval_settings()[0])
 
     def eval_settings(self) -> tuple[dict[str, Any], int]:
-        """The checkpoint's (unchecked) dataset config and its ``train.eval_seed``."""
+        """The checkpoint's (unchecked) dataset config and its `train.eval_seed`."""
         config = self.info.get("config") or {}
         try:
             return config["dataset"], int(config["train"]["eval_seed"])
@@ -105,18 +114,21 @@ def load(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
 ) -> Loaded:
-    """The checkpoint ``ckpt`` (a file, or a run folder: its ``best.pt``, else
-    ``last.pt``) as a :class:`Loaded`.
+    """The checkpoint `ckpt` as a `Loaded`: what `glow_train.load` is.
 
     Args:
+        ckpt: a checkpoint file, or a run folder (its `best.pt`, else `last.pt`).
         ema: use the EMA weights when the checkpoint has them.
-        device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
-        precision: ``fp32``, ``bf16`` or ``auto``
-            (:func:`glow_train.runtime.precision.resolve_precision`; :meth:`Loaded.autocast`).
+        device: `auto|cpu|cuda|cuda:N` or a `torch.device`.
+        precision: `fp32`, `bf16` or `auto`
+            (`glow_train.runtime.precision.resolve_precision`; `Loaded.autocast`).
 
     Raises:
-        ConfigError: an unknown device or precision. CheckpointError: a missing,
-            foreign or unusable checkpoint.
+        ConfigError: an unknown device or precision.
+        CheckpointError: a missing, foreign or unusable checkpoint.
+
+    Returns:
+        The objective on `device`, the checkpoint's records, its path and precision.
     """
     device = resolve_device(device)
     chosen = resolve_precision(precision, device, INFERENCE_PRECISIONS)
@@ -129,8 +141,17 @@ def load_objective(
     path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[Objective, dict[str, Any]]:
     """A checkpoint's objective (its model and dequantiser) in eval mode, and the
-    checkpoint's entries other than the weights and optimiser (``config``, ``step``,
-    ``data``, ...). Every failure is one :class:`CheckpointError`."""
+    checkpoint's entries other than the weights and optimiser (`config`, `step`,
+    `data`, ...).
+
+    Args:
+        path: the checkpoint file.
+        ema: use the EMA weights when the checkpoint has them.
+        device: where to put the objective.
+
+    Raises:
+        CheckpointError: every failure (a missing, foreign or unusable file).
+    """
     state = load_checkpoint(path)
     name, _ = model_config(state, path)
     if name not in MODELS:
@@ -161,22 +182,42 @@ def load_objective(
 def load_model(
     path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[FlowModel, dict[str, Any]]:
-    """Whatever model a checkpoint holds (in eval mode) and the checkpoint's other
-    entries, as :func:`load_objective` gives them."""
+    """Whatever model a checkpoint holds, without its dequantiser.
+
+    Args:
+        path: the checkpoint file.
+        ema: use the EMA weights when the checkpoint has them.
+        device: where to put the model.
+
+    Returns:
+        The model in eval mode, and the checkpoint's other entries as `load_objective`
+        gives them.
+
+    Raises:
+        CheckpointError: a missing, foreign or unusable checkpoint.
+    """
     objective, info = load_objective(path, ema, device)
     return objective.flow, info
 
 
 @dataclass
 class ToScore:
-    """A checkpoint ready for ``glow-eval`` (its figures or ``ood=``) and the checked
-    options both share."""
+    """A checkpoint ready for `glow-eval` (its figures or `ood=`) and the checked
+    options both share.
+
+    Attributes:
+        loaded: the checkpoint (`Loaded`).
+        dataset: the checkpoint's dataset config (unchecked).
+        seed: the given seed, else the checkpoint's `train.eval_seed`.
+        draws: how many noise draws to average.
+        batch_size: the evaluation batch size (`None`: the dataset's `eval_batch_size`).
+    """
 
     loaded: Loaded
-    dataset: dict[str, Any]  # the checkpoint's dataset config (unchecked)
-    seed: int  # the given seed, else the checkpoint's ``train.eval_seed``
+    dataset: dict[str, Any]
+    seed: int
     draws: int
-    batch_size: int | None  # None: the dataset's ``eval_batch_size``
+    batch_size: int | None
 
 
 def load_to_score(
@@ -186,9 +227,9 @@ def load_to_score(
     seed: int | None,
     batch_size: int | None,
 ) -> ToScore:
-    """Check the options ``glow-eval`` and ``ood=`` share (``split``, ``draws``, ``seed``,
-    ``batch_size``, ``class_prior``: one line naming each), then :func:`load` ``ckpt``
-    with ``opts``' ``ema`` and ``precision`` on ``device`` (``None``: ``opts.device``)."""
+    """Check the options `glow-eval` and `ood=` share (`split`, `draws`, `seed`,
+    `batch_size`, `class_prior`: one line naming each), then `load` `ckpt`
+    with `opts`' `ema` and `precision` on `device` (`None`: `opts.device`)."""
     if opts.split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
     draws = require_int("draws", opts.draws, 1)

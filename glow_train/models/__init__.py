@@ -1,4 +1,4 @@
-"""Models: ``base`` (what they share), ``glow`` (images), ``glow1d`` (vectors), ``registry``."""
+"""Models: `base` (what they share), `glow` (images), `glow1d` (vectors), `registry`."""
 
 from glow_train.models.base import FlowModel
 from glow_train.models.glow import Glow

@@ -3,7 +3,7 @@ r"""Glow: a multi-scale flow of ActNorm → invertible 1×1 conv → coupling st
 Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
 NeurIPS 2018 (https://arxiv.org/abs/1807.03039).
 
-Architecture (data → latent), for ``L`` levels of ``K`` steps on ``(B, C, H, W)``::
+Architecture (data → latent), for `L` levels of `K` steps on `(B, C, H, W)`:
 
     for level in 1..L:
         squeeze                        (B, C, H, W) -> (B, 4C, H/2, W/2)
@@ -12,9 +12,9 @@ Architecture (data → latent), for ``L`` levels of ``K`` steps on ``(B, C, H, W
                       with z_level ~ SplitPrior(keep)
     z_top ~ LearnedPrior
 
-Density (change of variables): with ``f`` the whole flow and ``z = (z_1, …, z_L)``,
-:math:`\log p(x) = \sum_l \log p(z_l \mid \cdot) + \log|\det \partial f/\partial x|`,
-in nats, for continuous ``x`` (see :mod:`glow_train.likelihood.objective` for the
+Density (change of variables): with `f` the whole flow and `z = (z_1, …, z_L)`,
+$\log p(x) = \sum_l \log p(z_l \mid \cdot) + \log|\det \partial f/\partial x|$,
+in nats, for continuous `x` (see `glow_train.likelihood.objective` for the
 dequantisation and the bits/dim formula).
 """
 
@@ -37,26 +37,26 @@ __all__ = ["Glow"]
 
 
 class Glow(FlowModel):
-    """Multi-scale Glow for images (``model=glow``).
+    """Multi-scale Glow for images (`model=glow`).
 
-    Every hyperparameter is required: the defaults live in ``configs/model/glow.yaml``
-    (``model.K``, ``model.L``, ``model.hidden_channels``, ``model.coupling``,
-    ``model.lu``) and the paper's settings in ``configs/experiment/``.
+    Every hyperparameter is required: the defaults live in `configs/model/glow.yaml`
+    (`model.K`, `model.L`, `model.hidden_channels`, `model.coupling`,
+    `model.lu`) and the paper's settings in `configs/experiment/`.
 
     Args:
-        in_channels: ``C`` of the images (from the dataset).
-        image_size: ``H`` (square) or ``(H, W)``; both divisible by ``2**L``.
+        in_channels: `C` of the images (from the dataset).
+        image_size: `H` (square) or `(H, W)`; both divisible by `2**L`.
         K: steps of flow per level.
         L: number of levels (scales).
         hidden_channels: width of the coupling conditioners.
-        coupling: ``"affine"`` or ``"additive"``.
-        lu: LU-parameterised 1×1 convolutions (else a plain matrix with ``slogdet``).
-        num_classes: if > 0, the top prior is class-conditional (pass ``y``).
+        coupling: `"affine"` or `"additive"`.
+        lu: LU-parameterised 1×1 convolutions (else a plain matrix with `slogdet`).
+        num_classes: if > 0, the top prior is class-conditional (pass `y`).
         dropout: dropout after the conditioners' hidden layers, in training mode only
-            (``model.dropout``; against overfitting small datasets).
+            (`model.dropout`; against overfitting small datasets).
 
-    Input is continuous, ``(B, C, H, W)``, normally in ``[-0.5, 0.5)``
-    (:func:`glow_train.preprocess`).
+    Input is continuous, `(B, C, H, W)`, normally in `[-0.5, 0.5)`
+    (`glow_train.preprocess`).
     """
 
     name = "glow"
@@ -124,10 +124,10 @@ class Glow(FlowModel):
 
     @classmethod
     def for_data(cls, spec: DataSpec, options: dict[str, Any]) -> Glow:
-        """``in_channels`` and ``image_size`` from an image spec; ``options`` are ``model.*``.
+        """`in_channels` and `image_size` from an image spec; `options` are `model.*`.
 
         Raises:
-            ValueError: not image data, or an image size that ``2**L`` does not divide
+            ValueError: not image data, or an image size that `2**L` does not divide
                 (named by its config keys).
         """
         if spec.kind != "image":
@@ -166,19 +166,19 @@ class Glow(FlowModel):
         return latents, logdet, log_split + self.top_prior.log_prob(latents[-1], y)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
-        """``x`` → ``([z_1, …, z_L], log|det J|)``; shapes in :attr:`latent_shapes`."""
+        """`x` → `([z_1, …, z_L], log|det J|)`; shapes in `latent_shapes`."""
         latents, logdet, _ = self._encode(x, y)
         return latents, logdet
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Per-image log-density in nats of continuous ``x``, shape ``(B,)``."""
+        """Per-image log-density in nats of continuous `x`, shape `(B,)`."""
         _, logdet, log_prior = self._encode(x, y)
         return log_prior + logdet
 
     def class_log_probs(self, x: Tensor) -> Tensor:
-        r""":math:`\log p(x \mid y=k)` for every class ``k``, ``(B, num_classes)``: one
+        r"""$\log p(x \mid y=k)$ for every class `k`, `(B, num_classes)`: one
         pass of the flow and one evaluation of the top prior per class (only the top
-        prior depends on the class); column ``k`` equals :meth:`log_prob` with ``y = k``."""
+        prior depends on the class); column `k` equals `log_prob` with `y = k`."""
         self.require_classes()
         latents, logdet, log_split = self._flow(x)
         top = latents[-1]
@@ -189,7 +189,7 @@ class Glow(FlowModel):
         return torch.stack(columns, dim=1)
 
     def log_prob_and_top(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """:meth:`log_prob` and the top latent ``z_L`` (for the auxiliary classifier)."""
+        """`log_prob` and the top latent `z_L` (for the auxiliary classifier)."""
         latents, logdet, log_prior = self._encode(x, y)
         return log_prior + logdet, latents[-1]
 
@@ -201,7 +201,7 @@ class Glow(FlowModel):
         temperature: float,
         generator: torch.Generator | None,
     ) -> Tensor:
-        """Invert the flow from the top; a ``None`` latent is drawn from its prior."""
+        """Invert the flow from the top; a `None` latent is drawn from its prior."""
 
         def take(i: int, prior, context: Tensor | None) -> Tensor:
             z = latents[i]
@@ -219,7 +219,7 @@ class Glow(FlowModel):
         return h
 
     def decode(self, latents: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
-        """Inverse of :meth:`encode`: latents ``[z_1, …, z_L]`` → images ``(B, C, H, W)``."""
+        """Inverse of `encode`: latents `[z_1, …, z_L]` → images `(B, C, H, W)`."""
         if len(latents) != len(self.levels):
             raise ValueError(f"expected {len(self.levels)} latents, got {len(latents)}")
         return self._decode(list(latents), latents[0].shape[0], y, 1.0, None)
@@ -232,11 +232,11 @@ class Glow(FlowModel):
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
     ) -> Tensor:
-        """Draw ``n`` images ``(n, C, H, W)`` in model space (``[-0.5, 0.5)`` ideally).
+        """Draw `n` images `(n, C, H, W)` in model space (`[-0.5, 0.5)` ideally).
 
         Every latent is drawn from its prior with the standard deviation multiplied
-        by ``temperature`` (0 gives the priors' means; the paper uses 0.7, the
-        default of ``glow-sample``'s ``temperature``). ``generator`` should live on
+        by `temperature` (0 gives the priors' means; the paper uses 0.7, the
+        default of `glow-sample`'s `temperature`). `generator` should live on
         the model's device.
         """
         if temperature < 0:

@@ -23,42 +23,42 @@ __all__ = ["Glow1D"]
 
 
 class Glow1D(FlowModel):
-    r"""Glow for vectors ``(B, D)`` (``model=glow1d``).
+    r"""Glow for vectors `(B, D)` (`model=glow1d`).
 
-    The same steps of flow as :class:`glow_train.Glow` with dense layers: ActNorm
+    The same steps of flow as `glow_train.Glow` with dense layers: ActNorm
     per feature, an invertible linear map, an MLP coupling; one learned prior on
-    the output (``prior``: a Gaussian, Student-t tails, or a mixture). Every
+    the output (`prior`: a Gaussian, Student-t tails, or a mixture). Every
     hyperparameter is required (the config group's YAML holds the defaults).
 
     Args:
-        dim: ``D`` (at least 2; from the dataset).
+        dim: `D` (at least 2; from the dataset).
         K: number of steps.
         hidden_features: width of the MLP conditioners.
-        coupling: ``"affine"``, ``"additive"`` or ``"spline"`` (rational-quadratic,
-            :mod:`glow_train.flows.spline`).
+        coupling: `"affine"`, `"additive"` or `"spline"` (rational-quadratic,
+            `glow_train.flows.spline`).
         hidden_layers: hidden layers per MLP conditioner.
-        activation: ``relu``, ``elu``, ``gelu`` or ``tanh``.
+        activation: `relu`, `elu`, `gelu` or `tanh`.
         dropout: dropout probability after each hidden layer (training mode only).
         lu: LU-parameterised linear maps.
-        spline_bins: the spline coupling's pieces (``coupling="spline"`` only).
-        spline_bound: ``B``: the splines act on ``[-B, B]``, the identity outside.
-        context_magnitudes: the context encoder reads ``|c|`` beside ``c``
-            (:class:`~glow_train.flows.context.ContextEncoder`).
-        prior: ``"gaussian"``, or ``"student_t"``: the learned prior's location and
+        spline_bins: the spline coupling's pieces (`coupling="spline"` only).
+        spline_bound: `B`: the splines act on `[-B, B]`, the identity outside.
+        context_magnitudes: the context encoder reads `|c|` beside `c`
+            (`ContextEncoder`).
+        prior: `"gaussian"`, or `"student_t"`: the learned prior's location and
             scale with Student-t tails, a learned degrees of freedom per dimension
-            (:class:`~glow_train.flows.priors.StudentTPrior`); or ``"mixture"``: a
-            mixture of ``prior_components`` learned full-covariance Gaussians, or
-            ``"mixture_t"``: of multivariate Student-t's
-            (:class:`~glow_train.flows.mixture.MixturePrior`; unconditional models).
+            (`StudentTPrior`); or `"mixture"`: a
+            mixture of `prior_components` learned full-covariance Gaussians, or
+            `"mixture_t"`: of multivariate Student-t's
+            (`MixturePrior`; unconditional models).
         num_classes: if > 0, the prior is class-conditional.
-        context_dims: if > 0, the model is :math:`p(x \mid c)`: its input ``(B, C + D)``
-            holds the context ``c`` (the first ``C`` values, e.g. the steps before a
-            window of a series, standardised) and then ``x``; ``log_prob`` is that of
-            ``x`` given ``c`` and ``num_dims`` is ``D``. One shared encoder of ``c``
-            (:class:`~glow_train.flows.context.ContextEncoder`, ``hidden_features``
+        context_dims: if > 0, the model is $p(x \mid c)$: its input `(B, C + D)`
+            holds the context `c` (the first `C` values, e.g. the steps before a
+            window of a series, standardised) and then `x`; `log_prob` is that of
+            `x` given `c` and `num_dims` is `D`. One shared encoder of `c`
+            (`ContextEncoder`, `hidden_features`
             wide) feeds every coupling network and the prior's mean and scale
-            (:mod:`glow_train.flows.context`). With ``D = 1`` and affine couplings
-            the conditional density is a Gaussian; spline couplings (or ``D > 1``)
+            (`glow_train.flows.context`). With `D = 1` and affine couplings
+            the conditional density is a Gaussian; spline couplings (or `D > 1`)
             are not restricted to one.
     """
 
@@ -160,7 +160,7 @@ class Glow1D(FlowModel):
 
     @classmethod
     def for_data(cls, spec: DataSpec, options: dict[str, Any]) -> Glow1D:
-        """``dim`` from a vector spec; ``options`` are ``model.*``."""
+        """`dim` from a vector spec; `options` are `model.*`."""
         if spec.kind != "vector":
             raise ValueError(f"model=glow1d needs vector data, got {spec.kind} data")
         context = spec.context_dims
@@ -169,17 +169,17 @@ class Glow1D(FlowModel):
     @torch.no_grad()
     def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
         """ActNorm's data-dependent initialisation, then a mixture prior's from the
-        latents of the same batch (:meth:`MixturePrior.initialize`)."""
+        latents of the same batch (`MixturePrior.initialize`)."""
         super().initialize(x, y)
         if isinstance(self.prior, MixturePrior):
             self.prior.initialize(self.flow(x)[0])
 
     def split_context(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, C + D)`` -> ``(context features h (B, E), x (B, D))``."""
+        """`(B, C + D)` -> `(context features h (B, E), x (B, D))`."""
         return self.encoder(x[:, : self.context_dims]), x[:, self.context_dims :]
 
     def _forward_given(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``x (B, D)`` given ``h`` -> ``(z (B, D), log|det J| (B,))``."""
+        """`x (B, D)` given `h` -> `(z (B, D), log|det J| (B,))`."""
         logdet = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
         for norm, mix, coupling in self.steps:
             x, ld_norm = norm(x)
@@ -194,16 +194,16 @@ class Glow1D(FlowModel):
         return z
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(B, D)`` → ``(z (B, D), log|det J| (B,))`` (with a context: ``(B, C + D)``
-        in, ``z`` of the ``D`` values given the context)."""
+        """`(B, D)` → `(z (B, D), log|det J| (B,))` (with a context: `(B, C + D)`
+        in, `z` of the `D` values given the context)."""
         if self.context_dims > 0:
             h, x = self.split_context(x)
             return self._forward_given(x, h)
         return self.flow(x)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Per-vector log-density in nats, shape ``(B,)`` (with a context: of the last
-        ``D`` values given the first ``C``)."""
+        """Per-vector log-density in nats, shape `(B,)` (with a context: of the last
+        `D` values given the first `C`)."""
         if self.context_dims > 0:
             h, x = self.split_context(x)
             z, logdet = self._forward_given(x, h)
@@ -212,7 +212,7 @@ class Glow1D(FlowModel):
         return self.prior.log_prob(z, y) + logdet
 
     def class_log_probs(self, x: Tensor) -> Tensor:
-        r""":math:`\log p(x \mid y=k)` for every class ``k``, ``(B, num_classes)``: one
+        r"""$\log p(x \mid y=k)$ for every class `k`, `(B, num_classes)`: one
         pass of the flow, one evaluation of the prior per class."""
         self.require_classes()
         z, logdet = self.flow(x)
@@ -223,6 +223,10 @@ class Glow1D(FlowModel):
         return torch.stack(columns, dim=1)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """`x` from the latent `z` (the flow's `inverse`).
+
+        A model with a context decodes with `sample_given` instead.
+        """
         if self.context_dims > 0:
             raise ValueError("a model with a context decodes with sample_given(context)")
         return self.flow.inverse(z)
@@ -231,7 +235,7 @@ class Glow1D(FlowModel):
     def sample_given(
         self, context: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """One draw of ``x (B, D)`` for each row of ``context (B, C)`` (standardised)."""
+        """One draw of `x (B, D)` for each row of `context (B, C)` (standardised)."""
         if self.context_dims == 0:
             raise ValueError("this model has no context; use sample(n, temperature)")
         h = self.encoder(context)
@@ -245,7 +249,7 @@ class Glow1D(FlowModel):
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
     ) -> Tensor:
-        """``n`` vectors ``(n, D)``, the prior's std scaled by ``temperature``."""
+        """`n` vectors `(n, D)`, the prior's std scaled by `temperature`."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if self.context_dims > 0:

@@ -1,7 +1,7 @@
-"""The model registry: ``model.name`` -> a :class:`~glow_train.models.base.FlowModel` class.
+"""The model registry: `model.name` -> a `FlowModel` class.
 
 A checkpoint records the model's name beside its constructor arguments, so
-:func:`glow_train.likelihood.loading.load_model` rebuilds whatever model it holds and the
+`glow_train.likelihood.loading.load_model` rebuilds whatever model it holds and the
 checkpoint module imports no model.
 """
 
@@ -22,7 +22,7 @@ MODELS: dict[str, type[FlowModel]] = {}
 
 
 def register_model(cls: type[FlowModel]) -> type[FlowModel]:
-    """Add a model class under ``cls.name`` (usable as a decorator)."""
+    """Add a model class under `cls.name` (usable as a decorator)."""
     if cls.name in MODELS:
         raise ValueError(f"model {cls.name!r} is already registered")
     MODELS[cls.name] = cls
@@ -34,15 +34,20 @@ register_model(Glow1D)
 
 
 def model_class(name: Any) -> type[FlowModel]:
+    """The registered model class called `name`.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the known ones).
+    """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name]
 
 
 def build_model(options: Mapping[str, Any], spec: DataSpec) -> FlowModel:
-    """The model named by ``options["name"]`` (the ``model.*`` config) for ``spec``'s data.
+    """The model named by `options["name"]` (the `model.*` config) for `spec`'s data.
 
-    ``conditional: true`` makes it class-conditional on ``spec.num_classes`` labels.
+    `conditional: true` makes it class-conditional on `spec.num_classes` labels.
 
     Raises:
         ConfigError: an unknown name, or values the model refuses.

@@ -1,16 +1,16 @@
 """Rank, world size and rendezvous from a cluster scheduler when torchrun is absent.
 
-torchrun exports ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`glow_train.runtime.distributed.setup_distributed` reads those. A job
-started by submitit (``hydra/launcher=slurm_gpu`` or ``submitit_local``) or by
-``srun`` with several tasks has its own variables instead; :func:`export_torch_env`
-translates them, so one ``glow-train`` per task forms one process group.
+torchrun exports `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR` and
+`MASTER_PORT`; `glow_train.runtime.distributed.setup_distributed` reads those. A job
+started by submitit (`hydra/launcher=slurm_gpu` or `submitit_local`) or by
+`srun` with several tasks has its own variables instead; `export_torch_env`
+translates them, so one `glow-train` per task forms one process group.
 
-- submitit (``SUBMITIT_EXECUTOR`` is set): its ``TorchDistributedEnvironment``
+- submitit (`SUBMITIT_EXECUTOR` is set): its `TorchDistributedEnvironment`
   helper, with the port derived from the job id (every task agrees on it).
-- plain SLURM (``srun``: ``SLURM_PROCID`` and ``SLURM_STEP_NUM_TASKS`` > 1): rank
-  ``SLURM_PROCID``, local rank ``SLURM_LOCALID``, the first host of
-  ``SLURM_STEP_NODELIST`` as the rendezvous address and a port from the job id.
+- plain SLURM (`srun`: `SLURM_PROCID` and `SLURM_STEP_NUM_TASKS` > 1): rank
+  `SLURM_PROCID`, local rank `SLURM_LOCALID`, the first host of
+  `SLURM_STEP_NODELIST` as the rendezvous address and a port from the job id.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: ``gpu[003-005,007],cpu1`` -> ``gpu003``."""
+    """The first host of a SLURM node list: `gpu[003-005,007],cpu1` -> `gpu003`."""
     entry = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
     match = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", entry)
     if not match:
@@ -35,7 +35,7 @@ def first_host(nodelist: str) -> str:
 
 def export_torch_env() -> str | None:
     """Set torchrun's variables from submitit's or SLURM's when torchrun's are absent;
-    return which scheduler provided them (``"submitit"``, ``"slurm"``) or ``None``."""
+    return which scheduler provided them (`"submitit"`, `"slurm"`) or `None`."""
     if "RANK" in os.environ:
         return None
     if os.environ.get("SUBMITIT_EXECUTOR"):

@@ -1,9 +1,9 @@
 """Process layout for single-process and torchrun (DistributedDataParallel) runs.
 
-torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; when they are present the
-process group is initialised (``nccl`` on CUDA, ``gloo`` on CPU) and each rank is
+torchrun sets `RANK`, `WORLD_SIZE` and `LOCAL_RANK`; when they are present the
+process group is initialised (`nccl` on CUDA, `gloo` on CPU) and each rank is
 pinned to its local GPU. Everything else in the trainer asks this module who it is
-and uses :func:`all_reduce_sum` / :func:`broadcast_object` for the few values that
+and uses `all_reduce_sum` / `broadcast_object` for the few values that
 must agree across ranks.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Who this process is. ``world_size == 1`` for a plain single-process run."""
+    """Who this process is. `world_size == 1` for a plain single-process run."""
 
     rank: int = 0
     world_size: int = 1
@@ -43,19 +43,21 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the process that logs and writes)."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process runs."""
         return self.world_size > 1
 
 
 def resolve_device(spec: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``auto|cpu|cuda|cuda:N`` -> a device; ``auto`` picks CUDA when available.
+    """`auto|cpu|cuda|cuda:N` -> a device; `auto` picks CUDA when available.
 
-    A ``torch.device`` is returned as it is.
+    A `torch.device` is returned as it is.
 
-    Under torchrun, ``cuda`` (or ``auto`` with GPUs) means this rank's local GPU.
+    Under torchrun, `cuda` (or `auto` with GPUs) means this rank's local GPU.
     """
     if isinstance(spec, torch.device):
         return spec
@@ -79,10 +81,10 @@ def resolve_device(spec: str | torch.device, local_rank: int = 0) -> torch.devic
 
 
 def setup_distributed(device: str | torch.device) -> DistInfo:
-    """Initialise the process group if torchrun (or submitit, or ``srun`` with several
-    tasks: :mod:`glow_train.runtime.cluster`) started us; return this rank's info.
+    """Initialise the process group if torchrun (or submitit, or `srun` with several
+    tasks: `glow_train.runtime.cluster`) started us; return this rank's info.
 
-    ``device`` is the run's ``device`` setting (``auto|cpu|cuda|cuda:N``).
+    `device` is the run's `device` setting (`auto|cpu|cuda|cuda:N`).
     """
     export_torch_env()  # submitit / srun tasks: their variables as torchrun's
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -99,6 +101,7 @@ def setup_distributed(device: str | torch.device) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the process group, if one was started (a no-op in a single process)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -111,13 +114,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum of `t` over the processes, in place (`t` itself alone)."""
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
 def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
+    """Rank `src`'s `obj` on every rank (identity without a process group)."""
     if not dist.is_initialized():
         return obj
     box = [obj]
@@ -128,10 +132,10 @@ def broadcast_object(obj, src: int = 0):
 class EpochSampler(Sampler[int]):
     """Shuffled, rank-sharded, resumable sample order.
 
-    Epoch ``e`` uses ``randperm(n)`` from a generator seeded with ``seed + e``,
-    truncated so every rank gets ``n // world_size`` samples (equal batch counts keep
-    DDP in step); rank ``r`` takes every ``world_size``-th index starting at ``r``.
-    ``set_epoch(e, start)`` skips the first ``start`` of this rank's samples, which is
+    Epoch `e` uses `randperm(n)` from a generator seeded with `seed + e`,
+    truncated so every rank gets `n // world_size` samples (equal batch counts keep
+    DDP in step); rank `r` takes every `world_size`-th index starting at `r`.
+    `set_epoch(e, start)` skips the first `start` of this rank's samples, which is
     how a resumed run continues mid-epoch with exactly the data it would have seen.
     """
 
@@ -141,6 +145,7 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Shuffle for `epoch` and start at item `start` of this process's share (on resume)."""
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[int]:
@@ -154,9 +159,9 @@ class EpochSampler(Sampler[int]):
 
 
 def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """Fixed evaluation batches ``[0..b), [b..2b), …`` dealt round-robin to ranks.
+    """Fixed evaluation batches `[0..b), [b..2b), …` dealt round-robin to ranks.
 
-    Batch ``i`` always holds the same images, whatever the number of ranks, so
+    Batch `i` always holds the same images, whatever the number of ranks, so
     noise seeded by the batch index makes a sharded evaluation equal a
     single-process one.
     """

@@ -1,13 +1,13 @@
 """Process-wide settings that make training on a CPU faster.
 
-PyTorch allocates every CPU tensor with the C library's ``malloc``. glibc serves
-blocks above its mmap threshold with a fresh ``mmap`` and returns freed memory at
+PyTorch allocates every CPU tensor with the C library's `malloc`. glibc serves
+blocks above its mmap threshold with a fresh `mmap` and returns freed memory at
 the top of the heap to the system once it exceeds the trim threshold, so a training
 step that frees and re-allocates its activations (tens of MiB) would touch new pages
 again every step, paying a page fault per page in system time. Keeping freed memory
 in the process (both thresholds raised) lets the next step reuse those pages.
 
-The console scripts call :func:`keep_freed_memory` before anything else;
+The console scripts call `keep_freed_memory` before anything else;
 library users can call it themselves. The cost is that the process keeps its peak
 heap size until it exits, which a training or sampling process does anyway.
 """
@@ -49,5 +49,5 @@ def keep_freed_memory() -> bool:
 
 
 def freed_memory_kept() -> bool:
-    """Whether :func:`keep_freed_memory` is in force in this process."""
+    """Whether `keep_freed_memory` is in force in this process."""
     return _applied

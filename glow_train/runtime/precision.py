@@ -1,21 +1,21 @@
-"""The floating-point precision a command runs in: ``precision=auto|fp32|bf16|fp16``.
+"""The floating-point precision a command runs in: `precision=auto|fp32|bf16|fp16`.
 
-``bf16`` and ``fp16`` run the model under ``torch.autocast``: only the coupling
+`bf16` and `fp16` run the model under `torch.autocast`: only the coupling
 conditioners (plain networks) compute in reduced precision; the stream between
 layers, the log-determinants, the priors' log-densities and the per-item likelihood
-sums stay in float32 or float64 (:mod:`glow_train.flows.base`).
+sums stay in float32 or float64 (`glow_train.flows.base`).
 
-``auto`` chooses bfloat16 where the device computes it natively and float32
+`auto` chooses bfloat16 where the device computes it natively and float32
 elsewhere:
 
-- CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and later);
-- CPU: :data:`glow_train.flows.fused.CPU_NATIVE_BF16` (oneDNN's own check: AVX-512
+- CUDA: `torch.cuda.is_bf16_supported(including_emulation=False)` (Ampere and later);
+- CPU: `glow_train.flows.fused.CPU_NATIVE_BF16` (oneDNN's own check: AVX-512
   BW/VL/DQ, AVX-NE-CONVERT or AMX on x86);
 - any other device: float32.
 
-An explicit ``bf16`` on a device without native bfloat16 still runs (PyTorch
+An explicit `bf16` on a device without native bfloat16 still runs (PyTorch
 emulates it through the plain layers), only slower than float32;
-:meth:`Precision.describe` says so in one line.
+`Precision.describe` says so in one line.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ INFERENCE_PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class Precision:
-    """A resolved precision: ``name`` runs; ``requested`` is what the user asked
-    (``auto`` or ``name`` itself); ``native`` whether the device computes bfloat16
-    natively; ``device`` the kind of device (``"CPU"``, ``"GPU"``, ...)."""
+    """A resolved precision: `name` runs; `requested` is what the user asked
+    (`auto` or `name` itself); `native` whether the device computes bfloat16
+    natively; `device` the kind of device (`"CPU"`, `"GPU"`, ...)."""
 
     name: str
     requested: str
@@ -54,18 +54,18 @@ class Precision:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype (``None`` for float32)."""
+        """The autocast dtype (`None` for float32)."""
         return AMP_DTYPES[self.name]
 
     def autocast(self, device_type: str) -> AbstractContextManager:
-        """``torch.autocast`` in :attr:`amp_dtype` on ``device_type``, or a null context."""
+        """`torch.autocast` in `amp_dtype` on `device_type`, or a null context."""
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=device_type, dtype=self.amp_dtype)
 
     def describe(self) -> str:
         """One line for a command's start-up report, e.g.
-        ``precision auto -> bf16 (CPU has native bf16)``."""
+        `precision auto -> bf16 (CPU has native bf16)`."""
         has = "has" if self.native else "has no"
         if self.requested == "auto":
             return f"precision auto -> {self.name} ({self.device} {has} native bf16)"
@@ -78,7 +78,7 @@ class Precision:
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """Whether ``device`` computes bfloat16 natively, and what to call the device."""
+    """Whether `device` computes bfloat16 natively, and what to call the device."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         with torch.cuda.device(index):
@@ -91,12 +91,12 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 def resolve_precision(
     requested: str, device: torch.device | str, allowed: tuple[str, ...] = tuple(AMP_DTYPES)
 ) -> Precision:
-    """``precision=requested`` on ``device`` as a :class:`Precision`.
+    """`precision=requested` on `device` as a `Precision`.
 
-    ``allowed``: the explicit precisions the command takes (``auto`` is always taken).
+    `allowed`: the explicit precisions the command takes (`auto` is always taken).
 
     Raises:
-        ConfigError: a precision outside ``allowed`` and ``auto``, or fp16 off CUDA.
+        ConfigError: a precision outside `allowed` and `auto`, or fp16 off CUDA.
     """
     device = torch.device(device)
     if requested != "auto" and requested not in allowed:

@@ -1,15 +1,15 @@
-"""How samples are written for each kind of data: image grids or CSV tables.
+r"""How samples are written for each kind of data: image grids or CSV tables.
 
-:func:`sample_format` picks the writer from the data's
-:class:`~glow_train.data.spec.DataSpec`, so the trainer and ``glow-sample`` draw
+`sample_format` picks the writer from the data's
+`DataSpec`, so the trainer and `glow-sample` draw
 samples the same way for every kind of data and leave the file format here.
 
-- images: ``make_grid`` grids, PNG (or any format Pillow writes) and TensorBoard images;
+- images: `make_grid` grids, PNG (or any format Pillow writes) and TensorBoard images;
 - vectors: CSV in the data's own units with the column names (one row per sample;
-  for time-series windows one row per window, ``<column>[t]``), and TensorBoard
-  histograms of the first columns. For log-returns, :meth:`TableSamples.prices`
+  for time-series windows one row per window, `<column>[t]`), and TensorBoard
+  histograms of the first columns. For log-returns, `TableSamples.prices`
   turns each window into a price path from a start price:
-  :math:`p_t = p_0 \\exp(\\sum_{s \\le t} r_s)`.
+  $p_t = p_0 \exp(\sum_{s \le t} r_s)$.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ HISTOGRAM_COLUMNS = 8  # TensorBoard histograms of at most this many columns
 
 
 class ImageSamples:
-    """Grids of images (``(n, C, H, W)`` floats in ``[0, 1]``)."""
+    """Grids of images (`(n, C, H, W)` floats in `[0, 1]`)."""
 
     suffix = ".png"
 
@@ -49,23 +49,26 @@ class ImageSamples:
         self.nrow = nrow
 
     def grid(self, samples: Tensor, nrow: int | None = None) -> Tensor:
+        """One image grid of `samples` (`nrow` per row: given, this writer's, or a square)."""
         from torchvision.utils import make_grid
 
         nrow = nrow or self.nrow or math.ceil(math.sqrt(len(samples)))
         return make_grid(samples, nrow=nrow, padding=self.padding)
 
     def tensorboard(self, monitor: Any, samples: dict[float, Tensor], step: int) -> None:
+        """One grid per temperature to TensorBoard."""
         for t, x in samples.items():
             monitor.image(f"samples/T={t:g}", self.grid(x), step)
 
     def write(self, path: Path, samples: Tensor, kind: str = "PNG") -> None:
+        """The grid of `samples` to `path` (`kind`: PNG, JPEG, ...)."""
         from torchvision.utils import save_image
 
         save_image(self.grid(samples), path, format=kind)
 
 
 class TableSamples:
-    """Rows of numbers (``(n, D)``) with the data's column names."""
+    """Rows of numbers (`(n, D)`) with the data's column names."""
 
     suffix = ".csv"
 
@@ -74,6 +77,7 @@ class TableSamples:
         self.columns = list(spec.columns) or [str(i) for i in range(spec.num_dims)]
 
     def tensorboard(self, monitor: Any, samples: dict[float, Tensor], step: int) -> None:
+        """Histograms of the first columns, per temperature, to TensorBoard."""
         for t, x in samples.items():
             for j, name in enumerate(self.columns[:HISTOGRAM_COLUMNS]):
                 monitor.histogram(f"samples/T={t:g}/{name}", x[:, j], step)
@@ -81,12 +85,12 @@ class TableSamples:
     def write(
         self, path: Path, samples: Tensor, leading: list[tuple[str, Any]] = (), append=False
     ) -> None:
-        """CSV of ``samples``; ``leading`` adds constant columns first (e.g. the
-        temperature); ``append`` adds rows to a file this method started."""
+        """CSV of `samples`; `leading` adds constant columns first (e.g. the
+        temperature); `append` adds rows to a file this method started."""
         _write_rows(path, self.columns, samples, leading, append)
 
     def prices(self, samples: Tensor, start_price: float) -> tuple[list[str], Tensor]:
-        """Price paths ``(n, (W+1)·c)`` from log-return windows, starting at ``start_price``."""
+        """Price paths `(n, (W+1)·c)` from log-return windows, starting at `start_price`."""
         spec = self.spec
         if spec.transform != "log_return" or spec.window is None:
             raise ValueError("price paths need a model of log-return windows")
@@ -107,7 +111,7 @@ class TableSamples:
         leading: list[tuple[str, Any]] = (),
         append: bool = False,
     ) -> None:
-        """:meth:`prices` as CSV, like :meth:`write`."""
+        """`prices` as CSV, like `write`."""
         names, paths = self.prices(samples, start_price)
         _write_rows(path, names, paths, leading, append)
 
@@ -133,41 +137,41 @@ def _writable_extensions() -> dict[str, str]:
 
 
 def image_format(path: Path) -> str:
-    """The Pillow format a file name asks for (``PNG`` for ``.png``, ``JPEG`` for ``.jpg``)."""
+    """The Pillow format a file name asks for (`PNG` for `.png`, `JPEG` for `.jpg`)."""
     return _writable_extensions()[path.suffix.lower()]
 
 
 def writable_extensions() -> list[str]:
-    """The image file extensions Pillow can write (``.png``, ``.jpg``, ``.webp``, ...)."""
+    """The image file extensions Pillow can write (`.png`, `.jpg`, `.webp`, ...)."""
     return list(_writable_extensions())
 
 
 def output_names(temperatures: list[float], layout: str, tag: str = "") -> list[str]:
-    """The label of each file of samples: ``T0.7`` per temperature (``layout="grids"``)
-    or one ``rows_T0-0.7-1``, followed by ``tag`` (the class: ``_y3``, ``_yall``)."""
+    """The label of each file of samples: `T0.7` per temperature (`layout="grids"`)
+    or one `rows_T0-0.7-1`, followed by `tag` (the class: `_y3`, `_yall`)."""
     if layout == "grids":
         return [f"T{t:g}{tag}" for t in temperatures]
     return ["rows_T" + "-".join(f"{t:g}" for t in temperatures) + tag]
 
 
 def prices_path(path: Path) -> Path:
-    """Where the price paths of the samples in the table ``path`` go (``start_price``)."""
+    """Where the price paths of the samples in the table `path` go (`start_price`)."""
     return path.with_name(f"{path.stem}_prices.csv")
 
 
 def temperature_column(columns: list[str]) -> str:
-    """The name of the temperature column of ``layout=rows`` tables: ``temperature``,
-    with leading underscores until it is not one of the data's ``columns``."""
+    """The name of the temperature column of `layout=rows` tables: `temperature`,
+    with leading underscores until it is not one of the data's `columns`."""
     name = "temperature"
     while name in columns:
         name = "_" + name
     return name
 
 
-#: the kind of data (:attr:`DataSpec.kind`) -> the class that writes its samples
+#: the kind of data (`DataSpec.kind`) -> the class that writes its samples
 WRITERS: dict[str, type] = {"image": ImageSamples, "vector": TableSamples}
 
 
 def sample_format(spec: DataSpec, **options: Any) -> ImageSamples | TableSamples:
-    """The writer of samples of data described by ``spec``."""
+    """The writer of samples of data described by `spec`."""
     return WRITERS[spec.kind](spec, **options)

@@ -1,11 +1,11 @@
 """Plain samples and class grids: temperature-scaled latents decoded to image grids
 (CSV tables for vectors).
 
-``sample_images`` and ``sample_grid`` are the library functions the trainer uses;
-:func:`sample` is ``glow-sample``'s ``mode=sample``: checkpoint in, PNG files out.
+`sample_images` and `sample_grid` are the library functions the trainer uses;
+`sample` is `glow-sample`'s `mode=sample`: checkpoint in, PNG files out.
 Latents are drawn from the learned priors with their standard deviations
-multiplied by the temperature (Kingma & Dhariwal 2018, section 5: ``T = 0.7``
-trades diversity for fidelity; ``T = 0`` decodes the priors' means). The
+multiplied by the temperature (Kingma & Dhariwal 2018, section 5: `T = 0.7`
+trades diversity for fidelity; `T = 0` decodes the priors' means). The
 objective's dequantiser turns model output back into images on the data's grid.
 """
 
@@ -57,14 +57,14 @@ def sample_images(
     batch_size: int | None = None,
     y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``n`` samples as data, ``(n, C, H, W)`` floats in ``[0, 1]`` on the data's grid, on CPU.
+    """`n` samples as data, `(n, C, H, W)` floats in `[0, 1]` on the data's grid, on CPU.
 
-    Drawn in batches of ``batch_size`` (``None``: all at once) from one generator
-    seeded with ``seed`` on the model's device: the same seed and batch size give
+    Drawn in batches of `batch_size` (`None`: all at once) from one generator
+    seeded with `seed` on the model's device: the same seed and batch size give
     the same images on the same device (each batch draws its latents level by
     level, so another batch size consumes the random stream in another order and
-    gives other images). ``y``: ``(n,)`` class labels for a class-conditional model
-    (``None``: the classes in turn, ``i mod num_classes``).
+    gives other images). `y`: `(n,)` class labels for a class-conditional model
+    (`None`: the classes in turn, `i mod num_classes`).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -94,8 +94,8 @@ def sample_grid(
     batch_size: int | None = None,
     y: torch.Tensor | None = None,
 ) -> dict[float, torch.Tensor]:
-    """One ``make_grid`` image ``(C, H', W')`` per temperature, each from the same seed
-    (``y``: the class of each image, as in :func:`sample_images`)."""
+    """One `make_grid` image `(C, H', W')` per temperature, each from the same seed
+    (`y`: the class of each image, as in `sample_images`)."""
     from torchvision.utils import make_grid  # torchvision loads in about a second: on use
 
     return {
@@ -115,10 +115,10 @@ def sample_rows(
     batch_size: int | None = None,
     y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One grid ``(C, H', W')`` with a row of ``n`` samples per temperature.
+    """One grid `(C, H', W')` with a row of `n` samples per temperature.
 
     Every row uses the same seed, hence the same standard-normal draws scaled by its
-    temperature: column ``j`` shows one latent at increasing (or decreasing) temperatures.
+    temperature: column `j` shows one latent at increasing (or decreasing) temperatures.
     """
     from torchvision.utils import make_grid
 
@@ -134,7 +134,7 @@ def _temperatures(value: float | Sequence[float]) -> list[float]:
 
 
 def class_index(y: int | str, num_classes: int) -> int | None:
-    """``y`` as one of ``num_classes`` class indices (``3`` or ``"3"``), or ``None``
+    """`y` as one of `num_classes` class indices (`3` or `"3"`), or `None`
     when it is not one (the caller says what it takes instead)."""
     text = str(y).strip()
     return int(text) if text.isdigit() and int(text) < num_classes else None
@@ -143,10 +143,10 @@ def class_index(y: int | str, num_classes: int) -> int | None:
 def class_choice(
     y: int | str | None, num_classes: int, n: int, layout: str
 ) -> tuple[torch.Tensor | None, str, int]:
-    """``glow-sample y=``: the labels to draw, the file-name tag and the images per grid.
+    """`glow-sample y=`: the labels to draw, the file-name tag and the images per grid.
 
-    ``y=<class>`` draws ``n`` images of that class (``_y<class>``); ``y=all`` one row of
-    ``n`` per class in one grid (``_yall``); ``None`` the classes in turn (no tag).
+    `y=<class>` draws `n` images of that class (`_y<class>`); `y=all` one row of
+    `n` per class in one grid (`_yall`); `None` the classes in turn (no tag).
     """
     if y is None:
         return None, "", n
@@ -175,7 +175,7 @@ def _write_tables(
     batch_size: int | None,
     start_price: float | None,
 ) -> list[Path]:
-    """Vector samples: one CSV per temperature (``rows``: one CSV, a temperature column)."""
+    """Vector samples: one CSV per temperature (`rows`: one CSV, a temperature column)."""
     drawn = {t: sample_images(objective, n, t, seed, batch_size) for t in temperatures}
     jobs = (
         [(path, [(t, drawn[t])]) for path, t in zip(paths, temperatures, strict=True)]
@@ -224,33 +224,33 @@ def sample(
     """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
     for a model of vectors).
 
-    Every ``None`` takes the value of the same key in ``configs/sample.yaml`` (the
-    defaults of ``glow-sample``).
+    Every `None` takes the value of the same key in `configs/sample.yaml` (the
+    defaults of `glow-sample`).
 
     Args:
-        ckpt: a checkpoint written by ``glow-train``, or a run folder (its ``best.pt``,
-            else ``last.pt``).
+        ckpt: a checkpoint written by `glow-train`, or a run folder (its `best.pt`,
+            else `last.pt`).
         temperature: one temperature or several (one grid, or one row, each).
-        n: samples per grid (``layout="grids"``) or per row (``layout="rows"``).
-        nrow: images per grid row (``None``: ``ceil(sqrt(n))``, or for a class-conditional
+        n: samples per grid (`layout="grids"`) or per row (`layout="rows"`).
+        nrow: images per grid row (`None`: `ceil(sqrt(n))`, or for a class-conditional
             model drawing the classes in turn, one column per class); unused for rows.
         padding: pixels between images.
-        layout: ``"grids"`` (a file per temperature) or ``"rows"`` (one file).
+        layout: `"grids"` (a file per temperature) or `"rows"` (one file).
         seed: seeds the latents; every temperature uses the same draws.
-        batch_size: images decoded at once (``None``: all ``n``); part of what the
+        batch_size: images decoded at once (`None`: all `n`); part of what the
             images depend on, with the seed and the device.
-        out: a file or a folder (:func:`glow_train.io.outputs.sample_targets`).
-        device: where the model runs (``auto|cpu|cuda|cuda:N`` or a ``torch.device``).
+        out: a file or a folder (`glow_train.io.outputs.sample_targets`).
+        device: where the model runs (`auto|cpu|cuda|cuda:N` or a `torch.device`).
         ema: use the EMA weights when the checkpoint has them.
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (the coupling networks under
+        precision: `"auto"`, `"fp32"` or `"bf16"` (the coupling networks under
             bf16 autocast; the priors, the 1x1 convolutions and the stream between layers
-            stay fp32); ``"auto"`` is bf16 where the device computes it natively
-            (:func:`glow_train.runtime.precision.resolve_precision`).
+            stay fp32); `"auto"` is bf16 where the device computes it natively
+            (`glow_train.runtime.precision.resolve_precision`).
         start_price: for a model of log-return windows, also write each window as a
-            price path from this price (``<file>_prices.csv``).
-        y: a class-conditional model's class, or ``"all"`` (:func:`class_choice`).
-        overwrite: replace existing files that ``out`` names (the checkpoint and the
-            dataset's files are never written; see :mod:`glow_train.io.outputs`).
+            price path from this price (`<file>_prices.csv`).
+        y: a class-conditional model's class, or `"all"` (`class_choice`).
+        overwrite: replace existing files that `out` names (the checkpoint and the
+            dataset's files are never written; see `glow_train.io.outputs`).
 
     Returns:
         The written files. They are written only after every grid was drawn, each
@@ -258,8 +258,9 @@ def sample(
 
     Raises:
         ConfigError: an invalid option, a model with a context (it samples with
-            ``mode=forecast``), or a target the output policy refuses (checked before
-            anything is drawn). CheckpointError: an unusable checkpoint.
+            `mode=forecast`), or a target the output policy refuses (checked before
+            anything is drawn).
+        CheckpointError: an unusable checkpoint.
     """
     opts = fill_defaults(
         "sample",

@@ -1,22 +1,22 @@
 r"""Working in latent space: interpolation, attribute directions and manipulation.
 
-An image ``x`` (uint8) is encoded at the centre of its quantisation bin,
-:math:`z = f(q/2^n - \tfrac12 + 2^{-n-1})`, as the list of every level's latent
-``[z_1, …, z_L]``; decoding runs the flow backwards and quantises, so
-``decode(encode(x)) == x`` up to floating-point error far below one bin.
+An image `x` (uint8) is encoded at the centre of its quantisation bin,
+$z = f(q/2^n - \tfrac12 + 2^{-n-1})$, as the list of every level's latent
+`[z_1, …, z_L]`; decoding runs the flow backwards and quantises, so
+`decode(encode(x)) == x` up to floating-point error far below one bin.
 
-- **Interpolation** between ``a`` and ``b`` (all levels at once): linear,
-  :math:`z_t = (1-t)\,z_a + t\,z_b`, or spherical on the concatenated latent,
-  :math:`z_t = \frac{\sin((1-t)\Omega)}{\sin\Omega} z_a + \frac{\sin(t\Omega)}{\sin\Omega} z_b`
-  with :math:`\cos\Omega = \langle z_a, z_b\rangle / (|z_a|\,|z_b|)`; both give ``z_a``
-  and ``z_b`` exactly at ``t = 0`` and ``t = 1``.
+- **Interpolation** between `a` and `b` (all levels at once): linear,
+  $z_t = (1-t)\,z_a + t\,z_b$, or spherical on the concatenated latent,
+  $z_t = \frac{\sin((1-t)\Omega)}{\sin\Omega} z_a + \frac{\sin(t\Omega)}{\sin\Omega} z_b$
+  with $\cos\Omega = \langle z_a, z_b\rangle / (|z_a|\,|z_b|)$; both give `z_a`
+  and `z_b` exactly at `t = 0` and `t = 1`.
 - **Attribute direction** (the paper's section 5.3 manipulation): the mean latent
   of the training images with an attribute minus the mean of those without,
-  :math:`d = \bar z_{+} - \bar z_{-}`; an edit is :math:`z + \alpha d`, so
-  :math:`\alpha = 0` is the image itself.
+  $d = \bar z_{+} - \bar z_{-}$; an edit is $z + \alpha d$, so
+  $\alpha = 0$ is the image itself.
 
-Attributes are the classes of labelled data (``attribute=3``, or a class folder's
-name) or CelebA's 40 binary attributes (``attribute=Smiling``).
+Attributes are the classes of labelled data (`attribute=3`, or a class folder's
+name) or CelebA's 40 binary attributes (`attribute=Smiling`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _flow(objective: Objective):
 
 @torch.no_grad()
 def encode(objective: Objective, images: Tensor, y: Tensor | None = None) -> list[Tensor]:
-    """uint8 images ``(B, C, H, W)`` -> their latents at the bins' centres, one per level."""
+    """uint8 images `(B, C, H, W)` -> their latents at the bins' centres, one per level."""
     flow = _flow(objective)
     device = next(objective.parameters()).device
     x = objective.prepare(images.to(device)) + 0.5 / 2**objective.dequantizer.n_bits
@@ -69,7 +69,7 @@ def encode(objective: Objective, images: Tensor, y: Tensor | None = None) -> lis
 
 @torch.no_grad()
 def decode(objective: Objective, latents: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
-    """Latents -> images as floats in ``[0, 1]`` on the data's grid, on CPU."""
+    """Latents -> images as floats in `[0, 1]` on the data's grid, on CPU."""
     flow = _flow(objective)
     labels = None if y is None else y.to(latents[0].device)
     return objective.dequantizer.to_data(flow.decode(list(latents), labels)).cpu()
@@ -78,8 +78,8 @@ def decode(objective: Objective, latents: Sequence[Tensor], y: Tensor | None = N
 def interpolate(
     za: Sequence[Tensor], zb: Sequence[Tensor], steps: int, method: str = "lerp"
 ) -> list[Tensor]:
-    """``steps`` points from ``za`` to ``zb`` (both ends included), batched per level:
-    each returned latent is ``(steps, *shape)``. ``za``/``zb``: one image's latents
+    """`steps` points from `za` to `zb` (both ends included), batched per level:
+    each returned latent is `(steps, *shape)`. `za`/`zb`: one image's latents
     (batch size 1)."""
     if method not in INTERPOLATIONS:
         raise ConfigError(f"interp must be one of {', '.join(INTERPOLATIONS)}, got {method!r}")
@@ -115,11 +115,11 @@ def interpolate(
 def attribute_mask(
     dataset: Dataset, attribute: str, limit: int | None = None
 ) -> tuple[str, Tensor]:
-    """``(attribute name, bool (N,))``: which of the first ``limit`` items of ``dataset``
-    have ``attribute``.
+    """`(attribute name, bool (N,))`: which of the first `limit` items of `dataset`
+    have `attribute`.
 
-    CelebA (torchvision's ``CelebA``) offers its 40 attributes by name; labelled data
-    offers its classes by index (``"3"``) or, for class folders, by folder name.
+    CelebA (torchvision's `CelebA`) offers its 40 attributes by name; labelled data
+    offers its classes by index (`"3"`) or, for class folders, by folder name.
     """
     limit = len(dataset) if limit is None else limit
     inner = getattr(dataset, "source", None)
@@ -146,9 +146,9 @@ def attribute_mask(
 def attribute_direction(
     objective: Objective, dataset: Dataset, attribute: str, max_images: int, batch_size: int
 ) -> dict[str, Any]:
-    """The mean latent of the first ``max_images`` items with ``attribute`` minus that of
-    those without it, per level: ``{"attribute", "levels": [Tensor, …], "count_with",
-    "count_without"}``."""
+    """The mean latent of the first `max_images` items with `attribute` minus that of
+    those without it, per level: `{"attribute", "levels": [Tensor, …], "count_with",
+    "count_without"}`."""
     n = min(len(dataset), max_images)
     name, mask = attribute_mask(dataset, attribute, n)
     with_, without = int(mask.sum()), int((~mask).sum())
@@ -178,9 +178,9 @@ def attribute_direction(
 
 
 def load_inputs(refs: Sequence[Any], data_cfg: dict[str, Any], y: Any, num_classes: int) -> Batch:
-    """The images ``refs`` name: a test-set index (an integer) or an image file, as the
-    checkpoint's data (size, channels), with their labels: ``y`` when given, else a
-    test image's own (a file of a class-conditional model needs ``y``)."""
+    """The images `refs` name: a test-set index (an integer) or an image file, as the
+    checkpoint's data (size, channels), with their labels: `y` when given, else a
+    test image's own (a file of a class-conditional model needs `y`)."""
     test: Dataset | None = None
     items = []
     for ref in refs:
@@ -219,7 +219,7 @@ def load_inputs(refs: Sequence[Any], data_cfg: dict[str, Any], y: Any, num_class
 
 
 def direction_path(ckpt: Path, attribute: str) -> Path:
-    """Where a checkpoint's attribute direction is saved: beside it, in ``directions/``."""
+    """Where a checkpoint's attribute direction is saved: beside it, in `directions/`."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in attribute)
     return ckpt.parent / "directions" / f"{ckpt.stem}_{safe}.pt"
 

@@ -1,29 +1,29 @@
 r"""Risk backtest of a series model: one-step value-at-risk and expected shortfall on the
-test part (``glow-eval ckpt=... backtest=var``).
+test part (`glow-eval ckpt=... backtest=var`).
 
-For each step :math:`t` of the test part, from the ``C`` values before it, the model's
+For each step $t$ of the test part, from the `C` values before it, the model's
 one-step predictive distribution of the first series' next value gives, at each
-level :math:`\alpha` (1 % and 5 %),
+level $\alpha$ (1 % and 5 %),
 
-- :math:`\mathrm{VaR}_\alpha = -q_\alpha` (a loss, positive when the quantile is below 0),
-- :math:`\mathrm{ES}_\alpha = -E[r \mid r \le q_\alpha]`,
+- $\mathrm{VaR}_\alpha = -q_\alpha$ (a loss, positive when the quantile is below 0),
+- $\mathrm{ES}_\alpha = -E[r \mid r \le q_\alpha]$,
 
-estimated from ``samples`` draws (the first value of each drawn window). An
-exceedance is :math:`r_t < -\mathrm{VaR}_\alpha`. Over the ``n`` test steps with ``x``
+estimated from `samples` draws (the first value of each drawn window). An
+exceedance is $r_t < -\mathrm{VaR}_\alpha$. Over the `n` test steps with `x`
 exceedances:
 
-- Kupiec's unconditional coverage (POF) test, :math:`LR = -2\log\frac{(1-\alpha)^{n-x}\alpha^x}
-  {(1-\hat\pi)^{n-x}\hat\pi^x}`, :math:`\hat\pi = x/n`, against :math:`\chi^2_1`;
+- Kupiec's unconditional coverage (POF) test, $LR = -2\log\frac{(1-\alpha)^{n-x}\alpha^x}
+  {(1-\hat\pi)^{n-x}\hat\pi^x}$, $\hat\pi = x/n$, against $\chi^2_1$;
 - Christoffersen's independence test, comparing the probabilities of an exceedance after
-  a calm step and after an exceedance (:math:`\pi_{01}, \pi_{11}`) with their pooled value,
-  against :math:`\chi^2_1`.
+  a calm step and after an exceedance ($\pi_{01}, \pi_{11}$) with their pooled value,
+  against $\chi^2_1$.
 
 The same table is computed for historical simulation (the empirical quantile and tail
-mean of the training part's values) and, when the ``arch`` package is installed
-(``pip install -e '.[finance]'``), for a GARCH(1,1) with Student-t innovations fitted
+mean of the training part's values) and, when the `arch` package is installed
+(`pip install -e '.[finance]'`), for a GARCH(1,1) with Student-t innovations fitted
 on the training part and filtered through the test part with those parameters.
-Written: ``backtest.json`` (the table), ``backtest.csv`` (one row per test step) and
-``backtest.png`` (the returns, each method's 1 % VaR line and the exceedances).
+Written: `backtest.json` (the table), `backtest.csv` (one row per test step) and
+`backtest.png` (the returns, each method's 1 % VaR line and the exceedances).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ LEVELS = (0.01, 0.05)
 
 
 def var_es(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """VaR and ES at ``level`` from ``draws`` ``(T, S)`` (one row per step), as losses."""
+    """VaR and ES at `level` from `draws` `(T, S)` (one row per step), as losses."""
     q = np.quantile(draws, level, axis=1)
     tail = np.where(draws <= q[:, None], draws, np.nan)
     return -q, -np.nanmean(tail, axis=1)
@@ -95,13 +95,13 @@ def christoffersen(exceed: np.ndarray) -> tuple[float, float]:
 
 
 def _log(p: float) -> float:
-    """``log p`` with ``0 log 0 = 0`` (the counts multiplying it are then 0)."""
+    """`log p` with `0 log 0 = 0` (the counts multiplying it are then 0)."""
     return math.log(p) if p > 0 else 0.0
 
 
 def coverage(returns: np.ndarray, var: np.ndarray, es: np.ndarray, level: float) -> dict:
-    """One row of the backtest table: the exceedances of ``returns`` below ``-var``
-    (VaR as a positive loss, one per step), their count against ``level * n``, the
+    """One row of the backtest table: the exceedances of `returns` below `-var`
+    (VaR as a positive loss, one per step), their count against `level * n`, the
     mean VaR and ES, and the Kupiec and Christoffersen statistics and p-values."""
     exceed = returns < -var
     lr_uc, p_uc = kupiec(exceed, level)
@@ -122,7 +122,7 @@ def coverage(returns: np.ndarray, var: np.ndarray, es: np.ndarray, level: float)
 
 @torch.no_grad()
 def model_draws(flow, spec: DataSpec, contexts: np.ndarray, samples: int, seed: int) -> np.ndarray:
-    """``(T, samples)`` draws of the first series' next value given each context ``(T, C·c)``."""
+    """`(T, samples)` draws of the first series' next value given each context `(T, C·c)`."""
     generator = torch.Generator(next(flow.parameters()).device).manual_seed(seed)
     out = np.empty((len(contexts), samples))
     chunk = max(1, 65536 // samples)
@@ -136,8 +136,8 @@ def model_draws(flow, spec: DataSpec, contexts: np.ndarray, samples: int, seed: 
 def student_t_var_es(
     mean: np.ndarray, sd: np.ndarray, nu: float, level: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """VaR and ES at ``level`` (positive losses) of returns ``mean + sd * T``, ``T`` a
-    Student-t with ``nu > 2`` degrees of freedom scaled to unit variance."""
+    """VaR and ES at `level` (positive losses) of returns `mean + sd * T`, `T` a
+    Student-t with `nu > 2` degrees of freedom scaled to unit variance."""
     unit = math.sqrt((nu - 2) / nu)  # a standard t times this has unit variance
     t_q = stats.t.ppf(level, nu)
     tail = (nu + t_q**2) / (nu - 1) * stats.t.pdf(t_q, nu) / level  # -E[T | T <= t_q]
@@ -147,8 +147,8 @@ def student_t_var_es(
 def garch_t_var_es(
     values: np.ndarray, first_test: int, levels: tuple[float, ...]
 ) -> dict[float, tuple[np.ndarray, np.ndarray]] | None:
-    """VaR/ES of a GARCH(1,1)-t fitted on ``values[:first_test]`` and filtered through
-    the rest with those parameters; ``None`` when ``arch`` is not installed."""
+    """VaR/ES of a GARCH(1,1)-t fitted on `values[:first_test]` and filtered through
+    the rest with those parameters; `None` when `arch` is not installed."""
     try:
         from arch import arch_model
     except ImportError:
@@ -173,14 +173,14 @@ def backtest(
     device: str | torch.device = "cpu",
     ema: bool = True,
 ) -> dict[str, Any]:
-    """The backtest table (also written as ``backtest.json``, with ``backtest.csv`` and
-    ``backtest.png``, into ``out``: a folder, or the JSON file's name with the others
-    beside it; default ``<checkpoint folder>/backtest/``), under the output policy of
-    :mod:`glow_train.io.outputs` (existing files that ``out`` names are kept unless
-    ``overwrite``).
+    """The backtest table (also written as `backtest.json`, with `backtest.csv` and
+    `backtest.png`, into `out`: a folder, or the JSON file's name with the others
+    beside it; default `<checkpoint folder>/backtest/`), under the output policy of
+    `glow_train.io.outputs` (existing files that `out` names are kept unless
+    `overwrite`).
 
     Raises:
-        ConfigError: a model without a context, or ``samples`` below 100.
+        ConfigError: a model without a context, or `samples` below 100.
     """
     if samples < 100:
         raise ConfigError(f"backtest_samples={samples}: use at least 100 draws per step")
@@ -249,7 +249,7 @@ COLOURS = {"glow1d": (20, 60, 160), "historical": (120, 120, 120), "garch_t": (2
 
 
 def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900, 400)) -> None:
-    """Returns (black), each method's VaR as a line at ``-VaR``, exceedances of the model's
+    """Returns (black), each method's VaR as a line at `-VaR`, exceedances of the model's
     VaR as red dots, the return range and a legend in the methods' colours (PIL: no
     plotting library needed)."""
     from PIL import Image, ImageDraw

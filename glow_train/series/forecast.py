@@ -1,17 +1,17 @@
-r"""Scenarios from a model of :math:`p(\text{window} \mid \text{previous } C \text{ values})`
-(``glow-sample mode=forecast``).
+r"""Scenarios from a model of $p(\text{window} \mid \text{previous } C \text{ values})$
+(`glow-sample mode=forecast`).
 
-From the ``C`` values of the series that end at ``context_end`` (default: the end of
-the data), each of ``n`` paths draws a window of ``W`` values given its context, appends
-it, and rolls the context forward over its own draws until ``horizon`` steps are
-drawn: a sample of the joint distribution of the next ``horizon`` values under the
+From the `C` values of the series that end at `context_end` (default: the end of
+the data), each of `n` paths draws a window of `W` values given its context, appends
+it, and rolls the context forward over its own draws until `horizon` steps are
+drawn: a sample of the joint distribution of the next `horizon` values under the
 model's chain rule. The context is standardised with the training statistics, and the
 draws are put back in the data's units. For log-returns of prices the paths are also
 given as prices, starting from the last price before them:
-:math:`p_{t+h} = p_t \exp(\sum_{k \le h} r_{t+k})`.
+$p_{t+h} = p_t \exp(\sum_{k \le h} r_{t+k})$.
 
-Files: ``forecast.csv`` (``path, step, <column>...``: prices when the data are
-log-returns of prices, else the series' own values) and ``forecast.png``, a fan chart
+Files: `forecast.csv` (`path, step, <column>...`: prices when the data are
+log-returns of prices, else the series' own values) and `forecast.png`, a fan chart
 of the first column: the recent history, then the median and the 50/90/98 % bands of
 the paths at each step.
 """
@@ -39,8 +39,17 @@ HISTORY = 60  # steps of history drawn before the paths (at most)
 
 @dataclass
 class ForecastResult:
-    """``paths``: ``(n, horizon, c)`` draws in the data's units (prices for log-returns of
-    prices); ``history``: the values before them ``(h, c)``, in the same units."""
+    """What `forecast` drew and wrote.
+
+    Attributes:
+        paths: `(n, horizon, c)` draws in the data's units (prices for log-returns of
+            prices).
+        history: the values before them, `(h, c)`, in the same units.
+        columns: the names of the `c` series.
+        csv_path: the written `forecast.csv` (one row per path and step).
+        png_path: the written fan chart, `forecast.png`.
+        in_prices: whether `paths` and `history` are prices rebuilt from log-returns.
+    """
 
     paths: np.ndarray
     history: np.ndarray
@@ -54,8 +63,8 @@ def context_model(
     ckpt: str | os.PathLike, ema: bool, device: str | torch.device, needed_by: str, why: str
 ) -> tuple[torch.nn.Module, DataSpec, dict]:
     """A checkpoint's model of p(window | context), its data's description and its other
-    entries; a model without a context is refused, naming ``needed_by`` (the option the
-    user typed) and ``why`` it needs one."""
+    entries; a model without a context is refused, naming `needed_by` (the option the
+    user typed) and `why` it needs one."""
     objective, info = load_objective(ckpt, ema, device)
     flow, spec = objective.flow, DataSpec.from_dict(info["data"])
     if not getattr(flow, "context_dims", 0) or not spec.context:
@@ -70,9 +79,9 @@ def context_model(
 def draw_given(
     flow: torch.nn.Module, spec: DataSpec, context: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """One window per row of ``context`` ``(N, C·c)`` (float64, the data's units, time-major):
+    """One window per row of `context` `(N, C·c)` (float64, the data's units, time-major):
     the context standardised with the training statistics, a window drawn at temperature
-    1, put back in the data's units: ``(N, W·c)``, float64 on the CPU."""
+    1, put back in the data's units: `(N, W·c)`, float64 on the CPU."""
     cd = spec.context_dims
     loc = torch.tensor(spec.loc, dtype=torch.float64)
     scale = torch.tensor(spec.scale, dtype=torch.float64)
@@ -90,7 +99,7 @@ def draw_paths(
     n: int,
     generator: torch.Generator,
 ) -> np.ndarray:
-    """``n`` paths ``(n, horizon, c)`` in the data's units from ``context`` ``(C, c)``."""
+    """`n` paths `(n, horizon, c)` in the data's units from `context` `(C, c)`."""
     c, cd = max(len(spec.series), 1), spec.context_dims
     ctx = torch.from_numpy(context.reshape(1, -1)).double().repeat(n, 1)  # (n, C·c), time-major
     drawn = []
@@ -115,19 +124,32 @@ def forecast(
     device: str | torch.device = "cpu",
     ema: bool = True,
 ) -> ForecastResult:
-    """Draw ``n`` paths of ``horizon`` steps and write ``forecast.csv`` and ``forecast.png``
-    into ``out`` (a folder, or the CSV's name with the PNG beside it; default
-    ``<checkpoint folder>/forecast/``), under the output policy of
-    :mod:`glow_train.io.outputs` (existing files that ``out`` names are kept unless
-    ``overwrite``).
+    """Draw `n` paths of `horizon` steps and write `forecast.csv` and `forecast.png`
+    into `out` (a folder, or the CSV's name with the PNG beside it; default
+    `<checkpoint folder>/forecast/`), under the output policy of
+    `glow_train.io.outputs` (existing files that `out` names are kept unless
+    `overwrite`).
 
     Args:
+        ckpt: a checkpoint of a model with a context (`dataset.context=C`).
+        horizon: steps to draw ahead (1 or more); a model of windows of `W` steps
+            draws `W` at a time, each given the `C` values before it.
+        n: number of paths (1 or more).
         context_end: the number of series values before the first drawn step (the
-            context is the ``C`` values before it); default all of them.
+            context is the `C` values before it); default all of them.
+        seed: seed of the draws.
+        out: a folder, or the CSV's name (the PNG goes beside it); default
+            `<checkpoint folder>/forecast/`.
+        overwrite: replace files that `out` names.
+        device: where the model runs.
+        ema: use the checkpoint's EMA weights (when it has them).
+
+    Returns:
+        The paths, the history before them and the written files (`ForecastResult`).
 
     Raises:
-        ConfigError: ``horizon`` or ``n`` below 1, a model without a context, or a
-            ``context_end`` with fewer than ``C`` values before it or past the data.
+        ConfigError: `horizon` or `n` below 1, a model without a context, or a
+            `context_end` with fewer than `C` values before it or past the data.
     """
     if horizon < 1:
         raise ConfigError(
@@ -178,8 +200,8 @@ def _write_csv(path: Path, paths: np.ndarray, columns: list[str]) -> None:
 
 
 def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400)) -> None:
-    """A PNG of ``history`` ``(h,)`` then, per step, the median of ``paths`` ``(n, H)``
-    and its :data:`BANDS`, with the value range and a legend written on it (drawn with
+    """A PNG of `history` `(h,)` then, per step, the median of `paths` `(n, H)`
+    and its `BANDS`, with the value range and a legend written on it (drawn with
     PIL: no plotting library needed)."""
     from PIL import Image, ImageDraw
 

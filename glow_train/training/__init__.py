@@ -1,20 +1,20 @@
-"""Training: ``train(cfg)`` runs one job; each file does one job.
+"""Training: `train(cfg)` runs one job; each file does one job.
 
-- ``run``: the entry point, :func:`train`.
-- ``checks``: the check of the whole config.
-- ``trainer``: builds a run's collaborators (data, objective, stepper, evaluation,
+- `run`: the entry point, `train`.
+- `checks`: the check of the whole config.
+- `trainer`: builds a run's collaborators (data, objective, stepper, evaluation,
   checkpoint writer, monitor) and hands them to the loop.
-- ``loop``: :class:`~glow_train.training.loop.TrainingLoop`, the loop over those
+- `loop`: `TrainingLoop`, the loop over those
   collaborators: steps, periodic evaluation, samples and checkpoints, stopping.
-- ``stepper``: one optimisation step (noise, flips, update, its outcome counted).
-- ``saving``: checkpoints written only when the model is healthy; the last good one.
-- ``report``: ``TrainResult``, the final report's lines, ``TrainingDiverged``.
-- ``optim``: optimiser, schedule, GradScaler, EMA, the step's update.
-- ``schedule``: stopping rules and the learning-rate curve.
-- ``state``: counters, the checkpoint dict, resume.
-- ``run_dir``: the run-folder policy.
-- ``signals``: SIGINT/SIGTERM.
-- ``monitor``: progress bar, TensorBoard, log lines.
+- `stepper`: one optimisation step (noise, flips, update, its outcome counted).
+- `saving`: checkpoints written only when the model is healthy; the last good one.
+- `report`: `TrainResult`, the final report's lines, `TrainingDiverged`.
+- `optim`: optimiser, schedule, GradScaler, EMA, the step's update.
+- `schedule`: stopping rules and the learning-rate curve.
+- `state`: counters, the checkpoint dict, resume.
+- `run_dir`: the run-folder policy.
+- `signals`: SIGINT/SIGTERM.
+- `monitor`: progress bar, TensorBoard, log lines.
 """
 
 from glow_train.training.checks import check_config

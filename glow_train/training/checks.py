@@ -25,10 +25,10 @@ __all__ = ["check_config", "check_train", "fitted_batch_size"]
 
 
 def check_config(cfg: DictConfig | dict) -> DictConfig:
-    """The run config typed by its schemas (top level and ``train.*``, the model's own,
-    the dataset's) and range-checked; every problem is one ``ConfigError`` line.
+    """The run config typed by its schemas (top level and `train.*`, the model's own,
+    the dataset's) and range-checked; every problem is one `ConfigError` line.
 
-    Idempotent, so the trainer can check what :func:`glow_train.training.train` checked.
+    Idempotent, so the trainer can check what `glow_train.training.train` checked.
     """
     cfg = typed(TrainConfig, upgrade_keys(cfg))
     options = OmegaConf.to_container(cfg.model, resolve=True)
@@ -60,7 +60,7 @@ def _value(cfg: DictConfig, dotted: str):
 
 
 def _check_number(key: str, value) -> None:
-    """A setting that could have been ``auto`` holds a number of its type (or null)."""
+    """A setting that could have been `auto` holds a number of its type (or null)."""
     if value is None:
         return
     kind = AUTO_KEYS[key]
@@ -73,8 +73,8 @@ def _check_number(key: str, value) -> None:
 
 
 def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
-    """Range checks of the top-level keys and ``train.*`` (types are the schema's);
-    the settings in ``auto`` are still the word ``auto`` and are checked once resolved."""
+    """Range checks of the top-level keys and `train.*` (types are the schema's);
+    the settings in `auto` are still the word `auto` and are checked once resolved."""
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r}; use {', '.join(PRECISIONS)}")
     t = cfg.train
@@ -122,7 +122,7 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
 
 
 def fitted_batch_size(batch_size: int, per_rank: int, main: bool) -> int:
-    """``dataset.batch_size``, or the training items per process when there are fewer
+    """`dataset.batch_size`, or the training items per process when there are fewer
     (a small table trains with the defaults: one batch per epoch), said in one note."""
     if 0 < per_rank < batch_size:
         if main:

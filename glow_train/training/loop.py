@@ -1,15 +1,12 @@
-"""The training loop: steps, periodic evaluation, sample grids and checkpoints,
-stopping, and the run's report.
+"""The training loop: steps, evaluation, sample grids, checkpoints, stopping, report.
 
-:class:`TrainingLoop` gets its collaborators in ``__init__``: the ``train`` config,
-the process layout, the data (loader, sampler and their sizes), the
-:class:`~glow_train.training.stepper.Stepper` (the objective and its
-optimisation, one step at a time, with the run's counters), the evaluation of a
-held-out split, the :class:`~glow_train.training.saving.CheckpointWriter` and the
-:class:`~glow_train.training.monitor.Monitor`; it owns what only the loop needs (the
-weights of the best evaluation so far). :meth:`TrainingLoop.run` returns a
-:class:`TrainResult`; what the loop has to say while it runs, the final report
-included, goes through the monitor (rank 0 only), never ``print``.
+`TrainingLoop` gets its collaborators in `__init__`: the `train` config, the process
+layout, the data (loader, sampler and their sizes), the `Stepper` (the objective and
+its optimisation, one step at a time, with the run's counters), the evaluation of a
+held-out split, the `CheckpointWriter` and the `Monitor`; it owns what only the loop
+needs (the weights of the best evaluation so far). `TrainingLoop.run` returns a
+`TrainResult`; what the loop has to say while it runs, the final report included,
+goes through the monitor (rank 0 only), never `print`.
 """
 
 from __future__ import annotations
@@ -44,20 +41,24 @@ __all__ = ["TrainingLoop", "TrainResult", "TrainingDiverged"]
 
 
 class TrainingLoop:
-    """Trains with :meth:`run` until a limit, a signal or divergence.
+    """Trains with `run` until a limit, a signal or divergence.
 
     Args:
-        train_cfg: the run's ``train`` config (limits, periods, early stopping).
+        train_cfg: the run's `train` config (limits, periods, early stopping).
         dist: the process layout; rank 0 alone logs, samples and writes.
         run_dir: the run folder.
-        seed, spec: the run's seed (sample grids) and data description (their format).
-        loader, sampler, batch_size, steps_per_epoch: the training data, per process.
+        seed: the run's seed (of the sample grids).
+        spec: the data description (the format of the samples).
+        loader: the training data of this process.
+        sampler: the loader's sampler (its epoch is set each epoch).
+        batch_size: the batch size per process.
+        steps_per_epoch: the optimisation steps of one pass over the data.
         steps: the objective and its optimisation, and the run's counters.
-        evaluate: the evaluation objective's figure on a split (``"val"`` or ``"test"``).
-        checkpoints: writes ``best.pt`` / ``last.pt`` when the model is healthy.
+        evaluate: the evaluation objective's figure on a split (`"val"` or `"test"`).
+        checkpoints: writes `best.pt` / `last.pt` when the model is healthy.
         monitor: progress bar, TensorBoard and log lines.
-        time_limit: seconds of training (``None``: none).
-        selection: the split ``best.pt`` is chosen on (``"val"``, else ``"test"``).
+        time_limit: seconds of training (`None`: none).
+        selection: the split `best.pt` is chosen on (`"val"`, else `"test"`).
     """
 
     def __init__(
@@ -95,17 +96,20 @@ class TrainingLoop:
 
     @property
     def model(self) -> FlowModel:
+        """The trained model (the objective's flow)."""
         return self.steps.objective.flow
 
     @property
     def total_steps(self) -> int | None:
+        """The steps the run's limits allow (`None`: no step or epoch limit)."""
         return total_steps(self.tcfg, self.steps_per_epoch)
 
     def save(self, name: str) -> Path | None:
+        """Write checkpoint `name` if the model is healthy; its path, else `None`."""
         return self.checkpoints.save(name, self.steps.step)
 
     def evaluate_and_keep_best(self) -> None:
-        """The selection split's figure now (validation, else test); ``best.pt`` when it is
+        """The selection split's figure now (validation, else test); `best.pt` when it is
         the best so far. Test figures never choose anything when there is a validation split."""
         steps, p, split = self.steps, self.steps.progress, self.selection
         steps.settle()
@@ -133,8 +137,8 @@ class TrainingLoop:
             self.save("best.pt")
 
     def write_samples(self, final: bool = False) -> Path | None:
-        """Samples to TensorBoard (and ``samples.png``, or ``samples.csv`` for vector data,
-        when ``final``); a model whose samples are not finite is reported in the log,
+        """Samples to TensorBoard (and `samples.png`, or `samples.csv` for vector data,
+        when `final`); a model whose samples are not finite is reported in the log,
         not drawn."""
         n = int(self.tcfg.num_samples)
         if getattr(self.model, "context_dims", 0):  # p(window | context): no free samples
@@ -159,7 +163,7 @@ class TrainingLoop:
         return write_atomic(out, lambda tmp: writer.write(tmp, chosen))
 
     def periodic(self, end_of_epoch: bool) -> None:
-        """Evaluation, sample grids and ``last.pt`` when their step (or epoch) comes."""
+        """Evaluation, sample grids and `last.pt` when their step (or epoch) comes."""
         tcfg, main, step = self.tcfg, self.dist.is_main, self.steps.step
         eval_now = tcfg.eval_every_steps is not None and step % int(tcfg.eval_every_steps) == 0
         every_epochs = tcfg.eval_every_epochs
@@ -177,7 +181,7 @@ class TrainingLoop:
             self.save("last.pt")
 
     def stopped_early(self) -> bool:
-        """Whether ``train.early_stopping`` evaluations in a row brought no better figure on
+        """Whether `train.early_stopping` evaluations in a row brought no better figure on
         the selection split (every rank sees the same all-reduced figures)."""
         patience = self.tcfg.early_stopping
         return patience is not None and self.steps.progress.evals_since_best >= int(patience)
@@ -267,11 +271,12 @@ class TrainingLoop:
             return self.finish(interrupted)
 
     def last_good_text(self) -> str:
+        """Where the last healthy checkpoint is, as the report prints it."""
         return self.checkpoints.last_good_text()
 
     def finish(self, interrupted: bool) -> TrainResult:
-        """The last selection figure (and ``best.pt``), then the test figure of the final
-        model, ``last.pt`` and the samples; the report (the run's last log lines, rank 0)
+        """The last selection figure (and `best.pt`), then the test figure of the final
+        model, `last.pt` and the samples; the report (the run's last log lines, rank 0)
         names the split of each figure."""
         main, steps, p = self.dist.is_main, self.steps, self.steps.progress
         metric, label = steps.objective.metric, steps.objective.metric_label
@@ -304,8 +309,8 @@ class TrainingLoop:
 
     def test_of_best(self, best: Path) -> float | None:
         """The test figure of the weights chosen on validation, loaded into the evaluation
-        model (the EMA's when there is one), which then stays at them; ``None`` without a
-        finite validation figure. The weights come from memory, or from ``best`` after a
+        model (the EMA's when there is one), which then stays at them; `None` without a
+        finite validation figure. The weights come from memory, or from `best` after a
         resume."""
         if self.steps.progress.best_score is None:
             return None
@@ -320,7 +325,7 @@ class TrainingLoop:
     def result(
         self, interrupted: bool, best_test: float | None = None, early: bool = False
     ) -> TrainResult:
-        """The :class:`TrainResult` of the run as it stands."""
+        """The `TrainResult` of the run as it stands."""
         p, best = self.steps.progress, self.run_dir / "best.pt"
         return TrainResult(
             run_dir=self.run_dir,

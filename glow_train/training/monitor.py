@@ -16,8 +16,8 @@ class Monitor:
 
     Args:
         main: whether this is rank 0.
-        metric: the objective's metric (``bpd``), the name of the TensorBoard scalars.
-        label: how the metric is printed (``bpd``, ``nats/dim``).
+        metric: the objective's metric (`bpd`), the name of the TensorBoard scalars.
+        label: how the metric is printed (`bpd`, `nats/dim`).
     """
 
     def __init__(self, main: bool, metric: str, label: str):
@@ -28,7 +28,7 @@ class Monitor:
         self.bar: tqdm | None = None
 
     def open(self, run_dir: Path, total: int | None, initial: int, progress: bool) -> None:
-        """Start TensorBoard (``run_dir/tb``) and the progress bar."""
+        """Start TensorBoard (`run_dir/tb`) and the progress bar."""
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -44,23 +44,27 @@ class Monitor:
         )
 
     def log(self, message: str) -> None:
+        """Print one line above the progress bar (the main process alone)."""
         if self.main:
             tqdm.write(message)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
+        """Log a scalar to TensorBoard, if it is on."""
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
 
     def image(self, tag: str, image: Any, step: int) -> None:
+        """Log an image `(C, H, W)` to TensorBoard, if it is on."""
         if self.writer is not None:
             self.writer.add_image(tag, image, step)
 
     def histogram(self, tag: str, values: Any, step: int) -> None:
+        """Log a histogram of `values` to TensorBoard, if it is on."""
         if self.writer is not None:
             self.writer.add_histogram(tag, values, step)
 
     def step(self, stats: dict[str, Any], rate: float, skipped_steps: int) -> None:
-        """The scalars of the step ``stats["step"]`` and the bar's figures (a deferred
+        """The scalars of the step `stats["step"]` and the bar's figures (a deferred
         step's loss is known one step later: before that, only the rate is shown)."""
         step = stats["step"]
         for key, value in (
@@ -86,13 +90,16 @@ class Monitor:
         )
 
     def advance(self) -> None:
+        """Move the progress bar on by one step."""
         self.bar.update(1)
 
     def close_bar(self) -> None:
+        """Close the progress bar, if there is one."""
         if self.bar is not None:
             self.bar.close()
 
     def close(self) -> None:
+        """Close the progress bar and flush and close TensorBoard."""
         self.close_bar()
         if self.writer is not None:
             self.writer.close()

@@ -12,9 +12,9 @@ Two ways to take a step, with the same result:
   host without blocking and read at the next step, after its backward pass has
   been queued, when the device has long finished them. The schedule, the counters
   and the stop flags (signal, time limit) therefore lag one step: the outcome of
-  step ``t`` is known during step ``t+1``, and :meth:`Optimization.flush` settles
+  step `t` is known during step `t+1`, and `Optimization.flush` settles
   the last one before anything reads the state (evaluation, checkpoints, the end).
-  The learning rate of step ``t+1`` still counts every good step before it.
+  The learning rate of step `t+1` still counts every good step before it.
 - **immediate** (Adamax, or fp16 with its GradScaler): one host synchronisation per
   step reads the flags before the update.
 """
@@ -43,7 +43,7 @@ def make_optimizer(
     weight_decay: float,
     device_type: str,
 ) -> torch.optim.Optimizer:
-    """``train.optimizer`` (``adam``, ``adamw`` or ``adamax``) with its fastest implementation.
+    """`train.optimizer` (`adam`, `adamw` or `adamax`) with its fastest implementation.
 
     Adam's fused kernel (CPU and CUDA) updates every tensor in one pass: on the
     2-core machine its step took 6 ms instead of 22 ms for a CIFAR-shaped K=8
@@ -75,10 +75,10 @@ class Optimization:
 
     Args:
         module: what is trained; every parameter that requires a gradient is optimised.
-        tcfg: ``train.*`` (optimizer, lr, betas, weight_decay, warm-up and schedule,
+        tcfg: `train.*` (optimizer, lr, betas, weight_decay, warm-up and schedule,
             grad_clip, ema_decay).
-        steps_per_epoch: for the schedule's length under ``train.max_epochs``.
-        device_type: ``"cpu"`` or ``"cuda"``.
+        steps_per_epoch: for the schedule's length under `train.max_epochs`.
+        device_type: `"cpu"` or `"cuda"`.
         fp16: whether the step runs under float16 autocast (enables the GradScaler).
     """
 
@@ -112,9 +112,9 @@ class Optimization:
         self._param_lists: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}
 
     def _parameters(self, module: nn.Module) -> list[torch.Tensor]:
-        """``list(module.parameters())``, walked once per module: the walk over some
+        """`list(module.parameters())`, walked once per module: the walk over some
         200 submodules cost more than the clipping and EMA arithmetic of a small model.
-        Parameters are updated in place (optimiser, ``load_state_dict``), never replaced."""
+        Parameters are updated in place (optimiser, `load_state_dict`), never replaced."""
         known = self._param_lists.get(id(module))
         if known is None or known[0] is not module:
             known = (module, list(module.parameters()))
@@ -122,7 +122,7 @@ class Optimization:
         return known[1]
 
     def make_ema(self, module: nn.Module) -> None:
-        """Start the EMA from ``module``'s current weights (when ``train.ema_decay`` is set)."""
+        """Start the EMA from `module`'s current weights (when `train.ema_decay` is set)."""
         if self.ema_decay is not None:
             self.ema = AveragedModel(
                 module, multi_avg_fn=get_ema_multi_avg_fn(float(self.ema_decay)), use_buffers=False
@@ -131,19 +131,20 @@ class Optimization:
     @property
     def deferred(self) -> bool:
         """Fused Adam without a GradScaler: it skips an update itself when told so on
-        the device (``found_inf``). Read from the groups, which a resumed run takes
+        the device (`found_inf`). Read from the groups, which a resumed run takes
         from its checkpoint."""
         groups = self.optimizer.param_groups
         return bool(groups[0].get("fused")) and not self.scaler.is_enabled()
 
     @property
     def lr(self) -> float:
+        """The current learning rate (of the first parameter group)."""
         return self.optimizer.param_groups[0]["lr"]
 
     def step(
         self, module: nn.Module, loss: torch.Tensor, signalled: bool, time_up: bool
     ) -> StepOutcome | None:
-        """Back-propagate ``loss`` and update ``module``, unless anything is non-finite.
+        """Back-propagate `loss` and update `module`, unless anything is non-finite.
 
         A skipped step changes no weight, optimiser moment, EMA average or schedule.
         With fp16, a gradient overflow at a finite loss is the GradScaler's business:
@@ -151,7 +152,7 @@ class Optimization:
         stopping (a signal or the time limit on any rank), through one all-reduce.
 
         Returns the outcome of the step that became known: this one (immediate), or
-        the previous one (deferred; ``None`` when there is none).
+        the previous one (deferred; `None` when there is none).
         """
         if self.deferred:
             return self._deferred_step(module, loss, signalled, time_up)
@@ -175,8 +176,8 @@ class Optimization:
         return StepOutcome(values[4], values[5], skipped, overflow, signalled, time_up)
 
     def _flags(self, module, loss, signalled, time_up) -> tuple[torch.Tensor, torch.Tensor]:
-        """Back-propagate (scaled under fp16), unscale and clip; ``(agreed flags, this
-        rank's loss and grad norm)``. Without a GradScaler the scaling is the identity."""
+        """Back-propagate (scaled under fp16), unscale and clip; `(agreed flags, this
+        rank's loss and grad norm)`. Without a GradScaler the scaling is the identity."""
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         clip = self.grad_clip
@@ -217,8 +218,8 @@ class Optimization:
 
     @torch.no_grad()
     def _masked_ema_update(self, module: nn.Module, good: torch.Tensor) -> None:
-        """``AveragedModel.update_parameters`` (copy at the first update, then
-        ``ema += (1 - decay)(p - ema)``), applied only where ``good`` is 1, on the device."""
+        """`AveragedModel.update_parameters` (copy at the first update, then
+        `ema += (1 - decay)(p - ema)`), applied only where `good` is 1, on the device."""
         ema = self.ema
         first = (ema.n_averaged == 0).float()
         weight = (first + (1.0 - first) * (1.0 - float(self.ema_decay))) * good

@@ -1,7 +1,7 @@
-"""What a run leaves and says at its end: :class:`TrainResult`, the final report's
-lines and the divergence error (:class:`TrainingDiverged`).
+"""What a run leaves and says at its end: `TrainResult`, the final report's
+lines and the divergence error (`TrainingDiverged`).
 
-Every line names the split of its figure: validation chooses ``best.pt`` when there
+Every line names the split of its figure: validation chooses `best.pt` when there
 is a validation split, and a test figure never chooses anything then.
 """
 
@@ -27,7 +27,7 @@ class TrainingDiverged(GlowError):
 class TrainResult:
     """What a finished run left: its folder, checkpoints, figures and the trained model.
 
-    Scores are in the objective's unit, ``metric`` (``"bpd"`` for images).
+    Scores are in the objective's unit, `metric` (`"bpd"` for images).
     """
 
     run_dir: Path
@@ -48,8 +48,8 @@ class TrainResult:
 
 
 def diverged(train_cfg: DictConfig, progress: Progress, last_good: str) -> TrainingDiverged:
-    """The error of a run whose last ``train.max_bad_steps`` steps were all non-finite,
-    with the likely causes and ``last_good`` (the last good checkpoint, or none)."""
+    """The error of a run whose last `train.max_bad_steps` steps were all non-finite,
+    with the likely causes and `last_good` (the last good checkpoint, or none)."""
     return TrainingDiverged(
         f"{progress.bad_in_a_row} consecutive steps had a non-finite loss or gradient "
         f"(step {progress.step}); likely causes: a learning rate too high "
@@ -69,12 +69,12 @@ def final_report(
     conditional: bool,
     samples: Path | None,
 ) -> list[str]:
-    """The run's last log lines: its folder, the figures (``label``: the metric's unit)
-    with the split of each, ``best.pt`` and the samples file.
+    """The run's last log lines: its folder, the figures (`label`: the metric's unit)
+    with the split of each, `best.pt` and the samples file.
 
-    ``best_test``: the test figure of ``best.pt`` when early stopping chose it on
-    validation (``early``: it stopped the run), else ``None``; ``selection``: the split
-    ``best.pt`` was chosen on; ``conditional``: the figures are of p(x|y).
+    `best_test`: the test figure of `best.pt` when early stopping chose it on
+    validation (`early`: it stopped the run), else `None`; `selection`: the split
+    `best.pt` was chosen on; `conditional`: the figures are of p(x|y).
     """
     p, step = progress, progress.step
     lines = [f"run folder: {run_dir}"]

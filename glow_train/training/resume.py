@@ -1,7 +1,7 @@
-"""How a ``glow-train`` command line continues a run: ``ckpt=<file>`` (the checkpoint's
-config plus this command line's overrides), ``ckpt=auto`` (a requeued job's own
+"""How a `glow-train` command line continues a run: `ckpt=<file>` (the checkpoint's
+config plus this command line's overrides), `ckpt=auto` (a requeued job's own
 folder). (The figure a finished task returns to a Hydra sweeper is
-:func:`glow_train.cli.train.sweep_objective`.)"""
+`glow_train.cli.train.sweep_objective`.)"""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ __all__ = ["resume_config", "stored_choices", "auto_resume", "finished_run"]
 def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]) -> DictConfig:
     """The config of a resumed run: the checkpoint's, plus this command line's overrides.
 
-    A plain ``glow-train ckpt=.../last.pt`` continues the run as it was configured
-    (whatever the defaults are now); ``train.max_steps=...`` and other ``key=value``
-    overrides still apply. Choosing another entry of ``groups`` (dataset, model,
+    A plain `glow-train ckpt=.../last.pt` continues the run as it was configured
+    (whatever the defaults are now); `train.max_steps=...` and other `key=value`
+    overrides still apply. Choosing another entry of `groups` (dataset, model,
     experiment) would make a different run, so it is refused; naming the run's own
-    (``dataset=csv`` for a table's run) is allowed, and lets this command line set the
-    keys of that group's schema (``model.prior=...`` of a 1-D Glow).
+    (`dataset=csv` for a table's run) is allowed, and lets this command line set the
+    keys of that group's schema (`model.prior=...` of a 1-D Glow).
     """
     ckpt = resolve_checkpoint(cfg.ckpt, ("last.pt",))
     state = load_checkpoint(ckpt, mmap=True)
@@ -54,7 +54,7 @@ def resume_config(cfg: DictConfig, overrides: list[str], groups: tuple[str, ...]
 
 def stored_choices(config: dict) -> dict[str, str]:
     """The group entries a stored run config was composed from: its dataset, model and
-    preset names (``{"dataset": "csv", "model": "glow1d", "preset": "csv"}``)."""
+    preset names (`{"dataset": "csv", "model": "glow1d", "preset": "csv"}`)."""
     choices = {}
     for group in ("dataset", "model"):
         name = (config.get(group) or {}).get("name")
@@ -66,14 +66,14 @@ def stored_choices(config: dict) -> dict[str, str]:
 
 
 def auto_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """``ckpt=auto``: resume ``run_dir/last.pt`` when it exists, else start fresh there;
-    the config, and the checkpoint read (``None`` for a fresh start) for
-    :func:`finished_run`.
+    """`ckpt=auto`: resume `run_dir/last.pt` when it exists, else start fresh there;
+    the config, and the checkpoint read (`None` for a fresh start) for
+    `finished_run`.
 
     The same command continues a requeued job: the config is this command line's (the
     trainer refuses a checkpoint of another model), not the checkpoint's, except that a
-    setting this command line leaves ``auto`` takes the value the run chose (so a run
-    resumes the same after the rules of ``auto``, or the preset's choice, changed).
+    setting this command line leaves `auto` takes the value the run chose (so a run
+    resumes the same after the rules of `auto`, or the preset's choice, changed).
     """
     if cfg.run_dir is None:
         raise CheckpointError(
@@ -95,9 +95,9 @@ def auto_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 
 
 def finished_run(cfg: DictConfig, state: dict) -> tuple[str, float | None] | None:
-    """For ``ckpt=auto`` on a run that already ended (its ``last.pt``, read as ``state``,
+    """For `ckpt=auto` on a run that already ended (its `last.pt`, read as `state`,
     is at the limit and holds the final figures): one line saying so and the figure a
-    sweeper gets; else ``None`` (the run resumes)."""
+    sweeper gets; else `None` (the run resumes)."""
     from glow_train.training.schedule import reached_limits
 
     if not state.get("finished", True):

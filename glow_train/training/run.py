@@ -1,8 +1,8 @@
-"""``train(cfg)``: one training job end to end, from a config to a finished run folder.
+"""`train(cfg)`: one training job end to end, from a config to a finished run folder.
 
-The run folder holds ``config.yaml``, ``last.pt`` / ``best.pt`` (see
-:mod:`glow_train.io.checkpoint`), TensorBoard events under ``tb/`` and
-``samples.png``. Every check of the configuration runs before anything is
+The run folder holds `config.yaml`, `last.pt` / `best.pt` (see
+`glow_train.io.checkpoint`), TensorBoard events under `tb/` and
+`samples.png`. Every check of the configuration runs before anything is
 created, so a bad setting or missing data leaves nothing behind.
 """
 
@@ -34,7 +34,7 @@ PATH_KEYS = ("path", "root")
 
 
 def absolute_data_paths(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``dataset.path`` / ``dataset.root`` made absolute (``~`` expanded)."""
+    """`cfg` with `dataset.path` / `dataset.root` made absolute (`~` expanded)."""
     with open_dict(cfg):
         for key in PATH_KEYS:
             value = cfg.dataset.get(key)
@@ -49,11 +49,11 @@ def train(
     train_set: Dataset | None = None,
     test_set: Dataset | None = None,
 ) -> TrainResult:
-    """Train the model ``cfg`` describes (the composed ``train.yaml``, or an equal dict).
+    """Train the model `cfg` describes (the composed `train.yaml`, or an equal dict).
 
-    Resumes from ``cfg.ckpt`` when set (model, optimiser, schedule, EMA, step and
-    data position). Under torchrun the process group is set up here. ``train_set``
-    and ``test_set`` replace the datasets named in ``cfg.dataset`` (same item shape).
+    Resumes from `cfg.ckpt` when set (model, optimiser, schedule, EMA, step and
+    data position). Under torchrun the process group is set up here. `train_set`
+    and `test_set` replace the datasets named in `cfg.dataset` (same item shape).
     """
     cfg = absolute_data_paths(check_config(cfg))
     if cfg.ckpt is not None:  # a run folder resumes its last.pt

@@ -1,8 +1,8 @@
 """The run folder policy: never another run's folder, decided once for every rank.
 
 A run holds an exclusive lock on its folder for its whole life
-(:class:`RunLock`: ``flock`` on ``<run folder>/.glow-train.lock``, which the
-operating system releases when the process ends however it ends, so ``kill -9``
+(`RunLock`: `flock` on `<run folder>/.glow-train.lock`, which the
+operating system releases when the process ends however it ends, so `kill -9`
 leaves no stale lock). A second run on the same folder, started at the same
 moment or later, refuses in one line naming the holder's process id. Under DDP
 only rank 0 locks.
@@ -26,12 +26,12 @@ LOCK_NAME = ".glow-train.lock"
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held from :meth:`acquire` to :meth:`release`.
+    """An exclusive lock on a run folder, held from `acquire` to `release`.
 
     Args:
-        folder: the run folder (created by :meth:`acquire` if it does not exist).
-        created: the folder was created for this run (by :func:`new_run_dir`); like a
-            folder :meth:`acquire` creates, it is removed again by :meth:`release` if
+        folder: the run folder (created by `acquire` if it does not exist).
+        created: the folder was created for this run (by `new_run_dir`); like a
+            folder `acquire` creates, it is removed again by `release` if
             the run left nothing in it, so a failed start leaves no empty folder.
     """
 
@@ -43,7 +43,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        """Take the lock, or raise a :class:`ConfigError` naming the process that holds it."""
+        """Take the lock, or raise a `ConfigError` naming the process that holds it."""
         self.created = self.created or not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._new_file = not (self.folder / LOCK_NAME).exists()
@@ -63,7 +63,7 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Let the lock go. A run that never :attr:`started` leaves no trace: the lock
+        """Let the lock go. A run that never `started` leaves no trace: the lock
         file goes if it made it, and so does the folder if it made that and it is empty."""
         if self._fd is None:
             return
@@ -77,11 +77,12 @@ class RunLock:
 
 
 def holds_a_run(folder: Path) -> bool:
+    """Whether `folder` holds a run's checkpoint (`last.pt` or `best.pt`)."""
     return (folder / "last.pt").exists() or (folder / "best.pt").exists()
 
 
 def new_run_dir(base: Path) -> Path:
-    """``base``, or ``base_2``, ``base_3``… : the first that did not exist (created here)."""
+    """`base`, or `base_2`, `base_3`… : the first that did not exist (created here)."""
     candidate, n = base, 1
     while True:
         try:
@@ -95,11 +96,11 @@ def new_run_dir(base: Path) -> Path:
 def resolve_run_dir(cfg: DictConfig, dist: DistInfo) -> tuple[Path, RunLock | None]:
     """The run folder, decided and locked on rank 0 and shared so every rank uses it.
 
-    Never another run's folder: a new run refuses a ``run_dir`` that holds
+    Never another run's folder: a new run refuses a `run_dir` that holds
     checkpoints (unless it is the folder being resumed) or that another run holds
-    locked, and a default ``runs/<dataset>/<time>`` that already exists gets a
-    ``_2``, ``_3``… suffix. Returns the folder and, on rank 0, its held
-    :class:`RunLock` (``None`` on the other ranks).
+    locked, and a default `runs/<dataset>/<time>` that already exists gets a
+    `_2`, `_3`… suffix. Returns the folder and, on rank 0, its held
+    `RunLock` (`None` on the other ranks).
     """
     answer: tuple[str | None, str | None] = (None, None)
     lock = None

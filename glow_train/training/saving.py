@@ -1,10 +1,10 @@
 """The run's checkpoints: written only when the model is healthy, the last good one
 remembered.
 
-:class:`CheckpointWriter` runs the trained objective (and its EMA) on a fixed small
+`CheckpointWriter` runs the trained objective (and its EMA) on a fixed small
 probe batch before every write; a model whose log-likelihoods are not finite is
 not written over the file there is, and the messages then name the last good
-checkpoint (:meth:`CheckpointWriter.last_good_text`).
+checkpoint (`CheckpointWriter.last_good_text`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ Probe = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 class CheckpointWriter:
-    """Writes ``run_dir/<name>`` from ``state()`` when every objective of ``objectives()``
-    (the trained one and the EMA's) gives finite log-likelihoods on ``probe``.
+    """Writes `run_dir/<name>` from `state()` when every objective of `objectives()`
+    (the trained one and the EMA's) gives finite log-likelihoods on `probe`.
 
-    ``last_good``: the newest checkpoint known healthy, ``(path, step)``, e.g. the one a
-    run resumed from; ``monitor`` logs a refused write.
+    `last_good`: the newest checkpoint known healthy, `(path, step)`, e.g. the one a
+    run resumed from; `monitor` logs a refused write.
     """
 
     def __init__(
@@ -53,8 +53,8 @@ class CheckpointWriter:
         return all(bool(torch.isfinite(o(x, noise, y)).all()) for o in self.objectives())
 
     def save(self, name: str, step: int) -> Path | None:
-        """Write ``run_dir/name`` (the state at ``step``) if the model is :meth:`healthy`;
-        else keep the file there is, say so, and return ``None``."""
+        """Write `run_dir/name` (the state at `step`) if the model is `healthy`;
+        else keep the file there is, say so, and return `None`."""
         if not self.healthy():
             self.monitor.log(
                 f"step {step}: the model's outputs are not finite; {name} not written "
@@ -66,7 +66,7 @@ class CheckpointWriter:
         return path
 
     def last_good_text(self) -> str:
-        """``last good checkpoint: <path> (step N)``, or that there is none."""
+        """`last good checkpoint: <path> (step N)`, or that there is none."""
         if self.last_good is None:
             return "no good checkpoint was written"
         path, step = self.last_good

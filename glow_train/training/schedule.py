@@ -1,9 +1,9 @@
-"""When training stops and how the learning rate moves until then (``train.time_limit``
-is parsed by :func:`glow_train.config.parse_duration`).
+"""When training stops and how the learning rate moves until then (`train.time_limit`
+is parsed by `glow_train.config.parse_duration`).
 
-The cosine decay runs to a *horizon*: the step limit, or, when ``train.time_limit``
+The cosine decay runs to a *horizon*: the step limit, or, when `train.time_limit`
 will end the run first, the step the clock is expected to stop it at. The trainer
-estimates that step from the measured step rate every :data:`CLOCK_EVERY` steps
+estimates that step from the measured step rate every `CLOCK_EVERY` steps
 (ranks agree on the smallest estimate) and records it in the checkpoint, so a
 time-limited run ends at a low learning rate and a resumed one continues from the
 same schedule."""
@@ -20,8 +20,8 @@ CLOCK_EVERY = 20  # steps between estimates of where the clock will stop the run
 
 
 def total_steps(tcfg: DictConfig, steps_per_epoch: int) -> int | None:
-    """The step at which ``train.max_steps`` or ``train.max_epochs`` stops the run
-    (the tighter of the two), or ``None`` when neither is set."""
+    """The step at which `train.max_steps` or `train.max_epochs` stops the run
+    (the tighter of the two), or `None` when neither is set."""
     limits = []
     if tcfg.max_steps is not None:
         limits.append(int(tcfg.max_steps))
@@ -40,9 +40,9 @@ def reached_limits(tcfg: DictConfig, step: int, epoch: int) -> bool:
 def lr_factor(
     tcfg: DictConfig, steps_per_epoch: int, step: int, horizon: int | None = None
 ) -> float:
-    """The learning-rate multiplier at ``step``: a linear warm-up over
-    ``train.warmup_steps``, then a cosine decay to 0 at ``horizon`` (the clock's
-    estimate) or else :func:`total_steps` when ``train.cosine_decay`` (else constant;
+    """The learning-rate multiplier at `step`: a linear warm-up over
+    `train.warmup_steps`, then a cosine decay to 0 at `horizon` (the clock's
+    estimate) or else `total_steps` when `train.cosine_decay` (else constant;
     also constant while a time-limited run without a step limit has no estimate yet)."""
     warmup = int(tcfg.warmup_steps)
     if step < warmup:
@@ -57,9 +57,9 @@ def lr_factor(
 def clock_horizon(
     step: int, steps_done: int, elapsed: float, remaining: float, limit: int | None
 ) -> int | None:
-    """Where the clock will stop the run: ``step`` plus the steps the measured rate
-    (``steps_done`` in ``elapsed`` seconds) fits in ``remaining`` seconds, capped by
-    the step ``limit``; ``None`` before there is a rate to go by."""
+    """Where the clock will stop the run: `step` plus the steps the measured rate
+    (`steps_done` in `elapsed` seconds) fits in `remaining` seconds, capped by
+    the step `limit`; `None` before there is a rate to go by."""
     if steps_done < 1 or elapsed <= 0:
         return None
     estimate = step + int(remaining * steps_done / elapsed)

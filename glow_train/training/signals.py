@@ -1,6 +1,6 @@
 """SIGINT/SIGTERM (and the scheduler's pre-emption signal) during training: finish the
-step, save ``last.pt``, then stop at once (no final evaluation or samples: a scheduler's
-grace period is short; the figures come from the resumed run or from ``glow-eval``)."""
+step, save `last.pt`, then stop at once (no final evaluation or samples: a scheduler's
+grace period is short; the figures come from the resumed run or from `glow-eval`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["Interrupt", "preempt_signal"]
 
 
 def preempt_signal(name: str | None) -> int | None:
-    """``train.preempt_signal`` (``SIGUSR2``, ``USR1``, ...) as a signal number (``None``: off)."""
+    """`train.preempt_signal` (`SIGUSR2`, `USR1`, ...) as a signal number (`None`: off)."""
     if name is None:
         return None
     text = str(name).upper()
@@ -28,13 +28,13 @@ def preempt_signal(name: str | None) -> int | None:
 
 
 class Interrupt:
-    """SIGINT/SIGTERM or ``preempt`` -> stop at the next step boundary; a second SIGINT
-    aborts at once. ``received`` names the first signal.
+    """SIGINT/SIGTERM or `preempt` -> stop at the next step boundary; a second SIGINT
+    aborts at once. `received` names the first signal.
 
-    Use as a context manager around the loop; ``requested`` turns true on the first
+    Use as a context manager around the loop; `requested` turns true on the first
     signal. Outside the main thread signals are left alone. When the pre-emption
     signal stopped the run and a Python handler was installed before ours (submitit's,
-    which requeues the job), :meth:`hand_on` calls it (the loop does, once ``last.pt``
+    which requeues the job), `hand_on` calls it (the loop does, once `last.pt`
     is written; else on exit).
     """
 

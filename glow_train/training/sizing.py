@@ -1,20 +1,20 @@
-r"""``auto`` settings: values that follow the size of the training split.
+r"""`auto` settings: values that follow the size of the training split.
 
-A few settings may be the word ``auto`` (:data:`AUTO_KEYS`); the trainer then
-resolves each from the number of training items :math:`n` by the rule in the
-config's ``sizing`` table, ``sizing.<section>.<key>`` (``configs/preset/csv.yaml``
-holds the vector data's)::
+A few settings may be the word `auto` (`AUTO_KEYS`); the trainer then
+resolves each from the number of training items $n$ by the rule in the
+config's `sizing` table, `sizing.<section>.<key>` (`configs/preset/csv.yaml`
+holds the vector data's):
 
     value = clip(round_to(multiple, base * (n / reference_items) ** exponent), min, max)
 
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
-``multiple: null`` keeps the value unrounded (dropout). A choice (``model.prior``)
-has a plain value as its rule. With ``dataset.context``, the rules under
-``sizing.context`` replace those of the same keys: a window given its past needs a
+`multiple: null` keeps the value unrounded (dropout). A choice (`model.prior`)
+has a plain value as its rule. With `dataset.context`, the rules under
+`sizing.context` replace those of the same keys: a window given its past needs a
 smaller flow (its couplings see few values; one, for a window of 1), and a prior
 whose parameters the context can move.
-The resolved numbers are what the run's ``config.yaml`` and checkpoints record, and
+The resolved numbers are what the run's `config.yaml` and checkpoints record, and
 the start-up line prints.
 """
 
@@ -30,7 +30,7 @@ from glow_train.errors import ConfigError
 __all__ = ["AUTO", "AUTO_KEYS", "auto_keys", "resolve_auto", "sized_value", "describe_chosen"]
 
 AUTO = "auto"
-#: the settings that may be ``auto``, and the type each resolves to
+#: the settings that may be `auto`, and the type each resolves to
 AUTO_KEYS: dict[str, type] = {
     "model.K": int,
     "model.hidden_features": int,
@@ -51,8 +51,8 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def auto_keys(cfg: Any) -> list[str]:
-    """The :data:`AUTO_KEYS` whose value is ``auto`` in ``cfg``; any other string in one
-    of them is a :class:`ConfigError`, as is an ``auto`` without a ``sizing`` rule."""
+    """The `AUTO_KEYS` whose value is `auto` in `cfg`; any other string in one
+    of them is a `ConfigError`, as is an `auto` without a `sizing` rule."""
     found = []
     for key, kind in AUTO_KEYS.items():
         value = _get(cfg, key)
@@ -73,7 +73,7 @@ def auto_keys(cfg: Any) -> list[str]:
 
 
 def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float | str:
-    """One rule of the ``sizing`` table applied to ``n`` training items (module docstring);
+    """One rule of the `sizing` table applied to `n` training items (module docstring);
     a choice's rule is its value."""
     if kind is str:
         if not isinstance(rule, str):
@@ -93,9 +93,9 @@ def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float 
 def resolve_auto(
     cfg: DictConfig, n_train: int, check: Callable[[DictConfig], DictConfig] | None = None
 ) -> tuple[DictConfig, dict[str, Any]]:
-    """``cfg`` with every ``auto`` replaced by its value for ``n_train`` items (then passed
-    through ``check`` when given), and the chosen values (``{"model.K": 6, ...}``; empty,
-    and ``cfg`` itself, when nothing was ``auto``)."""
+    """`cfg` with every `auto` replaced by its value for `n_train` items (then passed
+    through `check` when given), and the chosen values (`{"model.K": 6, ...}`; empty,
+    and `cfg` itself, when nothing was `auto`)."""
     keys = auto_keys(cfg)
     if not keys:
         return cfg, {}
@@ -115,7 +115,7 @@ def resolve_auto(
 
 
 def describe_chosen(chosen: dict[str, Any]) -> str:
-    """``auto for 398 items: model.K=6, ...`` for the start-up line."""
+    """`auto for 398 items: model.K=6, ...` for the start-up line."""
     return ", ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()
     )

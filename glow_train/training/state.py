@@ -1,8 +1,8 @@
 """What a run must carry across a restart: counters, RNG states, and the resume checks.
 
-:class:`Progress` holds the counters; :func:`checkpoint_state` assembles the
-checkpoint dict (:mod:`glow_train.io.checkpoint` describes its keys) and
-:func:`restore` puts one back, continuing at the same place in the data even
+`Progress` holds the counters; `checkpoint_state` assembles the
+checkpoint dict (`glow_train.io.checkpoint` describes its keys) and
+`restore` puts one back, continuing at the same place in the data even
 with another number of processes or batch size.
 """
 
@@ -27,7 +27,7 @@ __all__ = ["Progress", "checkpoint_state", "restore", "model_record"]
 
 @dataclass
 class Progress:
-    """The counters of a run. Scores are in the objective's unit (``metric``)."""
+    """The counters of a run. Scores are in the objective's unit (`metric`)."""
 
     step: int = 0
     epoch: int = 0
@@ -54,7 +54,7 @@ class Progress:
 
 
 def model_record(objective: Objective) -> dict[str, Any]:
-    """The ``model_config`` entry: the model's registry name and constructor arguments."""
+    """The `model_config` entry: the model's registry name and constructor arguments."""
     return {"name": objective.flow.name, **objective.flow.config}
 
 
@@ -68,8 +68,8 @@ def checkpoint_state(
     batch_size: int,
     selection: str = "test",
 ) -> dict[str, Any]:
-    """The whole state of a run as one plain dict (format version 2). ``selection``:
-    the split ``best_score`` (and ``best.pt``) is chosen on, ``"val"`` or ``"test"``."""
+    """The whole state of a run as one plain dict (format version 2). `selection`:
+    the split `best_score` (and `best.pt`) is chosen on, `"val"` or `"test"`."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()

@@ -1,13 +1,13 @@
 """One optimisation step of an objective: the batch's noise and flips, the update, and
 the counting of its outcome.
 
-:class:`Stepper` holds what a step needs (the objective, its possibly wrapped
-copy, the :class:`~glow_train.training.optim.Optimization` and the run's
-:class:`~glow_train.training.state.Progress`); the trainer builds it and the
-loop (:class:`glow_train.training.loop.TrainingLoop`) drives it.
+`Stepper` holds what a step needs (the objective, its possibly wrapped
+copy, the `Optimization` and the run's
+`Progress`); the trainer builds it and the
+loop (`glow_train.training.loop.TrainingLoop`) drives it.
 
 Determinism: every random choice of a step (flips, dequantisation noise, dropout)
-comes from a generator seeded by ``(seed, step, rank)`` (:func:`step_seed`), so a
+comes from a generator seeded by `(seed, step, rank)` (`step_seed`), so a
 resumed run draws the same as one that never stopped.
 """
 
@@ -39,9 +39,11 @@ class Stepper:
     Args:
         objective: the trained objective (raw, unwrapped).
         optim: its optimiser, schedule, scaler and EMA.
-        progress: the run's counters (:attr:`progress` may be replaced on resume).
+        progress: the run's counters (`progress` may be replaced on resume).
         monitor: where the schedule's horizon is recorded.
-        seed, rank, device: the run's seed, this process's rank and device.
+        seed: the run's seed.
+        rank: this process's rank.
+        device: this process's device.
         precision: the precision the step runs in (its autocast).
         class_weight: the weight of the auxiliary class loss.
         hflip: flip each image left-right with probability 1/2.
@@ -75,6 +77,7 @@ class Stepper:
 
     @property
     def step(self) -> int:
+        """Optimisation steps taken so far."""
         return self.progress.step
 
     @property
@@ -85,8 +88,8 @@ class Stepper:
     def prepare_batch(
         self, batch: Batch, step: int
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """A loader batch -> ``(x, noise, y)`` for :meth:`train_step`: flipped (if
-        ``hflip``), on the model's grid, with its dequantisation noise."""
+        """A loader batch -> `(x, noise, y)` for `train_step`: flipped (if
+        `hflip`), on the model's grid, with its dequantisation noise."""
         gen = torch.Generator(self.device).manual_seed(step_seed(self.seed, step, self.rank))
         batch = batch.to(self.device, non_blocking=True)
         data = batch.x
@@ -106,7 +109,7 @@ class Stepper:
         time_up: bool = False,
     ) -> dict[str, Any]:
         """One optimiser step; skipped if anything is non-finite (see
-        :meth:`glow_train.training.optim.Optimization.step`). Returns the figures of
+        `glow_train.training.optim.Optimization.step`). Returns the figures of
         the step whose outcome became known: this one, or under the deferred step
         (the default) the previous one, whose flags the device finished meanwhile."""
         if not self.objective.training:  # evaluation and sampling switch it back after them
@@ -124,9 +127,9 @@ class Stepper:
         return self._record(outcome, self.progress.step - 1 if deferred else self.progress.step)
 
     def _record(self, outcome: StepOutcome | None, step: int) -> dict[str, Any]:
-        """Count the outcome of step ``step`` once it is known; the figures the loop logs
-        (``score`` and ``grad_norm`` are ``None`` when no outcome is known yet). A signal
-        or the time limit seen on any rank is kept in :attr:`stop_seen`."""
+        """Count the outcome of step `step` once it is known; the figures the loop logs
+        (`score` and `grad_norm` are `None` when no outcome is known yet). A signal
+        or the time limit seen on any rank is kept in `stop_seen`."""
         if outcome is None:  # the first deferred step: nothing known yet
             return {"step": step, "score": None, "grad_norm": None, "lr": self.optim.lr}
         self.stop_seen["signalled"] |= outcome.signalled

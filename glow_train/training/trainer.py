@@ -1,17 +1,17 @@
 """The trainer: one run's data, objective and optimisation, put together and handed
 to the loop.
 
-:class:`Trainer` builds the collaborators of a run from its config: the data
-(loader and :class:`~glow_train.runtime.distributed.EpochSampler`), the objective and its
-:class:`~glow_train.training.stepper.Stepper` (one optimisation step), the
+`Trainer` builds the collaborators of a run from its config: the data
+(loader and `EpochSampler`), the objective and its
+`Stepper` (one optimisation step), the
 evaluation on the held-out splits, the
-:class:`~glow_train.training.saving.CheckpointWriter` and the
-:class:`~glow_train.training.monitor.Monitor`; :meth:`Trainer.fit` gives them to a
-:class:`~glow_train.training.loop.TrainingLoop`.
+`CheckpointWriter` and the
+`Monitor`; `Trainer.fit` gives them to a
+`TrainingLoop`.
 
 Determinism: every random choice of a step comes from a generator seeded by
-``(seed, step, rank)`` (:func:`~glow_train.training.stepper.step_seed`) and the data
-order from ``(seed, epoch)``, so a run resumed from a checkpoint continues exactly
+`(seed, step, rank)` (`step_seed`) and the data
+order from `(seed, epoch)`, so a run resumed from a checkpoint continues exactly
 as if it had never stopped.
 """
 
@@ -51,13 +51,13 @@ PROBE_SIZE = 16  # items of the health check run before every checkpoint
 
 
 class Trainer:
-    """Holds the objective, optimisation and data of one run; :meth:`fit` trains it.
+    """Holds the objective, optimisation and data of one run; `fit` trains it.
 
-    Use: ``Trainer(cfg, dist, run_dir)`` (the config is checked with
-    :func:`glow_train.training.check_config`), then :meth:`prepare` (ActNorm init
-    or a checkpoint's state, EMA, DDP/compile wrapping), then :meth:`fit`. The step
-    :meth:`train_step` (:attr:`steps`'s) can also be called directly on
-    :meth:`prepare_batch`'s output.
+    Use: `Trainer(cfg, dist, run_dir)` (the config is checked with
+    `glow_train.training.check_config`), then `prepare` (ActNorm init
+    or a checkpoint's state, EMA, DDP/compile wrapping), then `fit`. The step
+    `train_step` (`steps`'s) can also be called directly on
+    `prepare_batch`'s output.
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class Trainer:
         self.dist, self.run_dir, self.device, tcfg = dist, run_dir, dist.device, cfg.train
         self.seed = int(cfg.seed)
         self.time_limit = parse_duration(tcfg.time_limit)
-        #: the precision ``cfg.precision`` (auto|fp32|bf16|fp16) resolves to on this device
+        #: the precision `cfg.precision` (auto|fp32|bf16|fp16) resolves to on this device
         self.precision = resolve_precision(cfg.precision, self.device)
         self.amp_dtype = self.precision.amp_dtype
 
@@ -128,7 +128,7 @@ class Trainer:
             fp16=self.amp_dtype == torch.float16,
         )
         self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
-        #: one optimisation step of the objective (its counters: :attr:`progress`)
+        #: one optimisation step of the objective (its counters: `progress`)
         self.steps = Stepper(
             self.objective,
             self.optim,
@@ -141,7 +141,7 @@ class Trainer:
             class_weight=self.class_weight,
             hflip=bool(cfg.dataset.get("hflip", False)),
         )
-        #: the health-checked checkpoint writer (:meth:`prepare` makes it)
+        #: the health-checked checkpoint writer (`prepare` makes it)
         self.checkpoints: CheckpointWriter | None = None
 
     @property
@@ -156,15 +156,17 @@ class Trainer:
 
     @property
     def step(self) -> int:
+        """Optimisation steps taken so far."""
         return self.progress.step
 
     @property
     def total_steps(self) -> int | None:
+        """The steps the run's limits allow (`None`: no step or epoch limit)."""
         return total_steps(self.cfg.train, self.steps_per_epoch)
 
     # ----------------------------------------------------------------- set-up
     def initialize_actnorm(self) -> None:
-        """Data-dependent ActNorm init on the first ``init_samples`` of a seeded shuffle.
+        """Data-dependent ActNorm init on the first `init_samples` of a seeded shuffle.
 
         Every rank uses the same items and noise, so every rank computes the same
         statistics (and DDP broadcasts rank 0's parameters on top, to be sure).
@@ -173,8 +175,8 @@ class Trainer:
         self.objective.initialize(self._init_batch(), noise)
 
     def _init_batch(self, limit: int | None = None) -> Batch:
-        """The first ``train.init_samples`` (at most ``limit``) items of a shuffle seeded
-        by ``seed``, on the device."""
+        """The first `train.init_samples` (at most `limit`) items of a shuffle seeded
+        by `seed`, on the device."""
         n = min(int(self.cfg.train.init_samples), len(self.train_set), limit or len(self.train_set))
         gen = torch.Generator().manual_seed(self.seed)
         index = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()
@@ -193,7 +195,7 @@ class Trainer:
         return [self.objective] + ([self.optim.ema.module] if self.optim.ema else [])
 
     def prepare(self, state: dict[str, Any] | None = None, source: Path | None = None) -> None:
-        """Fresh run: ActNorm init on real data; resume: load ``state``. Then the EMA
+        """Fresh run: ActNorm init on real data; resume: load `state`. Then the EMA
         and, last, the DDP / compile wrappers (never before the eager initialisation)."""
         if state is None:
             self.initialize_actnorm()
@@ -234,6 +236,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(self.cfg.train.cudnn_benchmark)
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds: config, model, dequantiser, optimiser, EMA, counters."""
         return checkpoint_state(
             self.cfg,
             self.objective,
@@ -249,7 +252,7 @@ class Trainer:
     def prepare_batch(
         self, batch: Batch, step: int
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """:meth:`glow_train.training.stepper.Stepper.prepare_batch`."""
+        """`glow_train.training.stepper.Stepper.prepare_batch`."""
         return self.steps.prepare_batch(batch, step)
 
     def train_step(
@@ -260,11 +263,11 @@ class Trainer:
         signalled: bool = False,
         time_up: bool = False,
     ) -> dict[str, Any]:
-        """:meth:`glow_train.training.stepper.Stepper.train_step`."""
+        """`glow_train.training.stepper.Stepper.train_step`."""
         return self.steps.train_step(x, noise, y, signalled, time_up)
 
     def settle(self) -> None:
-        """:meth:`glow_train.training.stepper.Stepper.settle`."""
+        """`glow_train.training.stepper.Stepper.settle`."""
         self.steps.settle()
 
     # ------------------------------------------------------------ evaluation
@@ -274,7 +277,7 @@ class Trainer:
         return self.steps.eval_objective
 
     def evaluate(self, split: str = "test") -> float:
-        """The EMA's (or the model's) score on ``split`` (``"val"`` or ``"test"``)."""
+        """The EMA's (or the model's) score on `split` (`"val"` or `"test"`)."""
         result = evaluate_objective(
             self.eval_objective,
             self.val_set if split == "val" else self.test_set,
@@ -288,7 +291,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until a limit, a signal or divergence; always end with a checkpoint
-        (:meth:`glow_train.training.loop.TrainingLoop.run`). Call :meth:`prepare` first."""
+        (`glow_train.training.loop.TrainingLoop.run`). Call `prepare` first."""
         if self.checkpoints is None:
             raise RuntimeError("Trainer.fit() needs Trainer.prepare() first")
         loop = TrainingLoop(

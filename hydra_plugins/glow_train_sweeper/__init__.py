@@ -1,1 +1,1 @@
-"""glow-train's Hydra sweeper (``hydra/sweeper=glow``): see :mod:`.glow_sweeper`."""
+"""glow-train's Hydra sweeper (`hydra/sweeper=glow`): see `.glow_sweeper`."""

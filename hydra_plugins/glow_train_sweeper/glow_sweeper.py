@@ -1,17 +1,17 @@
-"""``hydra/sweeper=glow``: Hydra's basic sweeper that survives bad jobs.
+"""`hydra/sweeper=glow`: Hydra's basic sweeper that survives bad jobs.
 
 Hydra's own basic sweeper composes every job's config before it launches any, and one
-job whose overrides do not compose (``train.lr=1e-3,abc``) ends the whole sweep with a
+job whose overrides do not compose (`train.lr=1e-3,abc`) ends the whole sweep with a
 multi-line report; a job whose task fails ends it too. This sweeper, the default of
-``glow-train -m``:
+`glow-train -m`:
 
 - composes each job first; a job that does not compose gets one line
-  (``glow-train: job 1 (train.lr=abc): <why>``), counts as failed (nan) and is not
+  (`glow-train: job 1 (train.lr=abc): <why>`), counts as failed (nan) and is not
   launched, so it leaves no job folder;
 - launches the others through the configured launcher (the basic one, submitit, ...),
-  each keeping its place number (its folder ``<sweep dir>/<n>``);
-- counts a job as failed when the task raised, or returned ``nan`` (the glow-train task
-  returns ``nan`` for a job that stopped with an error or a signal);
+  each keeping its place number (its folder `<sweep dir>/<n>`);
+- counts a job as failed when the task raised, or returned `nan` (the glow-train task
+  returns `nan` for a job that stopped with an error or a signal);
 - at the end lists the failed jobs and exits with status 1 when there is one.
 """
 
@@ -54,7 +54,7 @@ def one_line(err: BaseException) -> str:
 
 
 def failed(ret: JobReturn) -> str | None:
-    """Why a launched job failed, or ``None`` when it returned a finite figure (or
+    """Why a launched job failed, or `None` when it returned a finite figure (or
     nothing, as a task without an objective does)."""
     if ret.status != JobStatus.COMPLETED:
         err = ret._return_value
@@ -66,7 +66,7 @@ def failed(ret: JobReturn) -> str | None:
 
 
 class GlowSweeper(BasicSweeper):
-    """:class:`BasicSweeper` that composes, launches and reports each job on its own."""
+    """`BasicSweeper` that composes, launches and reports each job on its own."""
 
     def __init__(self, max_batch_size: int | None = None, params: Any = None) -> None:
         super().__init__(
@@ -75,7 +75,7 @@ class GlowSweeper(BasicSweeper):
         )
 
     def _composes(self, overrides: list[str]) -> str | None:
-        """``None`` when the job's config composes, else why not (one line)."""
+        """`None` when the job's config composes, else why not (one line)."""
         try:
             self.hydra_context.config_loader.load_sweep_config(
                 master_config=self.config, sweep_overrides=list(overrides)
@@ -85,7 +85,7 @@ class GlowSweeper(BasicSweeper):
         return None
 
     def validate_batch_is_legal(self, batch) -> None:
-        """Each job is composed on its own in :meth:`launch_valid`."""
+        """Each job is composed on its own in `launch_valid`."""
 
     def _shown(self, overrides) -> str:
         """A job's overrides as shown: those that differ between the jobs (the swept
@@ -94,7 +94,7 @@ class GlowSweeper(BasicSweeper):
         return " ".join(varying or overrides)
 
     def launch_valid(self, batch, first: int) -> tuple[list[JobReturn], dict[int, tuple]]:
-        """Launch the jobs of ``batch`` that compose, in runs of consecutive ones so
+        """Launch the jobs of `batch` that compose, in runs of consecutive ones so
         that each keeps its number; return their results and the failures by number."""
         failures: dict[int, tuple] = {}
         results: list[JobReturn] = []
