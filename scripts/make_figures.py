@@ -300,6 +300,7 @@ def main() -> None:
     out, seconds = run(cmd, cwd)
     result = final_line(out)
     transcript += [f"$ {cmd}", *train_summary(out)]
+    trained = list(transcript)  # the training guide shows this part
     figs.add(
         "digits, the defaults (`make demo`): test bits/dim of the final model",
         f"**{result['test']:.4f}** (validation {result['val']:.4f}; {result['step']:,} steps, "
@@ -440,6 +441,9 @@ def main() -> None:
     write_results(args.docs / "results.md", figs, args.steps, bench_note, started, measured_on)
     if args.readme is not None:
         write_readme(args.readme, figs, transcript, args.steps)
+    guide = args.docs / "guide" / "training.md"
+    if guide.exists():
+        replace_block(guide, "transcript", "```console\n" + "\n".join(trained) + "\n```\n")
     print(f"wrote {args.docs / 'results.md'}, {args.readme} and the pictures in {img}")
 
 

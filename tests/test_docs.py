@@ -295,3 +295,42 @@ Example:
 """
 '''
     assert _no_rest().rest_markup(source) == []
+
+
+GUIDE = ROOT / "docs" / "guide"
+
+
+def composed(argv: list[str], tmp_path: Path) -> dict:
+    """The configuration `glow-train <argv>` composes (its `--cfg job` output)."""
+    import yaml
+
+    status, out, err = run_console(console_main("glow-train"), [*argv, "--cfg", "job"], tmp_path)
+    assert status == 0, err
+    return yaml.safe_load(out)
+
+
+def test_the_training_guide_names_each_presets_dequantisation(tmp_path):
+    """The guide's table of `train.dequantization` is what each dataset composes."""
+    text = (GUIDE / "training.md").read_text()
+    default = re.search(r"default of `configs/train.yaml` is `(\w+)`", text).group(1)
+    assert composed(["dataset=folder"], tmp_path)["train"]["dequantization"] == (default)
+    rows = re.findall(r"^\| `(\w+)`[^|]*\| (`(\w+)`|none)", text, re.M)
+    assert len(rows) >= 5
+    for dataset, shown, value in rows:
+        cfg = composed([f"dataset={dataset}"], tmp_path)
+        if shown == "none":  # continuous data: no dequantiser, whatever the key says
+            assert cfg["model"]["name"] == "glow1d", dataset
+        else:
+            assert cfg["train"]["dequantization"] == value, dataset
+
+
+def _block(text: str, name: str) -> str:
+    return text.split(f"<!-- {name}:start -->", 1)[1].split(f"<!-- {name}:end -->")[0]
+
+
+def test_the_training_guide_shows_the_transcript_of_the_readme():
+    """Both are written by scripts/make_figures.py from the same run: the guide's lines
+    are the README's first command and what it printed."""
+    guide = _block((GUIDE / "training.md").read_text(), "transcript")
+    readme = _block(README.read_text(), "quickstart")
+    assert guide.strip() and guide.replace("```\n", "") in readme
