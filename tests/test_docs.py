@@ -334,3 +334,15 @@ def test_the_training_guide_shows_the_transcript_of_the_readme():
     guide = _block((GUIDE / "training.md").read_text(), "transcript")
     readme = _block(README.read_text(), "quickstart")
     assert guide.strip() and guide.replace("```\n", "") in readme
+
+
+def test_the_citation_file_and_the_readme_cite_the_glow_paper():
+    import yaml
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert {"cff-version", "message", "title", "authors", "preferred-citation"} <= set(cff)
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert str(cff["version"]) == version.group(1), "CITATION.cff: the version of pyproject.toml"
+    title = cff["preferred-citation"]["title"]
+    for page in (README, ROOT / "docs" / "index.md"):
+        assert f"title     = {{{title}}}" in page.read_text(), f"{page.name}: no BibTeX of Glow"
