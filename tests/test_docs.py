@@ -238,6 +238,23 @@ def test_the_api_reference_shows_every_module():
     assert not shown - set(package_modules()) - {"glow_train"}, "pages name missing modules"
 
 
+def test_the_api_reference_shows_each_object_once():
+    """A name a module re-exports in `__all__` is shown where it is defined: its entry
+    on the reference page filters it out."""
+    for page in REFERENCE.glob("*.md"):
+        entries = re.findall(r"^::: ([\w.]+)\n((?:    .*\n)*)", page.read_text(), re.M)
+        for name, options in entries:
+            if "members: false" in options:
+                continue
+            module = importlib.import_module(name)
+            hidden = set(re.findall(r"!\^(\w+)\$", options))
+            for exported in getattr(module, "__all__", []):
+                obj = getattr(module, exported)
+                defined = getattr(obj, "__module__", name)
+                if (inspect.isclass(obj) or inspect.isfunction(obj)) and defined != name:
+                    assert exported in hidden, f"{page.name}: {name}.{exported} shown twice"
+
+
 def test_every_public_object_has_a_docstring():
     """The reference renders what has a docstring: a public object without one would be
     missing from it (the layer contract's `forward`/`inverse` included)."""
@@ -270,6 +287,7 @@ def test_docstrings_hold_no_restructuredtext():
         r"Bits :math:`\log 2`.",
         "Display:\n\n.. math::  x = 1\n",
         ".. note:: careful",
+        "Mangled:\n\n.. math:\n    x = 1\n",
         "The ``ckpt`` option.",
         "A block::\n\n    code\n",
         "A `link <https://example.org>`_.",

@@ -19,7 +19,7 @@ SOURCES = ("glow_train", "hydra_plugins")
 MARKUP = {
     "a Sphinx role (write `name` or $maths$)": re.compile(r":(?:[a-z]+:)?[a-z]+:`"),
     "a directive such as `.. math::` (write $$...$$, or a plain paragraph)": re.compile(
-        r"^\s*\.\. [a-z-]+::", re.M
+        r"^\s*\.\. [a-z-]+::?", re.M
     ),
     "a double-backtick literal (write single backticks)": re.compile(r"(?<!`)``[^`\n]+``(?!`)"),
     "a reST literal-block marker `::` (end the line with `:` and indent the block)": re.compile(

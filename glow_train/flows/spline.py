@@ -9,13 +9,13 @@ identity tails smoothly. In bin `k`, with $w_k, h_k$ its width and height,
 $s_k = h_k / w_k$, $\xi = (x - x^{(k)}) / w_k \in [0, 1]$ and
 $d_k, d_{k+1}$ the derivatives at its ends:
 
-.. math:
-
-    g(x) = y^{(k)} + \frac{h_k\,[s_k \xi^2 + d_k \xi(1 - \xi)]}
-                          {s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)},
-    \qquad
-    g'(x) = \frac{s_k^2\,[d_{k+1} \xi^2 + 2 s_k \xi(1 - \xi) + d_k (1 - \xi)^2]}
-                 {[s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)]^2}.
+$$
+g(x) = y^{(k)} + \frac{h_k\,[s_k \xi^2 + d_k \xi(1 - \xi)]}
+                      {s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)},
+\qquad
+g'(x) = \frac{s_k^2\,[d_{k+1} \xi^2 + 2 s_k \xi(1 - \xi) + d_k (1 - \xi)^2]}
+             {[s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)]^2}.
+$$
 
 The inverse solves the quadratic in $\xi$ that $g(x) = y$ becomes, with the
 root $\xi = 2c / (-b - \sqrt{b^2 - 4ac})$ (the stable form of the one in
