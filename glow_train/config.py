@@ -1,17 +1,17 @@
-"""Typed configuration: the dataclass schemas behind the YAML under ``configs/``.
+"""Typed configuration: the dataclass schemas behind the YAML under `configs/`.
 
 The defaults live in the YAML; these schemas only say which keys exist and what
 type each holds. They are registered in Hydra's ConfigStore
-(:func:`register_configs`, run when the ``glow_train.configs`` package is
+(`register_configs`, run when the `glow_train.configs` package is
 imported, which Hydra does before composing), and the YAML files name them in
-their defaults lists, so OmegaConf itself rejects ``train.lr=abc``,
-``model.K=2.5`` or a misspelt key while the command line is read.
+their defaults lists, so OmegaConf itself rejects `train.lr=abc`,
+`model.K=2.5` or a misspelt key while the command line is read.
 
-Library callers that pass plain dicts get the same checks through :func:`typed`.
-Range checks (``lr > 0``, ``n_bits`` in 1..8, ...) stay with the code that owns
-each group: :func:`glow_train.training.checks.check_train` for ``train.*`` and the
-top level, :func:`glow_train.data.validate_dataset_config` for ``dataset.*``, the
-model classes for ``model.*``; single values through :mod:`glow_train.validate`.
+Library callers that pass plain dicts get the same checks through `typed`.
+Range checks (`lr > 0`, `n_bits` in 1..8, ...) stay with the code that owns
+each group: `glow_train.training.checks.check_train` for `train.*` and the
+top level, `glow_train.data.validate_dataset_config` for `dataset.*`, the
+model classes for `model.*`; single values through `glow_train.validate`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ OPTIMIZERS = ("adam", "adamw", "adamax")
 
 @dataclass
 class ImageDatasetConfig:
-    """``dataset.*`` of the image sources (``configs/dataset/*.yaml``)."""
+    """`dataset.*` of the image sources (`configs/dataset/*.yaml`)."""
 
     name: str | None = None  # required by every config that names a dataset
     root: str | None = None
@@ -74,7 +74,7 @@ class ImageDatasetConfig:
 
 @dataclass
 class TableDatasetConfig:
-    """``dataset.*`` of the table source (``configs/dataset/csv.yaml``)."""
+    """`dataset.*` of the table source (`configs/dataset/csv.yaml`)."""
 
     name: str | None = None
     path: str | None = None
@@ -96,7 +96,7 @@ class TableDatasetConfig:
 
 @dataclass
 class GlowConfig:
-    """``model.*`` of :class:`glow_train.Glow` (``configs/model/glow.yaml``)."""
+    """`model.*` of `glow_train.Glow` (`configs/model/glow.yaml`)."""
 
     name: str = "glow"
     K: int = MISSING
@@ -110,7 +110,7 @@ class GlowConfig:
 
 @dataclass
 class Glow1DConfig:
-    """``model.*`` of :class:`glow_train.Glow1D` (``dim`` comes from the data)."""
+    """`model.*` of `glow_train.Glow1D` (`dim` comes from the data)."""
 
     name: str = "glow1d"
     K: Any = MISSING  # an int, or auto (glow_train.training.sizing)
@@ -129,7 +129,7 @@ class Glow1DConfig:
 
 @dataclass
 class TrainLoopConfig:
-    """``train.*`` (``configs/train.yaml``)."""
+    """`train.*` (`configs/train.yaml`)."""
 
     max_steps: Any = MISSING  # an int, null or auto (glow_train.training.sizing)
     max_epochs: int | None = MISSING
@@ -164,7 +164,7 @@ class TrainLoopConfig:
 
 @dataclass
 class TrainConfig:
-    """The whole ``glow-train`` config; ``dataset`` and ``model`` are typed by their
+    """The whole `glow-train` config; `dataset` and `model` are typed by their
     group's own schema (each group entry names it in its defaults list)."""
 
     preset: str | None = None  # the preset file the dataset chose (configs/preset/)
@@ -182,7 +182,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """``glow-sample`` (``configs/sample.yaml``)."""
+    """`glow-sample` (`configs/sample.yaml`)."""
 
     ckpt: str | None = None
     temperature: Any = MISSING  # a number or a list of numbers, checked by glow_train.sampling
@@ -214,7 +214,7 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    """``glow-eval`` (``configs/eval.yaml``)."""
+    """`glow-eval` (`configs/eval.yaml`)."""
 
     ckpt: str | None = None
     split: str = MISSING
@@ -258,8 +258,8 @@ def register_configs() -> None:
 
 
 def packaged_defaults(name: str, schema: type) -> DictConfig:
-    """The top-level values of the packaged ``configs/<name>.yaml``, typed by ``schema``:
-    what a library call's ``None`` stands for (its defaults list and ``hydra:`` are left out)."""
+    """The top-level values of the packaged `configs/<name>.yaml`, typed by `schema`:
+    what a library call's `None` stands for (its defaults list and `hydra:` are left out)."""
     from importlib import resources
 
     text = resources.files("glow_train.configs").joinpath(f"{name}.yaml").read_text()
@@ -270,7 +270,7 @@ def packaged_defaults(name: str, schema: type) -> DictConfig:
 
 
 def fill_defaults(name: str, schema: type, **values: Any) -> DictConfig:
-    """``values`` with each ``None`` replaced by ``configs/<name>.yaml``'s value, typed."""
+    """`values` with each `None` replaced by `configs/<name>.yaml`'s value, typed."""
     merged = packaged_defaults(name, schema)
     given = {k: v for k, v in values.items() if v is not None}
     return typed(schema, OmegaConf.merge(merged, given))
@@ -296,8 +296,8 @@ ADDED_KEYS = {
 
 
 def upgrade_keys(values: Any) -> Any:
-    """``values`` (a run config, e.g. an older checkpoint's) without the
-    :data:`RETIRED_KEYS` and with every missing :data:`ADDED_KEYS` entry."""
+    """`values` (a run config, e.g. an older checkpoint's) without the
+    `RETIRED_KEYS` and with every missing `ADDED_KEYS` entry."""
     values = OmegaConf.to_container(values) if OmegaConf.is_config(values) else dict(values)
     for section in set(RETIRED_KEYS) | set(ADDED_KEYS):
         if isinstance(values.get(section), Mapping):
@@ -309,8 +309,8 @@ def upgrade_keys(values: Any) -> Any:
 
 
 def typed(schema: type, values: Any, where: str = "") -> DictConfig:
-    """``values`` (a Mapping or DictConfig) merged into ``schema``: types converted and
-    checked, unknown keys refused, each failure one :class:`ConfigError` line."""
+    """`values` (a Mapping or DictConfig) merged into `schema`: types converted and
+    checked, unknown keys refused, each failure one `ConfigError` line."""
     if not isinstance(values, Mapping | DictConfig):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
     try:

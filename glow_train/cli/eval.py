@@ -1,6 +1,6 @@
-"""``glow-eval``: a checkpoint's figure on a split (:func:`glow_train.evaluation.figures.evaluate`),
-with ``ood=`` its out-of-distribution AUROCs (:func:`glow_train.evaluation.ood.evaluate_ood`), or
-with ``backtest=`` a registered backtest (:func:`glow_train.series.registry.run_backtest`),
+"""`glow-eval`: a checkpoint's figure on a split (`glow_train.evaluation.figures.evaluate`),
+with `ood=` its out-of-distribution AUROCs (`glow_train.evaluation.ood.evaluate_ood`), or
+with `backtest=` a registered backtest (`glow_train.series.registry.run_backtest`),
 printed."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ PRIOR_TEXT = {"uniform": "uniform", "train": "the training split's class frequen
 
 
 def print_report(report: EvalReport) -> None:
-    """``eval.json``'s path, the per-item CSV's, the figure (and the marginal's); on
-    stderr, a note when ``n_bits=`` scored another bit depth than the model's."""
+    """`eval.json`'s path, the per-item CSV's, the figure (and the marginal's); on
+    stderr, a note when `n_bits=` scored another bit depth than the model's."""
     summary, unit = report.summary, report.summary["unit"]
     if summary.get("n_bits") != summary.get("model_n_bits"):
         print(
@@ -87,6 +87,7 @@ def print_ood(s: dict[str, Any]) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def app(cfg: DictConfig) -> None:
+    """`glow-eval`: score `cfg.ckpt` (or its OOD AUROCs, or a backtest); print the figures."""
     from glow_train.evaluation.figures import evaluate  # PyTorch on use
     from glow_train.evaluation.ood import evaluate_ood
 

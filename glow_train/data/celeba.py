@@ -1,4 +1,4 @@
-"""CelebA (aligned faces) through ``torchvision.datasets.CelebA``: its train and test
+"""CelebA (aligned faces) through `torchvision.datasets.CelebA`: its train and test
 partitions, centre-cropped and resized; no labels (its targets are attribute vectors)."""
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ LIST_FILES = (
 
 
 def validate(cfg: dict[str, Any]) -> None:
+    """Check a `dataset=celeba` config (`root`, `crop`) without reading the files."""
     require_root(cfg)
     if cfg.get("crop") is not None:
         int_key(cfg, "crop", 1)
 
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
+    """CelebA's `split` from `dataset.root` (fetched with `dataset.download=true`)."""
     from torchvision.datasets import CelebA
 
     root = Path(cfg["root"]).expanduser()

@@ -1,4 +1,4 @@
-"""CIFAR-10 through ``torchvision.datasets.CIFAR10`` (official 50,000 / 10,000 split)."""
+"""CIFAR-10 through `torchvision.datasets.CIFAR10` (official 50,000 / 10,000 split)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ __all__ = ["SOURCE"]
 
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
+    """CIFAR-10's `split` from `dataset.root` (fetched with `dataset.download=true`)."""
     from torchvision.datasets import CIFAR10
 
     root = Path(cfg["root"]).expanduser()

@@ -1,4 +1,4 @@
-"""MNIST through ``torchvision.datasets.MNIST`` (official 60,000 / 10,000 split)."""
+"""MNIST through `torchvision.datasets.MNIST` (official 60,000 / 10,000 split)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ RAW_FILES = (
 
 
 def build(cfg: dict[str, Any], split: str) -> Dataset:
+    """MNIST's `split` from `dataset.root` (fetched with `dataset.download=true`)."""
     from torchvision.datasets import MNIST
 
     root = Path(cfg["root"]).expanduser()

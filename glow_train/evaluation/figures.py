@@ -1,11 +1,11 @@
-r"""``glow-eval``'s library function: checkpoint in, ``eval.json`` (and a per-item CSV) out.
+r"""`glow-eval`'s library function: checkpoint in, `eval.json` (and a per-item CSV) out.
 
-:func:`evaluate` scores with :func:`glow_train.evaluation.scoring.evaluate_objective`, the
+`evaluate` scores with `glow_train.evaluation.scoring.evaluate_objective`, the
 function behind the trainer's figures too: with the checkpoint's
-``train.eval_seed`` and ``dataset.eval_batch_size`` (its defaults) it reproduces
+`train.eval_seed` and `dataset.eval_batch_size` (its defaults) it reproduces
 the trainer's test figure exactly on the same device. For a class-conditional
-model it reports the marginal :math:`p(x) = \sum_y p(y)\,p(x \mid y)` beside
-:math:`p(x \mid y)`, from the same pass.
+model it reports the marginal $p(x) = \sum_y p(y)\,p(x \mid y)$ beside
+$p(x \mid y)$, from the same pass.
 """
 
 from __future__ import annotations
@@ -54,13 +54,22 @@ __all__ = [
 
 @dataclass
 class EvalReport:
-    """What :func:`evaluate` computed and wrote: ``summary`` is the content of ``eval.json``."""
+    """What `evaluate` computed and wrote.
+
+    Attributes:
+        summary: the content of `eval.json` (the figure, its unit, the data, the
+            checkpoint and the options).
+        result: the score of the split (`EvalResult`), per item included.
+        json_path: the written `eval.json`.
+        csv_path: the written per-item CSV (`per_image=true`), else `None`.
+        marginal: a class-conditional model's $p(x)$ under the class prior, else `None`.
+    """
 
     summary: dict[str, Any]
     result: EvalResult
     json_path: Path
     csv_path: Path | None
-    marginal: EvalResult | None = None  # a class-conditional model's p(x)
+    marginal: EvalResult | None = None
 
 
 def eval_dataset(
@@ -68,16 +77,16 @@ def eval_dataset(
     dataset: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The dataset config to score: the checkpoint's, or ``dataset`` instead, with
-    ``overrides`` (keys whose value is not ``None``) on top, checked."""
+    """The dataset config to score: the checkpoint's, or `dataset` instead, with
+    `overrides` (keys whose value is not `None`) on top, checked."""
     cfg = dict(dataset if dataset is not None else checkpoint_dataset)
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return check_dataset(cfg)
 
 
 def model_class_prior(kind: str, num_classes: int, train_cfg: Mapping[str, Any]) -> torch.Tensor:
-    """:math:`p(y)` of a class-conditional model: ``uniform``, or ``train``: the class
-    frequencies of the training split of ``train_cfg`` (the checkpoint's dataset)."""
+    """$p(y)$ of a class-conditional model: `uniform`, or `train`: the class
+    frequencies of the training split of `train_cfg` (the checkpoint's dataset)."""
     train = build_dataset(train_cfg, "train") if kind == "train" else None
     return class_prior(kind, num_classes, train)
 
@@ -111,45 +120,47 @@ def evaluate(
     class_prior: str | None = None,
     precision: str | None = None,
 ) -> EvalReport:
-    """A checkpoint's score on a dataset split (bits/dim for images); writes ``eval.json``.
+    """A checkpoint's score on a dataset split (bits/dim for images); writes `eval.json`.
 
-    Every ``None`` takes the value of the same key in ``configs/eval.yaml`` (the
-    defaults of ``glow-eval``), where ``seed``, ``batch_size`` and ``n_bits`` are
+    Every `None` takes the value of the same key in `configs/eval.yaml` (the
+    defaults of `glow-eval`), where `seed`, `batch_size` and `n_bits` are
     null: the checkpoint's.
 
     Args:
-        ckpt: a checkpoint written by ``glow-train``, or a run folder (its ``best.pt``,
-            else ``last.pt``).
-        split: ``"test"`` or ``"train"``.
+        ckpt: a checkpoint written by `glow-train`, or a run folder (its `best.pt`,
+            else `last.pt`).
+        split: `"test"` or `"train"`.
         dataset: a whole dataset config to score instead of the checkpoint's (e.g.
-            ``glow_train.data.dataset_config("mnist", image_size=8)``); its images must
+            `glow_train.data.dataset_config("mnist", image_size=8)`); its images must
             have the model's shape.
-        dataset_overrides: keys replaced on top (``None`` values are ignored), e.g.
-            ``{"root": "/data/mnist"}`` when the data moved.
+        dataset_overrides: keys replaced on top (`None` values are ignored), e.g.
+            `{"root": "/data/mnist"}` when the data moved.
         draws: dequantisation noise draws per item; > 1 reports a standard error.
-        seed: dequantisation seed (``None``: the checkpoint's ``train.eval_seed``).
-        batch_size: items per batch (``None``: the dataset's ``eval_batch_size``).
-        n_bits: bit depth the images are quantised to (``None``: the model's).
-        per_image: also write a CSV ``index,label,<metric>`` (label empty when unknown).
-        out: a folder, or a ``.json`` file (:func:`glow_train.io.outputs.eval_targets`);
-            default ``<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/``.
-        overwrite: replace existing files that ``out`` names (never the checkpoint or
-            the dataset's files: :mod:`glow_train.io.outputs`).
-        device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
+        seed: dequantisation seed (`None`: the checkpoint's `train.eval_seed`).
+        batch_size: items per batch (`None`: the dataset's `eval_batch_size`).
+        n_bits: bit depth the images are quantised to (`None`: the model's).
+        per_image: also write a CSV `index,label,<metric>` (label empty when unknown).
+        out: a folder, or a `.json` file (`glow_train.io.outputs.eval_targets`);
+            default `<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/`.
+        overwrite: replace existing files that `out` names (never the checkpoint or
+            the dataset's files: `glow_train.io.outputs`).
+        device: `auto|cpu|cuda|cuda:N` or a `torch.device`.
         ema: use the EMA weights when the checkpoint has them.
         progress: show a progress bar.
-        class_prior: the :math:`p(y)` of a class-conditional model's marginal
-            :math:`p(x)`: ``"uniform"`` or ``"train"`` (the training split's class
+        class_prior: the $p(y)$ of a class-conditional model's marginal
+            $p(x)$: `"uniform"` or `"train"` (the training split's class
             frequencies); unused for other models.
-        precision: ``"fp32"`` (figures comparable across machines), ``"bf16"`` or
-            ``"auto"`` (:func:`glow_train.runtime.precision.resolve_precision`).
+        precision: `"fp32"` (figures comparable across machines), `"bf16"` or
+            `"auto"` (`glow_train.runtime.precision.resolve_precision`).
 
     Returns:
-        The summary (also in ``eval.json``), the full result and the written paths.
+        The summary (also in `eval.json`), the full result and the written paths.
         Files are written only after the evaluation finished, each atomically.
 
     Raises:
-        ConfigError, DataError, CheckpointError: bad options, data or checkpoint.
+        ConfigError: a bad option (named in the message).
+        DataError: missing or unreadable data.
+        CheckpointError: a missing, foreign or unusable checkpoint.
         NonFiniteError: the model's figures are not finite (nothing is written).
     """
     opts = fill_defaults(

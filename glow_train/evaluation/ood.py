@@ -1,12 +1,12 @@
-r"""Out-of-distribution scores: ``glow-eval ckpt=... ood=<dataset or folder>``.
+r"""Out-of-distribution scores: `glow-eval ckpt=... ood=<dataset or folder>`.
 
 Both sets, the checkpoint's test split (in-distribution, the negatives) and the
 other data (out-of-distribution, the positives), are scored per image in
-bits/dim by :func:`glow_train.evaluation.scoring.evaluate_objective`, the function behind
-``glow-eval``'s figures; then the area under the ROC curve of telling them apart by
+bits/dim by `glow_train.evaluation.scoring.evaluate_objective`, the function behind
+`glow-eval`'s figures; then the area under the ROC curve of telling them apart by
 
 - **bits/dim**: a higher figure means less likely, hence "out";
-- **typicality**: :math:`|\mathrm{bpd}(x) - \overline{\mathrm{bpd}}_{train}|`, the
+- **typicality**: $|\mathrm{bpd}(x) - \overline{\mathrm{bpd}}_{train}|$, the
   distance from the training images' mean figure (a per-image form of the
   typicality test of Nalisnick et al. 2019): high-dimensional data of a model
   lies in a thin shell of typical likelihoods, and a likelihood *above* the shell
@@ -18,11 +18,11 @@ know what they don't know?"): an AUROC below 0.5 by bits/dim is that effect,
 not a bug, and the typicality score is the usual remedy.
 
 A class-conditional model is scored by its marginal
-:math:`p(x) = \sum_y p(y)\,p(x \mid y)` (the other images have no labels), with
-:math:`p(y)` uniform or the training split's class frequencies (``class_prior``).
+$p(x) = \sum_y p(y)\,p(x \mid y)$ (the other images have no labels), with
+$p(y)$ uniform or the training split's class frequencies (`class_prior`).
 
-:func:`auroc` is the Mann-Whitney statistic with tied scores counted one half,
-equal to scikit-learn's ``roc_auc_score`` (tested).
+`auroc` is the Mann-Whitney statistic with tied scores counted one half,
+equal to scikit-learn's `roc_auc_score` (tested).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
 
 
 def auroc(negatives: Tensor, positives: Tensor) -> float:
-    """Area under the ROC curve of scores where ``positives`` should score higher:
+    """Area under the ROC curve of scores where `positives` should score higher:
     the probability that a random positive outscores a random negative (ties 1/2)."""
     neg, pos = negatives.double().flatten(), positives.double().flatten()
     if len(neg) == 0 or len(pos) == 0:
@@ -78,7 +78,7 @@ def auroc(negatives: Tensor, positives: Tensor) -> float:
 
 
 def ood_dataset(ood: str, model_cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The dataset config and split of ``ood``: a folder (every image in it) or a
+    """The dataset config and split of `ood`: a folder (every image in it) or a
     dataset name (its test split), at the model's image size, channels and bit depth."""
     shape = {k: model_cfg[k] for k in ("image_size", "channels", "n_bits") if k in model_cfg}
     shape["eval_batch_size"] = model_cfg.get("eval_batch_size", 128)
@@ -96,8 +96,8 @@ def ood_dataset(ood: str, model_cfg: dict[str, Any]) -> tuple[dict[str, Any], st
 
 
 def _check_image_folder(ood: str, path: Path) -> None:
-    """Refuse, naming ``ood=``, a folder without a readable image (the folder source's
-    own messages would name ``dataset.root``, which the user did not type)."""
+    """Refuse, naming `ood=`, a folder without a readable image (the folder source's
+    own messages would name `dataset.root`, which the user did not type)."""
     from glow_train.data.folder import IMAGE_EXTENSIONS, readable
 
     kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -131,19 +131,19 @@ def evaluate_ood(
     class_prior: str | None = None,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """Score the checkpoint's ``split`` and ``ood`` per image and write ``eval.json``,
-    ``per_image.csv`` and ``ood_per_image.csv``; return the summary (``eval.json``).
+    """Score the checkpoint's `split` and `ood` per image and write `eval.json`,
+    `per_image.csv` and `ood_per_image.csv`; return the summary (`eval.json`).
 
-    Every ``None`` takes the value of the same key in ``configs/eval.yaml``
-    (``train_images`` is its ``ood_train_images``; ``seed`` and ``batch_size`` are
+    Every `None` takes the value of the same key in `configs/eval.yaml`
+    (`train_images` is its `ood_train_images`; `seed` and `batch_size` are
     null there: the checkpoint's).
 
-    ``dataset_overrides``: keys of the checkpoint's dataset config to replace (e.g. its
-    ``root`` when the data moved); ``draws``: dequantisation draws averaged per image;
-    ``train_images``: the first training images whose mean bits/dim is the
-    typicality centre; ``class_prior``: :math:`p(y)` of a class-conditional model's
-    marginal, ``uniform`` or ``train``; ``precision``: as
-    :func:`glow_train.evaluation.figures.evaluate`'s.
+    `dataset_overrides`: keys of the checkpoint's dataset config to replace (e.g. its
+    `root` when the data moved); `draws`: dequantisation draws averaged per image;
+    `train_images`: the first training images whose mean bits/dim is the
+    typicality centre; `class_prior`: $p(y)$ of a class-conditional model's
+    marginal, `uniform` or `train`; `precision`: as
+    `glow_train.evaluation.figures.evaluate`'s.
     """
     opts = fill_defaults(
         "eval",

@@ -1,12 +1,12 @@
-r"""Mixture priors of the 1-D Glow (``model.prior=mixture|mixture_t``), and their fit
+r"""Mixture priors of the 1-D Glow (`model.prior=mixture|mixture_t`), and their fit
 at initialisation.
 
-:class:`MixturePrior` is a mixture of full-covariance Gaussians or multivariate
+`MixturePrior` is a mixture of full-covariance Gaussians or multivariate
 Student-t's over the flow's output: separated modes need no tearing of the flow, and
 heavy tails no extreme stretch of it. How many components it uses, where they sit and
 (with tails) their degrees of freedom are fitted to the first batch's latents, as
 ActNorm takes that batch's statistics: k-means, EM for a Gaussian mixture
-(:func:`fit_gaussian_mixture`), ECM for a mixture of t's (:func:`fit_t_mixture`), and
+(`fit_gaussian_mixture`), ECM for a mixture of t's (`fit_t_mixture`), and
 the number of components by BIC. Training then moves every parameter by gradient.
 """
 
@@ -24,9 +24,9 @@ __all__ = ["MixturePrior", "fit_gaussian_mixture", "fit_t_mixture", "DF_GRID"]
 
 
 def _k_means(points: Tensor, m: int, iterations: int, gen: torch.Generator) -> Tensor:
-    """``m`` centers of ``points`` ``(N, D)``: k-means++ seeding (each next center drawn
+    """`m` centers of `points` `(N, D)`: k-means++ seeding (each next center drawn
     with probability proportional to its squared distance from the chosen ones), then
-    ``iterations`` Lloyd steps."""
+    `iterations` Lloyd steps."""
     first = torch.randint(points.shape[0], (1,), generator=gen, device=points.device)
     centers = points[first]
     while centers.shape[0] < m:
@@ -45,10 +45,10 @@ def _k_means(points: Tensor, m: int, iterations: int, gen: torch.Generator) -> T
 def fit_gaussian_mixture(
     points: Tensor, k: int, gen: torch.Generator, restarts: int = 4, em_steps: int = 30
 ) -> tuple[Tensor, Tensor, Tensor, float]:
-    """A ``k``-component full-covariance Gaussian mixture of ``points`` ``(N, D)``:
-    k-means (k-means++ seeding from ``gen``, the best of ``restarts``), then
-    ``em_steps`` EM steps from its clusters, each covariance floored at 1e-3 of the mean
-    variance. Returns ``(weights (k,), means (k, D), covariances (k, D, D), log L)``."""
+    """A `k`-component full-covariance Gaussian mixture of `points` `(N, D)`:
+    k-means (k-means++ seeding from `gen`, the best of `restarts`), then
+    `em_steps` EM steps from its clusters, each covariance floored at 1e-3 of the mean
+    variance. Returns `(weights (k,), means (k, D), covariances (k, D, D), log L)`."""
     n, d = points.shape
     best = None
     for _ in range(restarts):  # keep the restart with the smallest within-cluster spread
@@ -73,18 +73,18 @@ def fit_gaussian_mixture(
 
 
 def _floor(points: Tensor) -> Tensor:
-    """The least covariance of a fitted component: 1e-3 of the mean variance, ``(D, D)``."""
+    """The least covariance of a fitted component: 1e-3 of the mean variance, `(D, D)`."""
     eye = torch.eye(points.shape[1], dtype=points.dtype, device=points.device)
     return 1e-3 * points.var(0).mean() * eye
 
 
-#: the degrees of freedom :func:`fit_t_mixture` chooses from
+#: the degrees of freedom `fit_t_mixture` chooses from
 DF_GRID = tuple(2.5 * 80.0 ** (i / 23) for i in range(24))  # 2.5 to 200, evenly in log
 
 
 def _mahalanobis(points: Tensor, means: Tensor, covs: Tensor) -> tuple[Tensor, Tensor]:
-    """``(q, log|L|)``: each point's squared Mahalanobis distance from each component,
-    ``(k, N)``, and each component's log-determinant of its Cholesky factor, ``(k, 1)``."""
+    """`(q, log|L|)`: each point's squared Mahalanobis distance from each component,
+    `(k, N)`, and each component's log-determinant of its Cholesky factor, `(k, 1)`."""
     chol = torch.linalg.cholesky(covs)
     diff = points[None] - means[:, None]  # (k, N, D)
     q = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False).square().sum(1)
@@ -92,8 +92,8 @@ def _mahalanobis(points: Tensor, means: Tensor, covs: Tensor) -> tuple[Tensor, T
 
 
 def _log_density(q: Tensor, log_det: Tensor, d: int, df: Tensor | None = None) -> Tensor:
-    """A component's log-density from ``q`` and ``log|L|``: Gaussian, or multivariate t
-    with ``df`` (broadcast against ``q``)."""
+    """A component's log-density from `q` and `log|L|`: Gaussian, or multivariate t
+    with `df` (broadcast against `q`)."""
     if df is None:
         return -0.5 * q - log_det - d * HALF_LOG_2PI
     return (
@@ -108,12 +108,12 @@ def _log_density(q: Tensor, log_det: Tensor, d: int, df: Tensor | None = None) -
 def fit_t_mixture(
     points: Tensor, weights: Tensor, means: Tensor, covs: Tensor, steps: int = 30
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-    r"""A mixture of multivariate t's fitted to ``points`` ``(N, D)`` by ECM (Peel and
-    McLachlan 2000) from a Gaussian mixture's ``weights``, ``means`` and ``covs``: each
-    step weights every point by its responsibility and by :math:`u = (\nu+D)/(\nu+q)`
-    for the means and scale matrices, then picks each component's :math:`\nu` from
-    :data:`DF_GRID` by its weighted log-likelihood. Returns
-    ``(weights, means, scale matrices, df (k,), log L)``."""
+    r"""A mixture of multivariate t's fitted to `points` `(N, D)` by ECM (Peel and
+    McLachlan 2000) from a Gaussian mixture's `weights`, `means` and `covs`: each
+    step weights every point by its responsibility and by $u = (\nu+D)/(\nu+q)$
+    for the means and scale matrices, then picks each component's $\nu$ from
+    `DF_GRID` by its weighted log-likelihood. Returns
+    `(weights, means, scale matrices, df (k,), log L)`."""
     n, d = points.shape
     floor = _floor(points)
     grid = torch.tensor(DF_GRID, dtype=points.dtype, device=points.device)[:, None, None]
@@ -136,27 +136,32 @@ def fit_t_mixture(
 
 
 class MixturePrior(nn.Module):
-    r"""A mixture of ``M`` full-covariance Gaussians (or, with ``tails=True``,
-    multivariate Student-t's) over ``(B, *shape)``, flattened to ``D`` values, with
-    learned weights :math:`\pi_m`, means :math:`\mu_m`, Cholesky factors :math:`L_m`
-    and (with tails) degrees of freedom :math:`\nu_m`:
+    r"""A mixture of `M` full-covariance Gaussians (or, with `tails=True`,
+    multivariate Student-t's) over `(B, *shape)`, flattened to `D` values, with
+    learned weights $\pi_m$, means $\mu_m$, Cholesky factors $L_m$
+    and (with tails) degrees of freedom $\nu_m$:
 
-    .. math::
-        \log p(z) = \operatorname{logsumexp}_m [\log\pi_m + \log p_m(z)],\quad
-        e_m = L_m^{-1}(z - \mu_m),\quad q_m = \lVert e_m\rVert^2,
+    $$
+    \log p(z) = \operatorname{logsumexp}_m [\log\pi_m + \log p_m(z)],\quad
+    e_m = L_m^{-1}(z - \mu_m),\quad q_m = \lVert e_m\rVert^2,
+    $$
 
-    :math:`\log p_m = -\tfrac D2\log 2\pi - \log|L_m| - \tfrac12 q_m` for a Gaussian,
-    :math:`\log\Gamma(\tfrac{\nu+D}2) - \log\Gamma(\tfrac\nu2) - \tfrac D2\log\nu\pi
-    - \log|L_m| - \tfrac{\nu+D}2\log(1 + q_m/\nu)` for a Student-t
-    (:math:`\log|L_m| = \sum_i \log L_{m,ii}`), in at least float32 with autocast off.
-    :math:`L_m` is a free strictly-lower triangle (``off_diagonal``, ``(M, D, D)``) plus
-    :math:`e^{\text{log\_scales}_m}` on its diagonal, so a mixture of diagonal Gaussians
-    is the case of a zero triangle (and older ``mixture`` checkpoints, written without
+    with $\log p_m = -\tfrac D2\log 2\pi - \log|L_m| - \tfrac12 q_m$ for a Gaussian and
+
+    $$
+    \log p_m = \log\Gamma(\tfrac{\nu_m+D}2) - \log\Gamma(\tfrac{\nu_m}2) - \tfrac D2\log\nu_m\pi
+    - \log|L_m| - \tfrac{\nu_m+D}2\log(1 + q_m/\nu_m)
+    $$
+
+    for a Student-t ($\log|L_m| = \sum_i \log L_{m,ii}$), in at least float32 with
+    autocast off. $L_m$ is a free strictly-lower triangle (`off_diagonal`, `(M, D, D)`)
+    plus the exponential of `log_scales[m]` on its diagonal, so a mixture of diagonal Gaussians
+    is the case of a zero triangle (and older `mixture` checkpoints, written without
     it, load as exactly that). A multivariate t's tails are elliptical, one scale
-    shared by all ``D`` values of a draw (volatility common to a window of returns).
+    shared by all `D` values of a draw (volatility common to a window of returns).
 
-    The means start at fixed, seeded draws from :math:`\mathcal N(0, I)` (equal means
-    would keep the components equal under gradient descent); :meth:`initialize` then
+    The means start at fixed, seeded draws from $\mathcal N(0, I)$ (equal means
+    would keep the components equal under gradient descent); `initialize` then
     fits them to the first batch's latents, as ActNorm takes that batch's statistics.
     Unconditional only.
     """
@@ -185,20 +190,20 @@ class MixturePrior(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def scale_tril(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The Cholesky factors :math:`L_m` of the components in use, ``(used, D, D)``."""
+        """The Cholesky factors $L_m$ of the components in use, `(used, D, D)`."""
         k = int(self.used)
         diagonal = torch.exp(self.log_scales[:k].reshape(k, -1).to(dtype))
         return torch.tril(self.off_diagonal[:k].to(dtype), -1) + torch.diag_embed(diagonal)
 
     @torch.no_grad()
     def initialize(self, z: Tensor) -> None:
-        r"""Data-dependent initialisation from latents ``z`` ``(N, *shape)`` (the flow's
-        output on the first batch, as ActNorm's): for each count :math:`k \le M`, a
-        Gaussian mixture fitted by :func:`fit_gaussian_mixture` (with tails, then a
-        mixture of t's from it by :func:`fit_t_mixture`); the count with the smallest
-        BIC, :math:`-2\log L + p\log N` with :math:`p = k(D + D(D+1)/2) + k - 1` free
-        parameters (:math:`+k` degrees of freedom with tails), is the one used: the
-        ``used`` first components, the others stay out of the density. The search
+        r"""Data-dependent initialisation from latents `z` `(N, *shape)` (the flow's
+        output on the first batch, as ActNorm's): for each count $k \le M$, a
+        Gaussian mixture fitted by `fit_gaussian_mixture` (with tails, then a
+        mixture of t's from it by `fit_t_mixture`); the count with the smallest
+        BIC, $-2\log L + p\log N$ with $p = k(D + D(D+1)/2) + k - 1$ free
+        parameters ($+k$ degrees of freedom with tails), is the one used: the
+        `used` first components, the others stay out of the density. The search
         stops once two counts in a row have not lowered the BIC, and takes no more
         components than leave two points per free parameter. The fit runs on the
         whitened points (k-means is not affine invariant: the fit would depend on the
@@ -245,7 +250,7 @@ class MixturePrior(nn.Module):
         self.initialized.fill_(1)
 
     def component_log_probs(self, z: Tensor) -> Tensor:
-        """``log pi_m + log p_m(z)`` for each item and component in use, ``(B, used)``."""
+        """`log pi_m + log p_m(z)` for each item and component in use, `(B, used)`."""
         dtype = logdet_dtype(z)
         k = int(self.used)
         with autocast_off(z):
@@ -262,6 +267,7 @@ class MixturePrior(nn.Module):
             return (log_p + torch.log_softmax(self.logits[:k, None].to(dtype), dim=0)).T
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Per-item log-density of `z` in nats, `(B,)` (unconditional: no `context`)."""
         if context is not None:
             raise ValueError("a mixture prior is unconditional")
         return torch.logsumexp(self.component_log_probs(z), dim=1)
@@ -273,9 +279,9 @@ class MixturePrior(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        r"""A component per draw (by the weights), then :math:`\mu_m + T L_m \epsilon`,
-        :math:`\epsilon` standard normal (divided by one :math:`\sqrt{G/\nu_m}`,
-        :math:`G \sim \chi^2_{\nu_m}`, per draw with tails)."""
+        r"""A component per draw (by the weights), then $\mu_m + T L_m \epsilon$,
+        $\epsilon$ standard normal (divided by one $\sqrt{G/\nu_m}$,
+        $G \sim \chi^2_{\nu_m}$, per draw with tails)."""
         if context is not None:
             raise ValueError("a mixture prior is unconditional")
         k = int(self.used)

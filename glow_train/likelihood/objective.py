@@ -1,30 +1,34 @@
 r"""The objective: flow + dequantiser -> per-sample negative log-likelihood.
 
-For quantised data on a grid of :math:`2^n` bins per dimension and a dequantiser
-:math:`q(u \mid x)`, the negative log-likelihood bound in nats of one item is
+For quantised data on a grid of $2^n$ bins per dimension and a dequantiser
+$q(u \mid x)$, the negative log-likelihood bound in nats of one item is
 
-.. math::  \mathrm{nll} = -\log p(x + u) + \log q(u \mid x) + D\,n \log 2,
+$$
+\mathrm{nll} = -\log p(x + u) + \log q(u \mid x) + D\,n \log 2,
+$$
 
-(the last term is the bins' volume; :math:`\log q = 0` for uniform noise), and the
+(the last term is the bins' volume; $\log q = 0$ for uniform noise), and the
 reported unit is bits per dimension,
 
-.. math::  \mathrm{bpd} = \frac{\mathrm{nll}}{D \log 2}
-                        = \frac{-\log p(x + u) + D \log 2^{n}}{D \log 2}.
+$$
+\mathrm{bpd} = \frac{\mathrm{nll}}{D \log 2}
+             = \frac{-\log p(x + u) + D \log 2^{n}}{D \log 2}.
+$$
 
-A class-conditional flow scores :math:`p(x \mid y)` the same way. With the auxiliary
-classifier of the paper's code (``train.class_loss_weight`` :math:`w > 0`) the
-training loss adds :math:`w` times the cross-entropy of :math:`p(y \mid z_L)` in
+A class-conditional flow scores $p(x \mid y)$ the same way. With the auxiliary
+classifier of the paper's code (`train.class_loss_weight` $w > 0$) the
+training loss adds $w$ times the cross-entropy of $p(y \mid z_L)$ in
 bits per image to the bits/dim; evaluation reports bits/dim alone.
 
-For continuous data (:class:`~glow_train.likelihood.dequantize.Identity`) it is
-:math:`-\log p(x)` and the unit is nats per dimension. :math:`\log p` is the
-flow's log-density in nats (:meth:`glow_train.Glow.log_prob`), ``D`` the number of
-dimensions of one item (``C·H·W``).
+For continuous data (`Identity`) it is
+$-\log p(x)$ and the unit is nats per dimension. $\log p$ is the
+flow's log-density in nats (`glow_train.Glow.log_prob`), `D` the number of
+dimensions of one item (`C·H·W`).
 
-The trainer wraps the :class:`Objective`, not the bare flow: the optimiser, the
-gradient clipping, the EMA, DDP / ``torch.compile`` and the checkpoint all hold
+The trainer wraps the `Objective`, not the bare flow: the optimiser, the
+gradient clipping, the EMA, DDP / `torch.compile` and the checkpoint all hold
 it, so a trainable dequantiser is trained, averaged and saved with the flow.
-``glow-eval`` calls the same :meth:`Objective.forward`, so the trainer's figures
+`glow-eval` calls the same `Objective.forward`, so the trainer's figures
 and the evaluator's cannot drift apart.
 """
 
@@ -67,7 +71,7 @@ CLASS_PRIORS = ("uniform", "train")
 
 
 def check_class_prior(kind: str) -> None:
-    """Refuse a ``class_prior=`` other than those of :data:`CLASS_PRIORS`."""
+    """Refuse a `class_prior=` other than those of `CLASS_PRIORS`."""
     if kind not in CLASS_PRIORS:
         raise ConfigError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {kind!r}")
 
@@ -75,15 +79,17 @@ def check_class_prior(kind: str) -> None:
 def bits_per_dim(log_prob: Tensor, num_dims: int, n_bits: int) -> Tensor:
     r"""Bits per dimension of uniformly dequantised discrete data.
 
-    .. math::  \mathrm{bpd} = \frac{-\log p(x) + D \log 2^{n}}{D \log 2}
+    $$
+    \mathrm{bpd} = \frac{-\log p(x) + D \log 2^{n}}{D \log 2}
+    $$
 
     Args:
-        log_prob: continuous log-density in nats, any shape (e.g. ``(B,)`` per image).
-        num_dims: ``D``, the number of dimensions of one image (``C·H·W``).
+        log_prob: continuous log-density in nats, any shape (e.g. `(B,)` per image).
+        num_dims: `D`, the number of dimensions of one image (`C·H·W`).
         n_bits: bit depth of the data the density was evaluated on.
 
     Returns:
-        Tensor of the shape of ``log_prob`` (computed in at least float32).
+        Tensor of the shape of `log_prob` (computed in at least float32).
     """
     check_n_bits(n_bits)
     log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
@@ -93,29 +99,35 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, n_bits: int) -> Tensor:
 def marginal_nll(class_nlls: Tensor, log_class_prior: Tensor) -> Tensor:
     r"""The marginal of a class-conditional model, in nats per item, in float64:
 
-    .. math::  -\log p(x) = -\log \sum_y p(y)\, p(x \mid y)
+    $$
+    -\log p(x) = -\log \sum_y p(y)\, p(x \mid y)
                = -\operatorname{logsumexp}_y\big(\log p(y) - \mathrm{nll}(x \mid y)\big)
+    $$
 
     Args:
-        class_nlls: ``(B, K)`` from :meth:`Objective.class_nlls` (the dequantisation
+        class_nlls: `(B, K)` from `Objective.class_nlls` (the dequantisation
             terms are the same in every column, so they carry over unchanged).
-        log_class_prior: ``(K,)`` :math:`\log p(y)` (``-inf`` for a class of
+        log_class_prior: `(K,)` $\log p(y)$ (`-inf` for a class of
             probability 0).
+
+    Returns:
+        $-\log p(x)$ of each item, `(B,)` float64.
     """
     joint = log_class_prior.to(class_nlls.device, torch.float64) - class_nlls.double()
     return -torch.logsumexp(joint, dim=1)
 
 
 class ClassHead(nn.Module):
-    r"""Logits of :math:`p(y \mid z_L)`, ``(B, num_classes)``, from the channel means of
-    the top latent ``(B, C, h, w)``: a zero-initialised linear layer (the paper's
-    ``ycond`` classifier), so it starts at the uniform distribution."""
+    r"""Logits of $p(y \mid z_L)$, `(B, num_classes)`, from the channel means of
+    the top latent `(B, C, h, w)`: a zero-initialised linear layer (the paper's
+    `ycond` classifier), so it starts at the uniform distribution."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
         self.linear = ZeroInit(nn.Linear(channels, num_classes))
 
     def forward(self, z_top: Tensor) -> Tensor:
+        """Logits `(B, num_classes)` of the class of each item, from its top latent."""
         return self.linear(z_top.float().mean(dim=(2, 3)))
 
 
@@ -123,22 +135,22 @@ class Objective(nn.Module):
     """A flow and its dequantiser, scored in nats per item.
 
     Args:
-        flow: a registered model (:mod:`glow_train.models`).
+        flow: a registered model (`glow_train.models`).
         dequantizer: how data becomes the flow's continuous input.
         standardize: for vector data, the training split's standardisation, a fixed
             layer between the data and the flow whose log-determinant is part of
-            the likelihood (:class:`~glow_train.flows.Standardize`).
+            the likelihood (`Standardize`).
 
         class_head: the auxiliary classifier on the top latent of a class-conditional
-            flow (:class:`ClassHead`), trained when ``class_weight > 0``.
+            flow (`ClassHead`), trained when `class_weight > 0`.
 
-    Calling it, ``objective(x, noise, y)``, takes data already on the model's grid
-    (:meth:`prepare`) and the noise drawn for it (:meth:`noise`) and returns the
-    per-item negative log-likelihood in nats, ``(B,)``, in at least float32.
-    :meth:`score` converts that to the reported unit (:attr:`metric`).
-    ``objective(x, noise, y, class_weight)`` adds ``class_weight · D ·`` the
-    classifier's cross-entropy in nats, so that :meth:`score` of it is the paper's
-    loss, bits/dim plus ``class_weight`` times the class bits per image.
+    Calling it, `objective(x, noise, y)`, takes data already on the model's grid
+    (`prepare`) and the noise drawn for it (`noise`) and returns the
+    per-item negative log-likelihood in nats, `(B,)`, in at least float32.
+    `score` converts that to the reported unit (`metric`).
+    `objective(x, noise, y, class_weight)` adds `class_weight · D ·` the
+    classifier's cross-entropy in nats, so that `score` of it is the paper's
+    loss, bits/dim plus `class_weight` times the class bits per image.
     """
 
     def __init__(
@@ -160,7 +172,7 @@ class Objective(nn.Module):
 
     @property
     def metric_label(self) -> str:
-        """How the metric is printed: ``bpd`` or ``nats/dim``."""
+        """How the metric is printed: `bpd` or `nats/dim`."""
         return METRICS[self.metric]
 
     def prepare(self, raw: Tensor) -> Tensor:
@@ -168,11 +180,11 @@ class Objective(nn.Module):
         return self.dequantizer.prepare(raw)
 
     def noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor | None:
-        """The dequantisation noise for ``x`` from ``generator`` (``None`` if none)."""
+        """The dequantisation noise for `x` from `generator` (`None` if none)."""
         return self.dequantizer.noise(x, generator)
 
     def labels(self, batch: Batch) -> Tensor | None:
-        """The labels the flow takes from a batch: ``y`` for a class-conditional flow.
+        """The labels the flow takes from a batch: `y` for a class-conditional flow.
 
         Raises:
             DataError: a class-conditional flow given unlabelled items (label -1).
@@ -189,8 +201,8 @@ class Objective(nn.Module):
     def forward(
         self, x: Tensor, noise: Tensor | None, y: Tensor | None = None, class_weight: float = 0.0
     ) -> Tensor:
-        """Per-item negative log-likelihood in nats, ``(B,)`` (plus the weighted class
-        loss when ``class_weight > 0``, see the class docstring)."""
+        """Per-item negative log-likelihood in nats, `(B,)` (plus the weighted class
+        loss when `class_weight > 0`, see the class docstring)."""
         x, log_q = self.dequantizer(x, noise)
         x, logdet = self._standardized(x)
         if class_weight > 0:
@@ -210,10 +222,10 @@ class Objective(nn.Module):
         return nll
 
     def class_nlls(self, x: Tensor, noise: Tensor | None) -> Tensor:
-        r"""The negative log-likelihood in nats given each class, ``(B, num_classes)``:
-        column ``k`` is :meth:`forward` with ``y = k`` (one pass of the flow for all of
-        them, :meth:`glow_train.models.FlowModel.class_log_probs`). :func:`marginal_nll`
-        turns it into :math:`-\log p(x)`."""
+        r"""The negative log-likelihood in nats given each class, `(B, num_classes)`:
+        column `k` is `forward` with `y = k` (one pass of the flow for all of
+        them, `glow_train.models.FlowModel.class_log_probs`). `marginal_nll`
+        turns it into $-\log p(x)$."""
         x, log_q = self.dequantizer(x, noise)
         x, logdet = self._standardized(x)
         log_prob = self.flow.class_log_probs(x)
@@ -224,8 +236,8 @@ class Objective(nn.Module):
         return nll if log_q is None else nll + log_q[:, None]
 
     def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Standardised ``x`` and the log-determinant of the modelled values: with a
-        context (``flow.context_dims`` leading values) only the rest count, since the
+        """Standardised `x` and the log-determinant of the modelled values: with a
+        context (`flow.context_dims` leading values) only the rest count, since the
         density is of them given the context."""
         if self.standardize is None:
             return x, None
@@ -255,10 +267,10 @@ class Objective(nn.Module):
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
     ) -> Tensor:
-        """``n`` samples as data (images: floats in ``[0, 1]`` on the data's grid).
+        """`n` samples as data (images: floats in `[0, 1]` on the data's grid).
 
         A sample that overflows (an extreme latent at a high temperature) is drawn
-        clamped, with a ``RuntimeWarning``.
+        clamped, with a `RuntimeWarning`.
 
         Raises:
             NonFiniteError: no sample is finite (a diverged model), rather than an
@@ -301,7 +313,7 @@ class Objective(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild the dequantiser and the standardisation
-        (``objective_config``; the statistics themselves are buffers in the weights)."""
+        (`objective_config`; the statistics themselves are buffers in the weights)."""
         dims = None if self.standardize is None else int(self.standardize.loc.numel())
         head = None
         if self.class_head is not None:
@@ -312,9 +324,9 @@ class Objective(nn.Module):
 def build_objective(
     flow: FlowModel, spec: DataSpec, dequantization: str = "uniform", class_loss_weight: float = 0.0
 ) -> Objective:
-    """The objective for ``flow`` on data described by ``spec``: ``dequantization``
-    (``uniform`` or ``variational``) of quantised data; continuous data has none (the
-    setting does not apply to it). ``class_loss_weight > 0`` adds the auxiliary
+    """The objective for `flow` on data described by `spec`: `dequantization`
+    (`uniform` or `variational`) of quantised data; continuous data has none (the
+    setting does not apply to it). `class_loss_weight > 0` adds the auxiliary
     classifier of a class-conditional image flow."""
     head = None
     if class_loss_weight > 0:

@@ -1,17 +1,17 @@
-"""``glow-sample mode=...``: the registry of sampling modes, and the latent-space ones.
+"""`glow-sample mode=...`: the registry of sampling modes, and the latent-space ones.
 
-Every mode is one function ``(ckpt, **options) -> Written`` (or a list of written
-paths, :mod:`glow_train.modes`) registered in :data:`MODES` under its ``mode=``
-name; :func:`run_mode` passes it the options its signature names, out of
-``glow-sample``'s config. Each takes ``None`` for "the value in
-``configs/sample.yaml``".
+Every mode is one function `(ckpt, **options) -> Written` (or a list of written
+paths, `glow_train.modes`) registered in `MODES` under its `mode=`
+name; `run_mode` passes it the options its signature names, out of
+`glow-sample`'s config. Each takes `None` for "the value in
+`configs/sample.yaml`".
 
-- ``sample``: grids of samples (:func:`glow_train.sampling.images.sample`);
-- ``forecast``: paths of a series model with a context
-  (:func:`glow_train.series.registry.forecast_paths`);
-- ``interpolate``, ``direction``, ``manipulate``: the latent-space modes below;
-  the mathematics is in :mod:`glow_train.sampling.latents`. They write strips
-  (PNG, one row) and direction files (``torch.save`` of a dict, beside the checkpoint).
+- `sample`: grids of samples (`glow_train.sampling.images.sample`);
+- `forecast`: paths of a series model with a context
+  (`glow_train.series.registry.forecast_paths`);
+- `interpolate`, `direction`, `manipulate`: the latent-space modes below;
+  the mathematics is in `glow_train.sampling.latents`. They write strips
+  (PNG, one row) and direction files (`torch.save` of a dict, beside the checkpoint).
 """
 
 from __future__ import annotations
@@ -57,15 +57,15 @@ __all__ = [
 def run_mode(
     mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any], typed: Iterable[str] = ()
 ) -> Written:
-    """Run ``MODES[mode]`` on ``ckpt`` with the ``options`` its signature takes (the rest of
-    ``glow-sample``'s keys are for other modes); one of ``typed`` (set on the command
-    line) that it does not take is refused (:func:`glow_train.modes.run_registered`)."""
+    """Run `MODES[mode]` on `ckpt` with the `options` its signature takes (the rest of
+    `glow-sample`'s keys are for other modes); one of `typed` (set on the command
+    line) that it does not take is refused (`glow_train.modes.run_registered`)."""
     unknown = f"mode must be one of {', '.join(MODES)}, got {mode!r}"
     return run_registered(MODES, mode, ckpt, options, unknown, typed)
 
 
 def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
-    """The checkpoint (as ``opts`` say: device, EMA, precision) and its dataset config."""
+    """The checkpoint (as `opts` say: device, EMA, precision) and its dataset config."""
     loaded = load(ckpt, ema=opts.ema, device=opts.device, precision=opts.precision)
     if loaded.info["data"]["kind"] != "image":
         raise ConfigError("latent-space modes need an image model (model=glow)")
@@ -73,7 +73,7 @@ def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
 
 
 def _options(**values: Any) -> Any:
-    """``values`` with each ``None`` replaced by ``configs/sample.yaml``'s value."""
+    """`values` with each `None` replaced by `configs/sample.yaml`'s value."""
     return fill_defaults("sample", SampleConfig, **values)
 
 
@@ -82,14 +82,14 @@ def _safe(text: str) -> str:
 
 
 def _tag(ref: Any) -> str:
-    """An input's name in a file name: ``test<index>`` or the image file's stem."""
+    """An input's name in a file name: `test<index>` or the image file's stem."""
     return _safe(Path(str(ref)).stem if not str(ref).lstrip("-").isdigit() else f"test{ref}")
 
 
 def _claim_strip(
     ckpt: Path, name: str, out: Any, overwrite: bool, data_cfg: dict, inputs: list[Any]
 ) -> Path:
-    """Where a strip goes (:func:`glow_train.io.outputs.strip_target`), checked against the
+    """Where a strip goes (`glow_train.io.outputs.strip_target`), checked against the
     output policy: never the checkpoint, the dataset's files or the input images."""
     images = [(r, f"the input image {r}") for r in inputs if not str(r).lstrip("-").isdigit()]
     target = strip_target(ckpt, name, out, writable_extensions())
@@ -99,8 +99,8 @@ def _claim_strip(
 def _encode_inputs(
     loaded: Loaded, data_cfg: dict, refs: list[Any], y: Any
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """The latents (one tensor per level) and labels of the input images ``refs``
-    (test-set indices or image files; ``y``: the class of a conditional model's file)."""
+    """The latents (one tensor per level) and labels of the input images `refs`
+    (test-set indices or image files; `y`: the class of a conditional model's file)."""
     batch = load_inputs(refs, data_cfg, y, loaded.flow.num_classes)
     labels = loaded.objective.labels(batch)
     with loaded.autocast():
@@ -114,7 +114,7 @@ def _decode_strip(
     labels: torch.Tensor | None,
     padding: int,
 ) -> Written:
-    """Decode ``latents`` (one image each) and write them as one row to ``path``."""
+    """Decode `latents` (one image each) and write them as one row to `path`."""
     from torchvision.utils import make_grid, save_image  # about a second to load: on use
 
     with loaded.autocast():
@@ -139,8 +139,8 @@ def interpolate_strip(
     ema: bool | None = None,
     precision: str | None = None,
 ) -> Written:
-    """``mode=interpolate``: encode ``a`` and ``b`` (test-set indices or image files),
-    interpolate every level's latent in ``steps`` points and write the decoded strip
+    """`mode=interpolate`: encode `a` and `b` (test-set indices or image files),
+    interpolate every level's latent in `steps` points and write the decoded strip
     (one row)."""
     if a is None or b is None:
         raise ConfigError("mode=interpolate needs a= and b= (test-set indices or image files)")
@@ -180,10 +180,10 @@ def save_direction(
     ema: bool | None = None,
     precision: str | None = None,
 ) -> Written:
-    """``mode=direction``: compute the attribute's latent direction from the training
+    """`mode=direction`: compute the attribute's latent direction from the training
     data and save it beside the checkpoint
-    (:func:`glow_train.sampling.latents.direction_path`), encoding ``batch_size``
-    images at a time (``None``: the dataset's ``eval_batch_size``). The note says how
+    (`glow_train.sampling.latents.direction_path`), encoding `batch_size`
+    images at a time (`None`: the dataset's `eval_batch_size`). The note says how
     many images it took with and without the attribute."""
     if attribute is None:
         raise ConfigError("mode=direction needs attribute= (a class, or a CelebA attribute)")
@@ -220,8 +220,8 @@ def manipulate_strip(
     ema: bool | None = None,
     precision: str | None = None,
 ) -> Written:
-    """``mode=manipulate``: encode ``image``, add ``alpha`` times the saved direction of
-    ``attribute`` for each ``alpha`` and write the decoded strip."""
+    """`mode=manipulate`: encode `image`, add `alpha` times the saved direction of
+    `attribute` for each `alpha` and write the decoded strip."""
     if attribute is None or image is None:
         raise ConfigError("mode=manipulate needs attribute= and image= (test-set index or file)")
     opts = _options(alpha=alpha, padding=padding, ema=ema, precision=precision, overwrite=overwrite)
@@ -252,12 +252,12 @@ def manipulate_strip(
     return _decode_strip(loaded, path, edited, y_all, opts.padding)
 
 
-#: how far ``alpha`` may move the latent, in lengths of the image's own latent
+#: how far `alpha` may move the latent, in lengths of the image's own latent
 MAX_EDIT = 10.0
 
 
 def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch.Tensor]) -> None:
-    """Refuse an ``alpha`` that moves the latent more than :data:`MAX_EDIT` times its own
+    """Refuse an `alpha` that moves the latent more than `MAX_EDIT` times its own
     length: the decoded image no longer depends on the input and saturates."""
     length = float(torch.sqrt(sum((l.double() ** 2).sum() for l in z)))
     step = float(torch.sqrt(sum((d.double() ** 2).sum() for d in levels)))
@@ -273,7 +273,7 @@ def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch
         )
 
 
-#: ``mode=`` name -> the function that runs it (:func:`run_mode`)
+#: `mode=` name -> the function that runs it (`run_mode`)
 MODES: dict[str, Mode] = {
     "sample": sample,
     "interpolate": interpolate_strip,

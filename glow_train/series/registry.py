@@ -1,13 +1,13 @@
 """The commands of a series model: `glow-sample mode=forecast` (`forecast_paths`) and
 `glow-eval backtest=<name>`, the registry of backtests.
 
-Every backtest is one function ``(ckpt, **options) -> Written``
-(:mod:`glow_train.modes`) registered in :data:`BACKTESTS` under its ``backtest=``
-name; :func:`run_backtest` passes it the options its signature names, out of
-``glow-eval``'s config. Each takes ``None`` for "the value in ``configs/eval.yaml``".
+Every backtest is one function `(ckpt, **options) -> Written`
+(`glow_train.modes`) registered in `BACKTESTS` under its `backtest=`
+name; `run_backtest` passes it the options its signature names, out of
+`glow-eval`'s config. Each takes `None` for "the value in `configs/eval.yaml`".
 
-- ``var``: one-step VaR/ES over the test part of the series against historical
-  simulation and GARCH(1,1)-t (:func:`glow_train.series.backtest.backtest`).
+- `var`: one-step VaR/ES over the test part of the series against historical
+  simulation and GARCH(1,1)-t (`glow_train.series.backtest.backtest`).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def var_backtest(
     device: str | torch.device | None = None,
     ema: bool | None = None,
 ) -> Written:
-    """``backtest=var``: the VaR/ES table of :func:`glow_train.series.backtest.backtest` (also
-    written, with ``backtest.csv`` and ``backtest.png``, into ``out``); ``seed``:
-    ``None`` draws with seed 0 (``glow-eval``'s ``seed`` is null: the checkpoint's,
+    """`backtest=var`: the VaR/ES table of `glow_train.series.backtest.backtest` (also
+    written, with `backtest.csv` and `backtest.png`, into `out`); `seed`:
+    `None` draws with seed 0 (`glow-eval`'s `seed` is null: the checkpoint's,
     which a backtest has no use for)."""
     opts = fill_defaults(
         "eval", EvalConfig, backtest_samples=backtest_samples, ema=ema, overwrite=overwrite
@@ -74,9 +74,9 @@ def forecast_paths(
     device: str | torch.device | None = None,
     ema: bool | None = None,
 ) -> Written:
-    """``mode=forecast``: ``n`` paths of ``horizon`` steps of a series model with a
-    context, written as ``forecast.csv`` and the fan chart ``forecast.png``
-    (:func:`glow_train.series.forecast.forecast`)."""
+    """`mode=forecast`: `n` paths of `horizon` steps of a series model with a
+    context, written as `forecast.csv` and the fan chart `forecast.png`
+    (`glow_train.series.forecast.forecast`)."""
     opts = fill_defaults(
         "sample",
         SampleConfig,
@@ -108,7 +108,7 @@ def forecast_paths(
 
 
 def run_backtest(name: str, ckpt: str | os.PathLike, options: Mapping[str, Any]) -> Written:
-    """Run ``BACKTESTS[name]`` on ``ckpt`` with the ``options`` its signature takes."""
+    """Run `BACKTESTS[name]` on `ckpt` with the `options` its signature takes."""
     unknown = (
         f"backtest={name!r}: the one backtest is backtest=var"
         if list(BACKTESTS) == ["var"]
@@ -117,5 +117,5 @@ def run_backtest(name: str, ckpt: str | os.PathLike, options: Mapping[str, Any])
     return run_registered(BACKTESTS, name, ckpt, options, unknown)
 
 
-#: ``backtest=`` name -> the function that runs it (:func:`run_backtest`)
+#: `backtest=` name -> the function that runs it (`run_backtest`)
 BACKTESTS: dict[str, Mode] = {"var": var_backtest}
