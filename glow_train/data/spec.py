@@ -32,8 +32,9 @@ class DataSpec:
         num_classes: number of label values, 0 when the data has no labels.
         columns: vectors: the name of each of the `D` dimensions (for windows
             `<column>[t]`, `t` in `0..W-1`, time-major).
-        loc, scale: vectors: per-dimension mean and standard deviation of the
-            training split; the objective standardises with them and adds the
+        loc: vectors: the per-dimension mean of the training split.
+        scale: vectors: the per-dimension standard deviation of the training split;
+            the objective standardises with `loc` and `scale` and adds the
             log-determinant, so likelihoods stay in the data's own units.
         transform: vectors: `"log_return"` when the items are log-returns of the
             columns, else `None`.

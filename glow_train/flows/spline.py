@@ -12,7 +12,9 @@ $d_k, d_{k+1}$ the derivatives at its ends:
 $$
 g(x) = y^{(k)} + \frac{h_k\,[s_k \xi^2 + d_k \xi(1 - \xi)]}
                       {s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)},
-\qquad
+$$
+
+$$
 g'(x) = \frac{s_k^2\,[d_{k+1} \xi^2 + 2 s_k \xi(1 - \xi) + d_k (1 - \xi)^2]}
              {[s_k + (d_{k+1} + d_k - 2 s_k)\,\xi(1 - \xi)]^2}.
 $$
