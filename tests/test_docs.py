@@ -364,3 +364,42 @@ def test_the_citation_file_and_the_readme_cite_the_glow_paper():
     title = cff["preferred-citation"]["title"]
     for page in (README, ROOT / "docs" / "index.md"):
         assert f"title     = {{{title}}}" in page.read_text(), f"{page.name}: no BibTeX of Glow"
+
+
+def _troubleshooting_lines() -> list[str]:
+    """The first column of the troubleshooting page's tables: the lines it quotes."""
+    text = (GUIDE / "troubleshooting.md").read_text()
+    return re.findall(r"^\| `(.+?)` \|", text, re.M)
+
+
+def test_the_troubleshooting_page_quotes_the_code():
+    """Each quoted line is one of glow_train's messages (its literal parts, around `<...>`
+    and `...`, with the values a message fills in), or, for the three that Hydra's
+    messages make, what the command prints (below)."""
+    source = "".join(path.read_text() for path in (ROOT / "glow_train").rglob("*.py"))
+    source = re.sub(r"\"\s*\n\s*f?\"", "", source)  # join implicitly concatenated strings
+    source = re.sub(r"\{[^{}]*\}", "\0", source)  # f-string fields: what varies
+    templates = [
+        re.compile(re.escape(text).replace("\0", ".+?"))
+        for text in re.findall(r'"([^"\n]*\0[^"\n]*)"', source)
+        if len(text.replace("\0", "")) >= 12
+    ]
+    lines = _troubleshooting_lines()
+    assert len(lines) >= 15
+    from_hydra = [line for line in lines if "Could not" in line or "Value '" in line]
+    for line in set(lines) - set(from_hydra):
+        for part in re.split(r"<[^>]*>|\.\.\.", line):
+            part = part.strip(" ;,()")
+            words = part.split(" ")  # a value next to a placeholder: one word either side
+            trimmed = {" ".join(words[i : len(words) - j]) for i in (0, 1) for j in (0, 1)}
+            if len(part) >= 12 and not any(len(t) >= 12 and t in source for t in trimmed):
+                assert any(t.search(part) for t in templates), f"{part!r} is not in glow_train/"
+    assert len(from_hydra) == 3
+
+
+@pytest.mark.parametrize("argv", [["train.lrr=1"], ["train.lr=abc"], ["dataset=cifar"]])
+def test_the_troubleshooting_page_shows_what_hydra_errors_print(argv, tmp_path):
+    status, _, err = run_console(console_main("glow-train"), argv, tmp_path)
+    assert status == 2
+    printed = err.strip().splitlines()[-1].removeprefix("glow-train: error: ")
+    assert printed in _troubleshooting_lines(), printed
