@@ -5,11 +5,10 @@ another command takes), one-line errors, and the checkpoint that `ckpt=` names.
 Each command is one module of this package (`glow_train.cli.train`,
 `glow_train.cli.sample`, `glow_train.cli.eval`): a Hydra app that turns
 the composed config into plain arguments, calls one library function and prints
-what it returns. Errors the user can fix (`glow_train.errors.GlowError`,
-and a command line the typed configs refuse) print one line and exit with status
-2. This module imports only Hydra and OmegaConf (no PyTorch), so these answers
-come at once. It also lets Hydra find this project's sweeper
-(`hydra_plugins.glow_train_sweeper`).
+what it returns. Errors the user can fix (`glow_train.errors.GlowError`, and a
+command line the typed configs refuse) print one line and exit with status 2. This
+module imports only Hydra and OmegaConf (no PyTorch), so these answers come at once.
+It also lets Hydra find this project's sweeper (`hydra_plugins.glow_train_sweeper`).
 """
 
 from __future__ import annotations

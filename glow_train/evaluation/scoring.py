@@ -1,7 +1,7 @@
 r"""Scoring: one function, `evaluate_objective`, behind every figure.
 
 The trainer's validation and test figures, `glow-eval`'s and the
-out-of-distribution scores (`glow_train.evaluation.ood`) all come from it, so they
+out-of-distribution scores ([`ood`][glow_train.evaluation.ood]) all come from it, so they
 cannot drift apart.
 
 The split is cut into fixed batches `[0, b), [b, 2b), …`; batch `i` of draw

@@ -58,7 +58,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 @dataclass
 class Loaded:
-    """A checkpoint ready to use, as `glow_train.load` returns it.
+    """A checkpoint ready to use, as [`glow_train.load`][glow_train.likelihood.loading.load]
+    returns it.
 
     Attributes:
         objective: the model and its dequantiser, in eval mode on `device`
