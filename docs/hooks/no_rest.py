@@ -23,7 +23,7 @@ MARKUP = {
     ),
     "a double-backtick literal (write single backticks)": re.compile(r"(?<!`)``[^`\n]+``(?!`)"),
     "a reST literal-block marker `::` (end the line with `:` and indent the block)": re.compile(
-        r"\w::[ \t]*$", re.M
+        r"^(?!\s*\.\. ).*\S::[ \t]*$", re.M
     ),
     "a reST link (write [text](url))": re.compile(r">`__?\b"),
 }
