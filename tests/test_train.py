@@ -228,7 +228,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = start_glow_train(args, tmp_path, wait_for=run_dir / "tb", then=1.5)  # some steps
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err  # saved, yet not finished: `&& glow-eval` stops
     assert "SIGTERM" in out + err
     state = torch.load(run_dir / "last.pt", weights_only=True)
     stopped_at = state["step"]

@@ -92,6 +92,7 @@ class TrainingLoop:
         self.monitor, self.time_limit, self.selection = monitor, time_limit, selection
         #: the evaluation weights of the best figure so far (early stopping's report)
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self.stop_signal: tuple[str | None, bool] = (None, False)  # name, pre-emption or not
 
     @property
     def model(self) -> FlowModel:
@@ -262,6 +263,7 @@ class TrainingLoop:
                         f"{what}; continue with glow-train ckpt={self.run_dir / 'last.pt'}"
                     )
                     monitor.close()
+                self.stop_signal = interrupt.received, interrupt.preempted is not None
                 interrupt.hand_on()  # after the save: the pre-emption signal goes on to submitit
                 return self.result(interrupted=True)
             return self.finish(interrupted)
@@ -338,6 +340,8 @@ class TrainingLoop:
             best_step=p.best_step,
             best_test_score=best_test,
             stopped_early=early,
+            stop_signal=self.stop_signal[0],
+            preempted=self.stop_signal[1],
         )
 
 
