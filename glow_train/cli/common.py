@@ -58,15 +58,18 @@ def make_sweeper_visible() -> None:
     from hydra.core.singleton import Singleton
 
     import hydra_plugins
-    from hydra_plugins.glow_train_sweeper import glow_sweeper
+    from hydra_plugins.glow_train_sweeper import glow_sweeper, optuna_sweeper
 
     own = Path(__file__).resolve().parents[2] / "hydra_plugins"  # beside glow_train/
     if (own / "glow_train_sweeper").is_dir() and str(own) not in list(hydra_plugins.__path__):
         hydra_plugins.__path__.append(str(own))
-    if Plugins in Singleton._instances:  # scanned already, perhaps without the sweeper
-        plugins, cls = Plugins.instance(), glow_sweeper.GlowSweeper
-        if f"{cls.__module__}.{cls.__name__}" not in plugins.class_name_to_class:
-            plugins._register(cls)
+    if Plugins in Singleton._instances:  # scanned already, perhaps without the sweepers
+        plugins = Plugins.instance()
+        for cls in (glow_sweeper.GlowSweeper, getattr(optuna_sweeper, "GlowOptunaSweeper", None)):
+            if cls is not None and f"{cls.__module__}.{cls.__name__}" not in (
+                plugins.class_name_to_class
+            ):
+                plugins._register(cls)
 
 
 make_sweeper_visible()
