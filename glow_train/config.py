@@ -69,7 +69,7 @@ class ImageDatasetConfig:
     hflip: bool | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
-    num_workers: int | None = None
+    num_workers: Any = None  # an int, or auto (glow_train.data.loader.resolve_workers)
 
 
 @dataclass

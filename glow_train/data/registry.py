@@ -103,7 +103,7 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
         # batch_size may be auto: the trainer resolves it (glow_train.training.sizing)
         if cfg.get(key) is not None and cfg.get(key) != "auto":
             int_key(cfg, key, 1)
-    if cfg.get("num_workers") is not None:
+    if cfg.get("num_workers") not in (None, "auto"):  # auto: glow_train.data.loader
         int_key(cfg, "num_workers", 0)
     if entry.kind == "image" and cfg.get("val_size") is not None:
         value = float(cfg["val_size"])

@@ -204,7 +204,7 @@ def evaluate(
             device=device,
             seed=seed,
             draws=draws,
-            num_workers=int(data_cfg.get("num_workers") or 0),
+            num_workers=data_cfg.get("num_workers") or 0,  # an int, or auto
             progress=opts.progress,
             class_prior=p_y,
         )

@@ -118,7 +118,7 @@ def evaluate_objective(
     seed: int,
     draws: int = 1,
     dist: DistInfo | None = None,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     progress: bool = False,
     class_prior: Tensor | None = None,
 ) -> EvalResult:

@@ -42,7 +42,7 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
         if key not in auto:
             _check_number(key, _value(cfg, key))
     for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
-        if f"dataset.{key}" not in auto:
+        if f"dataset.{key}" not in auto and (key, cfg.dataset.get(key)) != ("num_workers", "auto"):
             require_int(f"dataset.{key}", cfg.dataset.get(key), low)
     check_train(cfg, auto)
     dropout = cfg.model.get("dropout")

@@ -117,7 +117,7 @@ class Trainer:
             self.batch_size,
             sampler=self.sampler,
             drop_last=True,
-            num_workers=int(cfg.dataset.num_workers),
+            num_workers=cfg.dataset.num_workers,
             device=self.device.type,
         )
         self.optim = Optimization(

@@ -1,0 +1,46 @@
+"""Issue 34 (reliability, third round), through the entry points: each case ends in the
+right exit status and one line, with nothing written or lost that should not be."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import run_console
+from PIL import Image
+
+from glow_train.cli import train_main
+from glow_train.data import loader
+
+QUIET = ["train.time_limit=null", "train.progress=false", "train.eval_every_steps=null"]
+QUIET += ["train.sample_every=null", "train.num_samples=4"]
+
+
+# 8. the loader's worker processes follow the cores ---------------------------------------
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 1), (3, 2), (16, 4)])
+def test_auto_workers_follow_the_cores_available(monkeypatch, cores, workers):
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert loader.resolve_workers("auto") == workers
+    assert loader.resolve_workers(3) == 3 and loader.resolve_workers(None) == 0
+
+
+@pytest.mark.parametrize("workers", ["auto", "cores + 1"])
+def test_an_image_folder_trains_without_the_worker_warning(tmp_path, recwarn, workers):
+    """The image datasets' default `num_workers: auto` never asks for more processes than
+    the machine has cores: no DataLoader warning ("will create 4 worker processes")."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(24):
+        Image.new("L", (10, 10), 10 * i).save(images / f"{i}.png")
+    args = ["dataset=folder", f"dataset.root={images}", "dataset.image_size=8"]
+    args += ["dataset.channels=1", "dataset.batch_size=4", "dataset.val_size=0"]
+    args += ["model.K=1", "model.L=1", "model.hidden_channels=8", "train.max_steps=2"]
+    args += ["train.init_samples=4", *QUIET, "run_dir=run"]
+    if workers != "auto":  # the peer: more processes than cores, as `4` on 2 cores
+        args.append(f"dataset.num_workers={len(os.sched_getaffinity(0)) + 1}")
+    status, out, err = run_console(train_main, args, tmp_path)
+    assert status == 0, err
+    warned = [str(w.message) for w in recwarn if "worker processes" in str(w.message)]
+    assert bool(warned) == (workers != "auto"), warned
