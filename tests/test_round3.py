@@ -44,3 +44,29 @@ def test_an_image_folder_trains_without_the_worker_warning(tmp_path, recwarn, wo
     assert status == 0, err
     warned = [str(w.message) for w in recwarn if "worker processes" in str(w.message)]
     assert bool(warned) == (workers != "auto"), warned
+
+
+# 8. the series pictures: ticks at round numbers, words apart, the VaR level named --------
+
+
+def test_round_ticks_lie_in_the_range_at_round_steps():
+    from glow_train.series.chart import round_ticks
+
+    assert round_ticks(-0.047, 0.049) == [-0.04, -0.02, 0.0, 0.02, 0.04]
+    assert round_ticks(0, 299, most=8) == [0, 50, 100, 150, 200, 250]
+    assert round_ticks(83.2, 103.9) == [85, 90, 95, 100]
+    assert round_ticks(1.0, 1.0) == [1.0]
+
+
+@pytest.mark.parametrize("size", [12, None])  # PIL's scalable font, and its bitmap one
+def test_chart_text_keeps_words_apart_in_either_font(monkeypatch, size):
+    from PIL import Image, ImageDraw, ImageFont
+
+    from glow_train.series import chart
+
+    face = ImageFont.load_default() if size is None else ImageFont.load_default(size=size)
+    monkeypatch.setattr(chart, "font", lambda size=12: face)
+    draw = ImageDraw.Draw(Image.new("RGB", (300, 40), "white"))
+    joined = chart.text(draw, (0, 0), "exceedancesofglow1d")
+    apart = chart.text(draw, (0, 0), "exceedances of glow1d")
+    assert apart - joined >= 2 * max(draw.textlength("n", font=face), 4.0) - 1

@@ -227,7 +227,7 @@ def backtest(
     write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     write_atomic(csv_path, lambda tmp: _write_csv(tmp, steps, returns, methods))
     var = {k: v[LEVELS[0]][0] for k, v in methods.items()}
-    write_atomic(png_path, lambda tmp: _plot(tmp, returns, var))
+    write_atomic(png_path, lambda tmp: _plot(tmp, returns, var, LEVELS[0]))
     result["files"] = [str(json_path), str(csv_path), str(png_path)]
     return result
 
@@ -248,23 +248,29 @@ def _write_csv(path: Path, steps, returns, methods) -> None:
 COLOURS = {"glow1d": (20, 60, 160), "historical": (120, 120, 120), "garch_t": (200, 90, 20)}
 
 
-def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900, 400)) -> None:
-    """Returns (black), each method's VaR as a line at ``-VaR``, exceedances of the model's
-    VaR as red dots, the return range and a legend in the methods' colours (PIL: no
-    plotting library needed)."""
+def _plot(
+    path: Path, returns: np.ndarray, var: dict[str, np.ndarray], level: float, size=(900, 420)
+) -> None:
+    """Returns (black) against the test step, each method's VaR at `level` as a line at
+    $-\text{VaR}$, exceedances of the model's VaR as red dots, axes with ticks, and a
+    legend in the methods' colours that names the level."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = size[0], size[1], 20
+    from glow_train.series.chart import axes, legend, text
+
+    width, height = size
+    box = (70, 40, width - 20, height - 50)
     low = min(returns.min(), *(-v.max() for v in var.values()))
     high = max(returns.max(), 0.0)
     span = high - low if high > low else 1.0
 
     def xy(t: float, v: float) -> tuple[float, float]:
-        x = margin + (width - 2 * margin) * t / max(len(returns) - 1, 1)
-        return x, height - margin - (height - 2 * margin) * (v - low) / span
+        x = box[0] + (box[2] - box[0]) * t / max(len(returns) - 1, 1)
+        return x, box[3] - (box[3] - box[1]) * (v - low) / span
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    axes(draw, box, (0, max(len(returns) - 1, 1)), (low, low + span), "test step")
     draw.line([xy(t, r) for t, r in enumerate(returns)], fill=(0, 0, 0), width=1)
     for name, v in var.items():
         draw.line(
@@ -273,16 +279,16 @@ def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900
     for t in np.flatnonzero(returns < -var["glow1d"]):
         x, y = xy(t, returns[t])
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(220, 0, 0))
-    draw.text((margin, 2), f"{high:.4g}", fill=(0, 0, 0))  # the return axis' ends
-    draw.text((margin, height - margin + 4), f"{low:.4g}", fill=(0, 0, 0))
-    x = width // 4
-    for label, colour in (
-        [("returns", (0, 0, 0))]
-        + [(f"{name} -VaR", COLOURS.get(name, (0, 150, 0))) for name in var]
-        + [("exceedances of glow1d", (220, 0, 0))]
-    ):
-        draw.text((x, 2), label, fill=colour)
-        x += 7 * len(label) + 16
+    share = f"{100 * level:g} %"
+    entries = [("returns", (0, 0, 0))]
+    entries += [(f"{name} -VaR {share}", COLOURS.get(name, (0, 150, 0))) for name in var]
+    entries += [(f"exceedances of glow1d's VaR {share}", (220, 0, 0))]
+    legend(draw, (box[0], 4), entries)
+    text(
+        draw,
+        (box[0], 22),
+        f"one-step VaR at the {share} level (a loss exceeded on {share} of steps)",
+    )
     image.save(path, format="PNG")
 
 

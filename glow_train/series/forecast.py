@@ -177,13 +177,15 @@ def _write_csv(path: Path, paths: np.ndarray, columns: list[str]) -> None:
     np.savetxt(path, table, delimiter=",", header=header, comments="", fmt=fmt)
 
 
-def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400)) -> None:
-    """A PNG of ``history`` ``(h,)`` then, per step, the median of ``paths`` ``(n, H)``
-    and its :data:`BANDS`, with the value range and a legend written on it (drawn with
-    PIL: no plotting library needed)."""
+def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 420)) -> None:
+    """A PNG of `history` `(h,)` then, per step, the median of `paths` `(n, H)` and its
+    `BANDS`, with axes (steps from the last observed value, 0; values) and a legend."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = size[0], size[1], 20
+    from glow_train.series.chart import axes, legend
+
+    width, height = size
+    box = (80, 28, width - 20, height - 50)
     steps = len(history) + paths.shape[1]
     qs = {b: np.quantile(paths, [(1 - b) / 2, (1 + b) / 2], axis=0) for b in BANDS}
     median = np.median(paths, axis=0)
@@ -192,13 +194,16 @@ def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400
     span = high - low if high > low else 1.0
 
     def xy(t: float, v: float) -> tuple[float, float]:
-        x = margin + (width - 2 * margin) * t / max(steps - 1, 1)
-        return x, height - margin - (height - 2 * margin) * (v - low) / span
+        x = box[0] + (box[2] - box[0]) * t / max(steps - 1, 1)
+        return x, box[3] - (box[3] - box[1]) * (v - low) / span
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     first = len(history) - 1  # the forecast steps follow the last history point
-    for band, shade in zip(BANDS, ((222, 231, 247), (189, 208, 238), (140, 172, 226)), strict=True):
+    x_range = (-first, -first + max(steps - 1, 1))
+    axes(draw, box, x_range, (low, low + span), "steps from the last observed value")
+    shades = ((222, 231, 247), (189, 208, 238), (140, 172, 226))
+    for band, shade in zip(BANDS, shades, strict=True):
         lo, hi = qs[band]
         upper = [xy(first + k + 1, v) for k, v in enumerate(hi)]
         lower = [xy(first + k + 1, v) for k, v in enumerate(lo)][::-1]
@@ -211,8 +216,7 @@ def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400
         fill=(20, 60, 160),
         width=2,
     )
-    draw.text((margin, 2), f"{high:.6g}", fill=(0, 0, 0))  # the value axis' ends
-    draw.text((margin, height - margin + 4), f"{low:.6g}", fill=(0, 0, 0))
-    legend = "history (black), median (blue), 50/90/98 % bands (shades); steps to the right"
-    draw.text((width // 3, 2), legend, fill=(0, 0, 0))
+    bands = "/".join(f"{100 * b:g}" for b in BANDS)
+    entries = [("history", (0, 0, 0)), ("median", (20, 60, 160))]
+    legend(draw, (box[0], 6), [*entries, (f"{bands} % bands", shades[2])])
     image.save(path, format="PNG")
