@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import run_console
+from helpers import one_line_error, run_console, snapshot
 from PIL import Image
+from test_table import SHORT, gaussian_rows, write_csv
 
-from glow_train.cli import train_main
+from glow_train.cli import sample_main, train_main
 from glow_train.data import loader
 
 QUIET = ["train.time_limit=null", "train.progress=false", "train.eval_every_steps=null"]
@@ -70,3 +71,51 @@ def test_chart_text_keeps_words_apart_in_either_font(monkeypatch, size):
     joined = chart.text(draw, (0, 0), "exceedancesofglow1d")
     apart = chart.text(draw, (0, 0), "exceedances of glow1d")
     assert apart - joined >= 2 * max(draw.textlength("n", font=face), 4.0) - 1
+
+
+# 6. messages that name the real cause ----------------------------------------------------
+
+
+def test_a_semicolon_file_names_the_delimiter_to_set_and_that_setting_works(tmp_path):
+    rows = [";".join(f"{v:.5f}" for v in row) for row in gaussian_rows(80)]
+    (tmp_path / "semi.csv").write_text("a;b;c\n" + "\n".join(rows) + "\n")
+    before = snapshot(tmp_path)
+    line = one_line_error(train_main, ["dataset=csv", "dataset.path=semi.csv", *SHORT], tmp_path)
+    assert line.endswith(
+        "semi.csv has no numeric column; its lines look ;-separated: set "
+        "dataset.delimiter=';' (the delimiter now is ',')"
+    )
+    assert snapshot(tmp_path) == before
+    # typed as a user would (Hydra reads a bare ; as syntax): taken as the character
+    args = ["dataset=csv", "dataset.path=semi.csv", "dataset.delimiter=;", *SHORT]
+    status, out, err = run_console(train_main, [*args, "train.max_steps=1", "run_dir=r"], tmp_path)
+    assert status == 0, err
+    assert "3 dimensions" in out or "(a, b, c)" in out or "train /" in out
+
+
+def test_numbers_with_thousands_separators_name_their_column(tmp_path, recwarn):
+    rows = [
+        [f"{v:.4f}" for v in row[:2]] + [f'"{1000 * (i + 1):,}"']
+        for i, row in enumerate(gaussian_rows(80))
+    ]
+    write_csv(tmp_path / "t.csv", ["a", "b", "volume"], rows)
+    args = ["dataset=csv", "dataset.path=t.csv", *SHORT, "train.max_steps=1", "run_dir=r"]
+    status, out, err = run_console(train_main, args, tmp_path)
+    assert status == 0, err  # trains on a and b, and says why volume is left out
+    warned = [str(w.message) for w in recwarn if "left out" in str(w.message)]
+    assert warned == [
+        "column 'volume' is left out: '1,000' (line 2) is not a number as written (thousands "
+        "separators or a decimal comma?); write plain numbers such as 1000.5 to use it"
+    ]
+    line = one_line_error(
+        train_main, [*args[:-1], "dataset.columns=[a,volume]", "run_dir=s"], tmp_path
+    )
+    assert "column 'volume' is not numeric (line 2: '1,000') (thousands separators" in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_infinite_temperature_is_called_infinite(tmp_path):
+    line = one_line_error(sample_main, ["ckpt=x.pt", "temperature=inf"], tmp_path, "glow-sample")
+    assert line == (
+        "glow-sample: error: temperature must be a finite number >= 0, e.g. 0.7; got inf"
+    )

@@ -111,6 +111,7 @@ def check_command_line(config_name: str, prog: str) -> None:
     swept values are composed by the sweeper, :mod:`hydra_plugins.glow_train_sweeper`).
     Other command lines with Hydra's own flags (``--help``, ``--cfg``) are left to Hydra.
     """
+    sys.argv[1:] = [_quoted_delimiter(arg) for arg in sys.argv[1:]]
     overrides = sys.argv[1:]
     flags = {arg for arg in overrides if arg.startswith("-")}
     if flags - {"-m", "--multirun"}:
@@ -138,6 +139,19 @@ def check_command_line(config_name: str, prog: str) -> None:
         message = _one_line(err)
         print(f"{prog}: error: {message}{_resume_hint(overrides, message)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _quoted_delimiter(arg: str) -> str:
+    """`dataset.delimiter=;` (or `|`, `:`, a tab, ...) as Hydra needs it quoted:
+    `dataset.delimiter=';'`. Hydra's grammar reads such a character as syntax and stops
+    with a lexer error; one character after this key can only mean itself."""
+    key, sep, value = arg.partition("=")
+    if key.lstrip("+") != "dataset.delimiter" or not sep or len(value) != 1:
+        return arg
+    if value.isalnum():
+        return arg
+    quote = '"' if value == "'" else "'"
+    return f"{key}={quote}{value}{quote}"
 
 
 def _resume_hint(overrides: list[str], message: str) -> str:
