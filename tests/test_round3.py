@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from helpers import one_line_error, run_console, snapshot
 from PIL import Image
@@ -119,3 +120,73 @@ def test_an_infinite_temperature_is_called_infinite(tmp_path):
     assert line == (
         "glow-sample: error: temperature must be a finite number >= 0, e.g. 0.7; got inf"
     )
+
+
+# 3. data problems are named in one warning each ------------------------------------------
+
+
+def data_warnings(recwarn) -> list[str]:
+    return [str(w.message) for w in recwarn if "dataset.path=" in str(w.message)]
+
+
+def train_on(tmp_path, csv, *extra, steps=2):
+    args = ["dataset=csv", f"dataset.path={csv}", *SHORT, *extra, f"train.max_steps={steps}"]
+    return run_console(train_main, [*args, f"run_dir={tmp_path / 'run'}"], tmp_path)
+
+
+def test_a_long_constant_stretch_of_a_series_is_named(tmp_path, recwarn):
+    rng = np.random.default_rng(0)
+    prices = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, 1000)))
+    prices[300:800] = prices[300]  # 500 days at one price: 499 log-returns of 0
+    csv = write_csv(tmp_path / "p.csv", ["close"], [[p] for p in prices])
+    status, out, err = train_on(tmp_path, csv, "dataset.window=4", "dataset.transform=log_return")
+    assert status == 0, err
+    assert data_warnings(recwarn) == [
+        f"dataset.path={csv}: column 'close' holds 499 identical values in a row (0, data rows "
+        "301-799 of 999); the density grows a spike there and its figures mislead: remove "
+        "that stretch (e.g. days a market was closed) from the file"
+    ]
+
+
+def test_repeated_rows_are_kept_on_one_side_of_the_split(tmp_path, recwarn):
+    from glow_train.data.table import load_table
+
+    rows = np.round(gaussian_rows(100), 6)
+    csv = write_csv(tmp_path / "t.csv", ["a", "b", "c"], [*rows, *rows, *rows])
+    status, out, err = train_on(tmp_path, csv)
+    assert status == 0, err
+    assert data_warnings(recwarn) == [
+        f"dataset.path={csv}: 200 of 300 rows repeat other rows (100 groups of identical "
+        "rows); each group is kept whole in one of the test, validation and training parts, "
+        "so no row is scored against a copy of itself"
+    ]
+    cfg = {"path": str(csv), "test_size": 0.2, "val_size": 0.1, "split_seed": 0}
+    parts = load_table(cfg).parts
+    seen = {name: {tuple(r) for r in part} for name, part in parts.items()}
+    assert not seen["test"] & seen["train"] and not seen["val"] & seen["train"]
+    assert not seen["test"] & seen["val"]
+    assert sum(len(p) for p in parts.values()) == 300 and len(parts["test"]) % 3 == 0
+
+
+def test_a_value_far_beyond_the_rest_is_named(tmp_path, recwarn):
+    rows = gaussian_rows(200)
+    rows[17, 1] = 1e6 * abs(rows[:, 1]).max()
+    csv = write_csv(tmp_path / "t.csv", ["a", "b", "c"], rows)
+    status, out, err = train_on(tmp_path, csv)
+    assert status == 0, err
+    (line,) = data_warnings(recwarn)
+    assert line.startswith(
+        f"dataset.path={csv}: column 'b' has 1 value(s) more than 100 robust standard "
+        "deviations from its median (the farthest "
+    )
+    assert line.endswith(
+        ", data row 18); a unit or typing error? It dominates the scale the "
+        "model learns: fix or remove it"
+    )
+
+
+def test_clean_data_gives_no_warning(tmp_path, recwarn):
+    csv = write_csv(tmp_path / "t.csv", ["a", "b", "c"], gaussian_rows(200))
+    status, out, err = train_on(tmp_path, csv)
+    assert status == 0, err
+    assert data_warnings(recwarn) == []

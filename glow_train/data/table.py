@@ -1,9 +1,9 @@
 """Numeric tables and time series from a CSV file (``dataset=csv``).
 
 Rows of a table: each item is one row's chosen columns, ``(D,)`` float. The rows
-are shuffled with ``dataset.split_seed`` and cut into test (first), validation and
-train parts of ``dataset.test_size`` and ``dataset.val_size`` (a fraction below 1
-or a count).
+are shuffled with ``dataset.split_seed`` (identical rows kept together, see
+`glow_train.data.quality`) and cut into test (first), validation and train parts
+of ``dataset.test_size`` and ``dataset.val_size`` (a fraction below 1 or a count).
 
 Time series (``dataset.window=W``): the chosen columns, in file order, optionally
 turned into log-returns (``dataset.transform=log_return``:
@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from glow_train.config import TableDatasetConfig
 from glow_train.data.checks import int_key, require_key, split_count
 from glow_train.data.csvfile import HEADERS, header_choice, read_columns
+from glow_train.data.quality import check_values, grouped_split
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.data.windows import split_series
 from glow_train.errors import ConfigError, DataError
@@ -203,12 +204,8 @@ def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str
                 else "set dataset.test_size/val_size to counts, e.g. dataset.test_size=1"
             )
         )
-    order = np.random.default_rng(int(cfg["split_seed"])).permutation(n)
-    return {
-        "test": values[order[:n_test]],
-        "val": values[order[n_test : n_test + n_val]],
-        "train": values[order[n_test + n_val :]],
-    }
+    parts = grouped_split(path, values, int(cfg["split_seed"]), n_test, n_val)
+    return {name: values[index] for name, index in parts.items()}
 
 
 # --------------------------------------------------------------------------- the source
@@ -287,6 +284,7 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
     if (cfg.get("transform") or "none") == "log_return":
         values = _log_returns(path, columns, values)
     window, context = cfg.get("window"), cfg.get("context")
+    check_values(path, columns, values, series=window is not None or context is not None)
     if window is None and context is None:
         return Table(_split_rows(values, cfg, path), columns, cfg)
     parts = split_series(values, cfg, path)
