@@ -190,3 +190,27 @@ def test_clean_data_gives_no_warning(tmp_path, recwarn):
     status, out, err = train_on(tmp_path, csv)
     assert status == 0, err
     assert data_warnings(recwarn) == []
+
+
+def test_too_few_rows_for_a_batch_are_refused(tmp_path):
+    csv = write_csv(tmp_path / "t.csv", ["a", "b"], [[1.0, 2.0], [2.5, 1.0], [0.3, 0.7]])
+    before = snapshot(tmp_path)
+    line = one_line_error(
+        train_main,
+        [
+            "dataset=csv",
+            f"dataset.path={csv}",
+            *SHORT,
+            "train.max_steps=2",
+            "dataset.test_size=1",
+            "dataset.val_size=0",
+            "run_dir=run",
+        ],
+        tmp_path,
+    )
+    assert line == (
+        "glow-train: error: 2 training items per process, fewer than the 8 a run needs "
+        "(dataset.batch_size=32 would be cut to 2); add data, or hold fewer items out for "
+        "validation and test"
+    )
+    assert snapshot(tmp_path) == before

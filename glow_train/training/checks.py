@@ -15,7 +15,7 @@ from glow_train.config import (
     upgrade_keys,
 )
 from glow_train.data import validate_dataset_config
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, DataError
 from glow_train.models import model_class
 from glow_train.training.signals import preempt_signal
 from glow_train.training.sizing import AUTO_KEYS, auto_keys
@@ -121,9 +121,24 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
         )
 
 
+#: the fewest training items per process a run trains on: a smaller batch estimates no
+#: gradient worth the name, and the standardisation and ActNorm statistics fewer still
+MIN_TRAIN_ITEMS = 8
+
+
 def fitted_batch_size(batch_size: int, per_rank: int, main: bool) -> int:
-    """``dataset.batch_size``, or the training items per process when there are fewer
-    (a small table trains with the defaults: one batch per epoch), said in one note."""
+    """`dataset.batch_size`, or the training items per process when there are fewer
+    (a small table trains with the defaults: one batch per epoch), said in one note.
+
+    Raises:
+        DataError: fewer than `MIN_TRAIN_ITEMS` training items per process.
+    """
+    if per_rank < MIN_TRAIN_ITEMS:
+        raise DataError(
+            f"{per_rank} training items per process, fewer than the {MIN_TRAIN_ITEMS} a run "
+            f"needs (dataset.batch_size={batch_size} would be cut to {per_rank}); add data, "
+            "or hold fewer items out for validation and test"
+        )
     if 0 < per_rank < batch_size:
         if main:
             print(
