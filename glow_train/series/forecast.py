@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
@@ -95,12 +96,47 @@ def draw_paths(
     ctx = torch.from_numpy(context.reshape(1, -1)).double().repeat(n, 1)  # (n, C·c), time-major
     drawn = []
     steps = 0
-    while steps < horizon:
-        x = draw_given(flow, spec, ctx, generator)  # (n, W·c) in the data's units
-        drawn.append(x.view(n, -1, c))
-        ctx = torch.cat([ctx, x], dim=1)[:, -cd:]
-        steps += x.shape[1] // c
+    # on stderr, once the forecast has run 2 s (a short one shows nothing)
+    with tqdm(total=horizon, desc="forecast", unit="step", delay=2, leave=False) as bar:
+        while steps < horizon:
+            x = draw_given(flow, spec, ctx, generator)  # (n, W·c) in the data's units
+            drawn.append(x.view(n, -1, c))
+            ctx = torch.cat([ctx, x], dim=1)[:, -cd:]
+            steps += x.shape[1] // c
+            bar.update(min(x.shape[1] // c, horizon - bar.n))
     return torch.cat(drawn, dim=1)[:, :horizon].numpy()
+
+
+#: copies of the paths a forecast holds at its peak (drawn windows, the joined paths,
+#: prices, the CSV's table), 8 bytes a value
+FORECAST_COPIES = 4
+
+
+def check_forecast_size(horizon: int, n: int, columns: int) -> None:
+    """Refuse a forecast whose paths would not fit in this machine's memory.
+
+    Args:
+        horizon: the steps of each path.
+        n: the paths.
+        columns: the series' columns.
+
+    Raises:
+        ConfigError: `FORECAST_COPIES` copies of `horizon` x `n` x `columns` float64
+            values exceed the memory available now (with the bytes it would need, and
+            the most paths of this horizon that fit).
+    """
+    from glow_train.runtime.memory import available_memory
+
+    available = available_memory()
+    need = FORECAST_COPIES * 8 * horizon * n * columns
+    if available is None or need <= available:
+        return
+    fit = available // (FORECAST_COPIES * 8 * horizon * columns)
+    what = f"n={n:,} paths x horizon={horizon:,} steps x {columns} column(s)"
+    raise ConfigError(
+        f"{what} would need {need / 2**30:,.1f} GiB of memory, and {available / 2**30:,.1f} "
+        f"GiB are available; lower n or horizon (at most n={fit:,} paths of this horizon fit)"
+    )
 
 
 def forecast(
@@ -142,6 +178,7 @@ def forecast(
         "mode=forecast",
         "the density of each window given the C values before it",
     )
+    check_forecast_size(horizon, n, max(len(spec.series), 1))
     columns, values, levels = series_values(info["config"]["dataset"])
     total, context = len(values), int(spec.context)
     end = total if context_end is None else int(context_end)
