@@ -13,6 +13,7 @@ from test_table import SHORT, gaussian_rows, write_csv
 
 from glow_train.cli import sample_main, train_main
 from glow_train.data import loader
+from glow_train.training.sizing import describe_chosen
 
 QUIET = ["train.time_limit=null", "train.progress=false", "train.eval_every_steps=null"]
 QUIET += ["train.sample_every=null", "train.num_samples=4"]
@@ -214,3 +215,46 @@ def test_too_few_rows_for_a_batch_are_refused(tmp_path):
         "validation and test"
     )
     assert snapshot(tmp_path) == before
+
+
+# 4. the vector sizing rules cap the step budget -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "dims", "planned", "capped"),
+    [(35_000, 20, 23_700, 900), (14_000, 20, 15_000, 2_400), (7_000, 10, 10_600, 5_100)],
+)
+def test_the_work_budget_caps_the_auto_step_budget(n, dims, planned, capped):
+    from hydra import compose, initialize_config_module
+
+    from glow_train.training.sizing import resolve_auto
+
+    with initialize_config_module("glow_train.configs", version_base="1.3"):
+        cfg = compose("train", ["dataset=csv", "dataset.path=x.csv"])
+    plain, chosen = resolve_auto(cfg, n)  # without the item's size: no cap
+    assert chosen["train.max_steps"] == planned
+    resolved, chosen = resolve_auto(cfg, n, dims=dims)
+    assert resolved.train.max_steps == capped and type(resolved.train.max_steps) is int
+    assert f"train.max_steps={capped} (capped from {planned:,} by" in describe_chosen(chosen)
+    _, small = resolve_auto(cfg, 700, dims=3)  # a small table keeps its rule's value
+    assert small["train.max_steps"] == 3300 and "capped" not in describe_chosen(small)
+
+
+@pytest.mark.slow  # about a minute alone: reads and trains on a 20,000-row table
+def test_a_large_table_plans_minutes_not_hours_and_says_why(tmp_path):
+    """A 50,000 x 20 table with the defaults planned 23,700 steps of batch 768 (3-4.5 hours
+    on 2 cores); the work budget caps the steps, and the start-up line says so (here
+    20,000 x 20, which planned 15,000 steps)."""
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((20_000, 20)) @ rng.standard_normal((20, 20))
+    np.savetxt(tmp_path / "big.csv", rows, delimiter=",", fmt="%.5f")
+    args = ["dataset=csv", "dataset.path=big.csv", "train.time_limit=1s"]
+    args += ["train.progress=false", "run_dir=run"]
+    status, out, err = run_console(train_main, args, tmp_path)
+    assert status == 0, err
+    start = out.splitlines()[0]
+    assert "dataset.batch_size=480" in start, start
+    assert (
+        "train.max_steps=2400 (capped from 15,000 by sizing.train.work_budget=2e+11, so that "
+        "the run takes minutes on a CPU; set train.max_steps to train longer)"
+    ) in start, start

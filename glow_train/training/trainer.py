@@ -84,7 +84,7 @@ class Trainer:
             train_set, held_out = train_and_validation(cfg.dataset)
             val_set = val_set if val_set is not None else held_out
         self.train_set = train_set
-        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set), check=check_config)
+        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set), check_config, self.spec.num_dims)
         self.cfg, tcfg = cfg, cfg.train
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
