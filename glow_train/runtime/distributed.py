@@ -26,6 +26,7 @@ __all__ = [
     "cleanup_distributed",
     "resolve_device",
     "all_reduce_sum",
+    "process_count",
     "all_reduce_max",
     "broadcast_object",
     "EpochSampler",
@@ -101,6 +102,11 @@ def setup_distributed(device: str | torch.device) -> DistInfo:
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def process_count() -> int:
+    """How many processes agree on each step: the process group's size, 1 without one."""
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""The training step as a GPU runs it, checked on the CPU: no host synchronisation in a
+steady-state step, a bounded number of kernels per step, compiled without graph breaks
+or recompilation."""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from glow_train.data import Batch
+from glow_train.runtime.distributed import DistInfo
+from glow_train.training import Trainer
+
+TINY = [
+    "model.L=2",
+    "model.K=2",
+    "model.hidden_channels=16",
+    "train.time_limit=null",
+    "train.cosine_decay=false",
+    "train.warmup_steps=5",
+    "train.eval_every_steps=null",
+    "train.sample_every=null",
+    "train.progress=false",
+    "train.init_samples=32",
+    "device=cpu",
+]
+
+#: the operators that make the host wait for a CUDA device: a tensor's value read on the
+#: host (`.item()`, `bool(t)`, `float(t)`, `.nonzero()`, `torch.equal`) and a tensor made
+#: from host data in the step (on CUDA a copy to the device)
+SYNCING = {"_local_scalar_dense", "is_nonzero", "nonzero", "equal", "item", "lift_fresh"}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the operators of `SYNCING` on device tensors, and the copies between
+    devices that block.
+
+    On the CPU every tensor is on the host, so the counter follows which would be:
+    the tensors of `host` (the loader's batches) and whatever is computed from them
+    alone. Reading those is host work that no device waits for (e.g. a label check
+    before the copy to the device).
+    """
+
+    def __init__(self, host: list[torch.Tensor] = ()):
+        super().__init__()
+        self.seen: Counter[str] = Counter()
+        self.host: dict[int, weakref.ref] = {}
+        for t in host:
+            self.mark(t)
+
+    def mark(self, t: torch.Tensor) -> None:
+        self.host[id(t)] = weakref.ref(t)
+
+    def copy_to_device(self, batch: Batch) -> Batch:
+        """`Batch.to` as on a GPU: a copy that is not on the host, even on the CPU."""
+        copied = Batch(batch.x.clone(), batch.y.clone())
+        for t in (copied.x, copied.y):
+            self.host.pop(id(t), None)
+        return copied
+
+    def on_host(self, t: torch.Tensor) -> bool:
+        known = self.host.get(id(t))
+        return known is not None and known() is t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        out = func(*args, **kwargs)
+        inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if inputs and all(self.on_host(t) for t in inputs):
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.mark(t)
+            return out
+        if name in SYNCING:
+            self.seen[name] += 1
+        elif name in ("copy_", "_to_copy") and not kwargs.get("non_blocking", False):
+            source = args[1] if name == "copy_" else args[0]
+            target = args[0] if name == "copy_" else out
+            if source.device != target.device:
+                self.seen[f"{name} {source.device}->{target.device}"] += 1
+        return out
+
+
+def compose_train(*overrides: str):
+    with initialize_config_module("glow_train.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def tiny_trainer(tmp_path, *extra: str) -> Trainer:
+    cfg = compose_train(*TINY, "train.max_steps=50", f"run_dir={tmp_path}", *extra)
+    trainer = Trainer(cfg, DistInfo(), tmp_path)
+    trainer.prepare()
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # the default: deferred fused Adam with the EMA, fp32
+        ["precision=bf16", "model.conditional=true", "train.class_loss_weight=0.1"],
+    ],
+    ids=["fp32", "bf16-conditional"],
+)
+def test_a_steady_state_step_never_waits_for_the_device(tmp_path, extra, monkeypatch):
+    """A steady-state step (batch preparation and `train_step`) reads nothing back from
+    the device and makes no blocking copy: on CUDA the host runs ahead of the GPU."""
+    trainer = tiny_trainer(tmp_path, *extra)
+    assert trainer.optim.deferred and trainer.optim.ema is not None
+    loader = iter(trainer.loader)
+    batches = [next(loader) for _ in range(5)]  # read outside: a loader worker's business
+    for step in range(2):  # the first steps: nothing pending yet, the EMA's first copy
+        trainer.train_step(*trainer.prepare_batch(batches[step], step))
+    counter = SyncCounter([t for b in batches for t in (b.x, b.y)])
+    monkeypatch.setattr(Batch, "to", lambda batch, *a, **k: counter.copy_to_device(batch))
+    with counter:
+        for step in range(2, 5):
+            trainer.train_step(*trainer.prepare_batch(batches[step], step))
+    assert not counter.seen, dict(counter.seen)
+    ema = trainer.optim.ema
+    assert ema.n_averaged.device == next(trainer.model.parameters()).device
+    trainer.settle()
+    assert trainer.progress.step == 5 and trainer.progress.skipped_steps == 0
+
+
+def test_the_counter_sees_the_synchronisations_it_is_for():
+    """The counter is not blind: `.item()`, `bool(t)` and a tensor from host data count
+    on device tensors, and not on host ones."""
+    x, host = torch.ones(3), torch.ones(3)
+    with SyncCounter([host]) as counter:
+        x.sum().item()
+        bool((x > 0).any())
+        torch.tensor(1.0)
+        bool((host > 0).any())
+    assert counter.seen == {"_local_scalar_dense": 2, "lift_fresh": 1}
