@@ -153,7 +153,8 @@ class TrainLoopConfig:
     sample_every: int | None = MISSING
     sample_temperatures: list[float] = MISSING
     num_samples: int = MISSING
-    compile: bool = MISSING
+    compile: Any = MISSING  # true, false or auto
+    compile_mode: str = "default"  # absent from older checkpoints' configs: torch's default
     memory_saving: bool = MISSING
     dequantization: str = MISSING
     class_loss_weight: float = MISSING

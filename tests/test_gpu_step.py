@@ -139,3 +139,42 @@ def test_the_counter_sees_the_synchronisations_it_is_for():
         torch.tensor(1.0)
         bool((host > 0).any())
     assert counter.seen == {"_local_scalar_dense": 2, "lift_fresh": 1}
+
+
+def test_compile_auto_is_off_on_the_cpu(tmp_path):
+    trainer = tiny_trainer(tmp_path)  # train.compile=auto, the default
+    assert trainer.compile_seconds is None
+    assert not any(
+        hasattr(m, "_compiled_call_impl") and m._compiled_call_impl for m in trainer.model.modules()
+    )
+
+
+@pytest.mark.parametrize(
+    "backend",
+    # graph breaks and recompilations are the graph capture's (dynamo's) business, which
+    # aot_eager runs quickly (with the backward graphs); inductor generates the C++ too
+    ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)],
+)
+def test_compiled_training_has_no_graph_break_and_no_recompilation(tmp_path, backend, monkeypatch):
+    """Each coupling compiles once per level at start-up (timed); the steps, evaluation,
+    the checkpoint's probe and the samples that follow compile nothing more."""
+    from torch._dynamo.utils import counters
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda m, **kw: compile_module(m, backend=backend, **kw)
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    extra = ["train.compile=true", "train.max_steps=4", "train.ckpt_every=2"]
+    extra += ["train.eval_every_steps=2", "train.sample_every=2", "train.ema_decay=null"]
+    trainer = tiny_trainer(tmp_path, *extra)
+    assert trainer.compile_seconds is not None and trainer.compile_seconds > 0
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 2  # model.L=2: the couplings of each level share one graph
+    result = trainer.fit()
+    assert result.step == 4 and result.skipped_steps == 0
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == graphs
+

@@ -96,8 +96,9 @@ def train(
                 chosen.append("channels_last maps")
             if dist.device.type == "cpu" and freed_memory_kept():
                 chosen.append("freed memory kept")
-            if cfg.train.compile:
-                chosen.append("compiled")
+            if trainer.compile_seconds is not None:
+                mode = cfg.train.compile_mode
+                chosen.append(f"compiled per coupling ({mode}) in {trainer.compile_seconds:.1f} s")
             if trainer.auto_chosen:
                 chosen.append(
                     f"auto for {len(trainer.train_set)} training items: "

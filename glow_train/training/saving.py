@@ -17,6 +17,7 @@ import torch
 
 from glow_train.io.checkpoint import save_checkpoint
 from glow_train.likelihood.objective import Objective
+from glow_train.training.compiling import eager
 from glow_train.training.monitor import Monitor
 
 __all__ = ["CheckpointWriter"]
@@ -50,7 +51,8 @@ class CheckpointWriter:
         """Whether the trained weights, and the EMA's, give finite log-likelihoods on the
         probe batch: what a checkpoint must satisfy before it is written as good."""
         x, noise, y = self.probe
-        return all(bool(torch.isfinite(o(x, noise, y)).all()) for o in self.objectives())
+        with eager():  # compiled regions: no second compilation for the probe
+            return all(bool(torch.isfinite(o(x, noise, y)).all()) for o in self.objectives())
 
     def save(self, name: str, step: int) -> Path | None:
         """Write ``run_dir/name`` (the state at ``step``) if the model is :meth:`healthy`;
