@@ -160,6 +160,7 @@ class TrainLoopConfig:
     class_loss_weight: float = MISSING
     preempt_signal: str | None = MISSING
     cudnn_benchmark: bool = MISSING
+    tf32: bool = True  # absent from older checkpoints' configs: on, as configs/train.yaml
     progress: bool = MISSING
 
 

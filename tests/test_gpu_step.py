@@ -267,3 +267,18 @@ def test_the_cifar10_step_stays_within_its_kernel_budget(tmp_path, precision, on
         trainer.train_step(x, noise, y)
     assert 0.8 * KERNEL_BUDGET[precision] < counter.total <= KERNEL_BUDGET[precision], counter.ops
 
+
+def test_tf32_switches_both_float32_paths_and_the_checkpoint_records_it(tmp_path):
+    from glow_train.runtime.tf32 import set_tf32
+
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    try:
+        set_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+    trainer = tiny_trainer(tmp_path, "train.tf32=false")
+    assert trainer.state_dict()["config"]["train"]["tf32"] is False

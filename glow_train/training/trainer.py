@@ -33,6 +33,7 @@ from glow_train.likelihood.objective import Objective, build_objective
 from glow_train.models import FlowModel, build_model
 from glow_train.runtime.distributed import DistInfo, EpochSampler
 from glow_train.runtime.precision import resolve_precision
+from glow_train.runtime.tf32 import set_tf32
 from glow_train.training.checks import check_config, fitted_batch_size
 from glow_train.training.compiling import compile_regions, eager, resolve_compile, timed_warm_up
 from glow_train.training.loop import TrainingLoop
@@ -230,6 +231,7 @@ class Trainer:
         tcfg = self.cfg.train
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark)
+            set_tf32(bool(tcfg.tf32))
         wrapped: torch.nn.Module = self.objective
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
