@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
@@ -31,7 +30,7 @@ from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluation.scoring import evaluate_objective
 from glow_train.likelihood.objective import Objective, build_objective
 from glow_train.models import FlowModel, build_model
-from glow_train.runtime.distributed import DistInfo, EpochSampler
+from glow_train.runtime.distributed import DistInfo, EpochSampler, wrap_ddp
 from glow_train.runtime.precision import resolve_precision
 from glow_train.runtime.tf32 import set_tf32
 from glow_train.training.checks import check_config, fitted_batch_size
@@ -234,8 +233,7 @@ class Trainer:
             set_tf32(bool(tcfg.tf32))
         wrapped: torch.nn.Module = self.objective
         if self.dist.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+            wrapped = wrap_ddp(wrapped, self.device)
         self.steps.wrapped = wrapped
         if resolve_compile(tcfg.compile, self.device):
             compile_regions(self.objective, str(tcfg.compile_mode))
