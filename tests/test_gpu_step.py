@@ -4,6 +4,7 @@ or recompilation."""
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import Counter
 
@@ -282,3 +283,42 @@ def test_tf32_switches_both_float32_paths_and_the_checkpoint_records_it(tmp_path
         torch.backends.cudnn.allow_tf32 = before[1]
     trainer = tiny_trainer(tmp_path, "train.tf32=false")
     assert trainer.state_dict()["config"]["train"]["tf32"] is False
+
+
+def test_a_checkpoint_written_in_the_background_is_its_steps_state(tmp_path, monkeypatch):
+    """The periodic `last.pt` is written from a host copy by a thread: the steps that run
+    meanwhile change nothing in it, and a failed write raises at the next save."""
+    from glow_train.io.checkpoint import load_checkpoint
+    from glow_train.training import saving
+
+    trainer = tiny_trainer(tmp_path)
+    x, noise, y = trainer.prepare_batch(next(iter(trainer.loader)), 0)
+    trainer.train_step(x, noise, y)
+    trainer.settle()
+    expected = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    written = saving.save_checkpoint
+    started = threading.Event()
+
+    def slow_save(state, path):  # the steps below run while this write is in flight
+        started.wait(timeout=60)
+        return written(state, path)
+
+    monkeypatch.setattr(saving, "save_checkpoint", slow_save)
+    path = trainer.checkpoints.save("last.pt", trainer.step, background=True)
+    for _ in range(3):
+        trainer.train_step(x, noise, y)
+    started.set()
+    trainer.checkpoints.wait()
+    saved = load_checkpoint(path)
+    assert saved["step"] == 1 and trainer.checkpoints.last_good == (path, 1)
+    flow = {k[len("flow.") :]: v for k, v in saved["objective"].items() if k.startswith("flow.")}
+    assert all(torch.equal(flow[k], v) for k, v in expected.items())
+    assert not all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in expected.items())
+
+    def failing(state, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(saving, "save_checkpoint", failing)
+    trainer.checkpoints.save("last.pt", trainer.step, background=True)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.checkpoints.save("best.pt", trainer.step)

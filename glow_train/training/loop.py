@@ -175,8 +175,8 @@ class TrainingLoop:
             self.evaluate_and_keep_best()
         if main and sample_now:
             self.write_samples()
-        if main and save_now:
-            self.save("last.pt")
+        if main and save_now:  # from a host copy, written while the next steps run
+            self.checkpoints.save("last.pt", step, background=True)
 
     def stopped_early(self) -> bool:
         """Whether ``train.early_stopping`` evaluations in a row brought no better figure on
