@@ -134,17 +134,17 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 class ConvConditioner(nn.Sequential):
-    """conv3×3 → :class:`ReLU` → :class:`PointwiseConv2d` → :class:`ReLU` →
-    :class:`ZeroInit` conv3×3, shape-preserving over ``(B, C, H, W)`` maps.
+    """conv3×3 → `ReLU` → `PointwiseConv2d` → `ReLU` → `ZeroInit` conv3×3,
+    shape-preserving over `(B, C, H, W)` maps.
 
-    The layers (and so the state dict) are those of the plain ``nn.Sequential``. In
+    The layers (and so the state dict) are those of the plain `nn.Sequential`. In
     inference on the CPU (eval mode, no gradient; float32, or autocast to bfloat16 as
-    in ``glow-sample precision=bf16``) :meth:`forward` computes the same function with
-    convolution + bias + ReLU in one kernel per hidden layer
-    (:mod:`glow_train.flows.fused`) and the output layer's scale ``exp(3 log_scale)``
-    folded into its weights and bias; under autocast the input and weights are cast
-    once. Everywhere else (training, gradients, float64, other devices, bfloat16 on a
-    CPU without native bfloat16) it runs the layers one by one.
+    in `glow-sample precision=bf16`) `forward` computes the same function with
+    convolution + bias + ReLU in one kernel per hidden layer (`glow_train.flows.fused`)
+    and the output layer's scale `exp(3 * log_scale)` folded into its weights
+    and bias. Elsewhere under autocast (training on a GPU or CPU in bf16 or fp16) the
+    layers run one by one in the autocast dtype, their weights cast together once
+    (`_cast_once`); without autocast (float32, float64) they run as they are.
     """
 
     def forward(self, x: Tensor) -> Tensor:
