@@ -153,12 +153,14 @@ class TrainLoopConfig:
     sample_every: int | None = MISSING
     sample_temperatures: list[float] = MISSING
     num_samples: int = MISSING
-    compile: bool = MISSING
+    compile: Any = MISSING  # true, false or auto
+    compile_mode: str = "default"  # absent from older checkpoints' configs: torch's default
     memory_saving: bool = MISSING
     dequantization: str = MISSING
     class_loss_weight: float = MISSING
     preempt_signal: str | None = MISSING
     cudnn_benchmark: bool = MISSING
+    tf32: bool = True  # absent from older checkpoints' configs: on, as configs/train.yaml
     progress: bool = MISSING
 
 

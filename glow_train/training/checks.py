@@ -17,6 +17,7 @@ from glow_train.config import (
 from glow_train.data import validate_dataset_config
 from glow_train.errors import ConfigError, DataError
 from glow_train.models import model_class
+from glow_train.training.compiling import check_compile
 from glow_train.training.signals import preempt_signal
 from glow_train.training.sizing import AUTO_KEYS, auto_keys
 from glow_train.validate import parse_duration, require_int
@@ -99,6 +100,7 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
     preempt_signal(t.preempt_signal)
+    check_compile(t.compile, t.compile_mode)
     if not (math.isfinite(t.class_loss_weight) and t.class_loss_weight >= 0):
         raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
     if ("train.warmup_steps" not in auto and t.warmup_steps < 0) or t.weight_decay < 0:

@@ -31,6 +31,7 @@ from glow_train.models import FlowModel
 from glow_train.runtime.distributed import DistInfo, EpochSampler
 from glow_train.sampling.formats import sample_format
 from glow_train.sampling.images import sample_images
+from glow_train.training.compiling import eager
 from glow_train.training.monitor import Monitor
 from glow_train.training.report import TrainingDiverged, TrainResult, diverged, final_report
 from glow_train.training.saving import CheckpointWriter
@@ -141,10 +142,11 @@ class TrainingLoop:
         if getattr(self.model, "context_dims", 0):  # p(window | context): no free samples
             return None
         try:
-            samples = {
-                float(t): sample_images(self.steps.eval_objective, n, float(t), self.seed)
-                for t in self.tcfg.sample_temperatures
-            }
+            with eager():  # compiled regions: no second compilation for sampling
+                samples = {
+                    float(t): sample_images(self.steps.eval_objective, n, float(t), self.seed)
+                    for t in self.tcfg.sample_temperatures
+                }
         except NonFiniteError as err:
             self.monitor.log(f"step {self.steps.step}: no samples: {err}")
             return None
@@ -174,8 +176,8 @@ class TrainingLoop:
             self.evaluate_and_keep_best()
         if main and sample_now:
             self.write_samples()
-        if main and save_now:
-            self.save("last.pt")
+        if main and save_now:  # from a host copy, written while the next steps run
+            self.checkpoints.save("last.pt", step, background=True)
 
     def stopped_early(self) -> bool:
         """Whether ``train.early_stopping`` evaluations in a row brought no better figure on

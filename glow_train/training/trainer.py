@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
@@ -31,9 +30,11 @@ from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluation.scoring import evaluate_objective
 from glow_train.likelihood.objective import Objective, build_objective
 from glow_train.models import FlowModel, build_model
-from glow_train.runtime.distributed import DistInfo, EpochSampler
+from glow_train.runtime.distributed import DistInfo, EpochSampler, wrap_ddp
 from glow_train.runtime.precision import resolve_precision
+from glow_train.runtime.tf32 import set_tf32
 from glow_train.training.checks import check_config, fitted_batch_size
+from glow_train.training.compiling import compile_regions, eager, resolve_compile, timed_warm_up
 from glow_train.training.loop import TrainingLoop
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization
@@ -143,6 +144,8 @@ class Trainer:
         )
         #: the health-checked checkpoint writer (:meth:`prepare` makes it)
         self.checkpoints: CheckpointWriter | None = None
+        #: seconds spent compiling the step's regions (``None``: not compiled)
+        self.compile_seconds: float | None = None
 
     @property
     def model(self) -> FlowModel:
@@ -222,16 +225,29 @@ class Trainer:
         self._wrap()
 
     def _wrap(self) -> None:
-        """DDP and compile come after the eager ActNorm initialisation."""
+        """DDP and compile come after the eager ActNorm initialisation; a compiled run
+        compiles its regions now, on one training-sized batch (:attr:`compile_seconds`)."""
+        tcfg = self.cfg.train
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark)
+            set_tf32(bool(tcfg.tf32))
         wrapped: torch.nn.Module = self.objective
         if self.dist.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
-        if self.cfg.train.compile:
-            wrapped = torch.compile(wrapped)
+            wrapped = wrap_ddp(wrapped, self.device)
         self.steps.wrapped = wrapped
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = bool(self.cfg.train.cudnn_benchmark)
+        if resolve_compile(tcfg.compile, self.device):
+            compile_regions(self.objective, str(tcfg.compile_mode))
+            self.compile_seconds = timed_warm_up(self._warm_up_step, self.device)
+
+    def _warm_up_step(self) -> None:
+        """A forward and backward pass on the first training-sized batch, as the step runs
+        it (same shapes, layout and precision); the gradients are then dropped."""
+        batch = collate([self.train_set[i] for i in range(self.batch_size)])
+        x, noise, y = self.steps.prepare_batch(batch, 0)
+        with self.precision.autocast(self.device.type):
+            nll = self.objective(x, noise, y, self.class_weight)
+        self.objective.score(nll).mean().backward()
+        self.optim.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
         return checkpoint_state(
@@ -275,14 +291,15 @@ class Trainer:
 
     def evaluate(self, split: str = "test") -> float:
         """The EMA's (or the model's) score on ``split`` (``"val"`` or ``"test"``)."""
-        result = evaluate_objective(
-            self.eval_objective,
-            self.val_set if split == "val" else self.test_set,
-            batch_size=int(self.cfg.dataset.eval_batch_size),
-            device=self.device,
-            seed=int(self.cfg.train.eval_seed),
-            dist=self.dist,
-        )
+        with eager():  # compiled regions: as trained, no second compilation for evaluation
+            result = evaluate_objective(
+                self.eval_objective,
+                self.val_set if split == "val" else self.test_set,
+                batch_size=int(self.cfg.dataset.eval_batch_size),
+                device=self.device,
+                seed=int(self.cfg.train.eval_seed),
+                dist=self.dist,
+            )
         self.objective.train()
         return result.value
 
