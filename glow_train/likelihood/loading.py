@@ -26,7 +26,7 @@ import torch
 from glow_train.config import EvalConfig
 from glow_train.data.registry import validate_dataset_config
 from glow_train.data.spec import DataSpec
-from glow_train.errors import CheckpointError
+from glow_train.errors import CheckpointError, ConfigError
 from glow_train.flows.standardize import Standardize
 from glow_train.io.checkpoint import load_checkpoint, model_config, objective_weights
 from glow_train.io.checkpoint import resolve_checkpoint as resolve
@@ -189,8 +189,31 @@ class ToScore:
 def load_to_score(ckpt: str | os.PathLike, opts: EvalConfig) -> ToScore:
     """`load` `ckpt` with the options `glow-eval` and `ood=` share (`ema`, `precision`,
     `device`; already checked by `glow_train.modes.command_options`), and the seed:
-    `opts.seed`, else the checkpoint's `train.eval_seed`."""
+    `opts.seed`, else the checkpoint's `train.eval_seed`.
+
+    Raises:
+        ConfigError: an option this model has no use for, rather than a figure it
+            does not change: `draws` above 1 or a `seed` for continuous data (nothing
+            to dequantise: every draw is the same), a `class_prior` other than
+            uniform for a model that is not class-conditional.
+    """
     loaded = load(ckpt, ema=opts.ema, device=opts.device, precision=opts.precision)
+    continuous = "continuous values, nothing to dequantise"
+    if loaded.objective.dequantizer.n_bits is None and opts.draws > 1:
+        raise ConfigError(
+            f"draws={opts.draws} averages over dequantisation noise, and {loaded.path} models "
+            f"data without it ({continuous}); leave draws= out"
+        )
+    if loaded.objective.dequantizer.n_bits is None and opts.seed is not None:
+        raise ConfigError(
+            f"seed={opts.seed} seeds dequantisation noise, and {loaded.path} models data "
+            f"without it ({continuous}); leave seed= out"
+        )
+    if loaded.flow.num_classes == 0 and opts.class_prior != "uniform":
+        raise ConfigError(
+            f"class_prior={opts.class_prior} is the p(y) of a class-conditional model, and "
+            f"{loaded.path} is not one; leave class_prior= out"
+        )
     dataset, checkpoint_seed = loaded.eval_settings()
     seed = checkpoint_seed if opts.seed is None else opts.seed
     return ToScore(loaded, dataset, seed, opts.draws, opts.batch_size)

@@ -254,6 +254,11 @@ def sample(ckpt: str | os.PathLike, opts: SampleConfig) -> list[Path]:
     )
     batch_size, start_price, y, out = opts.batch_size, opts.start_price, opts.y, opts.out
     nrow = opts.nrow or math.ceil(math.sqrt(n))
+    if opts.nrow is not None and layout == "rows":
+        raise ConfigError(
+            f"nrow={opts.nrow} sets the images per row of a grid; layout=rows draws one row "
+            "of n images per temperature: leave nrow= out (or use layout=grids)"
+        )
     if layout == "grids":
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
     ckpt = resolve_checkpoint(ckpt)
