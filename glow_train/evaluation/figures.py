@@ -34,7 +34,7 @@ from glow_train.evaluation.scoring import (
 from glow_train.io.outputs import claim_outputs, eval_targets, write_atomic
 from glow_train.likelihood.dequantize import build_dequantizer
 from glow_train.likelihood.loading import load_to_score
-from glow_train.likelihood.objective import METRICS, Objective
+from glow_train.likelihood.objective import METRICS, NO_LABELS, Objective
 from glow_train.modes import command_mode
 
 __all__ = [
@@ -202,10 +202,7 @@ def evaluate(ckpt: str | os.PathLike, opts: EvalConfig) -> EvalReport:
     marginal = None
     if p_y is not None:  # the figure of p(x|y), with p(x)'s from the same pass beside it
         if result.conditional is None:
-            raise DataError(
-                "this model is class-conditional (p(x|y)) and the data has no labels; "
-                "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
-            )
+            raise DataError(NO_LABELS)
         marginal, result = result, result.conditional
     if not math.isfinite(result.value):
         bad = int((~torch.isfinite(result.per_item)).sum())
