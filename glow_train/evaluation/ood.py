@@ -47,6 +47,7 @@ from glow_train.data import (
     source,
 )
 from glow_train.errors import ConfigError, NonFiniteError
+from glow_train.evaluation.figures import USES as PLAIN_USES
 from glow_train.evaluation.figures import dataset_choice, eval_dataset, model_class_prior
 from glow_train.evaluation.scoring import EvalResult, evaluate_objective, write_per_item_csv
 from glow_train.io.outputs import claim_outputs, ood_targets, write_atomic
@@ -113,23 +114,9 @@ def _check_image_folder(ood: str, path: Path) -> None:
         )
 
 
-#: the options of `glow-eval` that `ood=` uses (`glow_train.config.EvalConfig`)
-USES = (
-    "ood",
-    "ood_train_images",
-    "split",
-    "dataset",
-    "draws",
-    "seed",
-    "batch_size",
-    "out",
-    "overwrite",
-    "device",
-    "ema",
-    "progress",
-    "class_prior",
-    "precision",
-)
+#: the options of `glow-eval` that `ood=` uses: a plain evaluation's, but for the bit
+#: depth (the model's) and `per_image` (both tables are always written)
+USES = ("ood", "ood_train_images", *(u for u in PLAIN_USES if u not in ("n_bits", "per_image")))
 
 
 @command_mode("eval", "ood=", USES, positional=("ood",))
