@@ -242,7 +242,7 @@ def test_train_split(ckpt):
 
 def test_dataset_override_must_match_the_model_shape(ckpt):
     with pytest.raises(ConfigError, match="1x16x16 images but the model .* takes 1x8x8"):
-        evaluate(ckpt, dataset_overrides={"image_size": 16})
+        evaluate(ckpt, dataset={"image_size": 16})
     with pytest.raises(ConfigError, match="n_bits"):
         evaluate(ckpt, n_bits=9)
     assert files_under(ckpt.parent) == [ckpt]

@@ -20,7 +20,7 @@ from dataclasses import fields
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
@@ -34,7 +34,6 @@ __all__ = [
     "GROUPS",
     "OPTIONS",
     "report",
-    "plain",
     "require_ckpt",
     "say_precision",
     "say_which",
@@ -196,27 +195,25 @@ def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> b
     return False
 
 
+#: the keys that choose a command's mode (or its input) rather than set one of its options
+SELECTORS = ("ckpt", "mode", "backtest")
+
+
 def typed_options(cfg: DictConfig) -> list[str]:
-    """The keys of ``cfg`` this command line sets (``temperature=0.5`` -> ``temperature``),
-    besides ``ckpt`` and ``mode``; empty outside a Hydra app (the Python API)."""
+    """The options of `cfg` this command line sets, as typed (`temperature=0.5` ->
+    `temperature`, `dataset.root=/x` -> `dataset.root`), besides the `SELECTORS`;
+    empty outside a Hydra app (the Python API)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return []
     keys = [override_key(o) for o in HydraConfig.get().overrides.task]
-    return [k for k in keys if k in cfg and k not in ("ckpt", "mode")]
+    return [k for k in keys if k.split(".", 1)[0] in cfg and k not in SELECTORS]
 
 
 def override_key(override: str) -> str:
     """The key a command-line override sets: ``+model.K=4`` -> ``model.K``."""
     return override.split("=", 1)[0].lstrip("+~")
-
-
-def plain(value: object) -> object:
-    """OmegaConf containers -> plain lists and dicts; everything else unchanged."""
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def require_ckpt(cfg: DictConfig, prog: str) -> str:

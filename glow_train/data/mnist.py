@@ -16,7 +16,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from glow_train.data.checks import require_root
-from glow_train.data.files import LOAD_ERRORS, existing_ancestor, load_failure, remove_empty_dirs
+from glow_train.data.files import open_torchvision
 from glow_train.data.images import ImageDataset
 from glow_train.data.spec import DataSource
 from glow_train.data.transforms import ToUint8
@@ -32,28 +32,30 @@ RAW_FILES = (
 )
 
 
+def _missing(root: Path, raw: Path) -> str | None:
+    """What is missing under `raw` once each lone `.gz` is decompressed; `None`: nothing."""
+    for name in RAW_FILES:
+        _decompress(raw / name)
+    missing = [n for n in RAW_FILES if not (raw / n).is_file()]
+    if missing:
+        return (
+            f"MNIST not found under {raw} (missing {', '.join(missing)}); set "
+            f"dataset.download=true to fetch it, or point dataset.root at the folder "
+            f"holding MNIST/raw/ with the four idx files or their .gz"
+        )
+    return None
+
+
 def build(cfg: dict[str, Any], split: str) -> Dataset:
     from torchvision.datasets import MNIST
 
-    root = Path(cfg["root"]).expanduser()
-    existed = existing_ancestor(root)  # to tidy up after a failed download
-    raw = root / "MNIST" / "raw"
-    download = bool(cfg.get("download", False))
-    if not download:
-        for name in RAW_FILES:
-            _decompress(raw / name)
-        missing = [n for n in RAW_FILES if not (raw / n).is_file()]
-        if missing:
-            raise DataError(
-                f"MNIST not found under {raw} (missing {', '.join(missing)}); set "
-                f"dataset.download=true to fetch it, or point dataset.root at the folder "
-                f"holding MNIST/raw/ with the four idx files or their .gz"
-            )
-    try:
-        source = MNIST(root, train=split == "train", download=download)
-    except LOAD_ERRORS as err:
-        remove_empty_dirs(root, existed)
-        raise DataError(load_failure("MNIST", raw, err, download)) from err
+    source = open_torchvision(
+        cfg,
+        "MNIST",
+        Path("MNIST", "raw"),
+        _missing,
+        lambda root, download: MNIST(root, train=split == "train", download=download),
+    )
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="pad")
     return ImageDataset(source, transform, SOURCE.num_classes)
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-from glow_train.config import typed
+from glow_train.config import SPLITS, typed
 from glow_train.data import celeba, cifar10, digits, folder, mnist, table
 from glow_train.data.checks import as_dict, check_image_keys, int_key
 from glow_train.data.spec import DataSource, DataSpec
@@ -34,7 +34,7 @@ __all__ = [
     "validation_size",
 ]
 
-SPLITS = ("train", "val", "test")
+
 VAL_DRAWS = (None, "random", "last")  # dataset.val_draw (None: random)
 DATASETS: dict[str, DataSource] = {}
 

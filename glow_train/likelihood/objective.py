@@ -55,12 +55,19 @@ __all__ = [
     "build_objective",
     "METRICS",
     "CLASS_PRIORS",
+    "NO_LABELS",
     "check_class_prior",
 ]
 
 #: metric name -> how it is printed
 METRICS = {"bpd": "bpd", "nats_per_dim": "nats/dim"}
 
+
+#: what a class-conditional model given unlabelled data says (scoring or sampling it)
+NO_LABELS = (
+    "this model is class-conditional (p(x|y)) and the data has no labels; "
+    "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
+)
 
 #: the class priors p(y) of the marginal p(x) of a class-conditional model
 CLASS_PRIORS = ("uniform", "train")
@@ -180,10 +187,7 @@ class Objective(nn.Module):
         if self.flow.num_classes == 0:
             return None
         if bool((batch.y < 0).any()):
-            raise DataError(
-                "this model is class-conditional (p(x|y)) and the data has no labels; "
-                "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
-            )
+            raise DataError(NO_LABELS)
         return batch.y
 
     def forward(
@@ -191,19 +195,14 @@ class Objective(nn.Module):
     ) -> Tensor:
         """Per-item negative log-likelihood in nats, ``(B,)`` (plus the weighted class
         loss when ``class_weight > 0``, see the class docstring)."""
-        x, log_q = self.dequantizer(x, noise)
-        x, logdet = self._standardized(x)
+        x, log_q, logdet = self._flow_input(x, noise)
         if class_weight > 0:
             if self.class_head is None or y is None:
                 raise ConfigError("a class loss needs a class head and labels")
             log_prob, z_top = self.flow.log_prob_and_top(x, y)
         else:
             log_prob = self.flow.log_prob(x, y)
-        log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
-        if logdet is not None:
-            log_prob = log_prob + logdet
-        nll = -log_prob + self._offset
-        nll = nll if log_q is None else nll + log_q
+        nll = self._nll(log_prob, log_q, logdet)
         if class_weight > 0:
             ce = F.cross_entropy(self.class_head(z_top), y.long(), reduction="none")
             nll = nll + class_weight * self.num_dims * ce
@@ -214,14 +213,27 @@ class Objective(nn.Module):
         column ``k`` is :meth:`forward` with ``y = k`` (one pass of the flow for all of
         them, :meth:`glow_train.models.FlowModel.class_log_probs`). :func:`marginal_nll`
         turns it into :math:`-\log p(x)`."""
+        x, log_q, logdet = self._flow_input(x, noise)
+        return self._nll(self.flow.class_log_probs(x), log_q, logdet)
+
+    def _flow_input(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, ...]:
+        r"""Dequantised, standardised `x` and the two log-densities beside the flow's:
+        the dequantiser's $\log q$ and the standardisation's log-determinant (each
+        `(B,)`, or `None`)."""
         x, log_q = self.dequantizer(x, noise)
         x, logdet = self._standardized(x)
-        log_prob = self.flow.class_log_probs(x)
+        return x, log_q, logdet
+
+    def _nll(self, log_prob: Tensor, log_q: Tensor | None, logdet: Tensor | None) -> Tensor:
+        r"""The negative log-likelihood in nats from the flow's `log_prob`, `(B,)` or one
+        column per class `(B, K)`, in at least float32: $-(\log p + \log|\det|) +$ the
+        discretisation offset $+ \log q$."""
         log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
+        per_column = (slice(None),) + (None,) * (log_prob.dim() - 1)  # (B,) -> (B, 1)
         if logdet is not None:
-            log_prob = log_prob + logdet[:, None]
+            log_prob = log_prob + logdet[per_column]
         nll = -log_prob + self._offset
-        return nll if log_q is None else nll + log_q[:, None]
+        return nll if log_q is None else nll + log_q[per_column]
 
     def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Standardised ``x`` and the log-determinant of the modelled values: with a
@@ -244,8 +256,7 @@ class Objective(nn.Module):
     def initialize(self, batch: Batch, generator: torch.Generator | None) -> None:
         """The flow's data-dependent ActNorm initialisation on a dequantised batch."""
         x = self.prepare(batch.x)
-        x, _ = self.dequantizer(x, self.noise(x, generator))
-        self.flow.initialize(self._standardized(x)[0], self.labels(batch))
+        self.flow.initialize(self._flow_input(x, self.noise(x, generator))[0], self.labels(batch))
 
     @torch.no_grad()
     def sample(
