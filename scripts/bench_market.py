@@ -156,10 +156,12 @@ def arch_method(returns: np.ndarray, first_test: int, kind: str) -> dict | None:
 
 
 def historical(returns: np.ndarray, first_test: int) -> dict:
-    """VaR and ES from the `HISTORY` returns before each test step."""
+    """VaR and ES from the `HISTORY` returns before each test step (all of them before
+    the test part when there are fewer)."""
     start = time.perf_counter()
-    windows = np.lib.stride_tricks.sliding_window_view(returns[:-1], HISTORY)
-    windows = windows[first_test - HISTORY :]  # windows[i] ends just before first_test + i
+    days = min(HISTORY, first_test)
+    windows = np.lib.stride_tricks.sliding_window_view(returns[:-1], days)
+    windows = windows[first_test - days :]  # windows[i] ends just before first_test + i
     risk = risk_rows(
         returns[first_test:], lambda a: var_es(windows, a), empirical_quantile(windows)
     )
