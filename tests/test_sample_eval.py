@@ -195,7 +195,7 @@ def test_eval_equals_the_trainers_test_bpd(run, ckpt):
     saved = json.loads(report.json_path.read_text())
     assert saved["bpd"] == run[2]["last_test_score"]
     assert saved["stderr"] is None and saved["ema"] is True
-    assert (saved["dataset"], saved["split"], saved["num_images"]) == ("digits", "test", 297)
+    assert (saved["dataset"], saved["split"], saved["num_items"]) == ("digits", "test", 297)
     assert (saved["draws"], saved["step"], saved["seed"]) == (1, 30, 1234)
     assert saved["checkpoint"] == str(ckpt.resolve())
     assert report.csv_path is None
@@ -234,9 +234,9 @@ def test_ema_false_uses_the_raw_weights(run, ckpt, tmp_path):
 
 def test_train_split(ckpt):
     report = evaluate(ckpt, split="train")
-    assert report.summary["num_images"] == 1300 and report.summary["split"] == "train"
+    assert report.summary["num_items"] == 1300 and report.summary["split"] == "train"
     val = evaluate(ckpt, split="val")  # the 200 held-out training images
-    assert val.summary["num_images"] == 200 and val.summary["split"] == "val"
+    assert val.summary["num_items"] == 200 and val.summary["split"] == "val"
     assert report.json_path == ckpt.parent / "eval" / "last_digits_train" / "eval.json"
 
 

@@ -114,10 +114,11 @@ def test_backtest_writes_its_table_files_and_picture(price_runs):
     for rows in result["methods"].values():
         assert [r["level"] for r in rows] == [0.01, 0.05]
         assert all(0 <= r["kupiec_p"] <= 1 and 0 <= r["christoffersen_p"] <= 1 for r in rows)
+        assert all(r["es_z2"] <= 1 and 0 <= r["es_z2_p"] <= 1 for r in rows)  # the ES test
     steps = np.loadtxt(folder / "bt" / "backtest.csv", delimiter=",", skiprows=1)
     assert len(steps) == result["test_steps"] and math.isfinite(steps[:, 2].sum())
     assert (folder / "bt" / "backtest.png").stat().st_size > 0
-    assert "Kupiec" in out
+    assert "Kupiec" in out and "ES Z2" in out
 
 
 @pytest.mark.parametrize(

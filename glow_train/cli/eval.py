@@ -47,6 +47,9 @@ def print_report(report: EvalReport) -> None:
         print(f"per-{item} {unit}: {report.csv_path}")
     if summary["stderr"] is not None:
         print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
+    if summary.get("stderr_items") is not None:
+        items = "images" if summary["metric"] == "bpd" else "items"
+        print(f"standard error over {summary['num_items']} {items}: {summary['stderr_items']:.2g}")
     value = summary[summary["metric"]]
     if summary["metric"] == "bpd":
         given = " (of p(x|y): class-conditional)" if summary.get("conditional") else ""

@@ -214,7 +214,8 @@ def evaluate(ckpt: str | os.PathLike, opts: EvalConfig) -> EvalReport:
         result.metric: result.value,
         **({"nll": result.value} if result.metric == "nats_per_dim" else {}),
         **({"density_of": density_of(spec)} if density_of(spec) else {}),
-        "stderr": result.stderr,
+        "stderr": result.stderr,  # over draws (None for one draw)
+        "stderr_items": result.item_stderr,  # over the items: judges a gap between models
         "conditional": objective.flow.num_classes > 0,  # the figure is of p(x|y)
         **(
             {
@@ -229,7 +230,7 @@ def evaluate(ckpt: str | os.PathLike, opts: EvalConfig) -> EvalReport:
         "unit": METRICS[result.metric],
         "dataset": data_cfg["name"],
         "split": opts.split,
-        "num_images": result.num_items,
+        "num_items": result.num_items,
         "draws": draws,
         "checkpoint": str(ckpt.resolve()),
         "step": info.get("step"),

@@ -50,12 +50,12 @@ __all__ = [
 
 @dataclass
 class EvalResult:
-    """The mean score over the items (``metric``: ``bpd`` or ``nats_per_dim``), its
+    """The mean score over the items (`metric`: `bpd` or `nats_per_dim`), its
     standard error over draws (None for one draw), and each item's score (averaged
-    over draws) with its label.
+    over draws) with its label; `item_stderr` is the standard error over the items.
 
-    Scored with a class prior, the figure is of the marginal :math:`p(x)` and
-    ``conditional`` holds that of :math:`p(x \\mid y)` from the same pass (``None``
+    Scored with a class prior, the figure is of the marginal $p(x)$ and
+    `conditional` holds that of $p(x \\mid y)$ from the same pass (`None`
     when the items have no labels)."""
 
     value: float
@@ -66,6 +66,17 @@ class EvalResult:
     per_item: Tensor
     labels: Tensor
     conditional: EvalResult | None = None
+
+    @property
+    def item_stderr(self) -> float | None:
+        """The standard error of `value` over the items: the standard deviation of the
+        items' scores over $\\sqrt{n}$ (`None` for fewer than 2 items). Two models scored
+        on the same items differ by more than chance when the gap exceeds about twice
+        this (the standard error of the paired differences is usually smaller)."""
+        n = len(self.per_item)
+        if n < 2:
+            return None
+        return (self.per_item.double().std(unbiased=True) / math.sqrt(n)).item()
 
 
 def batch_seed(seed: int, draw: int, batch_index: int) -> int:

@@ -16,19 +16,26 @@ class Monitor:
 
     Args:
         main: whether this is rank 0.
-        metric: the objective's metric (``bpd``), the name of the TensorBoard scalars.
-        label: how the metric is printed (``bpd``, ``nats/dim``).
+        metric: the objective's metric (`bpd`), the name of the TensorBoard scalars.
+        label: how the metric is printed (`bpd`, `nats/dim`).
+        kind: what an item is (`image` or `vector`): the bar counts images per second
+            (`img_s`) or items per second (`items_s`), and TensorBoard's rate is
+            `images_per_sec` or `items_per_sec`.
     """
 
-    def __init__(self, main: bool, metric: str, label: str):
+    def __init__(self, main: bool, metric: str, label: str, kind: str = "image"):
         self.main = main
         self.metric = metric
         self.label = label
+        images = kind == "image"
+        self.rate_key, self.rate_tag = (
+            ("img_s", "images_per_sec") if images else ("items_s", "items_per_sec")
+        )
         self.writer = None
         self.bar: tqdm | None = None
 
     def open(self, run_dir: Path, total: int | None, initial: int, progress: bool) -> None:
-        """Start TensorBoard (``run_dir/tb``) and the progress bar."""
+        """Start TensorBoard (`run_dir/tb`) and the progress bar."""
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -60,14 +67,14 @@ class Monitor:
             self.writer.add_histogram(tag, values, step)
 
     def step(self, stats: dict[str, Any], rate: float, skipped_steps: int) -> None:
-        """The scalars of the step ``stats["step"]`` and the bar's figures (a deferred
+        """The scalars of the step `stats["step"]` and the bar's figures (a deferred
         step's loss is known one step later: before that, only the rate is shown)."""
         step = stats["step"]
         for key, value in (
             (f"train/{self.metric}", stats["score"]),
             ("lr", stats["lr"]),
             ("grad_norm", stats["grad_norm"]),
-            ("images_per_sec", rate),
+            (self.rate_tag, rate),
             ("skipped_steps", skipped_steps),
         ):
             if value is not None:
@@ -77,13 +84,9 @@ class Monitor:
             if stats["score"] is None
             else {self.label.replace("/", "_"): f"{stats['score']:.3f}"}
         )
-        self.bar.set_postfix(
-            **figures,
-            lr=f"{stats['lr']:.1e}",
-            img_s=f"{rate:.0f}",
-            skipped=skipped_steps,
-            refresh=False,
-        )
+        figures["lr"] = f"{stats['lr']:.1e}"
+        figures[self.rate_key] = f"{rate:.0f}"
+        self.bar.set_postfix(figures, refresh=False, skipped=skipped_steps)
 
     def advance(self) -> None:
         self.bar.update(1)

@@ -128,7 +128,9 @@ class Trainer:
             self.device.type,
             fp16=self.amp_dtype == torch.float16,
         )
-        self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
+        self.monitor = Monitor(
+            dist.is_main, self.objective.metric, self.objective.metric_label, self.spec.kind
+        )
         #: one optimisation step of the objective (its counters: :attr:`progress`)
         self.steps = Stepper(
             self.objective,
