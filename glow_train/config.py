@@ -84,6 +84,7 @@ class TableDatasetConfig:
     dropna: bool | None = None
     window: int | None = None
     context: int | None = None
+    memory: int | None = None
     stride: int | None = None
     transform: str | None = None
     val_size: float | None = None
@@ -125,6 +126,7 @@ class Glow1DConfig:
     prior: str = "gaussian"  # likewise
     prior_components: int = 8  # likewise
     context_magnitudes: bool = False  # likewise
+    recursions: int = 1  # likewise
 
 
 @dataclass

@@ -75,8 +75,10 @@ class Table:
         self.parts = parts  # split -> (N, D) float64
         self.columns = columns  # names of the D dimensions
         train = parts["train"]
-        self.loc = train.mean(axis=0)
-        self.scale = train.std(axis=0)
+        given = int(cfg.get("memory") or 0) * len(series or []) if cfg.get("context") else 0
+        # the memory's steps before the series' start are NaN
+        self.loc = np.nanmean(train, axis=0) if given else train.mean(axis=0)
+        self.scale = np.nanstd(train, axis=0) if given else train.std(axis=0)
         window = cfg.get("window")
         self.series = list(series or [])
         constant = self.scale <= 1e-12 * np.maximum(np.abs(self.loc), 1.0)
@@ -89,7 +91,7 @@ class Table:
             )
         self._refuse_unresolvable_columns(cfg["path"])
         self._warn_of_repeated_integers(train, cfg["path"])
-        self._refuse_dependent_columns(train, cfg["path"])
+        self._refuse_dependent_columns(train[:, given:], cfg["path"], given)
         transform = cfg.get("transform") or "none"
         context = cfg.get("context")
         self.spec = DataSpec(
@@ -104,6 +106,7 @@ class Table:
             window=None if window is None and context is None else int(window or 1),
             series=self.series,
             context=None if context is None else int(context),
+            memory=int(cfg.get("memory") or 0) if given else None,
         )
 
     def _refuse_unresolvable_columns(self, path: str) -> None:
@@ -141,23 +144,24 @@ class Table:
                 stacklevel=2,
             )
 
-    def _refuse_dependent_columns(self, train: np.ndarray, path: str) -> None:
+    def _refuse_dependent_columns(self, train: np.ndarray, path: str, skip: int = 0) -> None:
         """Dimensions of which a combination (nearly) does not vary (a duplicate column,
         a total of parts, a series repeated) leave the items on a hyperplane, where
         there is no density (and float32 cannot tell them from one): refused, naming
         the columns, when the training correlation matrix's smallest eigenvalue is
         below ``1e-9 D``, i.e. some combination varies by less than ``sqrt(1e-9 D)``
         of the columns' spread. Checked when there are more training items than
-        dimensions."""
+        dimensions, on the dimensions after the first ``skip`` (a memory's, which
+        repeat the same series further back)."""
         n, d = train.shape
         if n <= d or d < 2:
             return
-        z = (train - self.loc) / self.scale
+        z = (train - self.loc[skip:]) / self.scale[skip:]
         values, vectors = np.linalg.eigh(z.T @ z / n)
         if values[0] > 1e-9 * d:
             return
         weights = np.abs(vectors[:, 0])
-        dims = np.flatnonzero(weights > 0.1 * weights.max())
+        dims = np.flatnonzero(weights > 0.1 * weights.max()) + skip
         names = list(dict.fromkeys(self._column_of(int(i)) for i in dims))
         spread = float(np.sqrt(max(values[0], 0.0)))
         if len(names) == 1:  # one series: its windows obey a linear recurrence
@@ -222,6 +226,7 @@ _SPLIT_KEYS = (
     "dropna",
     "window",
     "context",
+    "memory",
     "stride",
     "transform",
     "val_size",
@@ -290,7 +295,8 @@ def _load(path: Path, cfg: dict[str, Any]) -> Table:
     if window is None and context is None:
         return Table(_split_rows(values, cfg, path), columns, cfg)
     parts = split_series(values, cfg, path)
-    first = -int(context or 0)  # context steps are numbered -C..-1, the window's 0..W-1
+    memory = int(cfg.get("memory") or 0) if context is not None else 0
+    first = -int(context or 0) - memory  # the past is numbered -(M + C)..-1, the window 0..W-1
     dims = [f"{c}[{t}]" for t in range(first, int(window or 1)) for c in columns]
     return Table(parts, dims, cfg, series=columns)
 
@@ -307,6 +313,8 @@ def validate(cfg: dict[str, Any]) -> None:
         )
     if cfg.get("context") is not None:
         int_key(cfg, "context", 1)
+    if cfg.get("memory") is not None:
+        int_key(cfg, "memory", 0)
     if cfg.get("window") is not None or cfg.get("context") is not None:
         if cfg.get("window") is not None:
             int_key(cfg, "window", 1)
