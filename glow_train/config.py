@@ -103,7 +103,7 @@ class GlowConfig:
     K: int = MISSING
     L: int = MISSING
     hidden_channels: int = MISSING
-    coupling: str = MISSING
+    coupling: str = MISSING  # a name, or auto (glow_train.training.sizing)
     lu: bool = MISSING
     dropout: float = 0.0  # absent from older checkpoints' configs: none
     conditional: bool = False  # likewise; True: num_classes from the dataset's labels
@@ -119,7 +119,7 @@ class Glow1DConfig:
     hidden_layers: int = MISSING
     activation: str = MISSING
     dropout: Any = MISSING  # a float, or auto
-    coupling: str = MISSING
+    coupling: str = MISSING  # a name, or auto (glow_train.training.sizing)
     lu: bool = MISSING
     spline_bins: int = 8  # absent from older checkpoints' configs: the model's own default
     spline_bound: float = 4.0  # likewise
@@ -137,7 +137,7 @@ class TrainLoopConfig:
     max_epochs: int | None = MISSING
     time_limit: str | None = MISSING
     optimizer: str = MISSING
-    lr: float = MISSING
+    lr: Any = MISSING  # a float, or auto (glow_train.training.sizing)
     betas: list[float] = MISSING
     weight_decay: float = MISSING
     warmup_steps: Any = MISSING  # an int or auto

@@ -9,17 +9,20 @@ holds the vector data's)::
 
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
-``multiple: null`` keeps the value unrounded (dropout). A choice (``model.prior``)
-has a plain value as its rule. With ``dataset.context``, the rules under
-``sizing.context`` replace those of the same keys: a window given its past needs a
-smaller flow (its couplings see few values; one, for a window of 1), and a prior
-whose parameters the context can move.
+``multiple: null`` keeps the value unrounded (dropout). A choice (``model.prior``,
+``model.coupling``) or a constant (``train.lr``) has a plain value as its rule.
+With ``dataset.context``, the rules under ``sizing.context`` replace those of the
+same keys: a window given its past needs a smaller flow (its couplings see few
+values; one, for a window of 1), a prior whose parameters the context can move,
+spline couplings that shape the residual, and a gentler learning rate (the model
+starts at a fitted GJR-GARCH-t, `glow_train.models.memory`).
 The resolved numbers are what the run's ``config.yaml`` and checkpoints record, and
 the start-up line prints.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +39,9 @@ AUTO_KEYS: dict[str, type] = {
     "model.hidden_features": int,
     "model.dropout": float,
     "model.prior": str,
+    "model.coupling": str,
     "dataset.batch_size": int,
+    "train.lr": float,
     "train.max_steps": int,
     "train.warmup_steps": int,
     "train.eval_every_steps": int,
@@ -79,6 +84,8 @@ def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float 
         if not isinstance(rule, str):
             raise ConfigError(f"a sizing rule of a choice is its value, got {rule!r}")
         return rule
+    if isinstance(rule, numbers.Real) and not isinstance(rule, bool):
+        return kind(rule)  # a constant
     missing = [k for k in RULE_KEYS if k not in rule]
     if missing:
         raise ConfigError(f"a sizing rule needs {', '.join(RULE_KEYS)}; {missing[0]} is missing")
