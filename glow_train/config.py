@@ -137,7 +137,7 @@ class TrainLoopConfig:
     max_epochs: int | None = MISSING
     time_limit: str | None = MISSING
     optimizer: str = MISSING
-    lr: Any = MISSING  # a float, or auto (glow_train.training.sizing)
+    lr: float = MISSING
     betas: list[float] = MISSING
     weight_decay: float = MISSING
     warmup_steps: Any = MISSING  # an int or auto

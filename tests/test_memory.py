@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import perturb, run_console
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from scipy import stats
 
 from glow_train import Glow1D
@@ -158,8 +159,7 @@ def test_gjr_skew_t_conditional_density_is_near_the_true_one(tmp_path, n):
         "precision=fp32",
     ]
     result = train(_compose(overrides))
-    cfg = _compose(overrides).dataset
-    test = load_table(dict(cfg)).parts["test"]
+    test = load_table(OmegaConf.to_container(_compose(overrides).dataset)).parts["test"]
     exact = -logp[-len(test) :].mean()
     assert result.best_test_score == pytest.approx(float(exact), abs=0.03)
 

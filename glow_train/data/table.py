@@ -33,7 +33,7 @@ from glow_train.config import TableDatasetConfig
 from glow_train.data.checks import int_key, require_key, split_count
 from glow_train.data.csvfile import HEADERS, header_choice, read_columns
 from glow_train.data.spec import DataSource, DataSpec
-from glow_train.data.windows import split_series
+from glow_train.data.windows import log_returns, split_series
 from glow_train.errors import ConfigError, DataError
 
 __all__ = ["SOURCE", "VectorDataset", "Table", "load_table", "TRANSFORMS"]
@@ -75,12 +75,14 @@ class Table:
         self.parts = parts  # split -> (N, D) float64
         self.columns = columns  # names of the D dimensions
         train = parts["train"]
-        given = int(cfg.get("memory") or 0) * len(series or []) if cfg.get("context") else 0
-        # the memory's steps before the series' start are NaN
-        self.loc = np.nanmean(train, axis=0) if given else train.mean(axis=0)
-        self.scale = np.nanstd(train, axis=0) if given else train.std(axis=0)
-        window = cfg.get("window")
         self.series = list(series or [])
+        c = len(self.series)
+        memory = int(cfg.get("memory") or 0) if cfg.get("context") and c else 0
+        # a memory's steps (NaN before the series' start) take its first context step's
+        loc, scale = train[:, memory * c :].mean(axis=0), train[:, memory * c :].std(axis=0)
+        self.loc = np.concatenate([np.tile(loc[:c], memory), loc])
+        self.scale = np.concatenate([np.tile(scale[:c], memory), scale])
+        window = cfg.get("window")
         constant = self.scale <= 1e-12 * np.maximum(np.abs(self.loc), 1.0)
         if constant.any():
             names = list(dict.fromkeys(self._column_of(int(i)) for i in np.flatnonzero(constant)))
@@ -91,7 +93,7 @@ class Table:
             )
         self._refuse_unresolvable_columns(cfg["path"])
         self._warn_of_repeated_integers(train, cfg["path"])
-        self._refuse_dependent_columns(train[:, given:], cfg["path"], given)
+        self._refuse_dependent_columns(train[:, memory * c :], cfg["path"], memory * c)
         transform = cfg.get("transform") or "none"
         context = cfg.get("context")
         self.spec = DataSpec(
@@ -106,7 +108,7 @@ class Table:
             window=None if window is None and context is None else int(window or 1),
             series=self.series,
             context=None if context is None else int(context),
-            memory=int(cfg.get("memory") or 0) if given else None,
+            memory=memory or None,
         )
 
     def _refuse_unresolvable_columns(self, path: str) -> None:
@@ -258,7 +260,7 @@ def series_values(cfg: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarra
     path = Path(str(require_key(cfg, "path"))).expanduser()
     columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
-        return columns, _log_returns(path, columns, values), values
+        return columns, log_returns(path, columns, values), values
     return columns, values, None
 
 
@@ -273,24 +275,10 @@ def _read(path: Path, cfg: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     )
 
 
-def _log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
-    """:math:`r_t = \\log(p_{t+1} / p_t)` of every column, ``(T - 1, c)``."""
-    if len(values) < 2:
-        raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
-    bad = np.argwhere(values <= 0)
-    if len(bad):
-        i, j = bad[0]
-        raise DataError(
-            f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
-            f"{i + 1}), which has no log-return; use dataset.transform=none"
-        )
-    return np.diff(np.log(values), axis=0)
-
-
 def _load(path: Path, cfg: dict[str, Any]) -> Table:
     columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
-        values = _log_returns(path, columns, values)
+        values = log_returns(path, columns, values)
     window, context = cfg.get("window"), cfg.get("context")
     if window is None and context is None:
         return Table(_split_rows(values, cfg, path), columns, cfg)

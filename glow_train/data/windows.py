@@ -21,7 +21,7 @@ import numpy as np
 from glow_train.data.checks import split_count
 from glow_train.errors import DataError
 
-__all__ = ["split_series", "padded_rows"]
+__all__ = ["split_series", "padded_rows", "log_returns"]
 
 
 def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -116,3 +116,17 @@ def _split_with_context(
             )
         parts[split] = padded_rows(series, np.asarray(starts) - memory, memory + span)
     return _enough(parts, path)
+
+
+def log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
+    """:math:`r_t = \\log(p_{t+1} / p_t)` of every column, ``(T - 1, c)``."""
+    if len(values) < 2:
+        raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
+    bad = np.argwhere(values <= 0)
+    if len(bad):
+        i, j = bad[0]
+        raise DataError(
+            f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
+            f"{i + 1}), which has no log-return; use dataset.transform=none"
+        )
+    return np.diff(np.log(values), axis=0)

@@ -80,7 +80,7 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     t = cfg.train
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer={t.optimizer!r}; use {', '.join(OPTIMIZERS)}")
-    if "train.lr" not in auto and t.lr <= 0:
+    if t.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")

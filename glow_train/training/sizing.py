@@ -10,19 +10,19 @@ holds the vector data's)::
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
 ``multiple: null`` keeps the value unrounded (dropout). A choice (``model.prior``,
-``model.coupling``) or a constant (``train.lr``) has a plain value as its rule.
+``model.coupling``) has a plain value as its rule.
 With ``dataset.context``, the rules under ``sizing.context`` replace those of the
 same keys: a window given its past needs a smaller flow (its couplings see few
 values; one, for a window of 1), a prior whose parameters the context can move,
-spline couplings that shape the residual, and a gentler learning rate (the model
-starts at a fitted GJR-GARCH-t, `glow_train.models.memory`).
+spline couplings that shape the residual, and evaluations twice as often (the
+model starts at a fitted GJR-GARCH-t, `glow_train.models.memory`, and its
+validation figure turns within a few epochs).
 The resolved numbers are what the run's ``config.yaml`` and checkpoints record, and
 the start-up line prints.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +41,6 @@ AUTO_KEYS: dict[str, type] = {
     "model.prior": str,
     "model.coupling": str,
     "dataset.batch_size": int,
-    "train.lr": float,
     "train.max_steps": int,
     "train.warmup_steps": int,
     "train.eval_every_steps": int,
@@ -84,8 +83,6 @@ def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float 
         if not isinstance(rule, str):
             raise ConfigError(f"a sizing rule of a choice is its value, got {rule!r}")
         return rule
-    if isinstance(rule, numbers.Real) and not isinstance(rule, bool):
-        return kind(rule)  # a constant
     missing = [k for k in RULE_KEYS if k not in rule]
     if missing:
         raise ConfigError(f"a sizing rule needs {', '.join(RULE_KEYS)}; {missing[0]} is missing")
