@@ -25,7 +25,8 @@ The first recursion is the model's volatility: the window is standardised by it,
 a unit-variance Student-t on the standardised value is GJR-GARCH(1,1)-t exactly.
 `fit` finds that model's maximum-likelihood parameters (and $\mu$, $\nu$) by L-BFGS,
 the initialisation of the long-memory 1-D Glow. The other recursions start with
-fixed half-lives (`HALF_LIVES`) and feed the context encoder.
+fixed half-lives (`HALF_LIVES`); the log-volatilities of all of them feed the context
+encoder.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GJRMemory", "HALF_LIVES", "unit_t_log_prob"]
 
 #: Half-lives in steps of the recursions after the first, at initialisation (cycled).
 HALF_LIVES = (2.0, 60.0, 10.0, 250.0)
+#: The largest degrees of freedom the maximum-likelihood fit gives.
+MAX_DF = 100.0
 
 
 def unit_t_log_prob(e: Tensor, df: Tensor) -> Tensor:
@@ -134,7 +136,7 @@ class GJRMemory(nn.Module):
             start[:, None].repeat(1, self.columns),
             torch.full((self.columns,), math.log(0.95 / 0.05), dtype=torch.float64),
             torch.log(x.var(dim=0) + 1e-12),
-            torch.full((self.columns,), math.log(math.expm1(4.0)), dtype=torch.float64),
+            torch.full((self.columns,), math.log(4.0 / 94.0), dtype=torch.float64),  # nu = 6
         ]
         if not student_t:
             work = work[:4]
@@ -148,7 +150,7 @@ class GJRMemory(nn.Module):
             log_sigma = _log_sigma(past, work[0], theta)[:, 0, :]
             e = (x - work[0]) * torch.exp(-log_sigma)
             if student_t:
-                log_p = unit_t_log_prob(e, 2 + F.softplus(work[4]))
+                log_p = unit_t_log_prob(e, _df(work[4]))
             else:
                 log_p = -0.5 * (e * e + math.log(2 * math.pi))
             return -(log_p - log_sigma).sum(dim=1).mean()
@@ -173,7 +175,14 @@ class GJRMemory(nn.Module):
         self.log_variance[0] = work[3]
         if not student_t:
             return torch.full((self.columns,), math.inf)
-        return (2 + F.softplus(work[4])).float()
+        return _df(work[4]).float()
+
+
+def _df(raw: Tensor) -> Tensor:
+    """Degrees of freedom in `(2, MAX_DF)`: a unit variance needs more than 2, and a
+    float32 Student-t log-density loses its digits far beyond `MAX_DF` (where it is a
+    Gaussian anyway)."""
+    return 2 + (MAX_DF - 2) * torch.sigmoid(raw)
 
 
 def _gjr(shares: Tensor, persistence: Tensor, log_variance: Tensor) -> dict[str, Tensor]:
@@ -196,7 +205,7 @@ def _log_sigma(past: Tensor, mean: Tensor, theta: dict[str, Tensor]) -> Tensor:
     e = torch.where(valid, past - mean, torch.zeros((), dtype=dtype))
     e2 = e * e
     lags = torch.arange(past.shape[1] - 1, -1, -1, device=past.device, dtype=dtype)
-    log_beta = torch.log(theta["beta"])
+    log_beta = torch.log(theta["beta"].clamp_min(1e-30))  # beta^0 = 1 even as beta -> 0
     weights = torch.exp(lags[:, None, None] * log_beta)  # beta^k, k steps before the newest
     mask = valid.to(dtype)
     sym = torch.einsum("blc,lrc->brc", e2, weights)
