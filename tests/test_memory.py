@@ -60,15 +60,17 @@ def gjr_skew_t(
     return out[500:], logp[500:]
 
 
-def gjr_t_log_likelihood(r, mu, omega, alpha, gamma, beta, v, df) -> np.ndarray:
+def gjr_t_log_likelihood(r, mu, omega, alpha, gamma, beta, v, df, ar=()) -> np.ndarray:
     """Closed-form one-step log-densities of GJR-GARCH(1,1) with unit-variance t
-    innovations, the recursion started at `v`."""
-    var, out = v, np.empty(len(r))
+    innovations, the recursion started at `v`, around `mu` plus an autoregression on
+    the last `len(ar)` returns (`ar[0]` the oldest's coefficient; none before the start)."""
+    var, out, lags = v, np.empty(len(r)), len(ar)
     c = math.sqrt((df - 2) / df)
     for t, x in enumerate(r):
         e = x - mu
+        loc = mu + sum(ar[j] * r[t - lags + j] for j in range(lags) if t - lags + j >= 0)
         sd = math.sqrt(var) * c
-        out[t] = stats.t.logpdf(e / sd, df) - math.log(sd)
+        out[t] = stats.t.logpdf((x - loc) / sd, df) - math.log(sd)
         var = omega + (alpha + gamma * (e < 0)) * e * e + beta * var
     return out
 
@@ -111,8 +113,9 @@ def test_the_memory_is_causal():
 
 def test_at_initialisation_the_model_is_the_fitted_gjr_garch_t():
     """With its couplings as initialised, a long-memory model's log-density of every
-    return is the closed-form GJR-GARCH(1,1)-t one with the parameters of its own
-    maximum-likelihood fit, and that fit is at least as likely as the true ones."""
+    return is the closed-form GJR-GARCH(1,1)-t one (with an AR(3) mean: the context)
+    with the parameters of its own maximum-likelihood fit, and that fit is at least
+    as likely as the true ones."""
     rng = np.random.default_rng(3)
     n, (omega, alpha, gamma, beta, df) = 1500, (0.05, 0.04, 0.1, 0.85, 6.0)
     eps = rng.standard_t(df, size=n) * math.sqrt((df - 2) / df)
@@ -126,7 +129,8 @@ def test_at_initialisation_the_model_is_the_fitted_gjr_garch_t():
     with torch.no_grad():
         theta = {k: float(v[0, 0]) for k, v in model.memory.parameters_of().items()}
         fitted_df, mu = float(model.prior.log_df.exp()), float(model.memory.mean)
-    closed = gjr_t_log_likelihood(r, mu, **theta, df=fitted_df)
+        ar = model.memory.autoregression[:, 0].numpy()
+    closed = gjr_t_log_likelihood(r, mu, **theta, df=fitted_df, ar=ar)
     got = model.log_prob(items).detach().numpy()
     np.testing.assert_allclose(got, closed, atol=1e-6)
     true = gjr_t_log_likelihood(r, 0.0, omega, alpha, gamma, beta, var, df)
@@ -195,17 +199,14 @@ def test_a_long_memory_model_saves_loads_and_resumes(memory_run):
     last = folder / "run" / "last.pt"
     objective = load(last)
     assert objective.flow.memory is not None and objective.flow.context_dims == 105
-    items = torch.from_numpy(
-        load_table(dict(_compose(args).dataset | {"path": str(folder / "prices.csv")})).parts[
-            "test"
-        ]
-    )
-    first = objective.flow.log_prob(objective.standardize(items.float())[0])
-    again = load(last).flow.log_prob(objective.standardize(items.float())[0])
+    cfg = OmegaConf.to_container(_compose(args).dataset) | {"path": str(folder / "prices.csv")}
+    items = torch.from_numpy(load_table(cfg).parts["test"]).float()
+    standardize = objective.objective.standardize
+    first = objective.flow.log_prob(standardize(items)[0])
+    again = load(last).flow.log_prob(standardize(items)[0])
     assert torch.isfinite(first).all() and torch.equal(first, again)
-    status, _, err = run_console(
-        train_main, [*args[:-2], "ckpt=auto", "run_dir=run", "train.max_steps=30"], folder
-    )
+    kept = [a for a in args if not a.startswith("train.max_steps")]
+    status, _, err = run_console(train_main, [*kept, "ckpt=auto", "train.max_steps=30"], folder)
     assert status == 0, err
     assert torch.load(last, weights_only=True)["step"] == 30
 

@@ -64,15 +64,20 @@ class GJRMemory(nn.Module):
     Args:
         columns: `c`, the series' columns (each has its own recursions and mean).
         recursions: `R` (at least 1); the first is the model's volatility.
+        lags: the last values of the past whose linear map moves the location (an
+            AR mean, fitted with the first recursion: the recursions carry the
+            volatility, this the conditional mean).
     """
 
-    def __init__(self, columns: int, recursions: int):
+    def __init__(self, columns: int, recursions: int, lags: int = 0):
         super().__init__()
         if recursions < 1:
             raise ValueError(f"recursions must be at least 1, got {recursions}")
         self.columns, self.recursions = int(columns), int(recursions)
         shape = (self.recursions, self.columns)
         self.mean = nn.Parameter(torch.zeros(self.columns))
+        self.lags = int(lags)
+        self.autoregression = nn.Parameter(torch.zeros(self.lags * self.columns, self.columns))
         self.shares = nn.Parameter(torch.zeros(3, *shape))  # logits of alpha, gamma/2, beta
         self.persistence = nn.Parameter(torch.full(shape, 3.0))  # logit of p
         self.log_variance = nn.Parameter(torch.zeros(shape))  # log v
@@ -106,76 +111,102 @@ class GJRMemory(nn.Module):
                 self.parameters_of(dtype),
             )
 
-    def standardize(self, window: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
-        r"""`window` `(B, W, c)` -> $\epsilon = (x - \mu)/\sigma$ by the first recursion,
+    def location(self, past: Tensor) -> Tensor:
+        r"""$\mu_t = \mu + A\,(r_{t-\text{lags}}, \dots, r_{t-1})$ `(B, c)` from `past`
+        `(B, L, c)` (a missing value counts as 0)."""
+        recent = torch.nan_to_num(past[:, past.shape[1] - self.lags :]).flatten(1)
+        return self.mean.to(past.dtype) + recent @ self.autoregression.to(past.dtype)
+
+    def standardize(
+        self, window: Tensor, location: Tensor, log_sigma: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        r"""`window` `(B, W, c)` -> $\epsilon = (x - \mu_t)/\sigma$ by the first recursion,
         and the log-determinant $-W \sum_c \log\sigma$ `(B,)`."""
         main = log_sigma[:, 0, :]  # (B, c)
-        eps = (window.to(main.dtype) - self.mean.to(main.dtype)) * torch.exp(-main)[:, None, :]
+        shifted = window.to(main.dtype) - location.to(main.dtype)[:, None, :]
+        eps = shifted * torch.exp(-main)[:, None, :]
         return eps.to(window.dtype), -window.shape[1] * main.sum(dim=1)
 
-    def unstandardize(self, eps: Tensor, log_sigma: Tensor) -> Tensor:
-        r"""The inverse of `standardize`: $x = \mu + \sigma\epsilon$, `(B, W, c)` ->
+    def unstandardize(self, eps: Tensor, location: Tensor, log_sigma: Tensor) -> Tensor:
+        r"""The inverse of `standardize`: $x = \mu_t + \sigma\epsilon$, `(B, W, c)` ->
         `(B, W·c)`."""
         main = log_sigma[:, 0, :]
-        x = self.mean.to(main.dtype) + eps.to(main.dtype) * torch.exp(main)[:, None, :]
+        x = location.to(main.dtype)[:, None, :] + eps.to(main.dtype) * torch.exp(main)[:, None, :]
         return x.flatten(1).to(eps.dtype)
 
     @torch.no_grad()
     def fit(
         self, past: Tensor, window: Tensor, student_t: bool = True, iterations: int = 100
     ) -> Tensor:
-        r"""Maximum likelihood of the first recursion with Gaussian or unit-variance
-        Student-t innovations, by L-BFGS in float64, on `past` `(B, L, c)` and the
-        first step of `window` `(B, W, c)`. Sets $\mu$ and the first recursion's
-        parameters (left as they were if the fit fails) and returns $\nu$ `(c,)`
-        (infinite for Gaussian innovations)."""
+        r"""Maximum likelihood of the location and the first recursion with Gaussian or
+        unit-variance Student-t innovations, by L-BFGS in float64, on `past` `(B, L, c)`
+        and the first step of `window` `(B, W, c)`: with a constant location first,
+        then with the autoregression, kept only when its gain in log-likelihood beats
+        BIC's penalty (a few noisy coefficients would cost more on new data than they
+        gain). Sets $\mu$, the autoregression and the first recursion's parameters
+        (left as they were if the fit fails) and returns $\nu$ `(c,)` (infinite for
+        Gaussian innovations)."""
         past, x = past.double(), window[:, 0, :].double()
         start = torch.tensor([0.05, 0.025, 0.9], dtype=torch.float64).log()
+        recent = torch.nan_to_num(past[:, past.shape[1] - self.lags :]).flatten(1)
         work = [
             x.mean(dim=0),
+            torch.zeros(self.lags * self.columns, self.columns, dtype=torch.float64),
             start[:, None].repeat(1, self.columns),
             torch.full((self.columns,), math.log(0.95 / 0.05), dtype=torch.float64),
             torch.log(x.var(dim=0) + 1e-12),
             torch.full((self.columns,), math.log(4.0 / 94.0), dtype=torch.float64),  # nu = 6
         ]
         if not student_t:
-            work = work[:4]
+            work = work[:5]
         work = [w.clone().requires_grad_(True) for w in work]
-        optimizer = torch.optim.LBFGS(
-            work, lr=1, max_iter=iterations, line_search_fn="strong_wolfe"
-        )
 
         def nll() -> Tensor:
-            theta = _gjr(work[1][:, None], work[2][None], work[3][None])
+            theta = _gjr(work[2][:, None], work[3][None], work[4][None])
             log_sigma = _log_sigma(past, work[0], theta)[:, 0, :]
-            e = (x - work[0]) * torch.exp(-log_sigma)
+            e = (x - work[0] - recent @ work[1]) * torch.exp(-log_sigma)
             if student_t:
-                log_p = unit_t_log_prob(e, _df(work[4]))
+                log_p = unit_t_log_prob(e, _df(work[5]))
             else:
                 log_p = -0.5 * (e * e + math.log(2 * math.pi))
             return -(log_p - log_sigma).sum(dim=1).mean()
 
-        def closure() -> Tensor:
-            optimizer.zero_grad()
-            with torch.enable_grad():
-                loss = nll()
-                loss.backward()
-            return loss
+        def minimise(free: list[Tensor]) -> float:
+            optimizer = torch.optim.LBFGS(
+                free, lr=1, max_iter=iterations, line_search_fn="strong_wolfe"
+            )
 
-        try:
-            optimizer.step(closure)
-            ok = bool(torch.isfinite(nll()))
-        except RuntimeError:  # a failed fit leaves the recursion as it was
-            ok = False
-        if not ok:
+            def closure() -> Tensor:
+                optimizer.zero_grad()
+                with torch.enable_grad():
+                    loss = nll()
+                    loss.backward()
+                return loss
+
+            try:
+                optimizer.step(closure)
+                return float(nll())
+            except RuntimeError:  # a failed fit leaves the recursion as it was
+                return math.nan
+
+        without = minimise(work[:1] + work[2:])  # a constant location first
+        if not math.isfinite(without):
             return torch.full((self.columns,), 6.0 if student_t else math.inf)
+        if self.lags:  # then the autoregression, kept when BIC says it pays
+            before = [w.detach().clone() for w in work]
+            with_ar = minimise(work)
+            k, n = work[1].numel(), len(x)
+            if not with_ar < without - 0.5 * k * math.log(n) / n:
+                for w, b in zip(work, before, strict=True):
+                    w.data.copy_(b)
         self.mean.copy_(work[0])
-        self.shares[:, 0] = work[1]
-        self.persistence[0] = work[2]
-        self.log_variance[0] = work[3]
+        self.autoregression.copy_(work[1])
+        self.shares[:, 0] = work[2]
+        self.persistence[0] = work[3]
+        self.log_variance[0] = work[4]
         if not student_t:
             return torch.full((self.columns,), math.inf)
-        return _df(work[4]).float()
+        return _df(work[5]).float()
 
 
 def _df(raw: Tensor) -> Tensor:

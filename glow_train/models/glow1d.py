@@ -162,7 +162,7 @@ class Glow1D(FlowModel):
                         f"context_dims={context_dims} and dim={dim} are not whole steps of "
                         f"{series_columns} columns"
                     )
-                self.memory = GJRMemory(series_columns, recursions)
+                self.memory = GJRMemory(series_columns, recursions, context_dims // series_columns)
                 self.context_dims += int(memory) * series_columns
                 encoded = recursions * series_columns  # the log-volatilities
             self.encoder = ContextEncoder(
@@ -215,26 +215,26 @@ class Glow1D(FlowModel):
         if isinstance(self.prior, MixturePrior):
             self.prior.initialize(self.flow(x)[0])
 
-    def _condition(self, past: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The given values ``(B, context_dims)`` -> ``(h (B, E), log-volatilities
-        (B, R, c))`` (``None`` without `memory`)."""
+    def _condition(self, past: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The given values ``(B, context_dims)`` -> ``(h (B, E), state)``: with `memory`,
+        the state is the location ``(B, c)`` and the log-volatilities ``(B, R, c)``
+        (`GJRMemory`), and `h` encodes the log-volatilities; else `None`."""
         if self.memory is None:
             return self.encoder(past), None
-        c = self.memory.columns
-        past = past.reshape(len(past), -1, c)
+        past = past.reshape(len(past), -1, self.memory.columns)
         log_sigma = self.memory(past)  # (B, R, c)
-        features = log_sigma.flatten(1).to(past.dtype)
-        return self.encoder(features), log_sigma
+        h = self.encoder(log_sigma.flatten(1).to(past.dtype))
+        return h, (self.memory.location(past), log_sigma)
 
     def split_context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(B, C + D)`` -> ``(context features h (B, E), x (B, D), log|det|)``: with
-        `memory`, `x` standardised by the first recursion's volatility and the
-        log-determinant of that ``(B,)``, else `x` itself and `None`."""
-        h, log_sigma = self._condition(x[:, : self.context_dims])
+        `memory`, `x` standardised by the location and the first recursion's volatility
+        and the log-determinant of that ``(B,)``, else `x` itself and `None`."""
+        h, state = self._condition(x[:, : self.context_dims])
         x = x[:, self.context_dims :]
-        if log_sigma is None:
+        if state is None:
             return h, x, None
-        eps, logdet = self.memory.standardize(x.reshape(len(x), -1, self.memory.columns), log_sigma)
+        eps, logdet = self.memory.standardize(x.reshape(len(x), -1, self.memory.columns), *state)
         return h, eps.flatten(1), logdet
 
     def forward_given(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -298,11 +298,11 @@ class Glow1D(FlowModel):
         `memory`, ``(B, (M + C)·c)``)."""
         if self.context_dims == 0:
             raise ValueError("this model has no context; use sample(n, temperature)")
-        h, log_sigma = self._condition(context)
+        h, state = self._condition(context)
         x = self._inverse_given(self.prior.sample(h, temperature, generator), h)
-        if log_sigma is None:
+        if state is None:
             return x
-        return self.memory.unstandardize(x.reshape(len(x), -1, self.memory.columns), log_sigma)
+        return self.memory.unstandardize(x.reshape(len(x), -1, self.memory.columns), *state)
 
     @torch.no_grad()
     def sample(
