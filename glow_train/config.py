@@ -107,6 +107,7 @@ class TableDatasetConfig:
     dropna: bool | None = None
     window: int | None = None
     context: int | None = None
+    memory: int | None = None
     stride: int | None = None
     transform: str | None = None
     val_size: float | None = None
@@ -125,7 +126,7 @@ class GlowConfig:
     K: int = MISSING
     L: int = MISSING
     hidden_channels: int = MISSING
-    coupling: str = MISSING
+    coupling: str = MISSING  # a name, or auto (glow_train.training.sizing)
     lu: bool = MISSING
     dropout: float = 0.0  # absent from older checkpoints' configs: none
     conditional: bool = False  # likewise; True: num_classes from the dataset's labels
@@ -141,13 +142,14 @@ class Glow1DConfig:
     hidden_layers: int = MISSING
     activation: str = MISSING
     dropout: Any = MISSING  # a float, or auto
-    coupling: str = MISSING
+    coupling: str = MISSING  # a name, or auto (glow_train.training.sizing)
     lu: bool = MISSING
     spline_bins: int = 8  # absent from older checkpoints' configs: the model's own default
     spline_bound: float = 4.0  # likewise
     prior: str = "gaussian"  # likewise
     prior_components: int = 8  # likewise
     context_magnitudes: bool = False  # likewise
+    recursions: int = 1  # likewise
 
 
 @dataclass

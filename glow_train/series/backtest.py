@@ -31,6 +31,7 @@ import torch
 from glow_train.data.checks import split_count
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
+from glow_train.data.windows import padded_rows
 from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
 from glow_train.series.forecast import context_model, draw_given
@@ -124,7 +125,7 @@ def backtest(
     total, context = len(values), int(spec.context)
     first_test = total - split_count(cfg, "test_size", total)
     steps = np.arange(max(first_test, context), total)
-    contexts = np.stack([values[t - context : t].reshape(-1) for t in steps])
+    contexts = padded_rows(values, steps - spec.past, spec.past)
     returns = values[steps, 0]
     draws = model_draws(flow, spec, contexts, samples, seed)
     train = values[:first_test, 0]

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
+from glow_train.data.windows import padded_rows
 from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
 from glow_train.likelihood.loading import load_objective
@@ -91,7 +92,8 @@ def draw_paths(
     n: int,
     generator: torch.Generator,
 ) -> np.ndarray:
-    """``n`` paths ``(n, horizon, c)`` in the data's units from ``context`` ``(C, c)``."""
+    """``n`` paths ``(n, horizon, c)`` in the data's units from ``context`` ``(M + C, c)``
+    (the item's past: with a memory, its recursions run over each path's own draws)."""
     c, cd = max(len(spec.series), 1), spec.context_dims
     ctx = torch.from_numpy(context.reshape(1, -1)).double().repeat(n, 1)  # (n, C·c), time-major
     drawn = []
@@ -182,6 +184,7 @@ def forecast(
     columns, values, levels = series_values(info["config"]["dataset"])
     total, context = len(values), int(spec.context)
     end = total if context_end is None else int(context_end)
+    past = padded_rows(values, [end - spec.past], spec.past).reshape(spec.past, -1)
     if not context <= end <= total:
         raise ConfigError(
             f"context_end={end}: the context needs the {context} values before it and the "
@@ -192,7 +195,7 @@ def forecast(
         targets, out, overwrite, Path(ckpt), [info["config"]["dataset"]]
     )
     generator = torch.Generator(next(flow.parameters()).device).manual_seed(int(seed))
-    paths = draw_paths(flow, spec, values[end - context : end], horizon, n, generator)
+    paths = draw_paths(flow, spec, past, horizon, n, generator)
     start = max(0, end - HISTORY)
     in_prices = levels is not None
     if in_prices:  # levels[t] is the price after values[:t]
