@@ -230,7 +230,7 @@ class TrainingLoop:
                             )
                         )
                     if p.bad_in_a_row >= int(tcfg.max_bad_steps):
-                        raise diverged(self.tcfg, p, self.last_good_text())
+                        raise diverged(self.tcfg, p, self.checkpoints.last_good_text())
                     if steps.step % int(tcfg.log_every) == 0 or steps.step == 1:
                         rate = seen / max(time.monotonic() - tick, 1e-9)
                         tick, seen = time.monotonic(), 0
@@ -250,7 +250,7 @@ class TrainingLoop:
             steps.settle()  # every rank: the last step counts before anything is written
             interrupted = steps.stop_seen["signalled"]
             if p.bad_in_a_row >= int(tcfg.max_bad_steps):
-                raise diverged(self.tcfg, p, self.last_good_text())
+                raise diverged(self.tcfg, p, self.checkpoints.last_good_text())
             monitor.close_bar()
             # Still under the signal handlers: a second SIGTERM cannot cut the save short (a
             # second Ctrl-C still aborts at once). A signal means stop now: a scheduler's grace
@@ -259,7 +259,9 @@ class TrainingLoop:
             if interrupted:
                 if self.dist.is_main:
                     saved = self.save("last.pt")
-                    what = f"{saved} saved" if saved is not None else self.last_good_text()
+                    what = (
+                        f"{saved} saved" if saved is not None else self.checkpoints.last_good_text()
+                    )
                     monitor.log(
                         f"stopped by {interrupt.received or 'a signal'} at step {steps.step}: "
                         f"{what}; continue with glow-train ckpt={self.run_dir / 'last.pt'}"
@@ -269,9 +271,6 @@ class TrainingLoop:
                 interrupt.hand_on()  # after the save: the pre-emption signal goes on to submitit
                 return self.result(interrupted=True)
             return self.finish(interrupted)
-
-    def last_good_text(self) -> str:
-        return self.checkpoints.last_good_text()
 
     def finish(self, interrupted: bool) -> TrainResult:
         """The last selection figure (and ``best.pt``), then the test figure of the final
@@ -290,7 +289,7 @@ class TrainingLoop:
             self.monitor.close()
             raise TrainingDiverged(
                 f"the model's test {label} at step {steps.step} is not finite: the run "
-                f"diverged; {self.last_good_text()}"
+                f"diverged; {self.checkpoints.last_good_text()}"
             )
         p.finished = True  # last.pt now records a run with its final figures
         if main:
