@@ -1,17 +1,24 @@
 """Typed configuration: the dataclass schemas behind the YAML under `configs/`.
 
-The defaults live in the YAML; these schemas only say which keys exist and what
-type each holds. They are registered in Hydra's ConfigStore
-(`register_configs`, run when the `glow_train.configs` package is
-imported, which Hydra does before composing), and the YAML files name them in
-their defaults lists, so OmegaConf itself rejects `train.lr=abc`,
-`model.K=2.5` or a misspelt key while the command line is read.
+The defaults live in the YAML; these schemas only say which keys exist, what type
+each holds and, for the options of `glow-sample` and `glow-eval`, which values are
+valid (`checked`). They are registered in Hydra's ConfigStore (`register_configs`,
+run when the `glow_train.configs` package is imported, which Hydra does before
+composing), and the YAML files name them in their defaults lists, so OmegaConf
+itself rejects `train.lr=abc`, `model.K=2.5` or a misspelt key while the command
+line is read.
 
-Library callers that pass plain dicts get the same checks through `typed`.
-Range checks (`lr > 0`, `n_bits` in 1..8, ...) stay with the code that owns
-each group: `glow_train.training.checks.check_train` for `train.*` and the
-top level, `glow_train.data.validate_dataset_config` for `dataset.*`, the
-model classes for `model.*`; single values through `glow_train.validate`.
+Each command's options are declared here once: `TrainConfig`, `SampleConfig` and
+`EvalConfig` (a field and its value in the YAML). The command passes its composed
+config as one object to the function behind it; the Python API builds the same
+object from the YAML's values and keyword overrides
+(`glow_train.modes.command_options`), checked once.
+
+Library callers that pass plain dicts get the same checks through `typed`. Range
+checks of the training config stay with the code that owns each group:
+`glow_train.training.checks.check_train` for `train.*` and the top level,
+`glow_train.data.validate_dataset_config` for `dataset.*`, the model classes for
+`model.*`; single values through `glow_train.validate`.
 """
 
 from __future__ import annotations
@@ -36,15 +43,31 @@ __all__ = [
     "EvalConfig",
     "register_configs",
     "packaged_defaults",
-    "fill_defaults",
     "typed",
     "upgrade_keys",
+    "checked",
     "PRECISIONS",
     "OPTIMIZERS",
+    "SPLITS",
+    "LAYOUTS",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "adamax")
+SPLITS = ("train", "val", "test")  # glow-eval split= and every dataset's splits
+LAYOUTS = ("grids", "rows")  # glow-sample layout=
+
+
+def checked(default: Any = MISSING, **rule: Any) -> Any:
+    """A schema field whose value `glow_train.modes.command_options` checks by `rule`.
+
+    `low` (and `high`): an integer in that range (`None` passes when the default is
+    `None`); `choices`: one of those values; `example`: a number or a list of numbers
+    (each `>= low` when given), turned into a list of floats, `example` showing a valid
+    value in the message. Nothing else about the field changes: OmegaConf reads its
+    type and default as usual.
+    """
+    return field(default=default, metadata={"check": rule})
 
 
 # --------------------------------------------------------------------------- schemas
@@ -69,7 +92,7 @@ class ImageDatasetConfig:
     hflip: bool | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
-    num_workers: int | None = None
+    num_workers: Any = None  # an int, or auto (glow_train.data.loader.resolve_workers)
 
 
 @dataclass
@@ -84,6 +107,7 @@ class TableDatasetConfig:
     dropna: bool | None = None
     window: int | None = None
     context: int | None = None
+    memory: int | None = None
     stride: int | None = None
     transform: str | None = None
     val_size: float | None = None
@@ -102,7 +126,7 @@ class GlowConfig:
     K: int = MISSING
     L: int = MISSING
     hidden_channels: int = MISSING
-    coupling: str = MISSING
+    coupling: str = MISSING  # a name, or auto (glow_train.training.sizing)
     lu: bool = MISSING
     dropout: float = 0.0  # absent from older checkpoints' configs: none
     conditional: bool = False  # likewise; True: num_classes from the dataset's labels
@@ -118,13 +142,14 @@ class Glow1DConfig:
     hidden_layers: int = MISSING
     activation: str = MISSING
     dropout: Any = MISSING  # a float, or auto
-    coupling: str = MISSING
+    coupling: str = MISSING  # a name, or auto (glow_train.training.sizing)
     lu: bool = MISSING
     spline_bins: int = 8  # absent from older checkpoints' configs: the model's own default
     spline_bound: float = 4.0  # likewise
     prior: str = "gaussian"  # likewise
     prior_components: int = 8  # likewise
     context_magnitudes: bool = False  # likewise
+    recursions: int = 1  # likewise
 
 
 @dataclass
@@ -153,12 +178,14 @@ class TrainLoopConfig:
     sample_every: int | None = MISSING
     sample_temperatures: list[float] = MISSING
     num_samples: int = MISSING
-    compile: bool = MISSING
+    compile: Any = MISSING  # true, false or auto
+    compile_mode: str = "default"  # absent from older checkpoints' configs: torch's default
     memory_saving: bool = MISSING
     dequantization: str = MISSING
     class_loss_weight: float = MISSING
     preempt_signal: str | None = MISSING
     cudnn_benchmark: bool = MISSING
+    tf32: bool = True  # absent from older checkpoints' configs: on, as configs/train.yaml
     progress: bool = MISSING
 
 
@@ -182,16 +209,16 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """`glow-sample` (`configs/sample.yaml`)."""
+    """The options of `glow-sample`, each mode's included (`configs/sample.yaml`)."""
 
     ckpt: str | None = None
-    temperature: Any = MISSING  # a number or a list of numbers, checked by glow_train.sampling
-    n: int = MISSING
-    nrow: int | None = None
-    padding: int = MISSING
-    layout: str = MISSING
-    seed: int = MISSING
-    batch_size: int | None = None
+    temperature: Any = checked(example="0.7", low=0)  # a number or a list of numbers
+    n: int = checked(low=1)
+    nrow: int | None = checked(None, low=1)
+    padding: int = checked(low=0)
+    layout: str = checked(choices=LAYOUTS)
+    seed: int = checked(low=0)
+    batch_size: int | None = checked(None, low=1)
     out: str | None = None
     overwrite: bool = MISSING
     device: str = MISSING
@@ -199,29 +226,29 @@ class SampleConfig:
     precision: str = MISSING
     start_price: float | None = None
     y: Any = None  # a class, "all" or null; checked by glow_train.sampling.class_choice
-    mode: str = MISSING  # sample|interpolate|direction|manipulate|forecast (sampling.modes.MODES)
+    mode: str = MISSING  # sample|interpolate|direction|manipulate|forecast (sampling.MODES)
     a: Any = None  # interpolate: test-set indices or image files
     b: Any = None
-    steps: int = MISSING
+    steps: int = checked(low=2)
     interp: str = MISSING
     attribute: Any = None  # direction / manipulate
     image: Any = None
-    alpha: Any = MISSING
-    max_images: int = MISSING
+    alpha: Any = checked(example="[-1,0,1]")
+    max_images: int = checked(low=2)
     horizon: int = MISSING  # forecast: steps per path
     context_end: int | None = None  # forecast: values of the series before the first step
 
 
 @dataclass
 class EvalConfig:
-    """`glow-eval` (`configs/eval.yaml`)."""
+    """The options of `glow-eval`: its figures, `ood=` and `backtest=` (`configs/eval.yaml`)."""
 
     ckpt: str | None = None
-    split: str = MISSING
-    draws: int = MISSING
-    seed: int | None = None
-    batch_size: int | None = None
-    n_bits: int | None = None
+    split: str = checked(choices=SPLITS)
+    draws: int = checked(low=1)
+    seed: int | None = checked(None, low=0)
+    batch_size: int | None = checked(None, low=1)
+    n_bits: int | None = checked(None, low=1, high=8)
     per_image: bool = MISSING
     out: str | None = None
     overwrite: bool = MISSING
@@ -229,11 +256,11 @@ class EvalConfig:
     ema: bool = MISSING
     progress: bool = MISSING
     ood: str | None = None  # a dataset name or a folder of images (glow_train.evaluation.ood)
-    ood_train_images: int = MISSING
+    ood_train_images: int = checked(low=1)
     class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
     precision: str = MISSING  # fp32|bf16|auto (glow_train.runtime.precision)
-    backtest: str | None = None  # var: the risk backtest of a series model (eval_modes.BACKTESTS)
-    backtest_samples: int = MISSING
+    backtest: str | None = None  # var: the risk backtest of a series model (series.BACKTESTS)
+    backtest_samples: int = checked(low=100)
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None
@@ -267,13 +294,6 @@ def packaged_defaults(name: str, schema: type) -> DictConfig:
     for key in ("defaults", "hydra"):
         values.pop(key, None)
     return typed(schema, values)
-
-
-def fill_defaults(name: str, schema: type, **values: Any) -> DictConfig:
-    """`values` with each `None` replaced by `configs/<name>.yaml`'s value, typed."""
-    merged = packaged_defaults(name, schema)
-    given = {k: v for k, v in values.items() if v is not None}
-    return typed(schema, OmegaConf.merge(merged, given))
 
 
 # --------------------------------------------------------------------- checking

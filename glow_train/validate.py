@@ -49,8 +49,10 @@ def require_numbers(
     bound = "" if low is None else f" >= {low:g}"
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise ConfigError(f"{name} must be a number{bound}, got {v!r}")
+        if not math.isfinite(v):  # inf, nan: numbers, yet no setting means them
+            raise ConfigError(f"{name} must be a finite number{bound}, e.g. {example}; got {v}")
         if low is not None and v < low:
             raise ConfigError(f"{name} must be a number{bound}, got {v!r}")
         out.append(float(v))

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from garch_fits import arch_filter, standardized_t_logpdf
 from scipy import stats
 
 from glow_train.data.table import load_table, series_values
@@ -126,12 +127,6 @@ def garch_t_returns(n: int, seed: int, omega=2e-6, alpha=0.08, beta=0.9, df=5.0)
     return out[500:], logp[500:], sd[500:]
 
 
-def standardized_t_logpdf(e, df: float):
-    """Log-density of a Student-t scaled to unit variance (``df > 2``)."""
-    const = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(math.pi * (df - 2))
-    return const - (df + 1) / 2 * np.log1p(np.square(e) / (df - 2))
-
-
 def ar1_t_returns(n: int, seed: int, phi=0.6, scale=0.01, df=4.0):
     rng = np.random.default_rng(seed)
     eps = rng.standard_t(df, size=n + 100) * scale
@@ -187,12 +182,10 @@ def make_dataset(name: str, folder: Path) -> tuple[Path, dict, dict]:
 # ------------------------------------------------------------------ models
 
 
-def glow1d_defaults(path: Path, options: dict, run_dir: Path, extra: tuple = ()) -> dict:
-    """``glow-train dataset=csv dataset.path=<file>`` (+ the series options, + ``extra``
-    command-line overrides), composed by Hydra."""
+def glow1d_config(path: Path, options: dict, run_dir: Path, extra: tuple = ()):
+    """The config of ``glow-train dataset=csv dataset.path=<file>`` (+ the series
+    options, + ``extra`` command-line overrides), composed by Hydra."""
     from hydra import compose, initialize_config_module
-
-    from glow_train.training import train
 
     overrides = ["dataset=csv", f"dataset.path={path}", f"run_dir={run_dir}"]
     overrides += ["train.progress=false", "device=cpu"]
@@ -201,11 +194,24 @@ def glow1d_defaults(path: Path, options: dict, run_dir: Path, extra: tuple = ())
         overrides.append(f"dataset.{key}={text}")
     overrides += list(extra)
     with initialize_config_module("glow_train.configs", version_base="1.3"):
-        cfg = compose("train", overrides)
+        return compose("train", overrides)
+
+
+def glow1d_defaults(path: Path, options: dict, run_dir: Path, extra: tuple = ()) -> dict:
+    """Trains the 1-D Glow of :func:`glow1d_config`: its test figure (best.pt's), the
+    seconds it took, the step and path of best.pt."""
+    from glow_train.training import train
+
+    cfg = glow1d_config(path, options, run_dir, extra)
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start
-    return {"nats": result.best_test_score, "seconds": seconds, "step": result.best_step}
+    return {
+        "nats": result.best_test_score,
+        "seconds": seconds,
+        "step": result.best_step,
+        "ckpt": str(result.best_ckpt),
+    }
 
 
 def standardized(parts: dict, context: int = 0) -> tuple[dict, float]:
@@ -311,20 +317,10 @@ def garch(returns: np.ndarray, n_train: int, n_test: int) -> dict | None:
     ``pip install -e '.[finance]'``), fitted on the first ``n_train`` returns, then run
     through the whole series with those parameters: the log-density of each of the last
     ``n_test`` returns given its whole past. ``None`` when arch is not installed."""
-    try:
-        from arch import arch_model
-    except ImportError:
+    fitted = arch_filter(returns, n_train, "garch_t")
+    if fitted is None:
         return None
-    start = time.perf_counter()
-    scale = 100.0  # arch's optimiser prefers returns in percent
-    y = scale * returns
-    fit = arch_model(y[:n_train], mean="Constant", vol="GARCH", p=1, q=1, dist="t")
-    params = fit.fit(disp="off").params
-    run = arch_model(y, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fix(params)
-    sigma = np.asarray(run.conditional_volatility)
-    e = (y - params["mu"]) / sigma
-    logp = standardized_t_logpdf(e, params["nu"]) - np.log(sigma) + math.log(scale)
-    return {"nats": float(-logp[-n_test:].mean()), "seconds": time.perf_counter() - start}
+    return {"nats": float(-fitted["logp"][-n_test:].mean()), "seconds": fitted["seconds"]}
 
 
 # ------------------------------------------------------------------ the table

@@ -508,7 +508,27 @@ per dimension of the data in its own units (lower is better for both).
 The targets of the paper presets (MNIST, CIFAR-10, CelebA) need a GPU and are not
 measured here; see [Configuration and presets](guide/configuration.md).
 """
+        + GPU_FIGURES
     )
+
+
+#: the GPU section of docs/results.md, kept as written (no GPU runs this script)
+GPU_FIGURES = """
+## GPU figures
+
+No GPU has been measured yet: no GPU has been lent to this project so far. The first
+session with one runs `python scripts/gpu_check.py` (one call, under 8 minutes) and
+records its rows here with the commit and the card: images/s, GPU-busy fraction,
+kernels per step, MFU and peak memory of the CIFAR-10 preset's step at batch 64,
+256 and 512, eager and compiled; the steady-state step under CUDA's sync-debug mode;
+CUDA against a float64 CPU reference on the same weights (TF32 off and on); bf16
+against fp32 on the same weights; a one-rank NCCL DDP step.
+
+On the CPU, the same script's `--dry-run` gives the step's FLOPs (24.1 GFLOP per
+image, forward and backward, for the CIFAR-10 preset's model) and its kernels:
+4,435 per fp32 step and 5,203 per bf16 step at batch 2 (6,162 in bf16 before the
+conditioners cast their weights once per coupling).
+"""
 
 
 if __name__ == "__main__":

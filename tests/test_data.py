@@ -242,6 +242,32 @@ def test_mnist_native_size(mnist_root):
     np.testing.assert_array_equal(dataset[1][0][0].numpy(), data["t10k"][0][1])
 
 
+def test_mnist_from_the_published_gz_files(mnist_root, tmp_path):
+    """`MNIST/raw/` with the `.gz` files alone (as published, as torchvision reads them):
+    decompressed beside them on first use, the `.gz` kept; a broken `.gz` is one line."""
+    import gzip
+
+    root, data = mnist_root
+    raw = root / "MNIST" / "raw"
+    for idx in list(raw.iterdir()):
+        (raw / f"{idx.name}.gz").write_bytes(gzip.compress(idx.read_bytes()))
+        idx.unlink()
+    packed = {p.name: p.read_bytes() for p in raw.iterdir()}
+    cfg = dataset_config("mnist", root=str(root), download=False, image_size=28)
+    dataset = build_dataset(cfg, "test")
+    np.testing.assert_array_equal(dataset[1][0][0].numpy(), data["t10k"][0][1])
+    assert all((raw / name).read_bytes() == body for name, body in packed.items())
+    (raw / "train-images-idx3-ubyte").unlink()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"cannot decompress .*train-images-idx3-ubyte.gz"):
+        build_dataset(cfg, "train")
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == [
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+
+
 def test_mnist_missing_files(tmp_path):
     with pytest.raises(DataError, match=r"MNIST not found under .*raw.*dataset.download=true"):
         build_dataset(dataset_config("mnist", root=tmp_path, download=False), "train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,16 +19,25 @@ from glow_train.likelihood.loading import load_objective
 
 WORKER = textwrap.dedent(
     """
-    import os, sys, torch
+    import json, os, sys, torch
     from hydra import compose, initialize_config_module
+    from torch.nn.parallel import DistributedDataParallel as DDP
     from glow_train.training import train
 
     out = sys.argv[1]
     with initialize_config_module("glow_train.configs", version_base="1.3"):
         cfg = compose("train", overrides=sys.argv[2:])
+    built, ddp_init = [], DDP.__init__
+    def spy(self, *args, **kwargs):  # the settings of the DDP the trainer builds
+        ddp_init(self, *args, **kwargs)
+        built.append([self.gradient_as_bucket_view, self.static_graph,
+                      getattr(self, "forward_sync_buffers", None)])
+    DDP.__init__ = spy
     result = train(cfg)
     rank = int(os.environ["RANK"])
     torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    with open(os.path.join(out, f"ddp{rank}.json"), "w") as f:
+        json.dump(built, f)
     """
 )
 
@@ -79,6 +89,9 @@ def test_two_process_training_matches_one_process_evaluation(tmp_path):
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), key
+    # ... with gradients as bucket views, a static graph and no per-step buffer broadcast
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"ddp{rank}.json").read_text()) == [[True, True, False]]
 
     # the trainer's sharded test bpd equals a single-process evaluation of the saved weights
     state = load_checkpoint(runs / "r" / "last.pt")

@@ -147,7 +147,7 @@ def _shape(line: str) -> str:
     """A printed line with what varies between runs and machines replaced."""
     line = re.sub(r"\b(fp32|bf16|fp16)\b", "P", line)
     # precision=auto names what it chose on this machine's CPU or GPU
-    line = re.sub(r"precision auto -> P \(\S+ has (no )?native P\)", "P", line)
+    line = re.sub(r"precision auto -> P \([^)]*\)", "P", line)
     line = re.sub(r"device \S+,", "device D,", line)
     return re.sub(r"-?\d[\d,.]*(e-?\d+)?", "N", line)
 

@@ -201,7 +201,9 @@ def test_a_signal_saves_and_stops_without_final_evaluation(tmp_path, sig):
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     name = signal.Signals(sig).name
-    assert proc.returncode == 0, err
+    # the shell's 128 + n for SIGINT and SIGTERM, after saving: `glow-train && glow-eval`
+    # stops there; the pre-emption signal (SIGUSR2) exits 0: the job is requeued
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}.get(sig, 0), err
     assert f"{name} received: saving last.pt at the end of this step, then stopping" in out
     assert ("Ctrl-C again" in out) == (sig == signal.SIGINT)
     assert f"stopped by {name} at step" in out and "continue with glow-train ckpt=" in out

@@ -1,34 +1,38 @@
-"""scripts/gpu_check.py runs end to end on CPU with a tiny configuration."""
+"""scripts/gpu_check.py (its CPU rows and plan) and scripts/bench.py run on the CPU."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
-def test_gpu_check_runs_on_cpu(tmp_path):
+def test_gpu_check_dry_run_runs_the_cpu_rows_and_plans_the_rest(tmp_path):
+    """`--dry-run`: every row that needs no CUDA runs on the CPU, each written to the JSON
+    file as it comes; the CUDA rows are listed as planned, compile rows last."""
+    out = tmp_path / "rows.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--runs", "fp32,bf16"]
-        + ["--json", str(tmp_path / "rows.json"), "--data-root", str(tmp_path / "none")],
+        [sys.executable, str(SCRIPT), "--dry-run", "--tiny", "--json", str(out)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "synthetic CIFAR-shaped images" in proc.stdout
-    assert "| fp32 |" in proc.stdout and "| bf16 |" in proc.stdout
-    import json
-
-    rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [r["run"] for r in rows] == ["fp32", "bf16"]
-    assert all(r["skipped"] == 0 and r["loss_fell"] for r in rows)
-    assert torch.isfinite(torch.tensor([r["test_bpd"] for r in rows])).all()
+    rows = {r["row"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["environment", "flops", "kernels fp32", "kernels bf16", "bf16 vs fp32"]
+    assert rows["flops"]["per_image_gflop"] > 0
+    assert 0 < rows["kernels fp32"]["per_step"] < rows["kernels bf16"]["per_step"]
+    assert 0 <= rows["bf16 vs fp32"]["max_abs_bpd"] < 0.05
+    planned = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "planned" in line]
+    assert planned[:2] == ["sync debug", "cuda vs cpu"]
+    assert "ddp 1 rank" in planned and planned[-1] == "step bf16 compiled batch 8"
+    assert all("compiled" in name for name in planned[planned.index("ddp 1 rank") + 1 :])
 
 
 BENCH_TINY = ["--K", "1", "--L", "2", "--hidden", "8", "--size", "8", "--batch-size", "4"]

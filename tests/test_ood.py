@@ -81,8 +81,8 @@ def test_glow_eval_ood_scores_both_sets(tmp_path):
     assert 0 <= summary["auroc_bpd"] <= 1 and 0 <= summary["auroc_typicality"] <= 1
     assert "AUROC by bpd: " in out and "by typicality (|bpd - " in out
     for extra, message in (
-        (["dataset=mnist"], "dataset=<name> and n_bits= do not apply"),
-        (["n_bits=3"], "dataset=<name> and n_bits= do not apply"),
+        (["dataset=mnist"], "dataset=<name> does not apply (dataset.<key>= does)"),
+        (["n_bits=3"], "n_bits= is not an option of ood= (it takes ood, ood_train_images,"),
     ):
         args = [f"ckpt={run}/last.pt", f"ood={tmp_path / 'letters'}", *extra]
         assert message in one_line_error(eval_main, args, tmp_path, "glow-eval")

@@ -23,7 +23,7 @@ from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.errors import ConfigError
 from glow_train.flows import fused
 from glow_train.flows.conditioner import ConvConditioner, conv_conditioner
-from glow_train.runtime.precision import resolve_precision
+from glow_train.runtime.precision import FORCE_VARIABLE, resolve_precision
 from glow_train.training import train
 
 NATIVE = fused.CPU_NATIVE_BF16  # this machine's CPU, as the product sees it
@@ -31,6 +31,13 @@ CL = torch.channels_last
 REFUSAL = "bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"
 TINY = ["model.K=2", "model.hidden_channels=16", "train.time_limit=null", "train.progress=false"]
 TINY += ["train.eval_every_steps=null", "train.sample_every=null", "train.num_samples=4"]
+
+
+@pytest.fixture(autouse=True)
+def auto_follows_the_cpu(monkeypatch):
+    """These tests are about what `auto` chooses from the capability: without the
+    variable `make test-fp32` sets (its own test sets it again)."""
+    monkeypatch.delenv(FORCE_VARIABLE, raising=False)
 
 
 @pytest.fixture
@@ -141,6 +148,29 @@ def test_glow_train_start_up_line_shows_the_precision_auto_chose(branch, tmp_pat
     )
     assert status == 0, err
     assert ("slower than fp32" in out.splitlines()[0]) != native
+
+
+def test_the_variable_forces_auto_to_fp32_and_leaves_explicit_bf16(monkeypatch, tmp_path):
+    """`GLOW_TRAIN_AUTO_PRECISION=fp32` (`make test-fp32`): auto runs float32 on this CPU
+    whatever it has, the start-up line says why; precision=bf16 still runs bf16; any
+    other value is one line and exit status 2, nothing written."""
+    monkeypatch.setenv(FORCE_VARIABLE, "fp32")
+    chosen = resolve_precision("auto", "cpu")
+    assert chosen.name == "fp32" and chosen.amp_dtype is None
+    assert chosen.describe() == "precision auto -> fp32 (GLOW_TRAIN_AUTO_PRECISION=fp32)"
+    assert resolve_precision("bf16", "cpu").name == "bf16"
+    args = [*TINY, "train.max_steps=1", f"run_dir={tmp_path / 'run'}"]
+    status, out, err = run_console(train_main, args, tmp_path)
+    assert status == 0, err
+    assert "precision auto -> fp32 (GLOW_TRAIN_AUTO_PRECISION=fp32)" in out.splitlines()[0]
+    monkeypatch.setenv(FORCE_VARIABLE, "fp16")
+    args[-1] = f"run_dir={tmp_path / 'other'}"
+    status, out, err = run_console(train_main, args, tmp_path)
+    assert status == 2 and err.strip() == (
+        "glow-train: error: GLOW_TRAIN_AUTO_PRECISION=fp16 is not fp32; unset it to let "
+        "precision=auto choose"
+    )
+    assert not (tmp_path / "other").exists()
 
 
 def test_glow_eval_is_fp32_by_default_and_takes_precision(digits_run, tmp_path):

@@ -195,7 +195,7 @@ def test_eval_equals_the_trainers_test_bpd(run, ckpt):
     saved = json.loads(report.json_path.read_text())
     assert saved["bpd"] == run[2]["last_test_score"]
     assert saved["stderr"] is None and saved["ema"] is True
-    assert (saved["dataset"], saved["split"], saved["num_images"]) == ("digits", "test", 297)
+    assert (saved["dataset"], saved["split"], saved["num_items"]) == ("digits", "test", 297)
     assert (saved["draws"], saved["step"], saved["seed"]) == (1, 30, 1234)
     assert saved["checkpoint"] == str(ckpt.resolve())
     assert report.csv_path is None
@@ -234,15 +234,15 @@ def test_ema_false_uses_the_raw_weights(run, ckpt, tmp_path):
 
 def test_train_split(ckpt):
     report = evaluate(ckpt, split="train")
-    assert report.summary["num_images"] == 1300 and report.summary["split"] == "train"
+    assert report.summary["num_items"] == 1300 and report.summary["split"] == "train"
     val = evaluate(ckpt, split="val")  # the 200 held-out training images
-    assert val.summary["num_images"] == 200 and val.summary["split"] == "val"
+    assert val.summary["num_items"] == 200 and val.summary["split"] == "val"
     assert report.json_path == ckpt.parent / "eval" / "last_digits_train" / "eval.json"
 
 
 def test_dataset_override_must_match_the_model_shape(ckpt):
     with pytest.raises(ConfigError, match="1x16x16 images but the model .* takes 1x8x8"):
-        evaluate(ckpt, dataset_overrides={"image_size": 16})
+        evaluate(ckpt, dataset={"image_size": 16})
     with pytest.raises(ConfigError, match="n_bits"):
         evaluate(ckpt, n_bits=9)
     assert files_under(ckpt.parent) == [ckpt]

@@ -114,10 +114,11 @@ def test_backtest_writes_its_table_files_and_picture(price_runs):
     for rows in result["methods"].values():
         assert [r["level"] for r in rows] == [0.01, 0.05]
         assert all(0 <= r["kupiec_p"] <= 1 and 0 <= r["christoffersen_p"] <= 1 for r in rows)
+        assert all(r["es_z2"] <= 1 and 0 <= r["es_z2_p"] <= 1 for r in rows)  # the ES test
     steps = np.loadtxt(folder / "bt" / "backtest.csv", delimiter=",", skiprows=1)
     assert len(steps) == result["test_steps"] and math.isfinite(steps[:, 2].sum())
     assert (folder / "bt" / "backtest.png").stat().st_size > 0
-    assert "Kupiec" in out
+    assert "Kupiec" in out and "ES Z2" in out
 
 
 @pytest.mark.parametrize(
@@ -160,3 +161,42 @@ def test_plain_samples_of_a_context_model_point_to_forecast(price_runs):
     status, out, err = run_console(sample_main, [f"ckpt={runs['context']}", "n=3"], folder)
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "mode=forecast" in err and "dataset.context" in err
+
+
+def test_a_forecast_too_big_for_memory_is_refused_before_drawing(price_runs):
+    """Issue 34: `horizon=100000 n=10000000` used to grow to 9 GB before anyone stopped
+    it; now one line with the memory it would need, and nothing written."""
+    folder, _, runs = price_runs
+    args = [f"ckpt={runs['context']}", "mode=forecast", "horizon=100000", "n=10000000"]
+    status, out, err = run_console(sample_main, [*args, "out=big"], folder)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(
+        "glow-sample: error: n=10,000,000 paths x horizon=100,000 steps x 1 column(s) would "
+        "need 29,802.3 GiB of memory, and "
+    )
+    assert "GiB are available; lower n or horizon (at most n=" in err
+    assert not (folder / "big").exists()
+
+
+def test_a_long_forecast_shows_its_progress(price_runs, monkeypatch):
+    """The steps drawn go to a progress bar (tqdm, shown once a forecast has run 2 s)."""
+    from glow_train.series import forecast as module
+
+    bars = []
+
+    class Bar(module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.steps = 0
+            bars.append((kwargs, self))
+
+        def update(self, k=1):
+            self.steps += k
+
+    monkeypatch.setattr(module, "tqdm", Bar)
+    folder, _, runs = price_runs
+    args = [f"ckpt={runs['context']}", "mode=forecast", "horizon=40", "n=3", "out=long"]
+    status, out, err = run_console(sample_main, args, folder)
+    assert status == 0, err
+    ((kwargs, bar),) = bars
+    assert kwargs["total"] == 40 and kwargs["delay"] == 2 and bar.steps == 40

@@ -106,11 +106,11 @@ def test_glow1d_spline_log_det_and_inverse(context):
     x = torch.randn(5, context + dim, dtype=torch.float64)
     if context:
         h = model.encoder(x[:, :context])
-        z, logdet = model._forward_given(x[:, context:], h)
+        z, logdet = model.forward_given(x[:, context:], h)
         for i in range(5):
             hi = h[i : i + 1]
             expected = brute_force_logdet(
-                lambda v, hi=hi: model._forward_given(v, hi)[0], x[i : i + 1, context:]
+                lambda v, hi=hi: model.forward_given(v, hi)[0], x[i : i + 1, context:]
             )
             torch.testing.assert_close(logdet[i : i + 1], expected, atol=1e-9, rtol=0)
         torch.testing.assert_close(model._inverse_given(z, h), x[:, context:], atol=1e-9, rtol=0)

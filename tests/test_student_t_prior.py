@@ -87,10 +87,10 @@ def test_context_model_with_student_t_prior(coupling):
     perturb(model, 0.3).eval()
     x = torch.randn(4, 4, dtype=torch.float64)
     h = model.encoder(x[:, :3])
-    z, logdet = model._forward_given(x[:, 3:], h)
+    z, logdet = model.forward_given(x[:, 3:], h)
     for i in range(4):
         hi = h[i : i + 1]
-        ld = brute_force_logdet(lambda v, hi=hi: model._forward_given(v, hi)[0], x[i : i + 1, 3:])
+        ld = brute_force_logdet(lambda v, hi=hi: model.forward_given(v, hi)[0], x[i : i + 1, 3:])
         torch.testing.assert_close(logdet[i : i + 1], ld, atol=1e-9, rtol=0)
     # the density is the prior's t at z plus the log-determinant
     mean, log_scale = model.prior.mean_and_log_scale(h)

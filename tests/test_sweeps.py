@@ -73,6 +73,28 @@ def test_optuna_sweep_minimises_the_returned_validation_figure(tmp_path):
     assert set(results["best_params"]) == {"train.lr", "train.ema_decay"}
 
 
+def test_optuna_sweep_with_failed_trials_goes_on_and_exits_one(tmp_path):
+    """`hydra/sweeper=digits_search` with trials that fail (a width of 0 in the search):
+    the search goes on, Optuna's results are written from the good trials, and the
+    command lists the failed ones and exits 1, as the default sweeper does."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs glow-train[sweep]")
+    sweep = tmp_path / "sweep"
+    fixed = [arg for arg in FAST if not arg.startswith("model.hidden_channels=")]
+    args = ["-m", "hydra/sweeper=digits_search", "hydra.sweeper.n_trials=4", *fixed]
+    args += ["hydra.sweeper.params={model.hidden_channels:'choice(0,8)'}"]
+    args += ["train.max_steps=2", f"hydra.sweep.dir={sweep}"]
+    status, out, err = run_console(train_main, args, tmp_path)
+    started = [line for line in out.splitlines() if line.startswith("job ")]
+    bad = sum("model.hidden_channels=0 " in line for line in started)
+    assert len(started) == 4 and 0 < bad < 4, out  # seed 0 draws both widths
+    assert status == 1, err
+    assert f"glow-train: {bad} of 4 trials failed:" in err
+    assert err.count("glow-train: error: model: hidden_channels must be at least 1") == bad
+    assert out.count("objective for the sweeper") == 4 - bad
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["model.hidden_channels"] == 8
+
+
 def test_submitit_local_two_tasks_form_one_group_and_one_run(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs glow-train[cluster]")
     sweep = tmp_path / "multirun"

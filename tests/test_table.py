@@ -18,6 +18,7 @@ from glow_train import Glow1D
 from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.data import build_dataset, dataset_config, describe_dataset, load_table
 from glow_train.errors import ConfigError, DataError
+from glow_train.evaluation.figures import evaluate
 from glow_train.flows import Standardize
 from glow_train.likelihood.dequantize import Identity
 from glow_train.likelihood.objective import Objective
@@ -304,7 +305,13 @@ def test_csv_end_to_end_train_resume_eval_sample(tmp_path):
     assert last.startswith("test nll: ") and last.endswith(" nats/dim")
     summary = json.loads((run / "eval" / "last_csv_test" / "eval.json").read_text())
     assert summary["unit"] == "nats/dim" and f"{summary['nll']:.4f}" in last
-    assert math.isfinite(summary["nll"]) and summary["num_images"] == 80
+    assert math.isfinite(summary["nll"]) and summary["num_items"] == 80
+    # the standard error over the items, from the per-item figures the library returns
+    report = evaluate(run / "last.pt", out=tmp_path / "again.json", progress=False)
+    per_item = report.result.per_item.numpy()
+    assert report.summary["nll"] == summary["nll"] and len(per_item) == 80
+    assert summary["stderr_items"] == pytest.approx(per_item.std(ddof=1) / math.sqrt(80))
+    assert f"standard error over 80 items: {summary['stderr_items']:.2g}" in out
     status, out, err = run_console(
         sample_main, [f"ckpt={run / 'last.pt'}", "n=5", f"out={tmp_path / 's.csv'}"], tmp_path
     )

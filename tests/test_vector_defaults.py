@@ -70,10 +70,10 @@ def test_context_log_det_is_the_jacobian_and_inverse_round_trips():
     model.eval()
     context, x = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     h = model.encoder(context)
-    z, logdet = model._forward_given(x, h)
+    z, logdet = model.forward_given(x, h)
     for i in range(5):  # one item at a time, with its own context
         hi = h[i : i + 1]
-        ld = brute_force_logdet(lambda v, hi=hi: model._forward_given(v, hi)[0], x[i : i + 1])
+        ld = brute_force_logdet(lambda v, hi=hi: model.forward_given(v, hi)[0], x[i : i + 1])
         torch.testing.assert_close(logdet[i : i + 1], ld, atol=1e-10, rtol=0)
     torch.testing.assert_close(model._inverse_given(z, h), x, atol=1e-10, rtol=0)
     # the density is of x given the context: a different context changes it
@@ -93,7 +93,7 @@ def test_context_model_at_initialisation_is_a_known_gaussian():
     # each step scales the second half (1 of 2 dims) by s; the linear map is orthogonal
     # at initialisation, so only the log-determinants of the couplings and the prior's
     # N(0, I) on z count: log p = log N(z; 0, I) + K log s, with |z| computed by the model
-    z, logdet = model._forward_given(x[:, 2:], model.encoder(x[:, :2]))
+    z, logdet = model.forward_given(x[:, 2:], model.encoder(x[:, :2]))
     torch.testing.assert_close(logdet, torch.full((4,), 3 * math.log(s), dtype=torch.float64))
     expected = -0.5 * z.pow(2).sum(1) - math.log(2 * math.pi) + 3 * math.log(s)
     torch.testing.assert_close(model.log_prob(x), expected)

@@ -19,7 +19,7 @@ from dataclasses import fields
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
@@ -33,7 +33,6 @@ __all__ = [
     "GROUPS",
     "OPTIONS",
     "report",
-    "plain",
     "require_ckpt",
     "say_precision",
     "say_which",
@@ -57,15 +56,18 @@ def make_sweeper_visible() -> None:
     from hydra.core.singleton import Singleton
 
     import hydra_plugins
-    from hydra_plugins.glow_train_sweeper import glow_sweeper
+    from hydra_plugins.glow_train_sweeper import glow_sweeper, optuna_sweeper
 
     own = Path(__file__).resolve().parents[2] / "hydra_plugins"  # beside glow_train/
     if (own / "glow_train_sweeper").is_dir() and str(own) not in list(hydra_plugins.__path__):
         hydra_plugins.__path__.append(str(own))
-    if Plugins in Singleton._instances:  # scanned already, perhaps without the sweeper
-        plugins, cls = Plugins.instance(), glow_sweeper.GlowSweeper
-        if f"{cls.__module__}.{cls.__name__}" not in plugins.class_name_to_class:
-            plugins._register(cls)
+    if Plugins in Singleton._instances:  # scanned already, perhaps without the sweepers
+        plugins = Plugins.instance()
+        for cls in (glow_sweeper.GlowSweeper, getattr(optuna_sweeper, "GlowOptunaSweeper", None)):
+            if cls is not None and f"{cls.__module__}.{cls.__name__}" not in (
+                plugins.class_name_to_class
+            ):
+                plugins._register(cls)
 
 
 make_sweeper_visible()
@@ -107,6 +109,7 @@ def check_command_line(config_name: str, prog: str) -> None:
     swept values are composed by the sweeper, `hydra_plugins.glow_train_sweeper`).
     Other command lines with Hydra's own flags (`--help`, `--cfg`) are left to Hydra.
     """
+    sys.argv[1:] = [_quoted_delimiter(arg) for arg in sys.argv[1:]]
     overrides = sys.argv[1:]
     flags = {arg for arg in overrides if arg.startswith("-")}
     if flags - {"-m", "--multirun"}:
@@ -134,6 +137,19 @@ def check_command_line(config_name: str, prog: str) -> None:
         message = _one_line(err)
         print(f"{prog}: error: {message}{_resume_hint(overrides, message)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _quoted_delimiter(arg: str) -> str:
+    """`dataset.delimiter=;` (or `|`, `:`, a tab, ...) as Hydra needs it quoted:
+    `dataset.delimiter=';'`. Hydra's grammar reads such a character as syntax and stops
+    with a lexer error; one character after this key can only mean itself."""
+    key, sep, value = arg.partition("=")
+    if key.lstrip("+") != "dataset.delimiter" or not sep or len(value) != 1:
+        return arg
+    if value.isalnum():
+        return arg
+    quote = '"' if value == "'" else "'"
+    return f"{key}={quote}{value}{quote}"
 
 
 def _resume_hint(overrides: list[str], message: str) -> str:
@@ -178,27 +194,25 @@ def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> b
     return False
 
 
+#: the keys that choose a command's mode (or its input) rather than set one of its options
+SELECTORS = ("ckpt", "mode", "backtest")
+
+
 def typed_options(cfg: DictConfig) -> list[str]:
-    """The keys of `cfg` this command line sets (`temperature=0.5` -> `temperature`),
-    besides `ckpt` and `mode`; empty outside a Hydra app (the Python API)."""
+    """The options of `cfg` this command line sets, as typed (`temperature=0.5` ->
+    `temperature`, `dataset.root=/x` -> `dataset.root`), besides the `SELECTORS`;
+    empty outside a Hydra app (the Python API)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return []
     keys = [override_key(o) for o in HydraConfig.get().overrides.task]
-    return [k for k in keys if k in cfg and k not in ("ckpt", "mode")]
+    return [k for k in keys if k.split(".", 1)[0] in cfg and k not in SELECTORS]
 
 
 def override_key(override: str) -> str:
     """The key a command-line override sets: `+model.K=4` -> `model.K`."""
     return override.split("=", 1)[0].lstrip("+~")
-
-
-def plain(value: object) -> object:
-    """OmegaConf containers -> plain lists and dicts; everything else unchanged."""
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def require_ckpt(cfg: DictConfig, prog: str) -> str:

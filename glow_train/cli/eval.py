@@ -1,7 +1,8 @@
 """`glow-eval`: a checkpoint's figure on a split (`glow_train.evaluation.figures.evaluate`),
 with `ood=` its out-of-distribution AUROCs (`glow_train.evaluation.ood.evaluate_ood`), or
-with `backtest=` a registered backtest (`glow_train.series.registry.run_backtest`),
-printed."""
+with `backtest=` a registered backtest (`glow_train.series.registry.run_backtest`), each
+given the composed config as its options (an option set on the command line that it
+does not use is refused), printed."""
 
 from __future__ import annotations
 
@@ -9,18 +10,16 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from glow_train.cli.common import (
     CONFIG_PATH,
-    plain,
     report,
     require_ckpt,
     say_precision,
     say_which,
+    typed_options,
 )
-from glow_train.errors import ConfigError
 
 if TYPE_CHECKING:
     from glow_train.evaluation.figures import EvalReport
@@ -48,6 +47,9 @@ def print_report(report: EvalReport) -> None:
         print(f"per-{item} {unit}: {report.csv_path}")
     if summary["stderr"] is not None:
         print(f"standard error over {summary['draws']} draws: {summary['stderr']:.2g}")
+    if summary.get("stderr_items") is not None:
+        items = "images" if summary["metric"] == "bpd" else "items"
+        print(f"standard error over {summary['num_items']} {items}: {summary['stderr_items']:.2g}")
     value = summary[summary["metric"]]
     if summary["metric"] == "bpd":
         given = " (of p(x|y): class-conditional)" if summary.get("conditional") else ""
@@ -90,61 +92,25 @@ def app(cfg: DictConfig) -> None:
     """`glow-eval`: score `cfg.ckpt` (or its OOD AUROCs, or a backtest); print the figures."""
     from glow_train.evaluation.figures import evaluate  # PyTorch on use
     from glow_train.evaluation.ood import evaluate_ood
+    from glow_train.modes import refuse_unused
 
     def run():
-        # dataset=<name> composes that group's config (with any dataset.* overrides in
-        # it); without it, dataset.* keys that are set replace the checkpoint's values.
-        dataset = plain(cfg.dataset)
-        chosen = HydraConfig.get().runtime.choices.get("dataset") is not None
         ckpt = require_ckpt(cfg, "glow-eval")
         if cfg.backtest is not None:  # series models with a context
             from glow_train.series.registry import run_backtest
 
-            options = {k: plain(v) for k, v in cfg.items() if k not in ("ckpt", "backtest")}
-            for line in run_backtest(cfg.backtest, ckpt, options).lines():
+            for line in run_backtest(cfg.backtest, ckpt, cfg, typed_options(cfg)).lines():
                 print(line)
             say_which(cfg, ckpt, "glow-eval")
             return
-        common = dict(
-            split=cfg.split,
-            draws=cfg.draws,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            out=cfg.out,
-            overwrite=cfg.overwrite,
-            device=str(cfg.device),
-            ema=cfg.ema,
-            progress=cfg.progress,
-            class_prior=cfg.class_prior,
-            precision=cfg.precision,
-        )
-        if cfg.ood is not None:
-            if chosen or cfg.n_bits is not None:
-                raise ConfigError(
-                    "ood= scores the checkpoint's own data against the other images: "
-                    "dataset=<name> and n_bits= do not apply (dataset.<key>= still does)"
-                )
-            summary = evaluate_ood(
-                ckpt,
-                cfg.ood,
-                dataset_overrides=dataset,
-                train_images=cfg.ood_train_images,
-                **common,
-            )
-            say_which(cfg, ckpt, "glow-eval")
-            say_precision(cfg, "glow-eval")
-            print_ood(summary)
-            return
-        result = evaluate(
-            ckpt,
-            dataset={k: v for k, v in dataset.items() if v is not None} if chosen else None,
-            dataset_overrides=None if chosen else dataset,
-            n_bits=cfg.n_bits,
-            per_image=cfg.per_image,
-            **common,
-        )
+        mode = evaluate_ood if cfg.ood is not None else evaluate
+        refuse_unused(mode, typed_options(cfg))
+        result = mode(ckpt, options=cfg)
         say_which(cfg, ckpt, "glow-eval")
         say_precision(cfg, "glow-eval")
-        print_report(result)
+        if mode is evaluate_ood:
+            print_ood(result)
+        else:
+            print_report(result)
 
     report("glow-eval", run)

@@ -3,7 +3,8 @@
 it imports only Hydra and OmegaConf at the top, the library inside the app.
 
 Under `-m` (a sweep) one failed job prints one line and returns `nan` to the
-sweeper, which goes on with the next.
+sweeper, which goes on with the next. A run stopped by `SIGINT` or `SIGTERM` exits 130
+or 143 once `last.pt` is saved; by the pre-emption signal, 0 (it is requeued).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def app(cfg: DictConfig) -> float | None:
     from glow_train.runtime.memory import keep_freed_memory
     from glow_train.training import train
     from glow_train.training.resume import auto_resume, finished_run, resume_config
+    from glow_train.training.signals import exit_status
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     returned: list[float | None] = [None]
+    status = [0]  # of a run stopped by a signal (a sweep's job: its objective is nan)
     keep_freed_memory()  # again: a submitit task runs this function without the console script
     export_torch_env()  # a submitit / srun task knows its rank from here on
     main = int(os.environ.get("RANK", "0")) == 0
@@ -77,9 +80,14 @@ def app(cfg: DictConfig) -> float | None:
                 return
         elif cfg.ckpt is not None:
             config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
-        returned[0] = sweep_objective(train(config), multirun and main)
+        result = train(config)
+        returned[0] = sweep_objective(result, multirun and main)
+        if result.interrupted and not multirun:
+            status[0] = exit_status(result.stop_signal, result.preempted)
 
     if report("glow-train", run, exit_on_error=not multirun):
+        if status[0]:
+            sys.exit(status[0])
         return returned[0]
     # one failed job of a sweep: the sweeper records it as failed (nan) and goes on; the
     # job folder Hydra made for it goes too if the job left nothing in it

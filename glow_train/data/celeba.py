@@ -9,11 +9,10 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from glow_train.data.checks import int_key, require_root
-from glow_train.data.files import LOAD_ERRORS, existing_ancestor, load_failure, remove_empty_dirs
+from glow_train.data.files import open_torchvision
 from glow_train.data.images import ImageDataset
 from glow_train.data.spec import DataSource
 from glow_train.data.transforms import ToUint8
-from glow_train.errors import DataError
 
 __all__ = ["SOURCE"]
 
@@ -33,38 +32,38 @@ def validate(cfg: dict[str, Any]) -> None:
         int_key(cfg, "crop", 1)
 
 
+def _missing(root: Path, folder: Path) -> str | None:
+    missing = [n for n in LIST_FILES if not (folder / n).is_file()]
+    if not (folder / "img_align_celeba").is_dir():
+        missing.insert(0, "img_align_celeba/")
+    if missing:
+        return (
+            f"CelebA not found under {folder} (missing {', '.join(missing)}); torchvision's "
+            f"Google Drive download is unreliable, so download the aligned images "
+            f"(img_align_celeba.zip, extracted to {folder / 'img_align_celeba'}) and the "
+            f"five list/identity .txt files from the CelebA website into {folder}, "
+            f"or point dataset.root at the folder that holds celeba/"
+        )
+    return None
+
+
 def build(cfg: dict[str, Any], split: str) -> Dataset:
     """CelebA's `split` from `dataset.root` (fetched with `dataset.download=true`)."""
     from torchvision.datasets import CelebA
 
-    root = Path(cfg["root"]).expanduser()
-    existed = existing_ancestor(root)  # to tidy up after a failed download
-    folder = root / CelebA.base_folder
-    download = bool(cfg.get("download", False))
-    if not download:
-        missing = [n for n in LIST_FILES if not (folder / n).is_file()]
-        if not (folder / "img_align_celeba").is_dir():
-            missing.insert(0, "img_align_celeba/")
-        if missing:
-            raise DataError(
-                f"CelebA not found under {folder} (missing {', '.join(missing)}); torchvision's "
-                f"Google Drive download is unreliable, so download the aligned images "
-                f"(img_align_celeba.zip, extracted to {folder / 'img_align_celeba'}) and the "
-                f"five list/identity .txt files from the CelebA website into {folder}, "
-                f"or point dataset.root at the folder that holds celeba/"
-            )
-    try:
+    source = open_torchvision(
+        cfg,
+        "CelebA",
+        CelebA.base_folder,
+        _missing,
         # target_type=[]: CelebA's targets are attribute vectors, not class labels.
-        source = CelebA(root, split=split, target_type=[], download=download)
-    except LOAD_ERRORS as err:
-        remove_empty_dirs(root, existed)
-        if not download and "corrupted" in str(err):
-            raise DataError(
-                f"CelebA files under {folder} fail their MD5 checksums (damaged or different "
-                f"versions of the annotation .txt files); download them again from the CelebA "
-                f"website"
-            ) from err
-        raise DataError(load_failure("CelebA", folder, err, download)) from err
+        lambda root, download: CelebA(root, split=split, target_type=[], download=download),
+        corrupted=(
+            "CelebA files under {folder} fail their MD5 checksums (damaged or different "
+            "versions of the annotation .txt files); download them again from the CelebA "
+            "website"
+        ),
+    )
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="resize", crop=cfg.get("crop"))
     return ImageDataset(source, transform, SOURCE.num_classes)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,41 @@ def read_columns(
     """`(names, values (N, c) float64)` of `columns` (`None`: the numeric ones)."""
     rows, lines = _read_rows(path, delimiter)
     names, rows, lines = _header(rows, lines, header)
-    names, values = _parse(path, names, rows, lines, columns)
+    try:
+        names, values = _parse(path, names, rows, lines, columns)
+    except DataError as err:
+        raise DataError(f"{err}{_delimiter_hint(rows, delimiter)}") from None
     return names, _missing(path, names, values, lines, dropna)
+
+
+#: fields that look like numbers written for reading: "1,000", "1 000.5", "3,5", "1'000"
+WRITTEN = re.compile(r"[+-]?\d[\d,.' ]*")
+
+
+def _delimiter_hint(rows: list[list[str]], delimiter: str) -> str:
+    """When every line is one field holding another usual delimiter: which to set."""
+    if any(len(row) != 1 for row in rows[:20]):
+        return ""
+    for other in (";", "|"):
+        if other != delimiter and all(other in row[0] for row in rows[:20]):
+            return (
+                f"; its lines look {other}-separated: set dataset.delimiter={other!r} "
+                f"(the delimiter now is {delimiter!r})"
+            )
+    return ""
+
+
+def _written_number(name: str, bad: tuple[int, str]) -> None:
+    """Warn (once) when a column left out as not numeric holds numbers as written for
+    reading (thousands separators, a decimal comma): it was probably meant to count."""
+    line, field = bad
+    if WRITTEN.fullmatch(field):
+        warnings.warn(
+            f"column {name!r} is left out: {field!r} (line {line}) is not a number as "
+            "written (thousands separators or a decimal comma?); write plain numbers such "
+            "as 1000.5 to use it",
+            stacklevel=2,
+        )
 
 
 def header_choice(value: object) -> str | None:
@@ -121,6 +156,9 @@ def _parse(
 
     if wanted is None:
         chosen = [j for j in range(width) if bad_field(j) is None]
+        for j in range(width):
+            if j not in chosen:
+                _written_number(names[j], bad_field(j))
         if not chosen:
             raise DataError(f"dataset.path={path} has no numeric column")
     else:
@@ -133,9 +171,12 @@ def _parse(
         for j in chosen:
             bad = bad_field(j)
             if bad is not None:
+                written = WRITTEN.fullmatch(bad[1]) is not None
+                why = " (thousands separators or a decimal comma?)" if written else ""
+                fix = "write plain numbers such as 1000.5, or " if written else ""
                 raise DataError(
                     f"dataset.path={path}: column {names[j]!r} is not numeric (line {bad[0]}: "
-                    f"{bad[1]!r}); leave it out of dataset.columns"
+                    f"{bad[1]!r}){why}; {fix}leave it out of dataset.columns"
                 )
     values = np.array(
         [

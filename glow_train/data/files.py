@@ -1,12 +1,22 @@
-"""What the torchvision-backed sources share: their load errors and the tidy-up after
-a failed download."""
+"""What the torchvision-backed sources share: opening one (`open_torchvision`), their
+load errors and the tidy-up after a failed download."""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOAD_ERRORS", "existing_ancestor", "remove_empty_dirs", "load_failure"]
+from glow_train.errors import DataError
+
+__all__ = [
+    "LOAD_ERRORS",
+    "existing_ancestor",
+    "remove_empty_dirs",
+    "load_failure",
+    "open_torchvision",
+]
 
 # Exceptions torchvision's dataset classes raise for missing, corrupt or undownloadable
 # files (URLError is an OSError; idx parsing fails with AssertionError).
@@ -53,3 +63,47 @@ def load_failure(what: str, where: Path, err: BaseException, download: bool) -> 
             f"or fetch the files by hand and set dataset.download=false"
         )
     return f"could not read {what} from {where}: {reason}; the files look damaged, fetch again"
+
+
+def open_torchvision(
+    cfg: Mapping[str, Any],
+    what: str,
+    folder: str | Path,
+    missing: Callable[[Path, Path], str | None],
+    open_source: Callable[[Path, bool], Any],
+    corrupted: str | None = None,
+) -> Any:
+    """A torchvision dataset under `dataset.root`, or one `DataError` line.
+
+    Without `dataset.download`, `missing(root, folder)` first says what is not there
+    (`None`: all is). A load that fails removes the empty folders a failed download
+    left behind, then names the failure (`load_failure`).
+
+    Args:
+        cfg: the dataset config (`root`, `download`).
+        what: the dataset's name in messages, e.g. `CIFAR-10`.
+        folder: where its files are, relative to the root.
+        missing: `(root, folder) -> ` the message for files that are not there, or `None`.
+        open_source: `(root, download) -> ` the torchvision dataset.
+        corrupted: the message for files that fail their checksums (without
+            `dataset.download`), `{folder}` standing for the folder; `None`: the
+            general one.
+
+    Returns:
+        What `open_source` returned.
+    """
+    root = Path(cfg["root"]).expanduser()
+    existed = existing_ancestor(root)  # to tidy up after a failed download
+    folder = root / folder
+    download = bool(cfg.get("download", False))
+    if not download:
+        problem = missing(root, folder)
+        if problem:
+            raise DataError(problem)
+    try:
+        return open_source(root, download)
+    except LOAD_ERRORS as err:
+        remove_empty_dirs(root, existed)
+        if corrupted is not None and not download and "corrupted" in str(err):
+            raise DataError(corrupted.format(folder=folder)) from err
+        raise DataError(load_failure(what, folder, err, download)) from err

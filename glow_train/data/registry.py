@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-from glow_train.config import typed
+from glow_train.config import SPLITS, typed
 from glow_train.data import celeba, cifar10, digits, folder, mnist, table
 from glow_train.data.checks import as_dict, check_image_keys, int_key
 from glow_train.data.spec import DataSource, DataSpec
@@ -34,7 +34,7 @@ __all__ = [
     "validation_size",
 ]
 
-SPLITS = ("train", "val", "test")
+
 VAL_DRAWS = (None, "random", "last")  # dataset.val_draw (None: random)
 DATASETS: dict[str, DataSource] = {}
 
@@ -104,7 +104,7 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
         # batch_size may be auto: the trainer resolves it (glow_train.training.sizing)
         if cfg.get(key) is not None and cfg.get(key) != "auto":
             int_key(cfg, key, 1)
-    if cfg.get("num_workers") is not None:
+    if cfg.get("num_workers") not in (None, "auto"):  # auto: glow_train.data.loader
         int_key(cfg, "num_workers", 0)
     if entry.kind == "image" and cfg.get("val_size") is not None:
         value = float(cfg["val_size"])

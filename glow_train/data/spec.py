@@ -43,6 +43,9 @@ class DataSpec:
         context: time series with `dataset.context=C`: each item is the `C` steps
             before its window, then the window (`(C + W)·c` values, time-major), and
             a model of it is the density of the window given those `C` steps.
+        memory: time series with a context and `dataset.memory=M`: the `M` steps
+            before the context also lead each item (`NaN` before the series' start),
+            the long past a model's recursions read (`glow_train.flows.recursion`).
     """
 
     kind: str
@@ -56,6 +59,7 @@ class DataSpec:
     window: int | None = None
     series: tuple[str, ...] = ()
     context: int | None = None
+    memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,8 +79,14 @@ class DataSpec:
 
     @property
     def context_dims(self) -> int:
-        """The leading values of an item that are context (`C·c`; 0 without one)."""
-        return int(self.context or 0) * max(len(self.series), 1)
+        """The leading values of an item that are given: `(M + C)·c` (0 without a
+        context)."""
+        return self.past * max(len(self.series), 1)
+
+    @property
+    def past(self) -> int:
+        """The steps of the past an item holds: `M + C` (0 without a context)."""
+        return int(self.context or 0) + (int(self.memory or 0) if self.context else 0)
 
     @property
     def quantized(self) -> bool:

@@ -1,19 +1,21 @@
 r"""Numeric tables and time series from a CSV file (`dataset=csv`).
 
-Rows of a table: each item is one row's chosen columns, `(D,)` float. The rows are
-shuffled with `dataset.split_seed` and cut into test (first), validation and train
-parts of `dataset.test_size` and `dataset.val_size` (a fraction below 1 or a count).
+Rows of a table: each item is one row's chosen columns, `(D,)` float. The rows
+are shuffled with `dataset.split_seed` (identical rows kept together, see
+`glow_train.data.quality`) and cut into test (first), validation and train parts
+of `dataset.test_size` and `dataset.val_size` (a fraction below 1 or a count).
 
-Time series (`dataset.window=W`): the chosen columns, in file order, optionally turned
-into log-returns (`dataset.transform=log_return`: $r_t = \log(p_t / p_{t-1})$, one
-value fewer), are cut by time into train (the first part), validation and test (the
-last part); each part yields its own windows of `W` consecutive values every
-`dataset.stride` steps, so no window straddles a boundary. An item is a window
-flattened time-major: `(W·c,)` with dimension `t·c + j` holding column `j` at step `t`.
+Time series (`dataset.window=W`): the chosen columns, in file order, optionally
+turned into log-returns (`dataset.transform=log_return`:
+$r_t = \log(p_t / p_{t-1})$, one value fewer), are cut by time into train
+(the first part), validation and test (the last part); each part yields its own
+windows of `W` consecutive values every `dataset.stride` steps, so no window
+straddles a boundary. An item is a window flattened time-major:
+`(W·c,)` with dimension `t·c + j` holding column `j` at step `t`.
 
-The statistics of the training items (per dimension) go into the data's `DataSpec`;
-the objective standardises with them and counts the log-determinant, so every
-likelihood is in the data's own units.
+The statistics of the training items (per dimension) go into the data's
+`DataSpec`; the objective standardises with them and
+counts the log-determinant, so every likelihood is in the data's own units.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from torch.utils.data import Dataset
 from glow_train.config import TableDatasetConfig
 from glow_train.data.checks import int_key, require_key, split_count
 from glow_train.data.csvfile import HEADERS, header_choice, read_columns
+from glow_train.data.quality import check_values, grouped_split
 from glow_train.data.spec import DataSource, DataSpec
-from glow_train.data.windows import split_series
+from glow_train.data.windows import log_returns, split_series
 from glow_train.errors import ConfigError, DataError
 
 __all__ = ["SOURCE", "VectorDataset", "Table", "load_table", "TRANSFORMS"]
@@ -73,10 +76,14 @@ class Table:
         self.parts = parts  # split -> (N, D) float64
         self.columns = columns  # names of the D dimensions
         train = parts["train"]
-        self.loc = train.mean(axis=0)
-        self.scale = train.std(axis=0)
-        window = cfg.get("window")
         self.series = list(series or [])
+        c = len(self.series)
+        memory = int(cfg.get("memory") or 0) if cfg.get("context") and c else 0
+        # a memory's steps (NaN before the series' start) take its first context step's
+        loc, scale = train[:, memory * c :].mean(axis=0), train[:, memory * c :].std(axis=0)
+        self.loc = np.concatenate([np.tile(loc[:c], memory), loc])
+        self.scale = np.concatenate([np.tile(scale[:c], memory), scale])
+        window = cfg.get("window")
         constant = self.scale <= 1e-12 * np.maximum(np.abs(self.loc), 1.0)
         if constant.any():
             names = list(dict.fromkeys(self._column_of(int(i)) for i in np.flatnonzero(constant)))
@@ -87,7 +94,7 @@ class Table:
             )
         self._refuse_unresolvable_columns(cfg["path"])
         self._warn_of_repeated_integers(train, cfg["path"])
-        self._refuse_dependent_columns(train, cfg["path"])
+        self._refuse_dependent_columns(train[:, memory * c :], cfg["path"], memory * c)
         transform = cfg.get("transform") or "none"
         context = cfg.get("context")
         self.spec = DataSpec(
@@ -102,6 +109,7 @@ class Table:
             window=None if window is None and context is None else int(window or 1),
             series=self.series,
             context=None if context is None else int(context),
+            memory=memory or None,
         )
 
     def _refuse_unresolvable_columns(self, path: str) -> None:
@@ -139,22 +147,24 @@ class Table:
                 stacklevel=2,
             )
 
-    def _refuse_dependent_columns(self, train: np.ndarray, path: str) -> None:
-        """Dimensions of which a combination (nearly) does not vary (a duplicate column, a
-        total of parts, a series repeated) leave the items on a hyperplane, where there is
-        no density (and float32 cannot tell them from one): refused, naming the columns,
-        when the training correlation matrix's smallest eigenvalue is below `1e-9 D`, i.e.
-        some combination varies by less than `sqrt(1e-9 D)` of the columns' spread.
-        Checked when there are more training items than dimensions."""
+    def _refuse_dependent_columns(self, train: np.ndarray, path: str, skip: int = 0) -> None:
+        """Dimensions of which a combination (nearly) does not vary (a duplicate column,
+        a total of parts, a series repeated) leave the items on a hyperplane, where
+        there is no density (and float32 cannot tell them from one): refused, naming
+        the columns, when the training correlation matrix's smallest eigenvalue is
+        below `1e-9 D`, i.e. some combination varies by less than `sqrt(1e-9 D)`
+        of the columns' spread. Checked when there are more training items than
+        dimensions, on the dimensions after the first `skip` (a memory's, which
+        repeat the same series further back)."""
         n, d = train.shape
         if n <= d or d < 2:
             return
-        z = (train - self.loc) / self.scale
+        z = (train - self.loc[skip:]) / self.scale[skip:]
         values, vectors = np.linalg.eigh(z.T @ z / n)
         if values[0] > 1e-9 * d:
             return
         weights = np.abs(vectors[:, 0])
-        dims = np.flatnonzero(weights > 0.1 * weights.max())
+        dims = np.flatnonzero(weights > 0.1 * weights.max()) + skip
         names = list(dict.fromkeys(self._column_of(int(i)) for i in dims))
         spread = float(np.sqrt(max(values[0], 0.0)))
         if len(names) == 1:  # one series: its windows obey a linear recurrence
@@ -200,12 +210,8 @@ def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str
                 else "set dataset.test_size/val_size to counts, e.g. dataset.test_size=1"
             )
         )
-    order = np.random.default_rng(int(cfg["split_seed"])).permutation(n)
-    return {
-        "test": values[order[:n_test]],
-        "val": values[order[n_test : n_test + n_val]],
-        "train": values[order[n_test + n_val :]],
-    }
+    parts = grouped_split(path, values, int(cfg["split_seed"]), n_test, n_val)
+    return {name: values[index] for name, index in parts.items()}
 
 
 # --------------------------------------------------------------------------- the source
@@ -219,6 +225,7 @@ _SPLIT_KEYS = (
     "dropna",
     "window",
     "context",
+    "memory",
     "stride",
     "transform",
     "val_size",
@@ -250,7 +257,7 @@ def series_values(cfg: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarra
     path = Path(str(require_key(cfg, "path"))).expanduser()
     columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
-        return columns, _log_returns(path, columns, values), values
+        return columns, log_returns(path, columns, values), values
     return columns, values, None
 
 
@@ -265,29 +272,17 @@ def _read(path: Path, cfg: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     )
 
 
-def _log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
-    r"""$r_t = \log(p_{t+1} / p_t)$ of every column, `(T - 1, c)`."""
-    if len(values) < 2:
-        raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
-    bad = np.argwhere(values <= 0)
-    if len(bad):
-        i, j = bad[0]
-        raise DataError(
-            f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
-            f"{i + 1}), which has no log-return; use dataset.transform=none"
-        )
-    return np.diff(np.log(values), axis=0)
-
-
 def _load(path: Path, cfg: dict[str, Any]) -> Table:
     columns, values = _read(path, cfg)
     if (cfg.get("transform") or "none") == "log_return":
-        values = _log_returns(path, columns, values)
+        values = log_returns(path, columns, values)
     window, context = cfg.get("window"), cfg.get("context")
+    check_values(path, columns, values, series=window is not None or context is not None)
     if window is None and context is None:
         return Table(_split_rows(values, cfg, path), columns, cfg)
     parts = split_series(values, cfg, path)
-    first = -int(context or 0)  # context steps are numbered -C..-1, the window's 0..W-1
+    memory = int(cfg.get("memory") or 0) if context is not None else 0
+    first = -int(context or 0) - memory  # the past is numbered -(M + C)..-1, the window 0..W-1
     dims = [f"{c}[{t}]" for t in range(first, int(window or 1)) for c in columns]
     return Table(parts, dims, cfg, series=columns)
 
@@ -305,6 +300,8 @@ def validate(cfg: dict[str, Any]) -> None:
         )
     if cfg.get("context") is not None:
         int_key(cfg, "context", 1)
+    if cfg.get("memory") is not None:
+        int_key(cfg, "memory", 0)
     if cfg.get("window") is not None or cfg.get("context") is not None:
         if cfg.get("window") is not None:
             int_key(cfg, "window", 1)

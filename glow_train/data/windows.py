@@ -5,7 +5,10 @@ Without a context each part yields its own windows of `W` steps every `stride`
 steps, so no window straddles a boundary. With `dataset.context=C` an item is the
 `C` steps before a window and then the window (`(C + W)·c` values, time-major),
 and the window lies in the part while its context may reach back into the part before:
-the past is known when forecasting.
+the past is known when forecasting. With `dataset.memory=M` too, the `M` steps
+before the context lead each item, reaching back as far as the series goes: steps
+before its start are `NaN` (the model's recursions start there), and never a step
+after the window.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from glow_train.data.checks import split_count
 from glow_train.errors import DataError
 
-__all__ = ["split_series"]
+__all__ = ["split_series", "padded_rows", "log_returns"]
 
 
 def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -29,6 +32,17 @@ def _windows(part: np.ndarray, window: int, stride: int) -> np.ndarray:
         if len(starts)
         else (np.empty((0, window * part.shape[1])))
     )
+
+
+def padded_rows(series: np.ndarray, starts: np.ndarray | range, span: int) -> np.ndarray:
+    """Rows of `span` consecutive steps of `series` `(T, c)` from each of `starts`
+    (which may be negative: the steps before the series' start are `NaN`), flattened
+    time-major: `(N, span·c)`."""
+    starts = np.asarray(starts, dtype=np.int64)
+    pad = max(0, -int(starts.min())) if len(starts) else 0
+    padded = np.concatenate([np.full((pad, series.shape[1]), np.nan), series])
+    index = starts[:, None] + pad + np.arange(span)[None, :]
+    return padded[index].reshape(len(starts), -1)
 
 
 def _bounds(cfg: dict[str, Any], t: int) -> dict[str, tuple[int, int]]:
@@ -85,6 +99,7 @@ def _split_with_context(
     """Items of `context + window` consecutive steps whose window lies in the part; the
     context may reach back into the part before (the past is known when forecasting)."""
     context, t = int(cfg["context"]), len(series)
+    memory = int(cfg.get("memory") or 0)
     span = context + window
     if span >= t:
         raise DataError(
@@ -104,5 +119,19 @@ def _split_with_context(
                 f"window of {window} after a context of {context}; lower dataset.context or "
                 "change dataset.test_size/val_size"
             )
-        parts[split] = np.stack([series[s : s + span].reshape(-1) for s in starts])
+        parts[split] = padded_rows(series, np.asarray(starts) - memory, memory + span)
     return _enough(parts, path)
+
+
+def log_returns(path: Path, columns: list[str], values: np.ndarray) -> np.ndarray:
+    r"""$r_t = \log(p_{t+1} / p_t)$ of every column, `(T - 1, c)`."""
+    if len(values) < 2:
+        raise DataError(f"dataset.path={path}: log-returns need at least 2 rows")
+    bad = np.argwhere(values <= 0)
+    if len(bad):
+        i, j = bad[0]
+        raise DataError(
+            f"dataset.path={path}: column {columns[j]!r} has a value <= 0 (data row "
+            f"{i + 1}), which has no log-return; use dataset.transform=none"
+        )
+    return np.diff(np.log(values), axis=0)

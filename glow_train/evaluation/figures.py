@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from glow_train.config import EvalConfig, fill_defaults
+from glow_train.config import EvalConfig
 from glow_train.data import DataSpec, build_dataset, describe_dataset
 from glow_train.data import validate_dataset_config as check_dataset
 from glow_train.errors import ConfigError, DataError, NonFiniteError
@@ -34,8 +34,8 @@ from glow_train.evaluation.scoring import (
 from glow_train.io.outputs import claim_outputs, eval_targets, write_atomic
 from glow_train.likelihood.dequantize import build_dequantizer
 from glow_train.likelihood.loading import load_to_score
-from glow_train.likelihood.objective import METRICS, Objective
-from glow_train.validate import require_int
+from glow_train.likelihood.objective import METRICS, NO_LABELS, Objective
+from glow_train.modes import command_mode
 
 __all__ = [
     "EvalResult",  # (re-exported from glow_train.evaluation.scoring, their home)
@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_objective",
     "evaluate",
     "eval_dataset",
+    "dataset_choice",
     "batch_seed",
     "density_of",
     "model_class_prior",
@@ -101,84 +102,73 @@ def density_of(spec: DataSpec) -> str | None:
     return None
 
 
-def evaluate(
-    ckpt: str | os.PathLike,
-    *,
-    split: str | None = None,
-    dataset: Mapping[str, Any] | None = None,
-    dataset_overrides: Mapping[str, Any] | None = None,
-    draws: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    n_bits: int | None = None,
-    per_image: bool | None = None,
-    out: str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-    progress: bool | None = None,
-    class_prior: str | None = None,
-    precision: str | None = None,
-) -> EvalReport:
+#: the options of `glow-eval` a plain evaluation uses (`glow_train.config.EvalConfig`)
+USES = (
+    "split",
+    "dataset",
+    "draws",
+    "seed",
+    "batch_size",
+    "n_bits",
+    "per_image",
+    "out",
+    "overwrite",
+    "device",
+    "ema",
+    "progress",
+    "class_prior",
+    "precision",
+)
+
+
+def dataset_choice(dataset: Mapping[str, Any] | None) -> tuple[dict | None, dict | None]:
+    """`glow-eval`'s `dataset` option as (a whole dataset config to score instead of the
+    checkpoint's, keys to replace in the checkpoint's): a mapping with a `name` (what
+    `dataset=<name>` composes) is the former, any other the latter; `None` values are
+    left out of a whole config."""
+    if not dataset:
+        return None, None
+    if dataset.get("name") is not None:
+        return {k: v for k, v in dataset.items() if v is not None}, None
+    return None, dict(dataset)
+
+
+@command_mode("eval", "glow-eval without ood= or backtest=", USES)
+def evaluate(ckpt: str | os.PathLike, opts: EvalConfig) -> EvalReport:
     """A checkpoint's score on a dataset split (bits/dim for images); writes `eval.json`.
 
-    Every `None` takes the value of the same key in `configs/eval.yaml` (the
-    defaults of `glow-eval`), where `seed`, `batch_size` and `n_bits` are
-    null: the checkpoint's.
+    Called as `evaluate(ckpt, **options)` (e.g. `split="train"`, `draws=4`): every
+    option left out takes its value in `configs/eval.yaml`, the defaults of
+    `glow-eval`, where `seed`, `batch_size` and `n_bits` are null: the checkpoint's
+    `train.eval_seed`, its dataset's `eval_batch_size` and the model's bit depth. Or
+    as `evaluate(ckpt, options=opts)` with an `EvalConfig`. The options, their
+    meaning and their defaults are those of `glow-eval --help`; `dataset` is a whole
+    dataset config to score instead of the checkpoint's when it has a `name` (e.g.
+    `glow_train.data.dataset_config("mnist", image_size=8)`; its images must have the
+    model's shape), otherwise keys replacing the checkpoint's (e.g.
+    `{"root": "/data/mnist"}` when the data moved). Options of `ood=` and `backtest=`
+    are refused.
 
     Args:
         ckpt: a checkpoint written by `glow-train`, or a run folder (its `best.pt`,
             else `last.pt`).
-        split: `"test"` or `"train"`.
-        dataset: a whole dataset config to score instead of the checkpoint's (e.g.
-            `glow_train.data.dataset_config("mnist", image_size=8)`); its images must
-            have the model's shape.
-        dataset_overrides: keys replaced on top (`None` values are ignored), e.g.
-            `{"root": "/data/mnist"}` when the data moved.
-        draws: dequantisation noise draws per item; > 1 reports a standard error.
-        seed: dequantisation seed (`None`: the checkpoint's `train.eval_seed`).
-        batch_size: items per batch (`None`: the dataset's `eval_batch_size`).
-        n_bits: bit depth the images are quantised to (`None`: the model's).
-        per_image: also write a CSV `index,label,<metric>` (label empty when unknown).
-        out: a folder, or a `.json` file (`glow_train.io.outputs.eval_targets`);
-            default `<checkpoint folder>/eval/<ckpt stem>_<dataset>_<split>/`.
-        overwrite: replace existing files that `out` names (never the checkpoint or
-            the dataset's files: `glow_train.io.outputs`).
-        device: `auto|cpu|cuda|cuda:N` or a `torch.device`.
-        ema: use the EMA weights when the checkpoint has them.
-        progress: show a progress bar.
-        class_prior: the $p(y)$ of a class-conditional model's marginal
-            $p(x)$: `"uniform"` or `"train"` (the training split's class
-            frequencies); unused for other models.
-        precision: `"fp32"` (figures comparable across machines), `"bf16"` or
-            `"auto"` (`glow_train.runtime.precision.resolve_precision`).
+        opts: the options, built by the call as above.
 
     Returns:
         The summary (also in `eval.json`), the full result and the written paths.
         Files are written only after the evaluation finished, each atomically.
 
     Raises:
-        ConfigError: a bad option (named in the message).
-        DataError: missing or unreadable data.
+        ConfigError: a bad option, or data the model does not take.
+        DataError: missing or unusable data.
         CheckpointError: a missing, foreign or unusable checkpoint.
         NonFiniteError: the model's figures are not finite (nothing is written).
     """
-    opts = fill_defaults(
-        "eval",
-        EvalConfig,
-        split=split,
-        draws=draws,
-        per_image=per_image,
-        ema=ema,
-        progress=progress,
-        class_prior=class_prior,
-        precision=precision,
-        overwrite=overwrite,
-    )
-    n_bits = require_int("n_bits", n_bits, 1, 8, allow_none=True)
-    scoring = load_to_score(ckpt, opts, device, seed, batch_size)
+    dataset, dataset_overrides = dataset_choice(opts.dataset)
+    n_bits = opts.n_bits
+    scoring = load_to_score(ckpt, opts)
     loaded, checkpoint_dataset = scoring.loaded, scoring.dataset
-    seed, draws, batch_size = scoring.seed, scoring.draws, scoring.batch_size
+    seed, draws = scoring.seed, scoring.draws
     objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     data_cfg = eval_dataset(checkpoint_dataset, dataset, dataset_overrides)
     spec = describe_dataset(data_cfg)
@@ -186,19 +176,18 @@ def evaluate(
     model_shape = tuple(info["data"]["shape"])
     if shape != model_shape or spec.kind != info["data"]["kind"]:
         raise ConfigError(spec.mismatch_message(data_cfg, info["data"], ckpt))
-    if batch_size is None:
-        batch_size = require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
+    batch_size = scoring.eval_batch_size(data_cfg)
     model_bits = objective.dequantizer.n_bits
     if n_bits is not None and n_bits != objective.dequantizer.n_bits:
         objective = Objective(objective.flow, build_dequantizer("uniform", n_bits)).eval()
     targets = eval_targets(
         ckpt,
         f"{ckpt.stem}_{data_cfg['name']}_{opts.split}",
-        out,
+        opts.out,
         ["per_image.csv"] if opts.per_image else [],
     )
     json_path, *csvs = claim_outputs(
-        [targets[0], *targets[1]], out, opts.overwrite, ckpt, [checkpoint_dataset, data_cfg]
+        [targets[0], *targets[1]], opts.out, opts.overwrite, ckpt, [checkpoint_dataset, data_cfg]
     )
     csv_path = csvs[0] if csvs else None
 
@@ -215,17 +204,14 @@ def evaluate(
             device=device,
             seed=seed,
             draws=draws,
-            num_workers=int(data_cfg.get("num_workers") or 0),
+            num_workers=data_cfg.get("num_workers") or 0,  # an int, or auto
             progress=opts.progress,
             class_prior=p_y,
         )
     marginal = None
     if p_y is not None:  # the figure of p(x|y), with p(x)'s from the same pass beside it
         if result.conditional is None:
-            raise DataError(
-                "this model is class-conditional (p(x|y)) and the data has no labels; "
-                "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
-            )
+            raise DataError(NO_LABELS)
         marginal, result = result, result.conditional
     if not math.isfinite(result.value):
         bad = int((~torch.isfinite(result.per_item)).sum())
@@ -237,7 +223,8 @@ def evaluate(
         result.metric: result.value,
         **({"nll": result.value} if result.metric == "nats_per_dim" else {}),
         **({"density_of": density_of(spec)} if density_of(spec) else {}),
-        "stderr": result.stderr,
+        "stderr": result.stderr,  # over draws (None for one draw)
+        "stderr_items": result.item_stderr,  # over the items: judges a gap between models
         "conditional": objective.flow.num_classes > 0,  # the figure is of p(x|y)
         **(
             {
@@ -252,7 +239,7 @@ def evaluate(
         "unit": METRICS[result.metric],
         "dataset": data_cfg["name"],
         "split": opts.split,
-        "num_images": result.num_items,
+        "num_items": result.num_items,
         "draws": draws,
         "checkpoint": str(ckpt.resolve()),
         "step": info.get("step"),

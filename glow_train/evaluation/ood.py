@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
-from glow_train.config import EvalConfig, fill_defaults
+from glow_train.config import EvalConfig
 from glow_train.data import (
     build_dataset,
     dataset_config,
@@ -47,11 +47,12 @@ from glow_train.data import (
     source,
 )
 from glow_train.errors import ConfigError, NonFiniteError
-from glow_train.evaluation.figures import eval_dataset, model_class_prior
+from glow_train.evaluation.figures import USES as PLAIN_USES
+from glow_train.evaluation.figures import dataset_choice, eval_dataset, model_class_prior
 from glow_train.evaluation.scoring import EvalResult, evaluate_objective, write_per_item_csv
 from glow_train.io.outputs import claim_outputs, ood_targets, write_atomic
 from glow_train.likelihood.loading import load_to_score
-from glow_train.validate import require_int
+from glow_train.modes import command_mode
 
 __all__ = ["auroc", "ood_dataset", "evaluate_ood"]
 
@@ -113,54 +114,46 @@ def _check_image_folder(ood: str, path: Path) -> None:
         )
 
 
-def evaluate_ood(
-    ckpt: str | os.PathLike,
-    ood: str,
-    *,
-    split: str | None = None,
-    dataset_overrides: dict[str, Any] | None = None,
-    draws: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    train_images: int | None = None,
-    out: str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-    progress: bool | None = None,
-    class_prior: str | None = None,
-    precision: str | None = None,
-) -> dict[str, Any]:
-    """Score the checkpoint's `split` and `ood` per image and write `eval.json`,
-    `per_image.csv` and `ood_per_image.csv`; return the summary (`eval.json`).
+#: the options of `glow-eval` that `ood=` uses: a plain evaluation's, but for the bit
+#: depth (the model's) and `per_image` (both tables are always written)
+USES = ("ood", "ood_train_images", *(u for u in PLAIN_USES if u not in ("n_bits", "per_image")))
 
-    Every `None` takes the value of the same key in `configs/eval.yaml`
-    (`train_images` is its `ood_train_images`; `seed` and `batch_size` are
-    null there: the checkpoint's).
 
-    `dataset_overrides`: keys of the checkpoint's dataset config to replace (e.g. its
-    `root` when the data moved); `draws`: dequantisation draws averaged per image;
-    `train_images`: the first training images whose mean bits/dim is the
-    typicality centre; `class_prior`: $p(y)$ of a class-conditional model's
-    marginal, `uniform` or `train`; `precision`: as
-    `glow_train.evaluation.figures.evaluate`'s.
+@command_mode("eval", "ood=", USES, positional=("ood",))
+def evaluate_ood(ckpt: str | os.PathLike, opts: EvalConfig) -> dict[str, Any]:
+    """Score the checkpoint's `split` and the other images `ood` per image; write
+    `eval.json`, `per_image.csv` and `ood_per_image.csv`.
+
+    Called as `evaluate_ood(ckpt, ood, **options)` or `evaluate_ood(ckpt, options=opts)`
+    with an `EvalConfig`, as `glow_train.evaluation.figures.evaluate` is: an option
+    left out takes its value in `configs/eval.yaml`. `ood_train_images` is how many of
+    the first training images give the typicality centre; `dataset` may only replace
+    keys of the checkpoint's dataset config (e.g. its `root` when the data moved);
+    `n_bits` and `per_image` are refused (the images are scored at the model's bit
+    depth, and both per-image tables are always written).
+
+    Args:
+        ckpt: a checkpoint of an image model, or a run folder.
+        opts: the options, built by the call as above.
+
+    Returns:
+        The summary written to `eval.json`, with `json_path` added.
+
+    Raises:
+        ConfigError: a bad option, `ood` neither a folder of images nor an image
+            dataset, or images of another shape than the model's.
+        NonFiniteError: a figure is not finite (nothing is written).
     """
-    opts = fill_defaults(
-        "eval",
-        EvalConfig,
-        split=split,
-        draws=draws,
-        ood_train_images=train_images,
-        device=None if device is None else str(device),
-        ema=ema,
-        progress=progress,
-        class_prior=class_prior,
-        precision=precision,
-        overwrite=overwrite,
-    )
-    split = opts.split
-    train_images = require_int("ood_train_images", opts.ood_train_images, 1)
-    scoring = load_to_score(ckpt, opts, device, seed, batch_size)
+    ood, split = opts.ood, opts.split
+    whole, dataset_overrides = dataset_choice(opts.dataset)
+    if ood is None:
+        raise ConfigError("ood= names no images: a folder of images or an image dataset")
+    if whole is not None:
+        raise ConfigError(
+            "ood= scores the checkpoint's own data against the other images: "
+            "dataset=<name> does not apply (dataset.<key>= does)"
+        )
+    scoring = load_to_score(ckpt, opts)
     loaded, saved, draws = scoring.loaded, scoring.dataset, scoring.draws
     objective, info, ckpt, device = loaded.objective, loaded.info, loaded.path, loaded.device
     if objective.dequantizer.n_bits is None:
@@ -178,12 +171,12 @@ def evaluate_ood(
             f"{tuple(info['data']['shape'])}; use a folder of images (resized to fit)"
         )
     name = Path(ood_cfg["root"]).name if ood_cfg["name"] == "folder" else str(ood)
-    json_target, csv_targets = ood_targets(ckpt, name, out)
+    json_target, csv_targets = ood_targets(ckpt, name, opts.out)
     json_path, in_csv, ood_csv = claim_outputs(
-        [json_target, *csv_targets], out, opts.overwrite, ckpt, [saved, data_cfg, ood_cfg]
+        [json_target, *csv_targets], opts.out, opts.overwrite, ckpt, [saved, data_cfg, ood_cfg]
     )
     settings = dict(
-        batch_size=scoring.batch_size or int(data_cfg.get("eval_batch_size") or 128),
+        batch_size=scoring.eval_batch_size(data_cfg),
         device=device,
         seed=scoring.seed,
         draws=draws,
@@ -196,7 +189,9 @@ def evaluate_ood(
             "in": evaluate_objective(objective, build_dataset(data_cfg, split), **settings),
             "ood": evaluate_objective(objective, build_dataset(ood_cfg, ood_split), **settings),
             "train": evaluate_objective(
-                objective, Subset(train, range(min(train_images, len(train)))), **settings
+                objective,
+                Subset(train, range(min(opts.ood_train_images, len(train)))),
+                **settings,
             ),
         }
     # the marginal's figures alone (p(x|y) is not what the AUROC compares)

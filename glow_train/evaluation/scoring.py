@@ -79,6 +79,17 @@ class EvalResult:
     labels: Tensor
     conditional: EvalResult | None = None
 
+    @property
+    def item_stderr(self) -> float | None:
+        r"""The standard error of `value` over the items: the standard deviation of the
+        items' scores over $\sqrt{n}$ (`None` for fewer than 2 items). Two models scored
+        on the same items differ by more than chance when the gap exceeds about twice
+        this (the standard error of the paired differences is usually smaller)."""
+        n = len(self.per_item)
+        if n < 2:
+            return None
+        return (self.per_item.double().std(unbiased=True) / math.sqrt(n)).item()
+
 
 def batch_seed(seed: int, draw: int, batch_index: int) -> int:
     """The seed of batch `batch_index` of draw `draw`: the same on any number of processes."""
@@ -132,7 +143,7 @@ def evaluate_objective(
     seed: int,
     draws: int = 1,
     dist: DistInfo | None = None,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     progress: bool = False,
     class_prior: Tensor | None = None,
 ) -> EvalResult:

@@ -20,6 +20,7 @@ from glow_train.flows.fused import conv3x3_relu, fused_available, linear_relu
 
 __all__ = [
     "ConvConditioner",
+    "cast_together",
     "PointwiseConv2d",
     "ReLU",
     "ZeroInit",
@@ -137,24 +138,25 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 class ConvConditioner(nn.Sequential):
-    """conv3×3 → `ReLU` → `PointwiseConv2d` → `ReLU` →
-    `ZeroInit` conv3×3, shape-preserving over `(B, C, H, W)` maps.
+    """conv3×3 → `ReLU` → `PointwiseConv2d` → `ReLU` → `ZeroInit` conv3×3,
+    shape-preserving over `(B, C, H, W)` maps.
 
     The layers (and so the state dict) are those of the plain `nn.Sequential`. In
     inference on the CPU (eval mode, no gradient; float32, or autocast to bfloat16 as
     in `glow-sample precision=bf16`) `forward` computes the same function with
-    convolution + bias + ReLU in one kernel per hidden layer
-    (`glow_train.flows.fused`) and the output layer's scale `exp(3 log_scale)`
-    folded into its weights and bias; under autocast the input and weights are cast
-    once. Everywhere else (training, gradients, float64, other devices, bfloat16 on a
-    CPU without native bfloat16) it runs the layers one by one.
+    convolution + bias + ReLU in one kernel per hidden layer (`glow_train.flows.fused`)
+    and the output layer's scale `exp(3 * log_scale)` folded into its weights
+    and bias. Elsewhere under autocast (training on a GPU or CPU in bf16 or fp16) the
+    layers run one by one in the autocast dtype, their weights cast together once
+    (`_cast_once`); without autocast (float32, float64) they run as they are.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """The conditioner's output (in evaluation mode, in the CPU's fast precision if any)."""
         dtype = self._inference_dtype(x)
         if dtype is None:
-            return super().forward(x)
+            low = _autocast_dtype(x)
+            return super().forward(x) if low is None else self._cast_once(x, low)
         conv_in, _, pointwise, _, out = self  # eval mode: the ReLUs drop nothing
         scale = out.scale()
         with torch.autocast(x.device.type, enabled=False):
@@ -162,6 +164,31 @@ class ConvConditioner(nn.Sequential):
             h = linear_relu(h, pointwise.weight.flatten(1).to(dtype), pointwise.bias.to(dtype))
             w_out = (out.layer.weight * scale.view(-1, 1, 1, 1)).to(dtype)
             return F.conv2d(h, w_out, (out.layer.bias * scale).to(dtype), padding=1)
+
+    def _cast_once(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """The layers under autocast to `dtype`, with the float32 / `dtype` boundary
+        crossed once per conditioner: its weights, biases and output scale are cast
+        as one concatenated tensor (`cast_together`), the input once, and the layers
+        run with autocast off. Autocast itself would cast each weight and bias at each
+        use, forward and backward: two thirds of a bf16 step's extra kernels."""
+        conv_in, relu_in, pointwise, relu_mid, out = self
+        with torch.autocast(x.device.type, enabled=False):
+            w_in, b_in, w_mid, b_mid, w_out, b_out, scale = cast_together(
+                [
+                    conv_in.weight,
+                    conv_in.bias,
+                    pointwise.weight.flatten(1),
+                    pointwise.bias,
+                    out.layer.weight,
+                    out.layer.bias,
+                    out.scale(),
+                ],
+                dtype,
+            )
+            h = relu_in(F.conv2d(x.to(dtype), w_in, b_in, conv_in.stride, conv_in.padding))
+            h = relu_mid(channel_linear(h, w_mid, b_mid))
+            y = F.conv2d(h, w_out, b_out, out.layer.stride, out.layer.padding)
+            return y * scale.view(1, -1, 1, 1)
 
     def _inference_dtype(self, x: Tensor) -> torch.dtype | None:
         """The dtype the fused kernels run in, or None where the plain layers run."""
@@ -175,6 +202,40 @@ class ConvConditioner(nn.Sequential):
             dtype = torch.bfloat16 if bf16 and x.dtype in (torch.float32, torch.bfloat16) else None
         # bfloat16 on a CPU without native bfloat16: the layers, under autocast
         return dtype if dtype is not None and fused_available(x, dtype) else None
+
+
+def cast_together(tensors: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """`[t.to(dtype) for t in tensors]` in one cast: the tensors are concatenated, cast
+    and split into views of the result with the same shapes and strides (a
+    channels_last weight stays channels_last), all without a copy of its own.
+    Gradients flow back through one cast as well. Each tensor must be dense
+    (non-overlapping, without gaps), as parameters are."""
+    flat, orders = [], []
+    for t in tensors:
+        order = sorted(range(t.dim()), key=lambda d: -t.stride(d))  # outermost first
+        orders.append(order)
+        flat.append(t.permute(order).reshape(-1))  # a view for a dense tensor
+    parts = torch.cat(flat).to(dtype).split([t.numel() for t in tensors])
+    return [
+        part.view([t.shape[d] for d in order]).permute(_inverse(order))
+        for part, t, order in zip(parts, tensors, orders, strict=True)
+    ]
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for position, d in enumerate(order):
+        inverse[d] = position
+    return inverse
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype autocast runs a convolution of `x` in (float32 `x` under autocast on its
+    device), or `None` where it would not cast."""
+    device = x.device.type
+    if x.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 def conv_conditioner(

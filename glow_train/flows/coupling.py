@@ -46,6 +46,9 @@ class Coupling(Flow):
         dropout: for the convolutional conditioner, dropout after its hidden layers.
     """
 
+    #: `train.compile` compiles each coupling alone (`glow_train.training.compiling`)
+    compile_region = True
+
     def __init__(
         self,
         num_channels: int,

@@ -62,10 +62,7 @@ def fit_gaussian_mixture(
     for _ in range(em_steps + 1):
         counts = resp.sum(0) + 1e-9
         weights = counts / n
-        means = resp.T @ points / counts[:, None]
-        diff = points[None] - means[:, None]  # (k, N, D)
-        covs = torch.einsum("kn,kni,knj->kij", resp.T, diff, diff) / counts[:, None, None]
-        covs = covs + floor
+        means, covs = _m_step(points, resp.T, counts, counts, floor)
         q, log_det = _mahalanobis(points, means, covs)
         joint = (_log_density(q, log_det, d) + weights.log()[:, None]).T
         resp = torch.softmax(joint, dim=1)  # (N, k)
@@ -82,12 +79,41 @@ def _floor(points: Tensor) -> Tensor:
 DF_GRID = tuple(2.5 * 80.0 ** (i / 23) for i in range(24))  # 2.5 to 200, evenly in log
 
 
+def _m_step(
+    points: Tensor, w: Tensor, mean_total: Tensor, cov_total: Tensor, floor: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The weighted M-step of both fits: each component's mean, `w @ points` over
+    `mean_total`, and covariance, the `w`-weighted sum of the outer products of the
+    deviations from it over `cov_total`, plus `floor`.
+
+    Args:
+        points: `(N, D)`.
+        w: `(k, N)`, each point's weight in each component.
+        mean_total: `(k,)`, what the weighted sum of the points is divided by.
+        cov_total: `(k,)`, what the weighted sum of the outer products is divided by.
+        floor: `(D, D)`, added to every covariance (`_floor`).
+
+    Returns:
+        The means `(k, D)` and covariances `(k, D, D)`.
+    """
+    means = w @ points / mean_total[:, None]
+    diff = points[None] - means[:, None]  # (k, N, D)
+    covs = torch.einsum("kn,kni,knj->kij", w, diff, diff) / cov_total[:, None, None]
+    return means, covs + floor
+
+
+def _distances(points: Tensor, means: Tensor, chol: Tensor) -> Tensor:
+    """Each point's squared Mahalanobis distance from each component, `(k, N)`: points
+    `(N, D)`, means `(k, D)`, Cholesky factors `(k, D, D)` of the covariances."""
+    diff = points[None] - means[:, None]  # (k, N, D)
+    return torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False).square().sum(1)
+
+
 def _mahalanobis(points: Tensor, means: Tensor, covs: Tensor) -> tuple[Tensor, Tensor]:
     """`(q, log|L|)`: each point's squared Mahalanobis distance from each component,
     `(k, N)`, and each component's log-determinant of its Cholesky factor, `(k, 1)`."""
     chol = torch.linalg.cholesky(covs)
-    diff = points[None] - means[:, None]  # (k, N, D)
-    q = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False).square().sum(1)
+    q = _distances(points, means, chol)
     return q, torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)[:, None]
 
 
@@ -126,10 +152,7 @@ def fit_t_mixture(
             break
         u = resp * (df[:, None] + d) / (df[:, None] + q)
         weights = resp.sum(1) / n
-        means = u @ points / u.sum(1, keepdim=True)
-        diff = points[None] - means[:, None]
-        covs = torch.einsum("kn,kni,knj->kij", u, diff, diff) / resp.sum(1)[:, None, None]
-        covs = covs + floor
+        means, covs = _m_step(points, u, u.sum(1), resp.sum(1), floor)
         q, log_det = _mahalanobis(points, means, covs)  # each df: the best on the grid
         df = grid.flatten()[(_log_density(q, log_det, d, grid) * resp).sum(2).argmax(0)]
     return weights, means, covs, df, float(torch.logsumexp(joint, dim=0).sum())
@@ -256,11 +279,7 @@ class MixturePrior(nn.Module):
         with autocast_off(z):
             x = z.reshape(z.shape[0], -1).to(dtype)
             d = x.shape[1]
-            diff = x[None] - self.means[:k].reshape(k, 1, d).to(dtype)  # (k, B, D)
-            e = torch.linalg.solve_triangular(
-                self.scale_tril(dtype), diff.transpose(1, 2), upper=False
-            )
-            q = e.square().sum(1)  # (k, B)
+            q = _distances(x, self.means[:k].reshape(k, d).to(dtype), self.scale_tril(dtype))
             log_det = self.log_scales[:k].reshape(k, d).to(dtype).sum(1, keepdim=True)
             df = torch.exp(self.log_df[:k, None].to(dtype)) if self.tails else None
             log_p = _log_density(q, log_det, d, df)

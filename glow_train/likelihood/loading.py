@@ -15,6 +15,7 @@ only one that turns it into modules.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,14 @@ from typing import Any
 import torch
 
 from glow_train.config import EvalConfig
-from glow_train.data.registry import SPLITS, validate_dataset_config
+from glow_train.data.registry import validate_dataset_config
 from glow_train.data.spec import DataSpec
 from glow_train.errors import CheckpointError, ConfigError
 from glow_train.flows.standardize import Standardize
 from glow_train.io.checkpoint import load_checkpoint, model_config, objective_weights
 from glow_train.io.checkpoint import resolve_checkpoint as resolve
 from glow_train.likelihood.dequantize import build_dequantizer
-from glow_train.likelihood.objective import ClassHead, Objective, check_class_prior
+from glow_train.likelihood.objective import ClassHead, Objective
 from glow_train.models.base import FlowModel
 from glow_train.models.registry import MODELS
 from glow_train.runtime.distributed import resolve_device
@@ -203,8 +204,8 @@ def load_model(
 
 @dataclass
 class ToScore:
-    """A checkpoint ready for `glow-eval` (its figures or `ood=`) and the checked
-    options both share.
+    """A checkpoint ready for `glow-eval` (its figures or `ood=`) and the settings both
+    take from it.
 
     Attributes:
         loaded: the checkpoint (`Loaded`).
@@ -220,28 +221,41 @@ class ToScore:
     draws: int
     batch_size: int | None
 
+    def eval_batch_size(self, data_cfg: Mapping[str, Any]) -> int:
+        """The batch size to score `data_cfg` in: the given one, else its `eval_batch_size`."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return require_int("dataset.eval_batch_size", data_cfg.get("eval_batch_size"), 1)
 
-def load_to_score(
-    ckpt: str | os.PathLike,
-    opts: EvalConfig,
-    device: str | torch.device | None,
-    seed: int | None,
-    batch_size: int | None,
-) -> ToScore:
-    """Check the options `glow-eval` and `ood=` share (`split`, `draws`, `seed`,
-    `batch_size`, `class_prior`: one line naming each), then `load` `ckpt`
-    with `opts`' `ema` and `precision` on `device` (`None`: `opts.device`)."""
-    if opts.split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
-    draws = require_int("draws", opts.draws, 1)
-    seed = require_int("seed", seed, 0, allow_none=True)
-    batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
-    check_class_prior(opts.class_prior)
-    loaded = load(
-        ckpt,
-        ema=opts.ema,
-        device=device if device is not None else opts.device,
-        precision=opts.precision,
-    )
+
+def load_to_score(ckpt: str | os.PathLike, opts: EvalConfig) -> ToScore:
+    """`load` `ckpt` with the options `glow-eval` and `ood=` share (`ema`, `precision`,
+    `device`; already checked by `glow_train.modes.command_options`), and the seed:
+    `opts.seed`, else the checkpoint's `train.eval_seed`.
+
+    Raises:
+        ConfigError: an option this model has no use for, rather than a figure it
+            does not change: `draws` above 1 or a `seed` for continuous data (nothing
+            to dequantise: every draw is the same), a `class_prior` other than
+            uniform for a model that is not class-conditional.
+    """
+    loaded = load(ckpt, ema=opts.ema, device=opts.device, precision=opts.precision)
+    continuous = "continuous values, nothing to dequantise"
+    if loaded.objective.dequantizer.n_bits is None and opts.draws > 1:
+        raise ConfigError(
+            f"draws={opts.draws} averages over dequantisation noise, and {loaded.path} models "
+            f"data without it ({continuous}); leave draws= out"
+        )
+    if loaded.objective.dequantizer.n_bits is None and opts.seed is not None:
+        raise ConfigError(
+            f"seed={opts.seed} seeds dequantisation noise, and {loaded.path} models data "
+            f"without it ({continuous}); leave seed= out"
+        )
+    if loaded.flow.num_classes == 0 and opts.class_prior != "uniform":
+        raise ConfigError(
+            f"class_prior={opts.class_prior} is the p(y) of a class-conditional model, and "
+            f"{loaded.path} is not one; leave class_prior= out"
+        )
     dataset, checkpoint_seed = loaded.eval_settings()
-    return ToScore(loaded, dataset, checkpoint_seed if seed is None else seed, draws, batch_size)
+    seed = checkpoint_seed if opts.seed is None else opts.seed
+    return ToScore(loaded, dataset, seed, opts.draws, opts.batch_size)

@@ -1,35 +1,33 @@
 r"""The objective: flow + dequantiser -> per-sample negative log-likelihood.
 
-For quantised data on a grid of $2^n$ bins per dimension and a dequantiser
-$q(u \mid x)$, the negative log-likelihood bound in nats of one item is
+For quantised data on a grid of $2^n$ bins per dimension and a dequantiser $q(u \mid x)$,
+the negative log-likelihood bound in nats of one item is
 
 $$
 \mathrm{nll} = -\log p(x + u) + \log q(u \mid x) + D\,n \log 2,
 $$
 
-(the last term is the bins' volume; $\log q = 0$ for uniform noise), and the
-reported unit is bits per dimension,
+(the last term is the bins' volume; $\log q = 0$ for uniform noise), and the reported
+unit is bits per dimension,
 
 $$
 \mathrm{bpd} = \frac{\mathrm{nll}}{D \log 2}
              = \frac{-\log p(x + u) + D \log 2^{n}}{D \log 2}.
 $$
 
-A class-conditional flow scores $p(x \mid y)$ the same way. With the auxiliary
-classifier of the paper's code (`train.class_loss_weight` $w > 0$) the
-training loss adds $w$ times the cross-entropy of $p(y \mid z_L)$ in
-bits per image to the bits/dim; evaluation reports bits/dim alone.
+A class-conditional flow scores $p(x \mid y)$ the same way. With the auxiliary classifier
+of the paper's code (`train.class_loss_weight` $w > 0$) the training loss adds $w$ times
+the cross-entropy of $p(y \mid z_L)$ in bits per image to the bits/dim; evaluation
+reports bits/dim alone.
 
-For continuous data (`Identity`) it is
-$-\log p(x)$ and the unit is nats per dimension. $\log p$ is the
-flow's log-density in nats (`glow_train.Glow.log_prob`), `D` the number of
-dimensions of one item (`C·H·W`).
+For continuous data (`Identity`) it is $-\log p(x)$ and the unit is nats per dimension.
+$\log p$ is the flow's log-density in nats (`glow_train.Glow.log_prob`), `D` the number
+of dimensions of one item (`C·H·W`).
 
-The trainer wraps the `Objective`, not the bare flow: the optimiser, the
-gradient clipping, the EMA, DDP / `torch.compile` and the checkpoint all hold
-it, so a trainable dequantiser is trained, averaged and saved with the flow.
-`glow-eval` calls the same `Objective.forward`, so the trainer's figures
-and the evaluator's cannot drift apart.
+The trainer wraps the `Objective`, not the bare flow: the optimiser, the gradient
+clipping, the EMA, DDP / `torch.compile` and the checkpoint all hold it, so a trainable
+dequantiser is trained, averaged and saved with the flow. `glow-eval` calls the same
+`Objective.forward`, so the trainer's figures and the evaluator's cannot drift apart.
 """
 
 from __future__ import annotations
@@ -59,12 +57,19 @@ __all__ = [
     "build_objective",
     "METRICS",
     "CLASS_PRIORS",
+    "NO_LABELS",
     "check_class_prior",
 ]
 
 #: metric name -> how it is printed
 METRICS = {"bpd": "bpd", "nats_per_dim": "nats/dim"}
 
+
+#: what a class-conditional model given unlabelled data says (scoring or sampling it)
+NO_LABELS = (
+    "this model is class-conditional (p(x|y)) and the data has no labels; "
+    "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
+)
 
 #: the class priors p(y) of the marginal p(x) of a class-conditional model
 CLASS_PRIORS = ("uniform", "train")
@@ -109,18 +114,15 @@ def marginal_nll(class_nlls: Tensor, log_class_prior: Tensor) -> Tensor:
             terms are the same in every column, so they carry over unchanged).
         log_class_prior: `(K,)` $\log p(y)$ (`-inf` for a class of
             probability 0).
-
-    Returns:
-        $-\log p(x)$ of each item, `(B,)` float64.
     """
     joint = log_class_prior.to(class_nlls.device, torch.float64) - class_nlls.double()
     return -torch.logsumexp(joint, dim=1)
 
 
 class ClassHead(nn.Module):
-    r"""Logits of $p(y \mid z_L)$, `(B, num_classes)`, from the channel means of
-    the top latent `(B, C, h, w)`: a zero-initialised linear layer (the paper's
-    `ycond` classifier), so it starts at the uniform distribution."""
+    r"""Logits of $p(y \mid z_L)$, `(B, num_classes)`, from the channel means of the top
+    latent `(B, C, h, w)`: a zero-initialised linear layer (the paper's `ycond`), so it
+    starts at the uniform distribution."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
@@ -140,17 +142,15 @@ class Objective(nn.Module):
         standardize: for vector data, the training split's standardisation, a fixed
             layer between the data and the flow whose log-determinant is part of
             the likelihood (`Standardize`).
-
         class_head: the auxiliary classifier on the top latent of a class-conditional
             flow (`ClassHead`), trained when `class_weight > 0`.
 
     Calling it, `objective(x, noise, y)`, takes data already on the model's grid
-    (`prepare`) and the noise drawn for it (`noise`) and returns the
-    per-item negative log-likelihood in nats, `(B,)`, in at least float32.
-    `score` converts that to the reported unit (`metric`).
-    `objective(x, noise, y, class_weight)` adds `class_weight · D ·` the
-    classifier's cross-entropy in nats, so that `score` of it is the paper's
-    loss, bits/dim plus `class_weight` times the class bits per image.
+    (`prepare`) and the noise drawn for it (`noise`) and returns the per-item negative
+    log-likelihood in nats, `(B,)`, in at least float32. `score` converts that to the
+    reported unit (`metric`). `objective(x, noise, y, class_weight)` adds
+    `class_weight · D ·` the classifier's cross-entropy in nats, so that `score` of it
+    is the paper's loss, bits/dim plus `class_weight` times the class bits per image.
     """
 
     def __init__(
@@ -192,30 +192,21 @@ class Objective(nn.Module):
         if self.flow.num_classes == 0:
             return None
         if bool((batch.y < 0).any()):
-            raise DataError(
-                "this model is class-conditional (p(x|y)) and the data has no labels; "
-                "score labelled data (digits, mnist, cifar10, dataset.classes=true)"
-            )
+            raise DataError(NO_LABELS)
         return batch.y
 
     def forward(
         self, x: Tensor, noise: Tensor | None, y: Tensor | None = None, class_weight: float = 0.0
     ) -> Tensor:
-        """Per-item negative log-likelihood in nats, `(B,)` (plus the weighted class
-        loss when `class_weight > 0`, see the class docstring)."""
-        x, log_q = self.dequantizer(x, noise)
-        x, logdet = self._standardized(x)
+        """Per-item negative log-likelihood in nats, `(B,)`, plus the weighted class loss."""
+        x, log_q, logdet = self._flow_input(x, noise)
         if class_weight > 0:
             if self.class_head is None or y is None:
                 raise ConfigError("a class loss needs a class head and labels")
             log_prob, z_top = self.flow.log_prob_and_top(x, y)
         else:
             log_prob = self.flow.log_prob(x, y)
-        log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
-        if logdet is not None:
-            log_prob = log_prob + logdet
-        nll = -log_prob + self._offset
-        nll = nll if log_q is None else nll + log_q
+        nll = self._nll(log_prob, log_q, logdet)
         if class_weight > 0:
             ce = F.cross_entropy(self.class_head(z_top), y.long(), reduction="none")
             nll = nll + class_weight * self.num_dims * ce
@@ -226,14 +217,27 @@ class Objective(nn.Module):
         column `k` is `forward` with `y = k` (one pass of the flow for all of
         them, `glow_train.models.FlowModel.class_log_probs`). `marginal_nll`
         turns it into $-\log p(x)$."""
+        x, log_q, logdet = self._flow_input(x, noise)
+        return self._nll(self.flow.class_log_probs(x), log_q, logdet)
+
+    def _flow_input(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, ...]:
+        r"""Dequantised, standardised `x` and the two log-densities beside the flow's:
+        the dequantiser's $\log q$ and the standardisation's log-determinant (each
+        `(B,)`, or `None`)."""
         x, log_q = self.dequantizer(x, noise)
         x, logdet = self._standardized(x)
-        log_prob = self.flow.class_log_probs(x)
+        return x, log_q, logdet
+
+    def _nll(self, log_prob: Tensor, log_q: Tensor | None, logdet: Tensor | None) -> Tensor:
+        r"""The negative log-likelihood in nats from the flow's `log_prob`, `(B,)` or one
+        column per class `(B, K)`, in at least float32: $-(\log p + \log|\det|) +$ the
+        discretisation offset $+ \log q$."""
         log_prob = log_prob.to(torch.promote_types(log_prob.dtype, torch.float32))
+        per_column = (slice(None),) + (None,) * (log_prob.dim() - 1)  # (B,) -> (B, 1)
         if logdet is not None:
-            log_prob = log_prob + logdet[:, None]
+            log_prob = log_prob + logdet[per_column]
         nll = -log_prob + self._offset
-        return nll if log_q is None else nll + log_q[:, None]
+        return nll if log_q is None else nll + log_q[per_column]
 
     def _standardized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Standardised `x` and the log-determinant of the modelled values: with a
@@ -256,8 +260,7 @@ class Objective(nn.Module):
     def initialize(self, batch: Batch, generator: torch.Generator | None) -> None:
         """The flow's data-dependent ActNorm initialisation on a dequantised batch."""
         x = self.prepare(batch.x)
-        x, _ = self.dequantizer(x, self.noise(x, generator))
-        self.flow.initialize(self._standardized(x)[0], self.labels(batch))
+        self.flow.initialize(self._flow_input(x, self.noise(x, generator))[0], self.labels(batch))
 
     @torch.no_grad()
     def sample(

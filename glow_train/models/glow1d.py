@@ -16,8 +16,10 @@ from glow_train.flows.context import ContextCoupling, ContextEncoder, ContextPri
 from glow_train.flows.invconv import InvertibleLinear
 from glow_train.flows.mixture import MixturePrior
 from glow_train.flows.priors import PRIORS, StudentTPrior
+from glow_train.flows.recursion import GJRMemory
 from glow_train.flows.spline import check_spline
 from glow_train.models.base import FlowModel, check_coupling, check_positive
+from glow_train.models.memory import initialize_memory
 
 __all__ = ["Glow1D"]
 
@@ -60,6 +62,15 @@ class Glow1D(FlowModel):
             (`glow_train.flows.context`). With `D = 1` and affine couplings
             the conditional density is a Gaussian; spline couplings (or `D > 1`)
             are not restricted to one.
+        memory: with a context, `M` > 0 more values of the past before the context
+            (`NaN` before the series' start): the input is `(B, (M + C)·c + D)`, the
+            window is standardised by a GJR-GARCH(1,1) volatility computed over the
+            whole past (`glow_train.flows.recursion.GJRMemory`), and the encoder
+            reads the context standardised by it with the log-volatilities of
+            `recursions` recursions; at initialisation (`initialize`) the model is the
+            maximum-likelihood GJR-GARCH(1,1)-t (or Gaussian) of the batch.
+        series_columns: `c`, the series' columns (with `memory`).
+        recursions: `R`, the GJR recursions (with `memory`; at least 1).
     """
 
     name = "glow1d"
@@ -82,6 +93,9 @@ class Glow1D(FlowModel):
         prior: str = "gaussian",
         prior_components: int = 8,
         context_magnitudes: bool = False,
+        memory: int = 0,
+        series_columns: int = 1,
+        recursions: int = 1,
     ):
         super().__init__()
         check_positive(K=K, hidden_features=hidden_features, hidden_layers=hidden_layers)
@@ -105,6 +119,13 @@ class Glow1D(FlowModel):
             self.config["context_dims"] = int(context_dims)
             if context_magnitudes:
                 self.config["context_magnitudes"] = True
+            if memory > 0:
+                check_positive(recursions=recursions, series_columns=series_columns)
+                self.config |= dict(
+                    memory=int(memory),
+                    series_columns=int(series_columns),
+                    recursions=int(recursions),
+                )
         spline = dict(bins=int(spline_bins), bound=float(spline_bound))
         if coupling == "spline":  # likewise
             self.config |= dict(spline_bins=spline["bins"], spline_bound=spline["bound"])
@@ -124,6 +145,7 @@ class Glow1D(FlowModel):
         self.num_dims = dim
         self.num_classes = num_classes
         self.context_dims = int(context_dims)
+        self.memory = None
         mlp = dict(hidden_layers=hidden_layers, activation=activation, dropout=float(dropout))
         if self.context_dims > 0:
             if num_classes > 0:
@@ -133,8 +155,18 @@ class Glow1D(FlowModel):
                     f"a model with a context takes affine or spline couplings, not {coupling!r}"
                 )
             width = hidden_features
+            encoded = self.context_dims
+            if memory > 0:
+                if context_dims % series_columns or dim % series_columns:
+                    raise ValueError(
+                        f"context_dims={context_dims} and dim={dim} are not whole steps of "
+                        f"{series_columns} columns"
+                    )
+                self.memory = GJRMemory(series_columns, recursions, context_dims // series_columns)
+                self.context_dims += int(memory) * series_columns
+                encoded = recursions * series_columns  # the log-volatilities
             self.encoder = ContextEncoder(
-                self.context_dims, width, activation, magnitudes=bool(context_magnitudes)
+                encoded, width, activation, magnitudes=bool(context_magnitudes)
             )
             self.steps = nn.ModuleList(
                 nn.ModuleList(
@@ -164,21 +196,48 @@ class Glow1D(FlowModel):
         if spec.kind != "vector":
             raise ValueError(f"model=glow1d needs vector data, got {spec.kind} data")
         context = spec.context_dims
-        return cls(dim=spec.num_dims - context, context_dims=context, **options)
+        memory = int(spec.memory or 0) if spec.context else 0
+        if memory:
+            options |= dict(memory=memory, series_columns=max(len(spec.series), 1))
+        else:
+            options.pop("recursions", None)
+        recent = context - memory * max(len(spec.series), 1)
+        return cls(dim=spec.num_dims - context, context_dims=recent, **options)
 
     @torch.no_grad()
     def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
         """ActNorm's data-dependent initialisation, then a mixture prior's from the
         latents of the same batch (`MixturePrior.initialize`)."""
+        if self.memory is not None and not self.is_initialized:
+            initialize_memory(self, x)
+            return
         super().initialize(x, y)
         if isinstance(self.prior, MixturePrior):
             self.prior.initialize(self.flow(x)[0])
 
-    def split_context(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`(B, C + D)` -> `(context features h (B, E), x (B, D))`."""
-        return self.encoder(x[:, : self.context_dims]), x[:, self.context_dims :]
+    def _condition(self, past: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The given values `(B, context_dims)` -> `(h (B, E), state)`: with `memory`,
+        the state is the location `(B, c)` and the log-volatilities `(B, R, c)`
+        (`GJRMemory`), and `h` encodes the log-volatilities; else `None`."""
+        if self.memory is None:
+            return self.encoder(past), None
+        past = past.reshape(len(past), -1, self.memory.columns)
+        log_sigma = self.memory(past)  # (B, R, c)
+        h = self.encoder(log_sigma.flatten(1).to(past.dtype))
+        return h, (self.memory.location(past), log_sigma)
 
-    def _forward_given(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def split_context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`(B, C + D)` -> `(context features h (B, E), x (B, D), log|det|)`: with
+        `memory`, `x` standardised by the location and the first recursion's volatility
+        and the log-determinant of that `(B,)`, else `x` itself and `None`."""
+        h, state = self._condition(x[:, : self.context_dims])
+        x = x[:, self.context_dims :]
+        if state is None:
+            return h, x, None
+        eps, logdet = self.memory.standardize(x.reshape(len(x), -1, self.memory.columns), *state)
+        return h, eps.flatten(1), logdet
+
+    def forward_given(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """`x (B, D)` given `h` -> `(z (B, D), log|det J| (B,))`."""
         logdet = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
         for norm, mix, coupling in self.steps:
@@ -193,20 +252,24 @@ class Glow1D(FlowModel):
             z = norm.inverse(mix.inverse(coupling.inverse(z, h)))
         return z
 
+    def _encode_given(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`(B, C + D)` -> `(z (B, D), log|det J| (B,), h)`."""
+        h, x, given = self.split_context(x)
+        z, logdet = self.forward_given(x, h)
+        return z, logdet if given is None else logdet + given, h
+
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`(B, D)` → `(z (B, D), log|det J| (B,))` (with a context: `(B, C + D)`
         in, `z` of the `D` values given the context)."""
         if self.context_dims > 0:
-            h, x = self.split_context(x)
-            return self._forward_given(x, h)
+            return self._encode_given(x)[:2]
         return self.flow(x)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Per-vector log-density in nats, shape `(B,)` (with a context: of the last
         `D` values given the first `C`)."""
         if self.context_dims > 0:
-            h, x = self.split_context(x)
-            z, logdet = self._forward_given(x, h)
+            z, logdet, h = self._encode_given(x)
             return self.prior.log_prob(z, h) + logdet
         z, logdet = self.flow(x)
         return self.prior.log_prob(z, y) + logdet
@@ -235,11 +298,15 @@ class Glow1D(FlowModel):
     def sample_given(
         self, context: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """One draw of `x (B, D)` for each row of `context (B, C)` (standardised)."""
+        """One draw of `x (B, D)` for each row of `context (B, C)` (standardised; with
+        `memory`, `(B, (M + C)·c)`)."""
         if self.context_dims == 0:
             raise ValueError("this model has no context; use sample(n, temperature)")
-        h = self.encoder(context)
-        return self._inverse_given(self.prior.sample(h, temperature, generator), h)
+        h, state = self._condition(context)
+        x = self._inverse_given(self.prior.sample(h, temperature, generator), h)
+        if state is None:
+            return x
+        return self.memory.unstandardize(x.reshape(len(x), -1, self.memory.columns), *state)
 
     @torch.no_grad()
     def sample(

@@ -9,12 +9,14 @@ must agree across ranks.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
 from glow_train.errors import ConfigError
@@ -26,10 +28,12 @@ __all__ = [
     "cleanup_distributed",
     "resolve_device",
     "all_reduce_sum",
+    "process_count",
     "all_reduce_max",
     "broadcast_object",
     "EpochSampler",
     "shard_batches",
+    "wrap_ddp",
 ]
 
 
@@ -106,6 +110,11 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def process_count() -> int:
+    """How many processes agree on each step: the process group's size, 1 without one."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (no-op without a process group)."""
     if dist.is_initialized():
@@ -167,3 +176,24 @@ def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[l
     """
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return batches[rank::world_size]
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """`module` in `DistributedDataParallel`, set for a flow's training step.
+
+    - Buffers are synchronised when DDP is built (rank 0's), not at every forward pass:
+      a flow's buffers (ActNorm's `initialized`, the 1×1 convolutions' fixed
+      permutations and signs) never change while it trains, and a Glow has hundreds.
+    - Gradients are views of DDP's communication buckets (`gradient_as_bucket_view`):
+      no copy of every gradient into them and back.
+    - `static_graph`: every step runs the same layers on the same parameters (a
+      class head without a class loss is unused at every step alike), so DDP learns
+      the graph at the first step and skips its search for unused parameters.
+    """
+    options: dict = {"gradient_as_bucket_view": True, "static_graph": True}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = False  # PyTorch 2.13+: still synced at init
+    else:
+        options["broadcast_buffers"] = False
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, **options)

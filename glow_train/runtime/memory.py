@@ -18,7 +18,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory", "freed_memory_kept"]
+__all__ = ["available_memory", "keep_freed_memory", "freed_memory_kept"]
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
 _M_MMAP_THRESHOLD = -3
@@ -51,3 +51,22 @@ def keep_freed_memory() -> bool:
 def freed_memory_kept() -> bool:
     """Whether `keep_freed_memory` is in force in this process."""
     return _applied
+
+
+def available_memory() -> int | None:
+    """The bytes of memory the system can give this process without swapping:
+    `MemAvailable` of `/proc/meminfo` (Linux), else the free pages `sysconf` reports;
+    `None` where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

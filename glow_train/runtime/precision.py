@@ -13,6 +13,10 @@ elsewhere:
   BW/VL/DQ, AVX-NE-CONVERT or AMX on x86);
 - any other device: float32.
 
+The environment variable `GLOW_TRAIN_AUTO_PRECISION=fp32` makes `auto` choose float32
+on every device, whatever it computes natively (`make test-fp32` runs the test suite
+so, as on a CPU without native bfloat16); an explicit `precision=bf16` is unchanged.
+
 An explicit `bf16` on a device without native bfloat16 still runs (PyTorch
 emulates it through the plain layers), only slower than float32;
 `Precision.describe` says so in one line.
@@ -20,6 +24,7 @@ emulates it through the plain layers), only slower than float32;
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -28,7 +33,15 @@ import torch
 from glow_train.errors import ConfigError
 from glow_train.flows import fused
 
-__all__ = ["Precision", "native_bf16", "resolve_precision", "AMP_DTYPES", "INFERENCE_PRECISIONS"]
+__all__ = [
+    "Precision",
+    "forced_auto",
+    "native_bf16",
+    "resolve_precision",
+    "AMP_DTYPES",
+    "FORCE_VARIABLE",
+    "INFERENCE_PRECISIONS",
+]
 
 #: the autocast dtype of each resolved precision (None: no autocast)
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -39,6 +52,9 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {
 
 #: the precisions glow-sample and glow-eval take besides auto
 INFERENCE_PRECISIONS = ("fp32", "bf16")
+
+#: the environment variable that makes `precision=auto` choose float32 everywhere
+FORCE_VARIABLE = "GLOW_TRAIN_AUTO_PRECISION"
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,7 @@ class Precision:
     requested: str
     native: bool
     device: str
+    forced: bool = False  # auto's choice was set by `GLOW_TRAIN_AUTO_PRECISION`
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -67,6 +84,8 @@ class Precision:
         """One line for a command's start-up report, e.g.
         `precision auto -> bf16 (CPU has native bf16)`."""
         has = "has" if self.native else "has no"
+        if self.forced:
+            return f"precision auto -> {self.name} ({FORCE_VARIABLE}={self.name})"
         if self.requested == "auto":
             return f"precision auto -> {self.name} ({self.device} {has} native bf16)"
         if self.name == "bf16" and not self.native:
@@ -104,5 +123,25 @@ def resolve_precision(
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 or auto on CPU")
     native, name = native_bf16(device)
+    forced = requested == "auto" and forced_auto() is not None
     chosen = ("bf16" if native else "fp32") if requested == "auto" else requested
-    return Precision(chosen, requested, native, name)
+    return Precision("fp32" if forced else chosen, requested, native, name, forced)
+
+
+def forced_auto() -> str | None:
+    """What `GLOW_TRAIN_AUTO_PRECISION` makes `precision=auto` choose (`None`: unset).
+
+    Returns:
+        `"fp32"`, or `None` when the variable is unset or empty.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    value = os.environ.get(FORCE_VARIABLE, "").strip()
+    if not value:
+        return None
+    if value != "fp32":
+        raise ConfigError(
+            f"{FORCE_VARIABLE}={value} is not fp32; unset it to let precision=auto choose"
+        )
+    return value

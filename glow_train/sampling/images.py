@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from glow_train.config import SampleConfig, fill_defaults
+from glow_train.config import LAYOUTS, SampleConfig
 from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, sample_targets, write_atomic
 from glow_train.likelihood.loading import load, resolve_checkpoint
 from glow_train.likelihood.objective import Objective
+from glow_train.modes import command_mode
 from glow_train.sampling.formats import (
     TableSamples,
     image_format,
@@ -33,7 +33,6 @@ from glow_train.sampling.formats import (
     temperature_column,
     writable_extensions,
 )
-from glow_train.validate import require_int, require_numbers
 
 __all__ = [
     "sample_images",
@@ -44,8 +43,6 @@ __all__ = [
     "class_index",
     "LAYOUTS",
 ]
-
-LAYOUTS = ("grids", "rows")
 
 
 @torch.no_grad()
@@ -129,10 +126,6 @@ def sample_rows(
 # ------------------------------------------------------------------ checkpoints and files
 
 
-def _temperatures(value: float | Sequence[float]) -> list[float]:
-    return require_numbers("temperature", value, "0.7", low=0)
-
-
 def class_index(y: int | str, num_classes: int) -> int | None:
     """`y` as one of `num_classes` class indices (`3` or `"3"`), or `None`
     when it is not one (the caller says what it takes instead)."""
@@ -203,54 +196,44 @@ def _write_tables(
     return written
 
 
-def sample(
-    ckpt: str | os.PathLike,
-    temperature: float | Sequence[float] | None = None,
-    *,
-    n: int | None = None,
-    nrow: int | None = None,
-    padding: int | None = None,
-    layout: str | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    out: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-    precision: str | None = None,
-    start_price: float | None = None,
-    y: int | str | None = None,
-    overwrite: bool | None = None,
-) -> list[Path]:
-    """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
-    for a model of vectors).
+#: the options of `glow-sample` that `mode=sample` uses (`glow_train.config.SampleConfig`)
+USES = (
+    "temperature",
+    "n",
+    "nrow",
+    "padding",
+    "layout",
+    "seed",
+    "batch_size",
+    "y",
+    "start_price",
+    "out",
+    "overwrite",
+    "device",
+    "ema",
+    "precision",
+)
 
-    Every `None` takes the value of the same key in `configs/sample.yaml` (the
-    defaults of `glow-sample`).
+
+@command_mode("sample", "mode=sample", USES, positional=("temperature",))
+def sample(ckpt: str | os.PathLike, opts: SampleConfig) -> list[Path]:
+    """Decode samples of a checkpoint's model and write them as PNG grids (CSV tables
+    for a model of vectors): `glow-sample`'s `mode=sample`.
+
+    Called as `sample(ckpt, temperature, **options)` (e.g. `n=16`, `layout="rows"`,
+    `out=...`): every option left out takes its value in `configs/sample.yaml`, the
+    defaults of `glow-sample`; or as `sample(ckpt, options=opts)` with a
+    `SampleConfig`. The options, their meaning and their defaults are those of
+    `glow-sample --help`: `temperature` one value or several (one grid, or one row,
+    each, from the same draws); `seed`, `batch_size` and the device together fix the
+    images; `y` a class-conditional model's class or `"all"` (`class_choice`);
+    `start_price` also writes a model of log-returns as price paths. Options of the
+    other modes are refused.
 
     Args:
         ckpt: a checkpoint written by `glow-train`, or a run folder (its `best.pt`,
             else `last.pt`).
-        temperature: one temperature or several (one grid, or one row, each).
-        n: samples per grid (`layout="grids"`) or per row (`layout="rows"`).
-        nrow: images per grid row (`None`: `ceil(sqrt(n))`, or for a class-conditional
-            model drawing the classes in turn, one column per class); unused for rows.
-        padding: pixels between images.
-        layout: `"grids"` (a file per temperature) or `"rows"` (one file).
-        seed: seeds the latents; every temperature uses the same draws.
-        batch_size: images decoded at once (`None`: all `n`); part of what the
-            images depend on, with the seed and the device.
-        out: a file or a folder (`glow_train.io.outputs.sample_targets`).
-        device: where the model runs (`auto|cpu|cuda|cuda:N` or a `torch.device`).
-        ema: use the EMA weights when the checkpoint has them.
-        precision: `"auto"`, `"fp32"` or `"bf16"` (the coupling networks under
-            bf16 autocast; the priors, the 1x1 convolutions and the stream between layers
-            stay fp32); `"auto"` is bf16 where the device computes it natively
-            (`glow_train.runtime.precision.resolve_precision`).
-        start_price: for a model of log-return windows, also write each window as a
-            price path from this price (`<file>_prices.csv`).
-        y: a class-conditional model's class, or `"all"` (`class_choice`).
-        overwrite: replace existing files that `out` names (the checkpoint and the
-            dataset's files are never written; see `glow_train.io.outputs`).
+        opts: the options, built by the call as above.
 
     Returns:
         The written files. They are written only after every grid was drawn, each
@@ -262,32 +245,24 @@ def sample(
             anything is drawn).
         CheckpointError: an unusable checkpoint.
     """
-    opts = fill_defaults(
-        "sample",
-        SampleConfig,
-        n=n,
-        padding=padding,
-        layout=layout,
-        seed=seed,
-        ema=ema,
-        precision=precision,
-        overwrite=overwrite,
+    temperatures, n, padding, seed, layout = (
+        opts.temperature,
+        opts.n,
+        opts.padding,
+        opts.seed,
+        opts.layout,
     )
-    temperatures = _temperatures(temperature if temperature is not None else opts.temperature)
-    n = require_int("n", opts.n, 1)
-    given_nrow = require_int("nrow", nrow, 1, allow_none=True)
-    nrow = given_nrow or math.ceil(math.sqrt(n))
-    padding = require_int("padding", opts.padding, 0)
-    seed = require_int("seed", opts.seed, 0)
-    batch_size = require_int("batch_size", batch_size, 1, allow_none=True)
-    layout = opts.layout
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    batch_size, start_price, y, out = opts.batch_size, opts.start_price, opts.y, opts.out
+    nrow = opts.nrow or math.ceil(math.sqrt(n))
+    if opts.nrow is not None and layout == "rows":
+        raise ConfigError(
+            f"nrow={opts.nrow} sets the images per row of a grid; layout=rows draws one row "
+            "of n images per temperature: leave nrow= out (or use layout=grids)"
+        )
     if layout == "grids":
         temperatures = list(dict.fromkeys(temperatures))  # one file per distinct value
     ckpt = resolve_checkpoint(ckpt)
-    device = device if device is not None else opts.device
-    loaded = load(ckpt, ema=opts.ema, device=device, precision=opts.precision)
+    loaded = load(ckpt, ema=opts.ema, device=opts.device, precision=opts.precision)
     objective, spec = loaded.objective, loaded.spec
     if getattr(objective.flow, "context_dims", 0):
         raise ConfigError(
@@ -307,7 +282,7 @@ def sample(
     labels, tag, count = class_choice(y, objective.flow.num_classes, n, layout)
     if labels is not None and labels.numel() > n:  # y=all: a row of n per class
         nrow = n
-    elif labels is None and objective.flow.num_classes and given_nrow is None:
+    elif labels is None and objective.flow.num_classes and opts.nrow is None:
         nrow = objective.flow.num_classes  # the classes in turn: a column per class
     names = output_names(temperatures, layout, tag)
     extensions = [".csv"] if writer.suffix == ".csv" else writable_extensions()

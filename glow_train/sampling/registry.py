@@ -1,34 +1,34 @@
 """`glow-sample mode=...`: the registry of sampling modes, and the latent-space ones.
 
-Every mode is one function `(ckpt, **options) -> Written` (or a list of written
-paths, `glow_train.modes`) registered in `MODES` under its `mode=`
-name; `run_mode` passes it the options its signature names, out of
-`glow-sample`'s config. Each takes `None` for "the value in
-`configs/sample.yaml`".
+Every mode is a function of the checkpoint and `glow-sample`'s options made a mode
+by `glow_train.modes.command_mode`, which declares the options it uses, and
+registered in `MODES` under its `mode=` name; `run_mode` runs it with `glow-sample`'s
+config and refuses the options it does not use. From Python each is called with
+keyword options (`interpolate_strip(ckpt, 0, 7, steps=8)`); an option left out takes
+its value in `configs/sample.yaml`.
 
 - `sample`: grids of samples (`glow_train.sampling.images.sample`);
 - `forecast`: paths of a series model with a context
   (`glow_train.series.registry.forecast_paths`);
-- `interpolate`, `direction`, `manipulate`: the latent-space modes below;
-  the mathematics is in `glow_train.sampling.latents`. They write strips
-  (PNG, one row) and direction files (`torch.save` of a dict, beside the checkpoint).
+- `interpolate`, `direction`, `manipulate`: the latent-space modes below; the
+  mathematics is in `glow_train.sampling.latents`. They write strips (PNG, one row)
+  and direction files (`torch.save` of a dict, beside the checkpoint).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from glow_train.config import SampleConfig, fill_defaults
+from glow_train.config import SampleConfig
 from glow_train.errors import CheckpointError, ConfigError
 from glow_train.io.outputs import claim_outputs, strip_target, write_atomic
 from glow_train.likelihood.loading import Loaded, load, resolve_checkpoint
-from glow_train.modes import Mode, Written, run_registered
+from glow_train.modes import Mode, Written, command_mode, run_registered
 from glow_train.sampling.formats import image_format, writable_extensions
 from glow_train.sampling.images import sample
 from glow_train.sampling.latents import (
@@ -41,7 +41,6 @@ from glow_train.sampling.latents import (
     source_dataset,
 )
 from glow_train.series.registry import forecast_paths
-from glow_train.validate import require_int, require_numbers
 
 __all__ = [
     "MODES",
@@ -55,26 +54,22 @@ __all__ = [
 
 
 def run_mode(
-    mode: str, ckpt: str | os.PathLike, options: Mapping[str, Any], typed: Iterable[str] = ()
+    mode: str, ckpt: str | os.PathLike, options: Any = None, typed: Iterable[str] = ()
 ) -> Written:
-    """Run `MODES[mode]` on `ckpt` with the `options` its signature takes (the rest of
-    `glow-sample`'s keys are for other modes); one of `typed` (set on the command
-    line) that it does not take is refused (`glow_train.modes.run_registered`)."""
+    """Run `MODES[mode]` on `ckpt` with `options` (`glow-sample`'s config, a
+    `SampleConfig` or a mapping of some of its keys); an option in `typed` (set on the
+    command line) that the mode does not use is refused
+    (`glow_train.modes.run_registered`)."""
     unknown = f"mode must be one of {', '.join(MODES)}, got {mode!r}"
     return run_registered(MODES, mode, ckpt, options, unknown, typed)
 
 
-def _load(ckpt: str | os.PathLike, opts: Any) -> tuple[Loaded, dict[str, Any]]:
+def _load(ckpt: str | os.PathLike, opts: SampleConfig) -> tuple[Loaded, dict[str, Any]]:
     """The checkpoint (as `opts` say: device, EMA, precision) and its dataset config."""
     loaded = load(ckpt, ema=opts.ema, device=opts.device, precision=opts.precision)
     if loaded.info["data"]["kind"] != "image":
         raise ConfigError("latent-space modes need an image model (model=glow)")
     return loaded, loaded.dataset_config()
-
-
-def _options(**values: Any) -> Any:
-    """`values` with each `None` replaced by `configs/sample.yaml`'s value."""
-    return fill_defaults("sample", SampleConfig, **values)
 
 
 def _safe(text: str) -> str:
@@ -124,36 +119,27 @@ def _decode_strip(
     return Written([write_atomic(path, lambda tmp: save_image(grid, tmp, format=kind))])
 
 
-def interpolate_strip(
-    ckpt: str | os.PathLike,
-    a: Any = None,
-    b: Any = None,
-    *,
-    steps: int | None = None,
-    interp: str | None = None,
-    y: Any = None,
-    padding: int | None = None,
-    out: str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-    precision: str | None = None,
-) -> Written:
+@command_mode(
+    "sample",
+    "mode=interpolate",
+    ("a", "b", "steps", "interp", "y", "padding", "out", "overwrite", "device", "ema", "precision"),
+    positional=("a", "b"),
+)
+def interpolate_strip(ckpt: str | os.PathLike, opts: SampleConfig) -> Written:
     """`mode=interpolate`: encode `a` and `b` (test-set indices or image files),
     interpolate every level's latent in `steps` points and write the decoded strip
-    (one row)."""
+    (one row).
+
+    Args:
+        ckpt: a checkpoint of an image model, or a run folder.
+        opts: the options (`glow_train.modes.command_mode`).
+
+    Returns:
+        The strip's file.
+    """
+    a, b, steps, y, out = opts.a, opts.b, opts.steps, opts.y, opts.out
     if a is None or b is None:
         raise ConfigError("mode=interpolate needs a= and b= (test-set indices or image files)")
-    opts = _options(
-        steps=steps,
-        interp=interp,
-        padding=padding,
-        ema=ema,
-        precision=precision,
-        overwrite=overwrite,
-    )
-    opts.device = str(device) if device is not None else opts.device
-    steps = require_int("steps", opts.steps, 2)
     loaded, data_cfg = _load(ckpt, opts)
     ckpt = loaded.path
     z, labels = _encode_inputs(loaded, data_cfg, [a, b], y)
@@ -170,30 +156,32 @@ def interpolate_strip(
     return _decode_strip(loaded, path, mixed, y_all, opts.padding)
 
 
-def save_direction(
-    ckpt: str | os.PathLike,
-    attribute: Any = None,
-    *,
-    max_images: int | None = None,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-    precision: str | None = None,
-) -> Written:
+@command_mode(
+    "sample",
+    "mode=direction",
+    ("attribute", "max_images", "batch_size", "device", "ema", "precision"),
+    positional=("attribute",),
+)
+def save_direction(ckpt: str | os.PathLike, opts: SampleConfig) -> Written:
     """`mode=direction`: compute the attribute's latent direction from the training
-    data and save it beside the checkpoint
-    (`glow_train.sampling.latents.direction_path`), encoding `batch_size`
-    images at a time (`None`: the dataset's `eval_batch_size`). The note says how
-    many images it took with and without the attribute."""
+    data and save it beside the checkpoint (`glow_train.sampling.latents.direction_path`),
+    encoding `batch_size` images at a time (`None`: the dataset's `eval_batch_size`).
+
+    Args:
+        ckpt: a checkpoint of an image model, or a run folder.
+        opts: the options (`glow_train.modes.command_mode`).
+
+    Returns:
+        The direction's file, and a note of how many images it took with and
+        without the attribute.
+    """
+    attribute, max_images = opts.attribute, opts.max_images
     if attribute is None:
         raise ConfigError("mode=direction needs attribute= (a class, or a CelebA attribute)")
-    opts = _options(max_images=max_images, ema=ema, precision=precision)
-    opts.device = str(device) if device is not None else opts.device
-    max_images = require_int("max_images", opts.max_images, 2)
     loaded, data_cfg = _load(ckpt, opts)
     objective, ckpt = loaded.objective, loaded.path
     dataset = source_dataset(data_cfg)
-    batch_size = require_int("batch_size", batch_size or data_cfg["eval_batch_size"], 1)
+    batch_size = opts.batch_size or data_cfg["eval_batch_size"]
     with loaded.autocast():
         found = attribute_direction(objective, dataset, str(attribute), max_images, batch_size)
     found.update(checkpoint=ckpt.name, dataset=data_cfg["name"])
@@ -206,28 +194,37 @@ def save_direction(
     return Written([path], [note])
 
 
-def manipulate_strip(
-    ckpt: str | os.PathLike,
-    attribute: Any = None,
-    image: Any = None,
-    *,
-    alpha: Any = None,
-    y: Any = None,
-    padding: int | None = None,
-    out: str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    device: str | torch.device | None = None,
-    ema: bool | None = None,
-    precision: str | None = None,
-) -> Written:
+@command_mode(
+    "sample",
+    "mode=manipulate",
+    (
+        "attribute",
+        "image",
+        "alpha",
+        "y",
+        "padding",
+        "out",
+        "overwrite",
+        "device",
+        "ema",
+        "precision",
+    ),
+    positional=("attribute", "image"),
+)
+def manipulate_strip(ckpt: str | os.PathLike, opts: SampleConfig) -> Written:
     """`mode=manipulate`: encode `image`, add `alpha` times the saved direction of
-    `attribute` for each `alpha` and write the decoded strip."""
+    `attribute` for each `alpha` and write the decoded strip.
+
+    Args:
+        ckpt: a checkpoint of an image model, or a run folder.
+        opts: the options (`glow_train.modes.command_mode`).
+
+    Returns:
+        The strip's file.
+    """
+    attribute, image, alphas, y, out = opts.attribute, opts.image, opts.alpha, opts.y, opts.out
     if attribute is None or image is None:
         raise ConfigError("mode=manipulate needs attribute= and image= (test-set index or file)")
-    opts = _options(alpha=alpha, padding=padding, ema=ema, precision=precision, overwrite=overwrite)
-    opts.device = str(device) if device is not None else opts.device
-    given = OmegaConf.to_container(opts.alpha) if OmegaConf.is_config(opts.alpha) else opts.alpha
-    alphas = require_numbers("alpha", given, "[-1,0,1]")
     ckpt = resolve_checkpoint(ckpt)
     path_in = direction_path(ckpt, str(attribute))
     if not path_in.is_file():
@@ -273,7 +270,7 @@ def _check_alphas(alphas: list[float], z: list[torch.Tensor], levels: list[torch
         )
 
 
-#: `mode=` name -> the function that runs it (`run_mode`)
+#: `mode=` name -> the mode that runs it (`run_mode`)
 MODES: dict[str, Mode] = {
     "sample": sample,
     "interpolate": interpolate_strip,

@@ -3,49 +3,50 @@ test part (`glow-eval ckpt=... backtest=var`).
 
 For each step $t$ of the test part, from the `C` values before it, the model's
 one-step predictive distribution of the first series' next value gives, at each
-level $\alpha$ (1 % and 5 %),
-
-- $\mathrm{VaR}_\alpha = -q_\alpha$ (a loss, positive when the quantile is below 0),
-- $\mathrm{ES}_\alpha = -E[r \mid r \le q_\alpha]$,
-
-estimated from `samples` draws (the first value of each drawn window). An
-exceedance is $r_t < -\mathrm{VaR}_\alpha$. Over the `n` test steps with `x`
-exceedances:
-
-- Kupiec's unconditional coverage (POF) test, $LR = -2\log\frac{(1-\alpha)^{n-x}\alpha^x}
-  {(1-\hat\pi)^{n-x}\hat\pi^x}$, $\hat\pi = x/n$, against $\chi^2_1$;
-- Christoffersen's independence test, comparing the probabilities of an exceedance after
-  a calm step and after an exceedance ($\pi_{01}, \pi_{11}$) with their pooled value,
-  against $\chi^2_1$.
+level $\alpha$ (1 % and 5 %), $\mathrm{VaR}_\alpha = -q_\alpha$ and
+$\mathrm{ES}_\alpha = -E[r \mid r \le q_\alpha]$ (losses), estimated from `samples`
+draws (the first value of each drawn window). The exceedances are counted and
+tested as `glow_train.series.risk` describes: Kupiec's unconditional coverage,
+Christoffersen's independence, and Acerbi and Székely's $Z_2$ test of the expected
+shortfall, its p-value simulated from each method's own forecasts.
 
 The same table is computed for historical simulation (the empirical quantile and tail
 mean of the training part's values) and, when the `arch` package is installed
 (`pip install -e '.[finance]'`), for a GARCH(1,1) with Student-t innovations fitted
-on the training part and filtered through the test part with those parameters.
-Written: `backtest.json` (the table), `backtest.csv` (one row per test step) and
-`backtest.png` (the returns, each method's 1 % VaR line and the exceedances).
+on the values before the test part and filtered through the test part with those
+parameters. Written: `backtest.json` (the table), `backtest.csv` (one row per test
+step) and `backtest.png` (the returns, each method's 1 % VaR line and the exceedances).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from glow_train.data.checks import split_count
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
+from glow_train.data.windows import padded_rows
 from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
 from glow_train.series.forecast import context_model, draw_given
+from glow_train.series.risk import (
+    LEVELS,
+    christoffersen,
+    coverage,
+    empirical_quantile,
+    kupiec,
+    student_t_quantile,
+    student_t_var_es,
+    var_es,
+)
 
-__all__ = [
+__all__ = [  # the statistics are re-exported from glow_train.series.risk, their home
     "backtest",
     "coverage",
     "kupiec",
@@ -54,70 +55,6 @@ __all__ = [
     "student_t_var_es",
     "LEVELS",
 ]
-
-LEVELS = (0.01, 0.05)
-
-
-def var_es(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """VaR and ES at `level` from `draws` `(T, S)` (one row per step), as losses."""
-    q = np.quantile(draws, level, axis=1)
-    tail = np.where(draws <= q[:, None], draws, np.nan)
-    return -q, -np.nanmean(tail, axis=1)
-
-
-def kupiec(exceed: np.ndarray, level: float) -> tuple[float, float]:
-    """Kupiec's proportion-of-failures statistic and its chi-square(1) p-value."""
-    n, x = len(exceed), int(exceed.sum())
-    pi = x / n
-    log_null = (n - x) * math.log(1 - level) + x * math.log(level)
-    log_alt = (n - x) * _log(1 - pi) + x * _log(pi)
-    lr = max(-2 * (log_null - log_alt), 0.0)
-    return lr, float(stats.chi2.sf(lr, 1))
-
-
-def christoffersen(exceed: np.ndarray) -> tuple[float, float]:
-    """Christoffersen's independence statistic and its chi-square(1) p-value."""
-    prev, curr = exceed[:-1].astype(int), exceed[1:].astype(int)
-    n = {(a, b): int(((prev == a) & (curr == b)).sum()) for a in (0, 1) for b in (0, 1)}
-    n0, n1 = n[0, 0] + n[0, 1], n[1, 0] + n[1, 1]
-    pi01 = n[0, 1] / n0 if n0 else 0.0
-    pi11 = n[1, 1] / n1 if n1 else 0.0
-    pi = (n[0, 1] + n[1, 1]) / max(n0 + n1, 1)
-    log_null = (n[0, 0] + n[1, 0]) * _log(1 - pi) + (n[0, 1] + n[1, 1]) * _log(pi)
-    log_alt = (
-        n[0, 0] * _log(1 - pi01)
-        + n[0, 1] * _log(pi01)
-        + n[1, 0] * _log(1 - pi11)
-        + n[1, 1] * _log(pi11)
-    )
-    lr = max(-2 * (log_null - log_alt), 0.0)
-    return lr, float(stats.chi2.sf(lr, 1))
-
-
-def _log(p: float) -> float:
-    """`log p` with `0 log 0 = 0` (the counts multiplying it are then 0)."""
-    return math.log(p) if p > 0 else 0.0
-
-
-def coverage(returns: np.ndarray, var: np.ndarray, es: np.ndarray, level: float) -> dict:
-    """One row of the backtest table: the exceedances of `returns` below `-var`
-    (VaR as a positive loss, one per step), their count against `level * n`, the
-    mean VaR and ES, and the Kupiec and Christoffersen statistics and p-values."""
-    exceed = returns < -var
-    lr_uc, p_uc = kupiec(exceed, level)
-    lr_ind, p_ind = christoffersen(exceed)
-    return {
-        "level": level,
-        "exceedances": int(exceed.sum()),
-        "expected": level * len(returns),
-        "rate": float(exceed.mean()),
-        "mean_var": float(var.mean()),
-        "mean_es": float(es.mean()),
-        "kupiec_lr": lr_uc,
-        "kupiec_p": p_uc,
-        "christoffersen_lr": lr_ind,
-        "christoffersen_p": p_ind,
-    }
 
 
 @torch.no_grad()
@@ -133,22 +70,12 @@ def model_draws(flow, spec: DataSpec, contexts: np.ndarray, samples: int, seed: 
     return out
 
 
-def student_t_var_es(
-    mean: np.ndarray, sd: np.ndarray, nu: float, level: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """VaR and ES at `level` (positive losses) of returns `mean + sd * T`, `T` a
-    Student-t with `nu > 2` degrees of freedom scaled to unit variance."""
-    unit = math.sqrt((nu - 2) / nu)  # a standard t times this has unit variance
-    t_q = stats.t.ppf(level, nu)
-    tail = (nu + t_q**2) / (nu - 1) * stats.t.pdf(t_q, nu) / level  # -E[T | T <= t_q]
-    return -(mean + sd * unit * t_q), -(mean - sd * unit * tail)
-
-
-def garch_t_var_es(
-    values: np.ndarray, first_test: int, levels: tuple[float, ...]
-) -> dict[float, tuple[np.ndarray, np.ndarray]] | None:
-    """VaR/ES of a GARCH(1,1)-t fitted on `values[:first_test]` and filtered through
-    the rest with those parameters; `None` when `arch` is not installed."""
+def garch_t_forecast(
+    values: np.ndarray, first_test: int
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """`(mean, sd, nu)` of the one-step forecasts of `values[first_test:]` by a
+    GARCH(1,1)-t fitted on `values[:first_test]` and filtered through the rest with
+    those parameters; `None` when `arch` is not installed."""
     try:
         from arch import arch_model
     except ImportError:
@@ -159,8 +86,7 @@ def garch_t_var_es(
     fc = fit.forecast(horizon=1, start=first_test - 1, reindex=False)
     mean = fc.mean.values[: len(values) - first_test, 0]
     sigma = np.sqrt(fc.variance.values[: len(values) - first_test, 0])
-    nu = float(fit.params["nu"])
-    return {a: student_t_var_es(mean / factor, sigma / factor, nu, a) for a in levels}
+    return mean / factor, sigma / factor, float(fit.params["nu"])
 
 
 def backtest(
@@ -199,7 +125,7 @@ def backtest(
     total, context = len(values), int(spec.context)
     first_test = total - split_count(cfg, "test_size", total)
     steps = np.arange(max(first_test, context), total)
-    contexts = np.stack([values[t - context : t].reshape(-1) for t in steps])
+    contexts = padded_rows(values, steps - spec.past, spec.past)
     returns = values[steps, 0]
     draws = model_draws(flow, spec, contexts, samples, seed)
     train = values[:first_test, 0]
@@ -209,13 +135,18 @@ def backtest(
             a: tuple(np.full(len(steps), v) for v in var_es(train[None, :], a)) for a in LEVELS
         },
     }
+    quantiles = {"glow1d": empirical_quantile(draws), "historical": empirical_quantile(train[None])}
     notes = []
-    garch = garch_t_var_es(values[:, 0], int(steps[0]), LEVELS)
+    garch = garch_t_forecast(values[:, 0], int(steps[0]))
     if garch is None:
         notes.append("garch_t skipped: the arch package is not installed (pip install arch)")
     else:
-        methods["garch_t"] = garch
-    table = {name: [coverage(returns, *m[a], a) for a in LEVELS] for name, m in methods.items()}
+        methods["garch_t"] = {a: student_t_var_es(*garch, a) for a in LEVELS}
+        quantiles["garch_t"] = student_t_quantile(*garch)
+    table = {
+        name: [coverage(returns, *m[a], a, quantiles[name]) for a in LEVELS]
+        for name, m in methods.items()
+    }
     result = {
         "series": columns[0],
         "test_steps": len(steps),
@@ -227,7 +158,7 @@ def backtest(
     write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     write_atomic(csv_path, lambda tmp: _write_csv(tmp, steps, returns, methods))
     var = {k: v[LEVELS[0]][0] for k, v in methods.items()}
-    write_atomic(png_path, lambda tmp: _plot(tmp, returns, var))
+    write_atomic(png_path, lambda tmp: _plot(tmp, returns, var, LEVELS[0]))
     result["files"] = [str(json_path), str(csv_path), str(png_path)]
     return result
 
@@ -248,23 +179,29 @@ def _write_csv(path: Path, steps, returns, methods) -> None:
 COLOURS = {"glow1d": (20, 60, 160), "historical": (120, 120, 120), "garch_t": (200, 90, 20)}
 
 
-def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900, 400)) -> None:
-    """Returns (black), each method's VaR as a line at `-VaR`, exceedances of the model's
-    VaR as red dots, the return range and a legend in the methods' colours (PIL: no
-    plotting library needed)."""
+def _plot(
+    path: Path, returns: np.ndarray, var: dict[str, np.ndarray], level: float, size=(900, 420)
+) -> None:
+    r"""Returns (black) against the test step, each method's VaR at `level` as a line at
+    $-\text{VaR}$, exceedances of the model's VaR as red dots, axes with ticks, and a
+    legend in the methods' colours that names the level."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = size[0], size[1], 20
+    from glow_train.series.chart import axes, legend, text
+
+    width, height = size
+    box = (70, 40, width - 20, height - 50)
     low = min(returns.min(), *(-v.max() for v in var.values()))
     high = max(returns.max(), 0.0)
     span = high - low if high > low else 1.0
 
     def xy(t: float, v: float) -> tuple[float, float]:
-        x = margin + (width - 2 * margin) * t / max(len(returns) - 1, 1)
-        return x, height - margin - (height - 2 * margin) * (v - low) / span
+        x = box[0] + (box[2] - box[0]) * t / max(len(returns) - 1, 1)
+        return x, box[3] - (box[3] - box[1]) * (v - low) / span
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    axes(draw, box, (0, max(len(returns) - 1, 1)), (low, low + span), "test step")
     draw.line([xy(t, r) for t, r in enumerate(returns)], fill=(0, 0, 0), width=1)
     for name, v in var.items():
         draw.line(
@@ -273,16 +210,16 @@ def _plot(path: Path, returns: np.ndarray, var: dict[str, np.ndarray], size=(900
     for t in np.flatnonzero(returns < -var["glow1d"]):
         x, y = xy(t, returns[t])
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(220, 0, 0))
-    draw.text((margin, 2), f"{high:.4g}", fill=(0, 0, 0))  # the return axis' ends
-    draw.text((margin, height - margin + 4), f"{low:.4g}", fill=(0, 0, 0))
-    x = width // 4
-    for label, colour in (
-        [("returns", (0, 0, 0))]
-        + [(f"{name} -VaR", COLOURS.get(name, (0, 150, 0))) for name in var]
-        + [("exceedances of glow1d", (220, 0, 0))]
-    ):
-        draw.text((x, 2), label, fill=colour)
-        x += 7 * len(label) + 16
+    share = f"{100 * level:g} %"
+    entries = [("returns", (0, 0, 0))]
+    entries += [(f"{name} -VaR {share}", COLOURS.get(name, (0, 150, 0))) for name in var]
+    entries += [(f"exceedances of glow1d's VaR {share}", (220, 0, 0))]
+    legend(draw, (box[0], 4), entries)
+    text(
+        draw,
+        (box[0], 22),
+        f"one-step VaR at the {share} level (a loss exceeded on {share} of steps)",
+    )
     image.save(path, format="PNG")
 
 
@@ -290,13 +227,14 @@ def format_table(result: dict[str, Any]) -> str:
     """The printed table: one line per method and level."""
     lines = [
         f"{'method':<11}{'level':>6}{'exceed':>8}{'expected':>9}{'VaR':>10}{'ES':>10}"
-        f"{'Kupiec p':>10}{'Christ. p':>10}"
+        f"{'Kupiec p':>10}{'Christ. p':>10}{'ES Z2':>8}{'Z2 p':>7}"
     ]
     for name, rows in result["methods"].items():
         for r in rows:
+            z2_p = "" if r.get("es_z2_p") is None else f"{r['es_z2_p']:.3f}"
             lines.append(
                 f"{name:<11}{100 * r['level']:>5g}%{r['exceedances']:>8}{r['expected']:>9.1f}"
                 f"{r['mean_var']:>10.4g}{r['mean_es']:>10.4g}{r['kupiec_p']:>10.3f}"
-                f"{r['christoffersen_p']:>10.3f}"
+                f"{r['christoffersen_p']:>10.3f}{r['es_z2']:>8.3f}{z2_p:>7}"
             )
     return "\n".join(lines + result["notes"])

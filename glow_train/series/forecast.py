@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
+from glow_train.data.windows import padded_rows
 from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
 from glow_train.likelihood.loading import load_objective
@@ -99,17 +101,53 @@ def draw_paths(
     n: int,
     generator: torch.Generator,
 ) -> np.ndarray:
-    """`n` paths `(n, horizon, c)` in the data's units from `context` `(C, c)`."""
+    """`n` paths `(n, horizon, c)` in the data's units from `context` `(M + C, c)`
+    (the item's past: with a memory, its recursions run over each path's own draws)."""
     c, cd = max(len(spec.series), 1), spec.context_dims
     ctx = torch.from_numpy(context.reshape(1, -1)).double().repeat(n, 1)  # (n, C·c), time-major
     drawn = []
     steps = 0
-    while steps < horizon:
-        x = draw_given(flow, spec, ctx, generator)  # (n, W·c) in the data's units
-        drawn.append(x.view(n, -1, c))
-        ctx = torch.cat([ctx, x], dim=1)[:, -cd:]
-        steps += x.shape[1] // c
+    # on stderr, once the forecast has run 2 s (a short one shows nothing)
+    with tqdm(total=horizon, desc="forecast", unit="step", delay=2, leave=False) as bar:
+        while steps < horizon:
+            x = draw_given(flow, spec, ctx, generator)  # (n, W·c) in the data's units
+            drawn.append(x.view(n, -1, c))
+            ctx = torch.cat([ctx, x], dim=1)[:, -cd:]
+            steps += x.shape[1] // c
+            bar.update(min(x.shape[1] // c, horizon - bar.n))
     return torch.cat(drawn, dim=1)[:, :horizon].numpy()
+
+
+#: copies of the paths a forecast holds at its peak (drawn windows, the joined paths,
+#: prices, the CSV's table), 8 bytes a value
+FORECAST_COPIES = 4
+
+
+def check_forecast_size(horizon: int, n: int, columns: int) -> None:
+    """Refuse a forecast whose paths would not fit in this machine's memory.
+
+    Args:
+        horizon: the steps of each path.
+        n: the paths.
+        columns: the series' columns.
+
+    Raises:
+        ConfigError: `FORECAST_COPIES` copies of `horizon` x `n` x `columns` float64
+            values exceed the memory available now (with the bytes it would need, and
+            the most paths of this horizon that fit).
+    """
+    from glow_train.runtime.memory import available_memory
+
+    available = available_memory()
+    need = FORECAST_COPIES * 8 * horizon * n * columns
+    if available is None or need <= available:
+        return
+    fit = available // (FORECAST_COPIES * 8 * horizon * columns)
+    what = f"n={n:,} paths x horizon={horizon:,} steps x {columns} column(s)"
+    raise ConfigError(
+        f"{what} would need {need / 2**30:,.1f} GiB of memory, and {available / 2**30:,.1f} "
+        f"GiB are available; lower n or horizon (at most n={fit:,} paths of this horizon fit)"
+    )
 
 
 def forecast(
@@ -164,9 +202,11 @@ def forecast(
         "mode=forecast",
         "the density of each window given the C values before it",
     )
+    check_forecast_size(horizon, n, max(len(spec.series), 1))
     columns, values, levels = series_values(info["config"]["dataset"])
     total, context = len(values), int(spec.context)
     end = total if context_end is None else int(context_end)
+    past = padded_rows(values, [end - spec.past], spec.past).reshape(spec.past, -1)
     if not context <= end <= total:
         raise ConfigError(
             f"context_end={end}: the context needs the {context} values before it and the "
@@ -177,7 +217,7 @@ def forecast(
         targets, out, overwrite, Path(ckpt), [info["config"]["dataset"]]
     )
     generator = torch.Generator(next(flow.parameters()).device).manual_seed(int(seed))
-    paths = draw_paths(flow, spec, values[end - context : end], horizon, n, generator)
+    paths = draw_paths(flow, spec, past, horizon, n, generator)
     start = max(0, end - HISTORY)
     in_prices = levels is not None
     if in_prices:  # levels[t] is the price after values[:t]
@@ -199,13 +239,15 @@ def _write_csv(path: Path, paths: np.ndarray, columns: list[str]) -> None:
     np.savetxt(path, table, delimiter=",", header=header, comments="", fmt=fmt)
 
 
-def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400)) -> None:
-    """A PNG of `history` `(h,)` then, per step, the median of `paths` `(n, H)`
-    and its `BANDS`, with the value range and a legend written on it (drawn with
-    PIL: no plotting library needed)."""
+def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 420)) -> None:
+    """A PNG of `history` `(h,)` then, per step, the median of `paths` `(n, H)` and its
+    `BANDS`, with axes (steps from the last observed value, 0; values) and a legend."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = size[0], size[1], 20
+    from glow_train.series.chart import axes, legend
+
+    width, height = size
+    box = (80, 28, width - 20, height - 50)
     steps = len(history) + paths.shape[1]
     qs = {b: np.quantile(paths, [(1 - b) / 2, (1 + b) / 2], axis=0) for b in BANDS}
     median = np.median(paths, axis=0)
@@ -214,13 +256,16 @@ def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400
     span = high - low if high > low else 1.0
 
     def xy(t: float, v: float) -> tuple[float, float]:
-        x = margin + (width - 2 * margin) * t / max(steps - 1, 1)
-        return x, height - margin - (height - 2 * margin) * (v - low) / span
+        x = box[0] + (box[2] - box[0]) * t / max(steps - 1, 1)
+        return x, box[3] - (box[3] - box[1]) * (v - low) / span
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     first = len(history) - 1  # the forecast steps follow the last history point
-    for band, shade in zip(BANDS, ((222, 231, 247), (189, 208, 238), (140, 172, 226)), strict=True):
+    x_range = (-first, -first + max(steps - 1, 1))
+    axes(draw, box, x_range, (low, low + span), "steps from the last observed value")
+    shades = ((222, 231, 247), (189, 208, 238), (140, 172, 226))
+    for band, shade in zip(BANDS, shades, strict=True):
         lo, hi = qs[band]
         upper = [xy(first + k + 1, v) for k, v in enumerate(hi)]
         lower = [xy(first + k + 1, v) for k, v in enumerate(lo)][::-1]
@@ -233,8 +278,7 @@ def fan_chart(path: Path, history: np.ndarray, paths: np.ndarray, size=(800, 400
         fill=(20, 60, 160),
         width=2,
     )
-    draw.text((margin, 2), f"{high:.6g}", fill=(0, 0, 0))  # the value axis' ends
-    draw.text((margin, height - margin + 4), f"{low:.6g}", fill=(0, 0, 0))
-    legend = "history (black), median (blue), 50/90/98 % bands (shades); steps to the right"
-    draw.text((width // 3, 2), legend, fill=(0, 0, 0))
+    bands = "/".join(f"{100 * b:g}" for b in BANDS)
+    entries = [("history", (0, 0, 0)), ("median", (20, 60, 160))]
+    legend(draw, (box[0], 6), [*entries, (f"{bands} % bands", shades[2])])
     image.save(path, format="PNG")

@@ -15,8 +15,9 @@ from glow_train.config import (
     upgrade_keys,
 )
 from glow_train.data import validate_dataset_config
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, DataError
 from glow_train.models import model_class
+from glow_train.training.compiling import check_compile
 from glow_train.training.signals import preempt_signal
 from glow_train.training.sizing import AUTO_KEYS, auto_keys
 from glow_train.validate import parse_duration, require_int
@@ -42,7 +43,7 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
         if key not in auto:
             _check_number(key, _value(cfg, key))
     for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
-        if f"dataset.{key}" not in auto:
+        if f"dataset.{key}" not in auto and (key, cfg.dataset.get(key)) != ("num_workers", "auto"):
             require_int(f"dataset.{key}", cfg.dataset.get(key), low)
     check_train(cfg, auto)
     dropout = cfg.model.get("dropout")
@@ -99,6 +100,7 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
     preempt_signal(t.preempt_signal)
+    check_compile(t.compile, t.compile_mode)
     if not (math.isfinite(t.class_loss_weight) and t.class_loss_weight >= 0):
         raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
     if ("train.warmup_steps" not in auto and t.warmup_steps < 0) or t.weight_decay < 0:
@@ -121,9 +123,24 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
         )
 
 
+#: the fewest training items per process a run trains on: a smaller batch estimates no
+#: gradient worth the name, and the standardisation and ActNorm statistics fewer still
+MIN_TRAIN_ITEMS = 8
+
+
 def fitted_batch_size(batch_size: int, per_rank: int, main: bool) -> int:
     """`dataset.batch_size`, or the training items per process when there are fewer
-    (a small table trains with the defaults: one batch per epoch), said in one note."""
+    (a small table trains with the defaults: one batch per epoch), said in one note.
+
+    Raises:
+        DataError: fewer than `MIN_TRAIN_ITEMS` training items per process.
+    """
+    if per_rank < MIN_TRAIN_ITEMS:
+        raise DataError(
+            f"{per_rank} training items per process, fewer than the {MIN_TRAIN_ITEMS} a run "
+            f"needs (dataset.batch_size={batch_size} would be cut to {per_rank}); add data, "
+            "or hold fewer items out for validation and test"
+        )
     if 0 < per_rank < batch_size:
         if main:
             print(

@@ -28,6 +28,7 @@ from glow_train.models import FlowModel
 from glow_train.runtime.distributed import DistInfo, EpochSampler
 from glow_train.sampling.formats import sample_format
 from glow_train.sampling.images import sample_images
+from glow_train.training.compiling import eager
 from glow_train.training.monitor import Monitor
 from glow_train.training.report import TrainingDiverged, TrainResult, diverged, final_report
 from glow_train.training.saving import CheckpointWriter
@@ -49,10 +50,8 @@ class TrainingLoop:
         run_dir: the run folder.
         seed: the run's seed (of the sample grids).
         spec: the data description (the format of the samples).
-        loader: the training data of this process.
-        sampler: the loader's sampler (its epoch is set each epoch).
-        batch_size: the batch size per process.
-        steps_per_epoch: the optimisation steps of one pass over the data.
+        loader: the training data of this process, with its `sampler` (whose epoch is
+            set each epoch), `batch_size` and `steps_per_epoch`.
         steps: the objective and its optimisation, and the run's counters.
         evaluate: the evaluation objective's figure on a split (`"val"` or `"test"`).
         checkpoints: writes `best.pt` / `last.pt` when the model is healthy.
@@ -93,6 +92,7 @@ class TrainingLoop:
         self.monitor, self.time_limit, self.selection = monitor, time_limit, selection
         #: the evaluation weights of the best figure so far (early stopping's report)
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self.stop_signal: tuple[str | None, bool] = (None, False)  # name, pre-emption or not
 
     @property
     def model(self) -> FlowModel:
@@ -144,10 +144,11 @@ class TrainingLoop:
         if getattr(self.model, "context_dims", 0):  # p(window | context): no free samples
             return None
         try:
-            samples = {
-                float(t): sample_images(self.steps.eval_objective, n, float(t), self.seed)
-                for t in self.tcfg.sample_temperatures
-            }
+            with eager():  # compiled regions: no second compilation for sampling
+                samples = {
+                    float(t): sample_images(self.steps.eval_objective, n, float(t), self.seed)
+                    for t in self.tcfg.sample_temperatures
+                }
         except NonFiniteError as err:
             self.monitor.log(f"step {self.steps.step}: no samples: {err}")
             return None
@@ -177,8 +178,8 @@ class TrainingLoop:
             self.evaluate_and_keep_best()
         if main and sample_now:
             self.write_samples()
-        if main and save_now:
-            self.save("last.pt")
+        if main and save_now:  # from a host copy, written while the next steps run
+            self.checkpoints.save("last.pt", step, background=True)
 
     def stopped_early(self) -> bool:
         """Whether `train.early_stopping` evaluations in a row brought no better figure on
@@ -187,8 +188,7 @@ class TrainingLoop:
         return patience is not None and self.steps.progress.evals_since_best >= int(patience)
 
     def should_stop(self) -> bool:
-        """A signal or the time limit seen on any rank (agreed flags), a step/epoch limit,
-        or early stopping."""
+        """A signal or time limit on any rank, a step/epoch limit, or early stopping."""
         seen, p = self.steps.stop_seen, self.steps.progress
         return (
             seen["signalled"]
@@ -231,7 +231,7 @@ class TrainingLoop:
                             )
                         )
                     if p.bad_in_a_row >= int(tcfg.max_bad_steps):
-                        raise diverged(self.tcfg, p, self.last_good_text())
+                        raise diverged(self.tcfg, p, self.checkpoints.last_good_text())
                     if steps.step % int(tcfg.log_every) == 0 or steps.step == 1:
                         rate = seen / max(time.monotonic() - tick, 1e-9)
                         tick, seen = time.monotonic(), 0
@@ -251,7 +251,7 @@ class TrainingLoop:
             steps.settle()  # every rank: the last step counts before anything is written
             interrupted = steps.stop_seen["signalled"]
             if p.bad_in_a_row >= int(tcfg.max_bad_steps):
-                raise diverged(self.tcfg, p, self.last_good_text())
+                raise diverged(self.tcfg, p, self.checkpoints.last_good_text())
             monitor.close_bar()
             # Still under the signal handlers: a second SIGTERM cannot cut the save short (a
             # second Ctrl-C still aborts at once). A signal means stop now: a scheduler's grace
@@ -260,19 +260,18 @@ class TrainingLoop:
             if interrupted:
                 if self.dist.is_main:
                     saved = self.save("last.pt")
-                    what = f"{saved} saved" if saved is not None else self.last_good_text()
+                    what = (
+                        f"{saved} saved" if saved is not None else self.checkpoints.last_good_text()
+                    )
                     monitor.log(
                         f"stopped by {interrupt.received or 'a signal'} at step {steps.step}: "
                         f"{what}; continue with glow-train ckpt={self.run_dir / 'last.pt'}"
                     )
                     monitor.close()
+                self.stop_signal = interrupt.received, interrupt.preempted is not None
                 interrupt.hand_on()  # after the save: the pre-emption signal goes on to submitit
                 return self.result(interrupted=True)
             return self.finish(interrupted)
-
-    def last_good_text(self) -> str:
-        """Where the last healthy checkpoint is, as the report prints it."""
-        return self.checkpoints.last_good_text()
 
     def finish(self, interrupted: bool) -> TrainResult:
         """The last selection figure (and `best.pt`), then the test figure of the final
@@ -291,7 +290,7 @@ class TrainingLoop:
             self.monitor.close()
             raise TrainingDiverged(
                 f"the model's test {label} at step {steps.step} is not finite: the run "
-                f"diverged; {self.last_good_text()}"
+                f"diverged; {self.checkpoints.last_good_text()}"
             )
         p.finished = True  # last.pt now records a run with its final figures
         if main:
@@ -310,8 +309,7 @@ class TrainingLoop:
     def test_of_best(self, best: Path) -> float | None:
         """The test figure of the weights chosen on validation, loaded into the evaluation
         model (the EMA's when there is one), which then stays at them; `None` without a
-        finite validation figure. The weights come from memory, or from `best` after a
-        resume."""
+        finite validation figure. The weights come from memory, or `best` after a resume."""
         if self.steps.progress.best_score is None:
             return None
         weights = self.best_weights
@@ -343,6 +341,8 @@ class TrainingLoop:
             best_step=p.best_step,
             best_test_score=best_test,
             stopped_early=early,
+            stop_signal=self.stop_signal[0],
+            preempted=self.stop_signal[1],
         )
 
 

@@ -18,12 +18,19 @@ class Monitor:
         main: whether this is rank 0.
         metric: the objective's metric (`bpd`), the name of the TensorBoard scalars.
         label: how the metric is printed (`bpd`, `nats/dim`).
+        kind: what an item is (`image` or `vector`): the bar counts images per second
+            (`img_s`) or items per second (`items_s`), and TensorBoard's rate is
+            `images_per_sec` or `items_per_sec`.
     """
 
-    def __init__(self, main: bool, metric: str, label: str):
+    def __init__(self, main: bool, metric: str, label: str, kind: str = "image"):
         self.main = main
         self.metric = metric
         self.label = label
+        images = kind == "image"
+        self.rate_key, self.rate_tag = (
+            ("img_s", "images_per_sec") if images else ("items_s", "items_per_sec")
+        )
         self.writer = None
         self.bar: tqdm | None = None
 
@@ -71,7 +78,7 @@ class Monitor:
             (f"train/{self.metric}", stats["score"]),
             ("lr", stats["lr"]),
             ("grad_norm", stats["grad_norm"]),
-            ("images_per_sec", rate),
+            (self.rate_tag, rate),
             ("skipped_steps", skipped_steps),
         ):
             if value is not None:
@@ -81,13 +88,9 @@ class Monitor:
             if stats["score"] is None
             else {self.label.replace("/", "_"): f"{stats['score']:.3f}"}
         )
-        self.bar.set_postfix(
-            **figures,
-            lr=f"{stats['lr']:.1e}",
-            img_s=f"{rate:.0f}",
-            skipped=skipped_steps,
-            refresh=False,
-        )
+        figures["lr"] = f"{stats['lr']:.1e}"
+        figures[self.rate_key] = f"{rate:.0f}"
+        self.bar.set_postfix(figures, refresh=False, skipped=skipped_steps)
 
     def advance(self) -> None:
         """Move the progress bar on by one step."""

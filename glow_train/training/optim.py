@@ -17,6 +17,12 @@ Two ways to take a step, with the same result:
   The learning rate of step `t+1` still counts every good step before it.
 - **immediate** (Adamax, or fp16 with its GradScaler): one host synchronisation per
   step reads the flags before the update.
+
+The deferred step makes no other host synchronisation either: with one process the
+stop flags (signal, time limit) stay on the host; with several they travel to the
+device from pinned memory without blocking, for the all-reduce. The EMA's weight is a
+tensor on the device (`_foreach_mul_` by a tensor, not `_foreach_lerp_` by a number,
+which would read it with `.item()`), and its counter `n_averaged` lives there too.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from glow_train.runtime.distributed import all_reduce_max
+from glow_train.runtime.distributed import all_reduce_max, process_count
 from glow_train.training.schedule import lr_factor
 
 __all__ = ["Optimization", "StepOutcome", "make_optimizer"]
@@ -124,8 +130,12 @@ class Optimization:
     def make_ema(self, module: nn.Module) -> None:
         """Start the EMA from `module`'s current weights (when `train.ema_decay` is set)."""
         if self.ema_decay is not None:
+            device = next(module.parameters()).device  # n_averaged beside the weights
             self.ema = AveragedModel(
-                module, multi_avg_fn=get_ema_multi_avg_fn(float(self.ema_decay)), use_buffers=False
+                module,
+                device=device,
+                multi_avg_fn=get_ema_multi_avg_fn(float(self.ema_decay)),
+                use_buffers=False,
             )
 
     @property
@@ -156,14 +166,16 @@ class Optimization:
         """
         if self.deferred:
             return self._deferred_step(module, loss, signalled, time_up)
-        flags, figures = self._flags(module, loss, signalled, time_up)
+        flags, figures, stop = self._flags(module, loss, signalled, time_up)
         # one host synchronisation for the whole step: the agreed flags and this
         # rank's loss and gradient norm come back together
         values = torch.cat([flags, figures]).tolist()
-        loss_bad, grad_bad, signalled, time_up = (bool(v) for v in values[:4])
+        outcome = _outcome(values, stop)
+        loss_bad, grad_bad = bool(values[0]), bool(values[1])
+        # a finite loss whose gradient overflowed is the GradScaler's business
         overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
-        skipped = (loss_bad or grad_bad) and not overflow
-        if skipped:
+        outcome.skipped, outcome.overflow = (loss_bad or grad_bad) and not overflow, overflow
+        if outcome.skipped:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
         else:
@@ -173,29 +185,40 @@ class Optimization:
                 self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update_parameters(module)
-        return StepOutcome(values[4], values[5], skipped, overflow, signalled, time_up)
+        return outcome
 
-    def _flags(self, module, loss, signalled, time_up) -> tuple[torch.Tensor, torch.Tensor]:
-        """Back-propagate (scaled under fp16), unscale and clip; `(agreed flags, this
-        rank's loss and grad norm)`. Without a GradScaler the scaling is the identity."""
+    def _flags(
+        self, module, loss, signalled, time_up
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[bool, bool] | None]:
+        """Back-propagate (scaled under fp16), unscale and clip.
+
+        Returns:
+            The agreed flags on the device (loss and gradient not finite; with several
+            processes also the signal and time-limit flags of any rank), this rank's
+            loss and gradient norm, and with one process the stop flags as they are
+            on the host (`None` when they are among the agreed flags). Without a
+            GradScaler the scaling is the identity.
+        """
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         clip = self.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self._parameters(module), float(clip) if clip is not None else float("inf")
         )
-        flags = torch.stack(
-            [
-                (~torch.isfinite(loss.detach())).float(),
-                (~torch.isfinite(grad_norm)).float(),
-                torch.tensor(float(signalled), device=loss.device),
-                torch.tensor(float(time_up), device=loss.device),
-            ]
+        bad = torch.stack(
+            [(~torch.isfinite(loss.detach())).float(), (~torch.isfinite(grad_norm)).float()]
         )
-        return all_reduce_max(flags), torch.stack([loss.detach().float(), grad_norm.float()])
+        figures = torch.stack([loss.detach().float(), grad_norm.float()])
+        if process_count() == 1:  # nothing to agree on: the stop flags stay on the host
+            return bad, figures, (signalled, time_up)
+        # from pinned host memory without blocking (a plain torch.tensor(..., device=cuda)
+        # would wait for the copy)
+        host = torch.tensor([float(signalled), float(time_up)], pin_memory=loss.is_cuda)
+        stop = host.to(loss.device, non_blocking=True)
+        return all_reduce_max(torch.cat([bad, stop])), figures, None
 
     def _deferred_step(self, module, loss, signalled, time_up) -> StepOutcome | None:
-        flags, figures = self._flags(module, loss, signalled, time_up)
+        flags, figures, stop = self._flags(module, loss, signalled, time_up)
         bad = flags[:2].amax()  # 1.0: skip this update (every rank agrees)
         previous = self.flush()  # the schedule now counts every good step before this one
         self.optimizer.found_inf = bad
@@ -211,9 +234,9 @@ class Optimization:
             host.copy_(values, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending = (host, event)
+            self._pending = (host, event, stop)
         else:
-            self._pending = (values, None)
+            self._pending = (values, None, stop)
         return previous
 
     @torch.no_grad()
@@ -224,21 +247,30 @@ class Optimization:
         first = (ema.n_averaged == 0).float()
         weight = (first + (1.0 - first) * (1.0 - float(self.ema_decay))) * good
         averaged = self._parameters(ema.module)
-        current = self._parameters(module)
-        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].device))
-        ema.n_averaged += good.to(ema.n_averaged.device).long()
+        # ema += weight * (p - ema), the weight read on the device (no .item())
+        step = torch._foreach_sub(self._parameters(module), averaged)
+        torch._foreach_mul_(step, weight)
+        torch._foreach_add_(averaged, step)
+        ema.n_averaged += good.long()
 
     def flush(self) -> StepOutcome | None:
         """Settle the deferred step, if one is pending: read its flags (waiting for the
         device only if it has not finished them) and advance the schedule if it was good."""
         if self._pending is None:
             return None
-        values, event = self._pending
+        values, event, stop = self._pending
         self._pending = None
         if event is not None:
             event.synchronize()
-        v = values.tolist()
-        skipped = bool(v[0]) or bool(v[1])
-        if not skipped:
+        outcome = _outcome(values.tolist(), stop)
+        if not outcome.skipped:
             self.scheduler.step()
-        return StepOutcome(v[4], v[5], skipped, False, bool(v[2]), bool(v[3]))
+        return outcome
+
+
+def _outcome(values: list[float], stop: tuple[bool, bool] | None) -> StepOutcome:
+    """The outcome read from `[loss_bad, grad_bad, (signalled, time_up,) loss, grad_norm]`
+    (the stop flags from `stop` when they stayed on the host)."""
+    signalled, time_up = stop if stop is not None else (bool(values[2]), bool(values[3]))
+    skipped = bool(values[0]) or bool(values[1])
+    return StepOutcome(values[-2], values[-1], skipped, False, signalled, time_up)

@@ -45,6 +45,8 @@ class TrainResult:
     best_step: int | None = None  # the step of best.pt
     best_test_score: float | None = None  # early stopping: the test figure of best.pt
     stopped_early: bool = False  # the validation figure stopped improving (train.early_stopping)
+    stop_signal: str | None = None  # the signal that stopped an interrupted run (`SIGINT`, ...)
+    preempted: bool = False  # that signal was `train.preempt_signal` (the requeue path)
 
 
 def diverged(train_cfg: DictConfig, progress: Progress, last_good: str) -> TrainingDiverged:

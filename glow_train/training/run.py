@@ -96,8 +96,11 @@ def train(
                 chosen.append("channels_last maps")
             if dist.device.type == "cpu" and freed_memory_kept():
                 chosen.append("freed memory kept")
-            if cfg.train.compile:
-                chosen.append("compiled")
+            if dist.device.type == "cuda" and trainer.precision.name == "fp32":
+                chosen.append("TF32 products" if cfg.train.tf32 else "TF32 off")
+            if trainer.compile_seconds is not None:
+                mode = cfg.train.compile_mode
+                chosen.append(f"compiled per coupling ({mode}) in {trainer.compile_seconds:.1f} s")
             if trainer.auto_chosen:
                 chosen.append(
                     f"auto for {len(trainer.train_set)} training items: "

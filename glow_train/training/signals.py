@@ -1,6 +1,8 @@
 """SIGINT/SIGTERM (and the scheduler's pre-emption signal) during training: finish the
 step, save `last.pt`, then stop at once (no final evaluation or samples: a scheduler's
-grace period is short; the figures come from the resumed run or from `glow-eval`)."""
+grace period is short; the figures come from the resumed run or from `glow-eval`).
+`glow-train` then exits 130 (`SIGINT`) or 143 (`SIGTERM`), or 0 after the pre-emption
+signal (see `exit_status`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,29 @@ from tqdm import tqdm
 
 from glow_train.errors import ConfigError
 
-__all__ = ["Interrupt", "preempt_signal"]
+__all__ = ["Interrupt", "exit_status", "preempt_signal"]
+
+
+def exit_status(name: str | None, preempted: bool) -> int:
+    """The exit status of a run stopped by a signal, once `last.pt` is saved.
+
+    The shell's convention, $128 + n$ for signal $n$: 130 after `SIGINT`, 143 after
+    `SIGTERM`, so that `glow-train && glow-eval` stops there. The pre-emption signal
+    (`train.preempt_signal`) keeps the requeue path's own convention: 0, because the
+    job is requeued (by submitit's handler, or by the scheduler), not failed; the
+    requeued job continues with `ckpt=auto`.
+
+    Args:
+        name: the signal that stopped the run (`"SIGINT"`, ...); `None` when another
+            process of the run received it (torchrun): counted as `SIGTERM`.
+        preempted: whether that signal was `train.preempt_signal`.
+
+    Returns:
+        The exit status the command ends with.
+    """
+    if preempted:
+        return 0
+    return 128 + int(signal.Signals[name or "SIGTERM"])
 
 
 def preempt_signal(name: str | None) -> int | None:

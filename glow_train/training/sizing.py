@@ -9,13 +9,21 @@ holds the vector data's):
 
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
-`multiple: null` keeps the value unrounded (dropout). A choice (`model.prior`)
-has a plain value as its rule. With `dataset.context`, the rules under
-`sizing.context` replace those of the same keys: a window given its past needs a
-smaller flow (its couplings see few values; one, for a window of 1), and a prior
-whose parameters the context can move.
+`multiple: null` keeps the value unrounded (dropout). A choice (`model.prior`,
+`model.coupling`) has a plain value as its rule.
+With `dataset.context`, the rules under `sizing.context` replace those of the
+same keys: a window given its past needs a smaller flow (its couplings see few
+values; one, for a window of 1), a prior whose parameters the context can move,
+spline couplings that shape the residual, and evaluations twice as often (the
+model starts at a fitted GJR-GARCH-t, `glow_train.models.memory`, and its
+validation figure turns within a few epochs).
 The resolved numbers are what the run's `config.yaml` and checkpoints record, and
 the start-up line prints.
+
+An `auto` step budget is also capped by the work it plans, `sizing.train.work_budget`:
+$\text{steps} \cdot \text{batch} \cdot K \cdot h\,(D + h) \le \text{budget}$ for $K$
+steps of flow of width $h$ on items of $D$ values, so that a table of any size trains
+in minutes on a laptop CPU with the defaults; the start-up line then says so.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ AUTO_KEYS: dict[str, type] = {
     "model.hidden_features": int,
     "model.dropout": float,
     "model.prior": str,
+    "model.coupling": str,
     "dataset.batch_size": int,
     "train.max_steps": int,
     "train.warmup_steps": int,
@@ -90,12 +99,47 @@ def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float 
     return int(round(value)) if kind is int else round(value, 4)
 
 
+class CappedSteps(int):
+    """An `auto` step budget that `sizing.train.work_budget` lowered; `reason` says so."""
+
+    reason: str = ""
+
+
+#: the fewest steps the work budget leaves a run
+MIN_CAPPED_STEPS = 200
+
+
+def capped_steps(cfg: Any, chosen: dict[str, Any], budget: float, dims: int) -> int:
+    """`chosen["train.max_steps"]`, lowered (as a `CappedSteps`) where the run would plan
+    more work than `budget` (module docstring); never below `MIN_CAPPED_STEPS`."""
+
+    def value(key: str) -> float:
+        return float(chosen[key] if key in chosen else _get(cfg, key))
+
+    steps = int(chosen["train.max_steps"])
+    width = value("model.hidden_features")
+    per_step = value("dataset.batch_size") * value("model.K") * width * (dims + width)
+    most = max(MIN_CAPPED_STEPS, int(budget // per_step) // 100 * 100)
+    if steps <= most:
+        return steps
+    capped = CappedSteps(most)
+    capped.reason = (
+        f"capped from {steps:,} by sizing.train.work_budget={budget:g}, so that the run "
+        "takes minutes on a CPU; set train.max_steps to train longer"
+    )
+    return capped
+
+
 def resolve_auto(
-    cfg: DictConfig, n_train: int, check: Callable[[DictConfig], DictConfig] | None = None
+    cfg: DictConfig,
+    n_train: int,
+    check: Callable[[DictConfig], DictConfig] | None = None,
+    dims: int | None = None,
 ) -> tuple[DictConfig, dict[str, Any]]:
     """`cfg` with every `auto` replaced by its value for `n_train` items (then passed
     through `check` when given), and the chosen values (`{"model.K": 6, ...}`; empty,
-    and `cfg` itself, when nothing was `auto`)."""
+    and `cfg` itself, when nothing was `auto`). `dims`: the values of an item, for the
+    work budget (none without it)."""
     keys = auto_keys(cfg)
     if not keys:
         return cfg, {}
@@ -106,16 +150,24 @@ def resolve_auto(
     chosen = {
         key: sized_value(_get(sizing, key), n_train, reference, AUTO_KEYS[key]) for key in keys
     }
+    budget = _get(sizing, "train.work_budget")
+    if "train.max_steps" in chosen and budget is not None and dims is not None:
+        chosen["train.max_steps"] = capped_steps(cfg, chosen, float(budget), dims)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(cfg):
         for key, value in chosen.items():
             section, name = key.split(".")
-            cfg[section][name] = value
+            cfg[section][name] = int(value) if isinstance(value, CappedSteps) else value
     return (cfg if check is None else check(cfg)), chosen
 
 
 def describe_chosen(chosen: dict[str, Any]) -> str:
     """`auto for 398 items: model.K=6, ...` for the start-up line."""
     return ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()
+        f"{k}={v:g}"
+        if isinstance(v, float)
+        else f"{k}={int(v)} ({v.reason})"
+        if isinstance(v, CappedSteps)
+        else f"{k}={v}"
+        for k, v in chosen.items()
     )

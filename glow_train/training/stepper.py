@@ -91,6 +91,9 @@ class Stepper:
         """A loader batch -> `(x, noise, y)` for `train_step`: flipped (if
         `hflip`), on the model's grid, with its dequantisation noise."""
         gen = torch.Generator(self.device).manual_seed(step_seed(self.seed, step, self.rank))
+        # the labels are checked on the host batch, before the copy: the same check on
+        # the device would wait for it
+        labelled = self.objective.labels(batch) is not None
         batch = batch.to(self.device, non_blocking=True)
         data = batch.x
         if self.hflip:
@@ -98,7 +101,7 @@ class Stepper:
             data = torch.where(flip.view(-1, *([1] * (data.dim() - 1))), data.flip(-1), data)
         x = self.objective.prepare(data)
         noise = self.objective.noise(x, gen)
-        return x, noise, self.objective.labels(batch)
+        return x, noise, batch.y if labelled else None
 
     def train_step(
         self,

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from glow_train.data import Batch, build_dataset, collate, describe_dataset, make_loader
@@ -31,9 +30,11 @@ from glow_train.errors import ConfigError, NonFiniteError
 from glow_train.evaluation.scoring import evaluate_objective
 from glow_train.likelihood.objective import Objective, build_objective
 from glow_train.models import FlowModel, build_model
-from glow_train.runtime.distributed import DistInfo, EpochSampler
+from glow_train.runtime.distributed import DistInfo, EpochSampler, wrap_ddp
 from glow_train.runtime.precision import resolve_precision
+from glow_train.runtime.tf32 import set_tf32
 from glow_train.training.checks import check_config, fitted_batch_size
+from glow_train.training.compiling import compile_regions, eager, resolve_compile, timed_warm_up
 from glow_train.training.loop import TrainingLoop
 from glow_train.training.monitor import Monitor
 from glow_train.training.optim import Optimization
@@ -84,7 +85,7 @@ class Trainer:
             train_set, held_out = train_and_validation(cfg.dataset)
             val_set = val_set if val_set is not None else held_out
         self.train_set = train_set
-        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set), check=check_config)
+        cfg, self.auto_chosen = resolve_auto(cfg, len(train_set), check_config, self.spec.num_dims)
         self.cfg, tcfg = cfg, cfg.train
         torch.manual_seed(self.seed)
         flow = build_model(cfg.model, self.spec)
@@ -117,7 +118,7 @@ class Trainer:
             self.batch_size,
             sampler=self.sampler,
             drop_last=True,
-            num_workers=int(cfg.dataset.num_workers),
+            num_workers=cfg.dataset.num_workers,
             device=self.device.type,
         )
         self.optim = Optimization(
@@ -127,7 +128,9 @@ class Trainer:
             self.device.type,
             fp16=self.amp_dtype == torch.float16,
         )
-        self.monitor = Monitor(dist.is_main, self.objective.metric, self.objective.metric_label)
+        self.monitor = Monitor(
+            dist.is_main, self.objective.metric, self.objective.metric_label, self.spec.kind
+        )
         #: one optimisation step of the objective (its counters: `progress`)
         self.steps = Stepper(
             self.objective,
@@ -143,6 +146,8 @@ class Trainer:
         )
         #: the health-checked checkpoint writer (`prepare` makes it)
         self.checkpoints: CheckpointWriter | None = None
+        #: seconds spent compiling the step's regions (`None`: not compiled)
+        self.compile_seconds: float | None = None
 
     @property
     def model(self) -> FlowModel:
@@ -224,16 +229,29 @@ class Trainer:
         self._wrap()
 
     def _wrap(self) -> None:
-        """DDP and compile come after the eager ActNorm initialisation."""
+        """DDP and compile come after the eager ActNorm initialisation; a compiled run
+        compiles its regions now, on one training-sized batch (`compile_seconds`)."""
+        tcfg = self.cfg.train
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark)
+            set_tf32(bool(tcfg.tf32))
         wrapped: torch.nn.Module = self.objective
         if self.dist.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
-        if self.cfg.train.compile:
-            wrapped = torch.compile(wrapped)
+            wrapped = wrap_ddp(wrapped, self.device)
         self.steps.wrapped = wrapped
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = bool(self.cfg.train.cudnn_benchmark)
+        if resolve_compile(tcfg.compile, self.device):
+            compile_regions(self.objective, str(tcfg.compile_mode))
+            self.compile_seconds = timed_warm_up(self._warm_up_step, self.device)
+
+    def _warm_up_step(self) -> None:
+        """A forward and backward pass on the first training-sized batch, as the step runs
+        it (same shapes, layout and precision); the gradients are then dropped."""
+        batch = collate([self.train_set[i] for i in range(self.batch_size)])
+        x, noise, y = self.steps.prepare_batch(batch, 0)
+        with self.precision.autocast(self.device.type):
+            nll = self.objective(x, noise, y, self.class_weight)
+        self.objective.score(nll).mean().backward()
+        self.optim.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds: config, model, dequantiser, optimiser, EMA, counters."""
@@ -278,14 +296,15 @@ class Trainer:
 
     def evaluate(self, split: str = "test") -> float:
         """The EMA's (or the model's) score on `split` (`"val"` or `"test"`)."""
-        result = evaluate_objective(
-            self.eval_objective,
-            self.val_set if split == "val" else self.test_set,
-            batch_size=int(self.cfg.dataset.eval_batch_size),
-            device=self.device,
-            seed=int(self.cfg.train.eval_seed),
-            dist=self.dist,
-        )
+        with eager():  # compiled regions: as trained, no second compilation for evaluation
+            result = evaluate_objective(
+                self.eval_objective,
+                self.val_set if split == "val" else self.test_set,
+                batch_size=int(self.cfg.dataset.eval_batch_size),
+                device=self.device,
+                seed=int(self.cfg.train.eval_seed),
+                dist=self.dist,
+            )
         self.objective.train()
         return result.value
 
