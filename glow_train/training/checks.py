@@ -123,8 +123,9 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
         )
 
 
-#: the fewest training items per process a run trains on: a smaller batch estimates no
-#: gradient worth the name, and the standardisation and ActNorm statistics fewer still
+#: the fewest training items per process a run trains on (or its `dataset.batch_size`, when
+#: a smaller batch was asked for): fewer estimate no gradient worth the name, and the
+#: standardisation and ActNorm statistics fewer still
 MIN_TRAIN_ITEMS = 8
 
 
@@ -133,9 +134,10 @@ def fitted_batch_size(batch_size: int, per_rank: int, main: bool) -> int:
     (a small table trains with the defaults: one batch per epoch), said in one note.
 
     Raises:
-        DataError: fewer than `MIN_TRAIN_ITEMS` training items per process.
+        DataError: fewer training items per process than `MIN_TRAIN_ITEMS` or the
+            batch size, whichever is smaller.
     """
-    if per_rank < MIN_TRAIN_ITEMS:
+    if per_rank < min(MIN_TRAIN_ITEMS, batch_size):
         raise DataError(
             f"{per_rank} training items per process, fewer than the {MIN_TRAIN_ITEMS} a run "
             f"needs (dataset.batch_size={batch_size} would be cut to {per_rank}); add data, "
