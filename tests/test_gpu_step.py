@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from test_train import TINY as TRAIN_TINY
+from test_train import compose_train
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -18,19 +19,8 @@ from glow_train.data import Batch
 from glow_train.runtime.distributed import DistInfo
 from glow_train.training import Trainer
 
-TINY = [
-    "model.L=2",
-    "model.K=2",
-    "model.hidden_channels=16",
-    "train.time_limit=null",
-    "train.cosine_decay=false",
-    "train.warmup_steps=5",
-    "train.eval_every_steps=null",
-    "train.sample_every=null",
-    "train.progress=false",
-    "train.init_samples=32",
-    "device=cpu",
-]
+#: test_train's tiny run, on the CPU, with a larger initialisation batch
+TINY = [*TRAIN_TINY, "train.init_samples=32", "device=cpu"]
 
 #: the operators that make the host wait for a CUDA device: a tensor's value read on the
 #: host (`.item()`, `bool(t)`, `float(t)`, `.nonzero()`, `torch.equal`) and a tensor made
@@ -87,11 +77,6 @@ class SyncCounter(TorchDispatchMode):
             if source.device != target.device:
                 self.seen[f"{name} {source.device}->{target.device}"] += 1
         return out
-
-
-def compose_train(*overrides: str):
-    with initialize_config_module("glow_train.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def tiny_trainer(tmp_path, *extra: str) -> Trainer:
