@@ -162,7 +162,7 @@ class TrainLoopConfig:
     optimizer: str = MISSING
     lr: float = MISSING
     betas: list[float] = MISSING
-    weight_decay: float = MISSING
+    weight_decay: Any = MISSING  # a number >= 0 or auto
     warmup_steps: Any = MISSING  # an int or auto
     cosine_decay: bool = MISSING
     grad_clip: float | None = MISSING

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 
 from glow_train import Glow1D
 from glow_train.data.table import load_table
-from glow_train.errors import DataError
+from glow_train.errors import ConfigError, DataError
 from glow_train.evaluation.figures import evaluate
 from glow_train.training import train
 from glow_train.training.sizing import resolve_auto, sized_value
@@ -165,6 +165,19 @@ def test_context_models_take_the_context_sizing_rules(tmp_path):
     )
     for key in ("model.dropout", "dataset.batch_size", "train.max_steps"):
         assert chosen_given[key] == chosen_plain[key]
+    # a context model decays its networks towards zero (towards its GJR-GARCH-t), a table not
+    assert plain.train.weight_decay == 0.0 and given.train.weight_decay == 0.01
+    named, chosen = resolve_auto(
+        _compose(["dataset=csv", f"dataset.path={tmp_path / 'x.csv'}", "train.weight_decay=0"]),
+        2780,
+    )
+    assert named.train.weight_decay == 0 and "train.weight_decay" not in chosen
+
+
+def test_a_number_is_its_own_sizing_rule():
+    assert sized_value(0.01, 10, 1000, float) == sized_value(0.01, 10**6, 1000, float) == 0.01
+    with pytest.raises(ConfigError, match="needs base"):
+        sized_value({"base": 1.0}, 10, 1000, float)
 
 
 def test_the_prior_is_chosen_by_the_kind_of_vector_data(tmp_path):

@@ -103,8 +103,9 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     check_compile(t.compile, t.compile_mode)
     if not (math.isfinite(t.class_loss_weight) and t.class_loss_weight >= 0):
         raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
-    if ("train.warmup_steps" not in auto and t.warmup_steps < 0) or t.weight_decay < 0:
-        raise ConfigError("train.warmup_steps and train.weight_decay must not be negative")
+    for key in ("warmup_steps", "weight_decay"):
+        if f"train.{key}" not in auto and t[key] < 0:
+            raise ConfigError(f"train.{key} must not be negative, got {t[key]}")
     if t.num_samples < 1:
         raise ConfigError(f"train.num_samples must be at least 1, got {t.num_samples}")
     temperatures = list(t.sample_temperatures)

@@ -10,13 +10,16 @@ holds the vector data's):
 so width, depth and batch grow with the data, dropout shrinks with it, and the
 step budget and the evaluation interval follow the number of batches in an epoch.
 `multiple: null` keeps the value unrounded (dropout). A choice (`model.prior`,
-`model.coupling`) has a plain value as its rule.
+`model.coupling`) has a plain value as its rule, and so may a number that does not
+follow $n$ (`train.weight_decay`).
 With `dataset.context`, the rules under `sizing.context` replace those of the
 same keys: a window given its past needs a smaller flow (its couplings see few
 values; one, for a window of 1), a prior whose parameters the context can move,
 spline couplings that shape the residual, and evaluations twice as often (the
 model starts at a fitted GJR-GARCH-t, `glow_train.models.memory`, and its
-validation figure turns within a few epochs).
+validation figure turns within a few epochs), and a weight decay that keeps the
+networks near zero, where the model is that GJR-GARCH-t, so that training past the
+best validation figure does not drift away from it.
 The resolved numbers are what the run's `config.yaml` and checkpoints record, and
 the start-up line prints.
 
@@ -49,6 +52,7 @@ AUTO_KEYS: dict[str, type] = {
     "train.max_steps": int,
     "train.warmup_steps": int,
     "train.eval_every_steps": int,
+    "train.weight_decay": float,
 }
 RULE_KEYS = ("base", "exponent", "min", "max", "multiple")
 
@@ -88,6 +92,8 @@ def sized_value(rule: Any, n: int, reference: float, kind: type) -> int | float 
         if not isinstance(rule, str):
             raise ConfigError(f"a sizing rule of a choice is its value, got {rule!r}")
         return rule
+    if isinstance(rule, int | float) and not isinstance(rule, bool):
+        return kind(rule)  # a constant
     missing = [k for k in RULE_KEYS if k not in rule]
     if missing:
         raise ConfigError(f"a sizing rule needs {', '.join(RULE_KEYS)}; {missing[0]} is missing")
