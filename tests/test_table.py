@@ -320,6 +320,14 @@ def test_csv_end_to_end_train_resume_eval_sample(tmp_path):
     assert lines[0] == "a,b,c" and len(lines) == 6
     values = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     assert abs(values[:, 2].mean() - 30) < 5  # in the data's own units, not standardised
+    # an image grid's layout means nothing for CSV rows: refused, nothing written
+    for option in ("nrow=2", "padding=0"):
+        target = tmp_path / f"grid_{option[:4]}.csv"
+        status, out, err = run_console(
+            sample_main, [f"ckpt={run / 'last.pt'}", "n=5", option, f"out={target}"], tmp_path
+        )
+        line = err.strip().splitlines()[-1]
+        assert status != 0 and option in line and "CSV rows" in line and not target.exists()
 
 
 def test_log_return_windows_end_to_end(tmp_path):

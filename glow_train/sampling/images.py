@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from glow_train.config import LAYOUTS, SampleConfig
+from glow_train.config import LAYOUTS, SampleConfig, packaged_defaults
 from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, sample_targets, write_atomic
 from glow_train.likelihood.loading import load, resolve_checkpoint
@@ -271,6 +271,15 @@ def sample(ckpt: str | os.PathLike, opts: SampleConfig) -> list[Path]:
             "past with mode=forecast horizon=H"
         )
     writer = sample_format(spec, padding=padding, nrow=nrow)
+    if isinstance(writer, TableSamples):  # rows of a CSV: no grid to lay out
+        grid = [("nrow", opts.nrow, None)]
+        grid.append(("padding", padding, packaged_defaults("sample", SampleConfig).padding))
+        for key, value, default in grid:
+            if value != default:
+                raise ConfigError(
+                    f"{key}={value} lays out an image grid; {ckpt} models vectors, written "
+                    f"as CSV rows: leave {key}= out"
+                )
     if start_price is not None:
         if spec.transform != "log_return":
             raise ConfigError(
