@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_console
+from helpers import one_line_error, run_console
 from hydra import compose, initialize_config_module
 from PIL import Image
 
 from glow_train import Glow, bits_per_dim, preprocess
-from glow_train.cli import eval_main, sample_main
+from glow_train.cli import eval_main, sample_main, train_main
 from glow_train.data import build_dataset
 from glow_train.errors import CheckpointError, ConfigError, DataError
 from glow_train.evaluation.figures import batch_seed, eval_dataset, evaluate
@@ -369,3 +369,13 @@ def test_bf16_sampling_matches_fp32_to_one_level(ckpt, tmp_path):
     assert close.mean() >= 0.99
     with pytest.raises(ConfigError, match="precision=fp16 is not one of auto, fp32, bf16"):
         sample(ckpt, 0.7, precision="fp16", out=tmp_path / "x.png")
+
+
+def test_an_unknown_dataset_key_names_the_right_remedy_per_command(tmp_path):
+    """glow-eval replaces single keys of the checkpoint's dataset: its hint names
+    dataset=<name>, not resuming (glow-train's hint)."""
+    ckpt = f"ckpt={tmp_path / 'run' / 'best.pt'}"
+    line = one_line_error(eval_main, [ckpt, "dataset.name=foo"], tmp_path, "glow-eval")
+    assert "dataset=<name>" in line and "resuming" not in line
+    line = one_line_error(train_main, [ckpt, "model.spline_bins=3"], tmp_path)
+    assert "when resuming a run of another dataset" in line

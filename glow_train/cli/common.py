@@ -135,7 +135,8 @@ def check_command_line(config_name: str, prog: str) -> None:
             compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         message = _one_line(err)
-        print(f"{prog}: error: {message}{_resume_hint(overrides, message)}", file=sys.stderr)
+        hint = _resume_hint(overrides, message, config_name)
+        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -152,13 +153,21 @@ def _quoted_delimiter(arg: str) -> str:
     return f"{key}={quote}{value}{quote}"
 
 
-def _resume_hint(overrides: list[str], message: str) -> str:
+def _resume_hint(overrides: list[str], message: str, config_name: str = "train") -> str:
     """For a key unknown to the default groups' schema on a `ckpt=` command line: how
-    to name the run's own dataset, whose schema has it (a 1-D Glow's model keys)."""
+    to name the run's own dataset, whose schema has it (a 1-D Glow's model keys); for
+    `glow-eval`, which replaces only a few single keys of the checkpoint's dataset, how
+    to name another dataset instead."""
     resuming = any(arg.startswith("ckpt=") for arg in overrides)
     named = any(arg.split("=", 1)[0] in ("dataset", "model") for arg in overrides)
     if not resuming or named or "not in" not in message:
         return ""
+    if config_name != "train":
+        return (
+            "; a checkpoint's dataset takes only the single keys its --help lists "
+            "(dataset.root, dataset.path, ...): name another dataset with dataset=<name> "
+            "(e.g. dataset=csv) to set the others"
+        )
     return (
         "; when resuming a run of another dataset, name it as well (e.g. dataset=csv "
         "for a 1-D Glow run) so that its keys are known"
