@@ -70,7 +70,7 @@ def test_two_components_match_the_mixture_cdf_computed_independently():
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
-def test_bisection_inverts_the_transform_to_its_tolerance(dtype, tol):
+def test_the_bracketed_newton_inverse_inverts_the_transform_to_its_tolerance(dtype, tol):
     gen = torch.Generator().manual_seed(0)
     k = 6
     raw = torch.randn(2000, mixture_parameters(k), generator=gen, dtype=dtype)
@@ -143,7 +143,7 @@ def test_bf16_autocast_keeps_float32_log_determinants():
     assert ld16.dtype == torch.float32 and z16.dtype == torch.float32
     torch.testing.assert_close(ld16, ld32, rtol=0.05, atol=0.05 * ld32.abs().mean().item())
     torch.testing.assert_close(z16, z32, rtol=0.05, atol=0.05)
-    # the same conditioner output on the way back: the bisection recovers x closely
+    # the same conditioner output on the way back: the inverse recovers x closely
     torch.testing.assert_close(x_again, x, rtol=0.05, atol=0.05)
 
 
