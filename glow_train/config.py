@@ -130,6 +130,10 @@ class GlowConfig:
     lu: bool = MISSING
     dropout: float = 0.0  # absent from older checkpoints' configs: none
     conditional: bool = False  # likewise; True: num_classes from the dataset's labels
+    conditioner: str = "conv"  # likewise: the Glow paper's three-layer conditioner
+    conditioner_blocks: int = 2  # likewise (resnet|attention only)
+    attention_heads: int = 4  # likewise (attention only)
+    mixture_components: int = 32  # likewise (coupling=logistic_mixture only)
 
 
 @dataclass

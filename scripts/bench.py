@@ -12,8 +12,13 @@ timings share the machine's momentary speed), with their range.
     python scripts/bench.py             # glow-train alone, CPU
     python scripts/bench.py --peers     # with normflows (pip install -e '.[bench]')
     python scripts/bench.py --conditioners   # the conditioners alone, ours vs nn.Conv2d
+    python scripts/bench.py --peers --mixture 8   # and the logistic_mixture coupling (K=8)
     python scripts/bench.py --peers --device cuda --K 32 --hidden 512 --batch-size 64 \
         --json out.json
+
+With `--mixture K` the same model with `model.coupling=logistic_mixture` (K logistic
+components, the conv conditioner) is timed beside it, and its step and sampling times
+are reported as ratios to the affine coupling's, within each block.
 
 Columns: training images/s (forward, backward, Adam step), sampling images/s (decode
 `--samples` images at T=0.7, three times per block), and peak memory: CUDA's
@@ -38,8 +43,14 @@ from glow_train import Glow, keep_freed_memory
 from glow_train.training.optim import make_optimizer
 
 
-def glow_train_system(args, device, precision: str, memory_saving: bool, compiled: bool = False):
-    model = Glow(args.channels, args.size, args.K, args.L, args.hidden, "affine", True).to(device)
+def glow_train_system(
+    args, device, precision: str, memory_saving: bool, compiled: bool = False, mixture: int = 0
+):
+    coupling = "logistic_mixture" if mixture else "affine"
+    model = Glow(
+        args.channels, args.size, args.K, args.L, args.hidden, coupling, True,
+        mixture_components=mixture or 32,
+    ).to(device)  # fmt: skip
     x0 = torch.rand(args.batch_size, args.channels, args.size, args.size, device=device) - 0.5
     model.initialize(x0)
     model.set_memory_saving(memory_saving)
@@ -203,6 +214,10 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="also time normflows")
     parser.add_argument("--json", help="also write the table here")
     parser.add_argument(
+        "--mixture", type=int, default=0, metavar="K",
+        help="also time the logistic_mixture coupling with K components",
+    )  # fmt: skip
+    parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile'd training steps"
     )
     parser.add_argument(
@@ -238,6 +253,9 @@ def main() -> None:
             step()  # compiles
             print(f"compiling the {precision} step took {time.perf_counter() - started:.0f} s")
             systems[f"glow-train {precision} compiled"] = (step, sample)
+    for precision in ("fp32", "bf16") if args.mixture else ():
+        name = f"glow-train {precision} logistic_mixture"
+        systems[name] = glow_train_system(args, device, precision, False, mixture=args.mixture)
     if args.peers:
         systems["normflows fp32"] = normflows_system(args, device)
     for step, sample in systems.values():
@@ -285,6 +303,14 @@ def main() -> None:
         "memory-saving step time / plain step time: "
         f"{plain['train_images_per_s'] / saving['train_images_per_s']:.2f}x"
     )
+    for precision in ("fp32", "bf16") if args.mixture else ():
+        affine, mixture = f"glow-train {precision}", f"glow-train {precision} logistic_mixture"
+        parts = []
+        for kind, times in (("step", train_s), ("sampling", sample_s)):
+            ratio, low, high = paired_speedup(times[mixture], times[affine])
+            by_name[mixture][f"{kind}_time_over_affine"] = ratio
+            parts.append(f"{kind} {ratio:.2f}x [{low:.2f}-{high:.2f}]")
+        print(f"logistic_mixture (K={args.mixture}) / affine time, {precision}: {', '.join(parts)}")
     peer = next((name for name in systems if name.startswith("normflows")), None)
     if peer is not None:
         print(

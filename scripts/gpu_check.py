@@ -20,6 +20,9 @@ Rows, in order (the model is the CIFAR-10 preset's, K=32, L=3, 512 hidden, unles
 - `step <precision> <mode> batch N` (CUDA): images/s, GPU-busy fraction and kernels
   per step (`torch.profiler`), MFU, peak memory, skipped steps: bf16 at batch 64,
   256 and 512, fp32 (TF32) and fp16 (GradScaler) at 64, eager.
+- `step flowpp bf16 eager batch 64` (CUDA): the same for `experiment=cifar10_flowpp`
+  (logistic-mixture couplings, attention conditioners; `--tiny` shrinks it), without MFU
+  (the `flops` row counts the Glow model).
 - `ddp 1 rank` (CUDA): one NCCL process group of one rank, steps through DDP.
 - the same `step` rows compiled (`train.compile=true`), last.
 
@@ -102,9 +105,17 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def make_trainer(args, device, precision: str, batch: int, compiled: bool = False) -> Trainer:
-    overrides = ["dataset=cifar10", f"model.K={args.K}", f"model.L={args.L}"]
-    overrides += [f"model.hidden_channels={args.hidden}", f"dataset.batch_size={batch}"]
+def make_trainer(
+    args, device, precision: str, batch: int, compiled: bool = False, flowpp: bool = False
+) -> Trainer:
+    if flowpp:  # the Flow++ preset as it is (shrunk with --tiny)
+        overrides = ["experiment=cifar10_flowpp", f"dataset.batch_size={batch}"]
+        if args.tiny:
+            overrides += ["model.K=2", "model.hidden_channels=16", "model.conditioner_blocks=1"]
+            overrides += ["model.attention_heads=2", "model.mixture_components=4"]
+    else:
+        overrides = ["dataset=cifar10", f"model.K={args.K}", f"model.L={args.L}"]
+        overrides += [f"model.hidden_channels={args.hidden}", f"dataset.batch_size={batch}"]
     overrides += ["dataset.num_workers=0", f"precision={precision}", f"device={device}"]
     overrides += [f"train.compile={str(compiled).lower()}", "train.progress=false"]
     overrides += [f"train.init_samples={min(256, 4 * batch)}", "train.max_steps=1000"]
@@ -218,9 +229,16 @@ def row_cuda_vs_cpu(args, device, report: Report) -> None:
 
 
 def row_step(
-    args, device, precision: str, batch: int, compiled: bool, flops: float, report: Report
+    args,
+    device,
+    precision: str,
+    batch: int,
+    compiled: bool,
+    flops: float,
+    report: Report,
+    flowpp: bool = False,
 ) -> None:
-    trainer = make_trainer(args, device, precision, batch, compiled)
+    trainer = make_trainer(args, device, precision, batch, compiled, flowpp)
     trainer.prepare()
     prepared = batches(trainer, 4)
     for i in range(args.warmup):
@@ -246,10 +264,10 @@ def row_step(
     peak = next((v for k, v in PEAKS.items() if k in name), None)
     images = batch / seconds
     mfu = None
-    if peak is not None:
+    if peak is not None and not flowpp:
         mfu = flops * images / ((peak[0] if precision != "fp32" else peak[1]) * 1e12)
     report.add(
-        f"step {precision} {'compiled' if compiled else 'eager'} batch {batch}",
+        f"step {'flowpp ' * flowpp}{precision} {'compiled' if compiled else 'eager'} batch {batch}",
         images_per_s=images,
         gpu_busy=busy_us / 1e6 / wall,
         kernels_per_step=len(kernels) // profiled,
@@ -300,6 +318,8 @@ def plan(args, cuda: bool) -> list[tuple[str, bool, object]]:
     for precision, batch, comp in steps:
         name = f"step {precision} eager batch {batch}"
         rows.append((name, True, _step(args, precision, batch, comp)))
+    flowpp = f"step flowpp bf16 eager batch {args.batches[0]}"
+    rows.append((flowpp, True, _step(args, "bf16", args.batches[0], False, flowpp=True)))
     rows.append(("ddp 1 rank", True, lambda r, c: row_ddp(args, c["device"], r)))
     for precision, batch, comp in compiled:
         name = f"step {precision} compiled batch {batch}"
@@ -307,8 +327,10 @@ def plan(args, cuda: bool) -> list[tuple[str, bool, object]]:
     return rows
 
 
-def _step(args, precision, batch, compiled):
-    return lambda r, c: row_step(args, c["device"], precision, batch, compiled, c["flops"], r)
+def _step(args, precision, batch, compiled, flowpp=False):
+    return lambda r, c: row_step(
+        args, c["device"], precision, batch, compiled, c["flops"], r, flowpp
+    )
 
 
 def main() -> int:

@@ -31,6 +31,7 @@ def test_gpu_check_dry_run_runs_the_cpu_rows_and_plans_the_rest(tmp_path):
     assert 0 <= rows["bf16 vs fp32"]["max_abs_bpd"] < 0.05
     planned = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "planned" in line]
     assert planned[:2] == ["sync debug", "cuda vs cpu"]
+    assert planned[planned.index("ddp 1 rank") - 1] == "step flowpp bf16 eager batch 4"
     assert "ddp 1 rank" in planned and planned[-1] == "step bf16 compiled batch 8"
     assert all("compiled" in name for name in planned[planned.index("ddp 1 rank") + 1 :])
 
@@ -71,6 +72,17 @@ def test_bench_times_the_conditioners_alone():
         "conditioners alone",
     ]
     assert "train (batch 4)" in lines[0] and "sample (batch 4)" in lines[1]
+
+
+def test_bench_times_the_mixture_coupling_beside_the_affine_one(tmp_path):
+    out = tmp_path / "bench.json"
+    lines = run_bench("--mixture", "3", "--json", str(out)).stdout.splitlines()
+    rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
+    for precision in ("fp32", "bf16"):
+        row = rows[f"glow-train {precision} logistic_mixture"]
+        assert row["step_time_over_affine"] > 0 and row["sampling_time_over_affine"] > 0
+        assert any(line.startswith(f"logistic_mixture (K=3) / affine time, {precision}: step ")
+                   for line in lines)  # fmt: skip
 
 
 def test_bench_pairs_the_peer_within_each_block(tmp_path):

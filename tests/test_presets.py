@@ -175,6 +175,9 @@ TRAIN_EXAMPLES = {
     "dataset.window=20 dataset.transform=log_return": PRESETS["csv"],
     "glow-train experiment=tabular dataset.path=data.csv": PRESETS["csv"],
     "glow-train ckpt=runs/digits/2026-01-01_00-00-00/last.pt": PRESETS["digits"],  # resumes
+    "glow-train experiment=cifar10_flowpp dataset.root=/data/cifar10": (
+        "cifar10_flowpp", "glow", 9, 1, 96, 1e-3, 300_000, None
+    ),
     "glow-train experiment=celeba_hq256 dataset.root=/data/celeba-hq": (
         "celeba_hq256", "glow", 32, 6, 512, 1e-3, 1_000_000, None
     ),

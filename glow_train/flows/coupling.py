@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glow_train.flows.base import Flow, deinterleave, logdet_dtype, split_channels
-from glow_train.flows.conditioner import conv_conditioner, mlp_conditioner
+from glow_train.flows.conditioner import mlp_conditioner
+from glow_train.flows.conv_attention import image_conditioner
 
 __all__ = ["Coupling", "COUPLINGS"]
 
@@ -44,6 +45,8 @@ class Coupling(Flow):
         mlp: options of `mlp_conditioner` (`hidden_layers`, `activation`,
             `dropout`), for `dense` only.
         dropout: for the convolutional conditioner, dropout after its hidden layers.
+        conditioner: for images, `kind`, `blocks` and `heads` of `image_conditioner`
+            (`model.conditioner`; the default is the Glow paper's three layers).
     """
 
     #: `train.compile` compiles each coupling alone (`glow_train.training.compiling`)
@@ -57,6 +60,7 @@ class Coupling(Flow):
         dense: bool = False,
         mlp: dict | None = None,
         dropout: float = 0.0,
+        conditioner: dict | None = None,
     ):
         super().__init__()
         if kind not in COUPLINGS:
@@ -72,7 +76,9 @@ class Coupling(Flow):
         else:
             if mlp:
                 raise ValueError("conditioner options are for dense (MLP) couplings")
-            self.net = conv_conditioner(self.split, hidden_channels, out, dropout)
+            self.net = image_conditioner(
+                self.split, hidden_channels, out, dropout, **(conditioner or {})
+            )
 
     def _shift_and_log_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
         h = self.net(x_a).to(x_a.dtype)

@@ -40,6 +40,7 @@ from glow_train.flows.invconv import (
     stacked_log_abs_det,
     stacked_weight_matrices,
 )
+from glow_train.flows.logistic_mixture import LogisticMixtureCoupling
 from glow_train.flows.spline import SplineCoupling
 
 __all__ = ["FlowStep", "FlowSteps"]
@@ -104,7 +105,8 @@ class FlowStep(FlowSequence):
     Args:
         num_channels: `C` of `(B, C, H, W)` maps, or `D` of `(B, D)` vectors.
         hidden_channels: width of the coupling's conditioner.
-        coupling: `"affine"`, `"additive"` or (`dense` only) `"spline"`.
+        coupling: `"affine"`, `"additive"`, (`dense` only) `"spline"` or (images
+            only) `"logistic_mixture"` (`LogisticMixtureCoupling`).
         lu: LU-parameterised channel mixing.
         dense: an MLP conditioner for vectors instead of convolutions.
         dropout: the convolutional conditioner's dropout (images).
@@ -112,6 +114,9 @@ class FlowStep(FlowSequence):
             (see `mlp_conditioner`).
         spline: `bins` and `bound` of a `"spline"` coupling
             (`SplineCoupling`).
+        conditioner: images: `kind`, `blocks` and `heads` of the conditioner
+            (`image_conditioner`).
+        components: `K` of a `"logistic_mixture"` coupling.
     """
 
     def __init__(
@@ -124,17 +129,33 @@ class FlowStep(FlowSequence):
         mlp: dict | None = None,
         dropout: float = 0.0,
         spline: dict | None = None,
+        conditioner: dict | None = None,
+        components: int = 32,
     ):
         if coupling == "spline" and not dense:
             raise ValueError("the spline coupling is for vectors (dense=True)")
+        if coupling == "logistic_mixture" and dense:
+            raise ValueError("the logistic_mixture coupling is for images (dense=False)")
         # built in this order (the random initialisation of a seeded model depends on it)
         layers: list[Flow] = [ActNorm(num_channels), InvertibleLinear(num_channels, lu=lu)]
         if coupling == "spline":
             layers.append(SplineCoupling(num_channels, hidden_channels, mlp=mlp, **(spline or {})))
+        elif coupling == "logistic_mixture":
+            layers.append(
+                LogisticMixtureCoupling(
+                    num_channels, hidden_channels, components, dropout, conditioner
+                )
+            )
         else:
             layers.append(
                 Coupling(
-                    num_channels, hidden_channels, coupling, dense=dense, mlp=mlp, dropout=dropout
+                    num_channels,
+                    hidden_channels,
+                    coupling,
+                    dense=dense,
+                    mlp=mlp,
+                    dropout=dropout,
+                    conditioner=conditioner,
                 )
             )
         super().__init__(layers)

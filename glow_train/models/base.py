@@ -21,7 +21,13 @@ from glow_train.flows import ActNorm, FlowSequence, FlowStep
 from glow_train.flows.coupling import COUPLINGS
 from glow_train.io.checkpoint import CheckpointError, flow_weights, load_checkpoint, model_config
 
-__all__ = ["FlowModel", "check_positive", "check_coupling", "VECTOR_COUPLINGS"]
+__all__ = [
+    "FlowModel",
+    "check_positive",
+    "check_coupling",
+    "IMAGE_COUPLINGS",
+    "VECTOR_COUPLINGS",
+]
 
 
 def check_positive(**values: int) -> None:
@@ -32,16 +38,22 @@ def check_positive(**values: int) -> None:
 
 
 VECTOR_COUPLINGS = (*COUPLINGS, "spline")  # the 1-D Glow's: flows/spline.py as well
+IMAGE_COUPLINGS = (*COUPLINGS, "logistic_mixture")  # Glow's: flows/logistic_mixture.py too
 
 
 def check_coupling(coupling: str, vectors: bool = False) -> None:
     """`coupling` is one the model takes (`vectors`: the 1-D Glow's), else a
     `ValueError` naming the choices."""
-    allowed = VECTOR_COUPLINGS if vectors else COUPLINGS
+    allowed = VECTOR_COUPLINGS if vectors else IMAGE_COUPLINGS
     if coupling in VECTOR_COUPLINGS and coupling not in allowed:
         raise ValueError(
             f"coupling={coupling} is for vectors (model=glow1d, e.g. dataset=csv); "
             f"images take model.coupling={' or '.join(allowed)}"
+        )
+    if coupling in IMAGE_COUPLINGS and coupling not in allowed:
+        raise ValueError(
+            f"coupling={coupling} is for images (model=glow); "
+            f"vectors take model.coupling={' or '.join(allowed)}"
         )
     if coupling not in allowed:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(allowed)}")

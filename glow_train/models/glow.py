@@ -49,11 +49,17 @@ class Glow(FlowModel):
         K: steps of flow per level.
         L: number of levels (scales).
         hidden_channels: width of the coupling conditioners.
-        coupling: `"affine"` or `"additive"`.
+        coupling: `"affine"`, `"additive"` or `"logistic_mixture"` (Flow++'s,
+            `glow_train.flows.logistic_mixture`).
         lu: LU-parameterised 1×1 convolutions (else a plain matrix with `slogdet`).
         num_classes: if > 0, the top prior is class-conditional (pass `y`).
         dropout: dropout after the conditioners' hidden layers, in training mode only
             (`model.dropout`; against overfitting small datasets).
+        conditioner: the couplings' conditioner, `"conv"` (the paper's three layers),
+            `"resnet"` or `"attention"` (`glow_train.flows.conv_attention`).
+        conditioner_blocks: residual blocks of a `resnet` or `attention` conditioner.
+        attention_heads: heads of an `attention` conditioner's self-attention.
+        mixture_components: `K` of a `logistic_mixture` coupling.
 
     Input is continuous, `(B, C, H, W)`, normally in `[-0.5, 0.5)`
     (`glow_train.preprocess`).
@@ -73,11 +79,20 @@ class Glow(FlowModel):
         lu: bool,
         num_classes: int = 0,
         dropout: float = 0.0,
+        conditioner: str = "conv",
+        conditioner_blocks: int = 2,
+        attention_heads: int = 4,
+        mixture_components: int = 32,
     ):
         super().__init__()
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         check_positive(in_channels=in_channels, K=K, L=L, hidden_channels=hidden_channels)
         check_coupling(coupling)
+        check_positive(
+            conditioner_blocks=conditioner_blocks,
+            attention_heads=attention_heads,
+            mixture_components=mixture_components,
+        )
         factor = 2**L
         if height % factor or width % factor:
             raise ValueError(
@@ -94,7 +109,12 @@ class Glow(FlowModel):
             lu=lu,
             num_classes=num_classes,
             dropout=float(dropout),
+            conditioner=conditioner,
+            conditioner_blocks=conditioner_blocks,
+            attention_heads=attention_heads,
+            mixture_components=mixture_components,
         )
+        net = dict(kind=conditioner, blocks=conditioner_blocks, heads=attention_heads)
         self.image_shape = (in_channels, height, width)
         self.num_dims = in_channels * height * width
         self.num_classes = num_classes
@@ -106,7 +126,16 @@ class Glow(FlowModel):
             c, h, w = 4 * c, h // 2, w // 2
             levels.append(
                 FlowSteps(
-                    FlowStep(c, hidden_channels, coupling, lu, dropout=dropout) for _ in range(K)
+                    FlowStep(
+                        c,
+                        hidden_channels,
+                        coupling,
+                        lu,
+                        dropout=dropout,
+                        conditioner=net,
+                        components=mixture_components,
+                    )
+                    for _ in range(K)
                 )
             )
             if level < L - 1:
