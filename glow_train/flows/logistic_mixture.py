@@ -139,7 +139,7 @@ def mixture_inverse(y: Tensor, raw: Tensor) -> Tensor:
         lo = torch.where(above, lo, x)
         log_pdf = torch.logsumexp(log_pi + F.logsigmoid(u) + F.logsigmoid(-u) - log_s, dim=-1)
         newton = x - (logit - target) * torch.exp(log_1mf + log_f - log_pdf)
-        inside = (newton > lo) & (newton < hi)
+        inside = (newton >= lo) & (newton <= hi)  # a converged step may land on an end
         step = torch.where(inside, newton, 0.5 * (lo + hi))
         scale = tol * (1 + step.abs())
         done = ((step - x).abs() <= scale) | ((hi - lo) <= scale)
