@@ -125,20 +125,30 @@ def mixture_forward(x: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
 def mixture_inverse(y: Tensor, raw: Tensor) -> Tensor:
     """The `x` with `mixture_forward(x, raw)[0] == y`, by Newton's method kept inside
     a bracket (see the module docstring for the bracket and the tolerance), in `y`'s
-    dtype."""
+    dtype.
+
+    The iterations work with $F$ and $1 - F$ themselves (each a sum of
+    $\\pi_k\\sigma(\\pm u_k)$, so neither cancels) rather than their logarithms: fewer
+    kernels than the log-space forward, and a value where either underflows gives
+    a non-finite Newton step, which the bracket replaces by its midpoint."""
     a, b, log_pi, mu, log_s = _unpack(raw)
     target = (y - b) * torch.exp(-a)
+    inv_s = torch.exp(-log_s)
+    pi = log_pi.exp()
+    density = pi * inv_s
     ends = mu + torch.exp(log_s) * target.unsqueeze(-1)
     lo, hi = ends.amin(dim=-1), ends.amax(dim=-1)
-    x = (log_pi.exp() * ends).sum(dim=-1)  # the components' solutions, averaged: inside
+    x = (pi * ends).sum(dim=-1)  # the components' solutions, averaged: inside
     tol = 1e-12 if y.dtype == torch.float64 else 1e-6
     for _ in range(MAX_ITERATIONS):
-        logit, log_f, log_1mf, u = _logit_cdf(x, log_pi, mu, log_s)
-        above = logit > target
+        u = (x.unsqueeze(-1) - mu) * inv_s
+        up, down = torch.sigmoid(u), torch.sigmoid(-u)
+        cdf, rest = (pi * up).sum(dim=-1), (pi * down).sum(dim=-1)  # F, 1 - F
+        residual = torch.log(cdf) - torch.log(rest) - target
+        above = residual > 0
         hi = torch.where(above, x, hi)
         lo = torch.where(above, lo, x)
-        log_pdf = torch.logsumexp(log_pi + F.logsigmoid(u) + F.logsigmoid(-u) - log_s, dim=-1)
-        newton = x - (logit - target) * torch.exp(log_1mf + log_f - log_pdf)
+        newton = x - residual * cdf * rest / (density * up * down).sum(dim=-1)
         inside = (newton >= lo) & (newton <= hi)  # a converged step may land on an end
         step = torch.where(inside, newton, 0.5 * (lo + hi))
         scale = tol * (1 + step.abs())
