@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 import torch
 from helpers import one_line_error, run_console, snapshot, start_glow_train
+from omegaconf import OmegaConf
 from PIL import Image
 from test_train import TINY, compose_train
 
@@ -238,4 +240,32 @@ def test_sample_and_eval_help_and_options_are_their_own(tmp_path):
     assert "experiment is not an option of glow-sample; it takes ckpt, temperature, n," in line
     line = one_line_error(eval_main, ["model.K=3"], tmp_path, "glow-eval")
     assert "model is not an option of glow-eval" in line
+    assert os.listdir(tmp_path) == []
+
+
+# 8. whole numbers show as whole numbers -------------------------------------------------
+
+
+def test_whole_numbers_show_without_a_decimal_point(tmp_path):
+    """A float-typed option holding a whole number (digits' `dataset.val_size: 200`,
+    `train.grad_clip: 50`) shows as `200` in `--help`, `--cfg` and the one-line errors,
+    while a saved config (OmegaConf's YAML outside `--help`) keeps its floats."""
+    whole_float = re.compile(r"(:|-) -?\d+\.0$", re.MULTILINE)
+    for main, words in (
+        (train_main, ["val_size: 200\n", "grad_clip: 50\n"]),
+        (sample_main, ["temperature: 0.7\n"]),
+        (eval_main, ["split: test\n"]),
+    ):
+        status, out, _ = run_console(main, ["--help"], tmp_path)
+        assert status == 0 and all(w in out for w in words), out
+        assert not whole_float.findall(out), whole_float.findall(out)
+    status, out, _ = run_console(train_main, ["--cfg", "job", "train.lr=1"], tmp_path)
+    assert status == 0 and "  lr: 1\n" in out and not whole_float.findall(out)
+    assert OmegaConf.to_yaml({"val_size": 200.0}) == "val_size: 200.0\n"  # restored
+    line = one_line_error(train_main, ["train.grad_clip=-2"], tmp_path)
+    assert line.endswith("train.grad_clip must be positive or null, got -2"), line
+    line = one_line_error(train_main, ["dataset.val_size=1500"], tmp_path)
+    assert "dataset.val_size=1500 leaves no training images" in line, line
+    line = one_line_error(train_main, ["train.sample_temperatures=[1,-1]"], tmp_path)
+    assert line.endswith("got [1, -1]"), line
     assert os.listdir(tmp_path) == []
