@@ -93,6 +93,7 @@ class ImageDatasetConfig:
     batch_size: int | None = None
     eval_batch_size: int | None = None
     num_workers: Any = None  # an int, or auto (glow_train.data.loader.resolve_workers)
+    prepared: Any = None  # auto, off (YAML's bare off: false) or a folder (data.prepared)
 
 
 @dataclass
