@@ -67,11 +67,11 @@ def _hydra_only(args: list[str]) -> bool:
 
 
 def _run(config_name: str, prog: str) -> None:
-    from glow_train.runtime.memory import keep_freed_memory
+    try:  # from the first line: an interrupt anywhere in start-up is one line
+        from glow_train.runtime.memory import keep_freed_memory
 
-    keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
-    _warnings_as_lines(prog)
-    try:
+        keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
+        _warnings_as_lines(prog)
         from glow_train.cli.common import check_command_line, whole_numbers_in_yaml
 
         check_command_line(config_name, prog)  # Hydra, OmegaConf: light
