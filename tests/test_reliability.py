@@ -278,6 +278,8 @@ def test_whole_numbers_show_without_a_decimal_point(tmp_path):
         status, out, _ = run_console(main, ["--help"], tmp_path)
         assert status == 0 and all(w in out for w in words), out
         assert not whole_float.findall(out), whole_float.findall(out)
+    status, out, _ = run_console(train_main, ["dataset=csv", "--help"], tmp_path)
+    assert status == 0 and "work_budget: 2e11\n" in out and not whole_float.findall(out)
     status, out, _ = run_console(train_main, ["--cfg", "job", "train.lr=1"], tmp_path)
     assert status == 0 and "  lr: 1\n" in out and not whole_float.findall(out)
     assert OmegaConf.to_yaml({"val_size": 200.0}) == "val_size: 200.0\n"  # restored

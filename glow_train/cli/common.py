@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
-from glow_train.errors import CheckpointError, GlowError
+from glow_train.errors import CheckpointError, GlowError, show
 
 __all__ = [
     "check_command_line",
@@ -196,7 +196,11 @@ def whole_numbers_in_yaml() -> Iterator[None]:
 
     def represent(representer: Any, value: float) -> Any:
         if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
-            return representer.represent_int(int(value))
+            text = show(value)  # 200, or 2e11 as configs/ write it
+            # PyYAML's resolver reads 2e11 as a string, so the str tag writes it plain
+            # (a float tag would add `!!float`); OmegaConf reads it back as the float
+            tag = "str" if "e" in text else "int"
+            return representer.represent_scalar(f"tag:yaml.org,2002:{tag}", text)
         return representer.represent_float(value)
 
     dumper.add_representer(float, represent)
