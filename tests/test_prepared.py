@@ -77,9 +77,12 @@ def test_prepared_into_a_folder_of_its_own(celeba, tmp_path):
 @pytest.mark.parametrize(
     "damage, words",
     [
-        (lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)), r"holds \(3, 8, 8, 3\) uint8,"),
+        (
+            lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)),
+            r"holds \(3, 8, 8, 3\) uint8, while these images and settings give \(3, 16, 16, 3\)",
+        ),
         (lambda p: np.save(p, np.zeros((3, 16, 16, 3), np.float32)), "float32"),
-        (lambda p: os.truncate(p, os.path.getsize(p) - 10), "truncated"),
+        (lambda p: os.truncate(p, os.path.getsize(p) - 10), r"auto\) is truncated, while"),
         (lambda p: p.write_bytes(b"not an array"), "no readable array"),
     ],
 )

@@ -109,18 +109,23 @@ def open_prepared(
     """The prepared file at `path`, checked to hold uint8 `shape` in full, else one
     `DataError` line (`option`: how the user named the file's folder)."""
     try:
-        array = np.load(path, mmap_mode="r")  # reads the header; a short file fails here
-        found = f"{tuple(array.shape)} {array.dtype}"
-        complete = os.path.getsize(path) == array.offset + array.nbytes
-        del array
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            held, _, dtype = read(f)
+            found = f"{tuple(held)} {dtype}"
+            complete = os.path.getsize(path) == f.tell() + dtype.itemsize * int(np.prod(held))
     except (ValueError, OSError, EOFError) as err:
-        found, complete = f"no readable array ({' '.join(str(err).split())[:120]})", False
-    if found != f"{shape} uint8" or not complete:
+        found, complete = f"no readable array ({' '.join(str(err).split())[:120]})", True
+    expected = f"{shape} uint8"
+    if found != expected or not complete:
+        problem = " and is truncated" if found != expected and not complete else ""
+        problem = f"holds {found}{problem}" if found != expected else "is truncated"
         raise DataError(
-            f"the prepared file {path} ({option}) holds {found}"
-            f"{'' if complete else ', truncated'}, not the {shape} uint8 these images and "
-            "settings give: it was made from other files or is damaged; delete it to have "
-            "it made again, or set dataset.prepared=off to decode the images"
+            f"the prepared file {path} ({option}) {problem}, while these images and "
+            f"settings give {expected}: it was made from other files or is damaged; delete "
+            "it to have it made again, or set dataset.prepared=off to decode the images"
         )
     return PreparedImages(path, shape, source)
 
