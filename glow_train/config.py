@@ -64,8 +64,8 @@ def checked(default: Any = MISSING, **rule: Any) -> Any:
     `low` (and `high`): an integer in that range (`None` passes when the default is
     `None`); `choices`: one of those values; `example`: a number or a list of numbers
     (each `>= low` when given), turned into a list of floats, `example` showing a valid
-    value in the message. Nothing else about the field changes: OmegaConf reads its
-    type and default as usual.
+    value in the message; `why`: the reason for the range, added to the message. Nothing
+    else about the field changes: OmegaConf reads its type and default as usual.
     """
     return field(default=default, metadata={"check": rule})
 
@@ -93,6 +93,7 @@ class ImageDatasetConfig:
     batch_size: int | None = None
     eval_batch_size: int | None = None
     num_workers: Any = None  # an int, or auto (glow_train.data.loader.resolve_workers)
+    prepared: Any = None  # auto, off (YAML's bare off: false) or a folder (data.prepared)
 
 
 @dataclass
@@ -264,7 +265,9 @@ class EvalConfig:
     class_prior: str = MISSING  # p(y) of a class-conditional model's p(x): uniform|train
     precision: str = MISSING  # fp32|bf16|auto (glow_train.runtime.precision)
     backtest: str | None = None  # var: the risk backtest of a series model (series.BACKTESTS)
-    backtest_samples: int = checked(low=100)
+    backtest_samples: int = checked(
+        low=100, why="the model's draws per step; the 1 % VaR is their 1st percentile"
+    )
     # keys of the checkpoint's dataset config to replace, or a whole dataset=<name>
     # entry (typed by its own schema); checked by glow_train.data.validate_dataset_config
     dataset: Any = None

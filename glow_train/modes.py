@@ -40,6 +40,7 @@ __all__ = [
     "COMMANDS",
     "Mode",
     "Written",
+    "check_option",
     "command_mode",
     "command_options",
     "refuse_unused",
@@ -104,15 +105,34 @@ def _container(given: Any) -> dict[str, Any]:
     return dict(given)
 
 
+def check_option(command: str, name: str, value: Any) -> Any:
+    """`value` of `command`'s option `name` checked by its schema field's `checked` rule,
+    as `command_options` checks it: for a library function that takes the option as an
+    argument of its own (e.g. `glow_train.series.backtest.backtest`'s `samples`), so the
+    range and its message live in one place, the schema.
+
+    Raises:
+        ConfigError: the value out of the rule's range, in one line naming the option.
+    """
+    entry = next(f for f in fields(COMMANDS[command]) if f.name == name)
+    return _check(name, value, entry.metadata["check"], entry.default)
+
+
 def _check(name: str, value: Any, rule: Mapping[str, Any], default: Any) -> Any:
     """`value` of the option `name` checked by its schema field's `rule`."""
-    if "choices" in rule:
-        if value not in rule["choices"]:
-            raise ConfigError(f"{name} must be one of {', '.join(rule['choices'])}, got {value!r}")
-        return value
-    if "example" in rule:
-        return require_numbers(name, value, rule["example"], rule.get("low"))
-    return require_int(name, value, rule["low"], rule.get("high"), allow_none=default is None)
+    try:
+        if "choices" in rule:
+            if value not in rule["choices"]:
+                choices = ", ".join(rule["choices"])
+                raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+            return value
+        if "example" in rule:
+            return require_numbers(name, value, rule["example"], rule.get("low"))
+        return require_int(name, value, rule["low"], rule.get("high"), allow_none=default is None)
+    except ConfigError as err:
+        if "why" not in rule:
+            raise
+        raise ConfigError(f"{err} ({rule['why']})") from None
 
 
 @dataclass

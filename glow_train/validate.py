@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, show
 
 __all__ = ["require_int", "require_numbers", "parse_duration", "check_n_bits"]
 
@@ -33,7 +33,7 @@ def require_int(
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
     if value < low or (high is not None and value > high):
-        raise ConfigError(f"{name} must be an integer {bounds}, got {value}")
+        raise ConfigError(f"{name} must be an integer {bounds}, got {show(value)}")
     return int(value)
 
 
@@ -46,15 +46,17 @@ def require_numbers(
     values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     if len(values) == 0:
         raise ConfigError(f"{name} must name at least one value, e.g. {name}={example}")
-    bound = "" if low is None else f" >= {low:g}"
+    bound = "" if low is None else f" >= {show(low)}"
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise ConfigError(f"{name} must be a number{bound}, got {v!r}")
+            raise ConfigError(f"{name} must be a number{bound}, got {show(v)}")
         if not math.isfinite(v):  # inf, nan: numbers, yet no setting means them
-            raise ConfigError(f"{name} must be a finite number{bound}, e.g. {example}; got {v}")
+            raise ConfigError(
+                f"{name} must be a finite number{bound}, e.g. {example}; got {show(v)}"
+            )
         if low is not None and v < low:
-            raise ConfigError(f"{name} must be a number{bound}, got {v!r}")
+            raise ConfigError(f"{name} must be a number{bound}, got {show(v)}")
         out.append(float(v))
     return out
 
@@ -78,5 +80,5 @@ def parse_duration(value: Any) -> float | None:
             )
         seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
     if seconds <= 0:
-        raise ConfigError(f"train.time_limit must be positive, got {value!r}")
+        raise ConfigError(f"train.time_limit must be positive, got {show(value)}")
     return seconds

@@ -176,7 +176,7 @@ def test_a_failing_job_is_listed_and_the_sweep_exits_non_zero(tmp_path):
     args = ["-m", *SWEEP, "train.lr=-1,1e-3", f"hydra.sweep.dir={sweep}"]
     status, out, err = run_console(train_main, args, tmp_path)
     assert status == 1, err
-    assert "glow-train: error: train.lr must be positive, got -1.0" in err
+    assert "glow-train: error: train.lr must be positive, got -1" in err
     assert "1 of 2 jobs failed:\n  job 0 (train.lr=-1): returned nan" in err
     assert not (sweep / "0").exists()  # the failed job's folder is not left empty
     assert (sweep / "1" / "last.pt").is_file()

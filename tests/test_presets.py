@@ -76,6 +76,8 @@ def test_celeba_preset_on_aligned_jpegs(tmp_path, celeba_root, monkeypatch):  # 
     monkeypatch.setattr("torchvision.datasets.celeba.check_integrity", existence_only)
     cfg, _ = run_preset(tmp_path, "celeba", f"dataset.root={celeba_root}", "dataset.val_size=1")
     assert shape(cfg) == (4, 64, 5)
+    prepared = celeba_root / "celeba" / "celeba_train_crop148_64x64x3.npy"  # prepared=auto
+    assert np.load(prepared).shape == (3, 64, 64, 3)
 
 
 def test_celeba_hq256_preset_on_a_folder_of_faces(tmp_path, faces_256):

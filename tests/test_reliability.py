@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
-from helpers import one_line_error, run_console, snapshot, start_glow_train
+from helpers import one_line_error, run_console, snapshot
+from omegaconf import OmegaConf
 from PIL import Image
 from test_train import TINY, compose_train
 
@@ -212,12 +215,30 @@ def test_resuming_past_the_limit_says_there_is_nothing_to_do(finished_run, tmp_p
 # 6. Ctrl-C during start-up -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.2])
+#: the installed `glow-train` script's own lines, with a line on stderr once its import
+#: is done: before that, Python itself is starting (its `site` imports), which no
+#: program can guard, and a fixed delay from the launch lands there on a loaded machine
+SCRIPT_WITH_READY = (
+    "import sys; from glow_train.cli import train_main; "
+    "print('ready', file=sys.stderr, flush=True); "
+    "sys.argv[0] = 'glow-train'; sys.exit(train_main())"
+)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.2])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
-    # start-up (imports, data, model) takes a few seconds: the signal comes during it
-    proc = start_glow_train(
-        [f"run_dir={tmp_path / 'run'}", "train.progress=false"], tmp_path, then=delay
+    # start-up (the guarded imports of Hydra, then PyTorch, data, model) takes seconds:
+    # the signal comes `delay` seconds into it, counted from glow-train's first line
+    args = [f"run_dir={tmp_path / 'run'}", "train.progress=false"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT_WITH_READY, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    assert proc.stderr.readline() == "ready\n"
+    time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err == "glow-train: aborted\n", err
@@ -238,4 +259,34 @@ def test_sample_and_eval_help_and_options_are_their_own(tmp_path):
     assert "experiment is not an option of glow-sample; it takes ckpt, temperature, n," in line
     line = one_line_error(eval_main, ["model.K=3"], tmp_path, "glow-eval")
     assert "model is not an option of glow-eval" in line
+    assert os.listdir(tmp_path) == []
+
+
+# 8. whole numbers show as whole numbers -------------------------------------------------
+
+
+def test_whole_numbers_show_without_a_decimal_point(tmp_path):
+    """A float-typed option holding a whole number (digits' `dataset.val_size: 200`,
+    `train.grad_clip: 50`) shows as `200` in `--help`, `--cfg` and the one-line errors,
+    while a saved config (OmegaConf's YAML outside `--help`) keeps its floats."""
+    whole_float = re.compile(r"(:|-) -?\d+\.0$", re.MULTILINE)
+    for main, words in (
+        (train_main, ["val_size: 200\n", "grad_clip: 50\n"]),
+        (sample_main, ["temperature: 0.7\n"]),
+        (eval_main, ["split: test\n"]),
+    ):
+        status, out, _ = run_console(main, ["--help"], tmp_path)
+        assert status == 0 and all(w in out for w in words), out
+        assert not whole_float.findall(out), whole_float.findall(out)
+    status, out, _ = run_console(train_main, ["dataset=csv", "--help"], tmp_path)
+    assert status == 0 and "work_budget: 2e11\n" in out and not whole_float.findall(out)
+    status, out, _ = run_console(train_main, ["--cfg", "job", "train.lr=1"], tmp_path)
+    assert status == 0 and "  lr: 1\n" in out and not whole_float.findall(out)
+    assert OmegaConf.to_yaml({"val_size": 200.0}) == "val_size: 200.0\n"  # restored
+    line = one_line_error(train_main, ["train.grad_clip=-2"], tmp_path)
+    assert line.endswith("train.grad_clip must be positive or null, got -2"), line
+    line = one_line_error(train_main, ["dataset.val_size=1500"], tmp_path)
+    assert "dataset.val_size=1500 leaves no training images" in line, line
+    line = one_line_error(train_main, ["train.sample_temperatures=[1,-1]"], tmp_path)
+    assert line.endswith("got [1, -1]"), line
     assert os.listdir(tmp_path) == []

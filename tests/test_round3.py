@@ -255,6 +255,6 @@ def test_a_large_table_plans_minutes_not_hours_and_says_why(tmp_path):
     start = out.splitlines()[0]
     assert "dataset.batch_size=480" in start, start
     assert (
-        "train.max_steps=2400 (capped from 15,000 by sizing.train.work_budget=2e+11, so that "
+        "train.max_steps=2400 (capped from 15,000 by sizing.train.work_budget=2e11, so that "
         "the run takes minutes on a CPU; set train.max_steps to train longer)"
     ) in start, start

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from helpers import run_console
 from scipy import stats
 
 from glow_train.cli import eval_main, sample_main, train_main
-from glow_train.series.backtest import christoffersen, kupiec, var_es
+from glow_train.errors import ConfigError
+from glow_train.series.backtest import backtest, christoffersen, kupiec, var_es
 
 
 def test_kupiec_is_the_binomial_likelihood_ratio():
@@ -200,3 +202,22 @@ def test_a_long_forecast_shows_its_progress(price_runs, monkeypatch):
     assert status == 0, err
     ((kwargs, bar),) = bars
     assert kwargs["total"] == 40 and kwargs["delay"] == 2 and bar.steps == 40
+
+
+def test_backtest_draws_refused_with_the_reason(price_runs):
+    """Fewer than 100 draws per step: one line with the range and its reason, from the
+    command and from the library function alike; `draws=` is glow-eval's figures'
+    option, refused by the backtest; nothing is written."""
+    folder, _, runs = price_runs
+    ckpt = f"ckpt={runs['context']}"
+    wanted = "backtest_samples must be an integer >= 100, got 50 (the model's draws per step"
+    status, out, err = run_console(
+        eval_main, [ckpt, "backtest=var", "backtest_samples=50", "out=few"], folder
+    )
+    assert status == 2 and len(err.strip().splitlines()) == 1 and wanted in err, err
+    with pytest.raises(ConfigError, match=re.escape(wanted)):
+        backtest(runs["context"], samples=50, out=folder / "few")
+    status, out, err = run_console(eval_main, [ckpt, "backtest=var", "draws=50"], folder)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "draws= is not an option of backtest=var" in err and "backtest_samples" in err, err
+    assert not (folder / "few").exists()

@@ -67,17 +67,20 @@ def _hydra_only(args: list[str]) -> bool:
 
 
 def _run(config_name: str, prog: str) -> None:
-    from glow_train.runtime.memory import keep_freed_memory
+    try:  # from the first line: an interrupt anywhere in start-up is one line
+        from glow_train.runtime.memory import keep_freed_memory
 
-    keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
-    _warnings_as_lines(prog)
-    try:
-        from glow_train.cli.common import check_command_line  # Hydra, OmegaConf: light
+        keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
+        _warnings_as_lines(prog)
+        from glow_train.cli.common import check_command_line, whole_numbers_in_yaml
 
-        check_command_line(config_name, prog)
+        check_command_line(config_name, prog)  # Hydra, OmegaConf: light
         if not _hydra_only(sys.argv[1:]):
             _load(config_name)
-        import_module(_MODULES[config_name][0]).app()
+            import_module(_MODULES[config_name][0]).app()
+            return
+        with whole_numbers_in_yaml():  # --help, --cfg: `val_size: 200`, not `200.0`
+            import_module(_MODULES[config_name][0]).app()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)

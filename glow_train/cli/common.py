@@ -13,9 +13,12 @@ It also lets Hydra find this project's sweeper (`hydra_plugins.glow_train_sweepe
 
 from __future__ import annotations
 
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
@@ -23,7 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from glow_train.config import EvalConfig, SampleConfig
-from glow_train.errors import CheckpointError, GlowError
+from glow_train.errors import CheckpointError, GlowError, show
 
 __all__ = [
     "check_command_line",
@@ -37,6 +40,7 @@ __all__ = [
     "say_precision",
     "say_which",
     "typed_options",
+    "whole_numbers_in_yaml",
 ]
 
 
@@ -184,6 +188,40 @@ def _shared_overrides(overrides: list[str]) -> list[str]:
         for o in parsed
         if not o.is_sweep_override() and not o.is_hydra_override() and o.input_line
     ]
+
+
+@contextmanager
+def whole_numbers_in_yaml() -> Iterator[None]:
+    """While open, the YAML that OmegaConf writes (Hydra's `--help` and `--cfg`) shows
+    a whole float as a whole number (`val_size: 200`, not `200.0`), as
+    `glow_train.errors.show` does in messages; reading it back gives the same value,
+    since the schema types the field. Nothing else OmegaConf writes (a run folder's
+    `.hydra/config.yaml`) is changed: the representer is restored on exit."""
+    from omegaconf._utils import get_omega_conf_dumper
+
+    dumper = get_omega_conf_dumper()
+    own = "yaml_representers" in dumper.__dict__  # add_representer copies on first use
+    previous = dumper.yaml_representers.get(float)
+
+    def represent(representer: Any, value: float) -> Any:
+        if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+            text = show(value)  # 200, or 2e11 as configs/ write it
+            # PyYAML's resolver reads 2e11 as a string, so the str tag writes it plain
+            # (a float tag would add `!!float`); OmegaConf reads it back as the float
+            tag = "str" if "e" in text else "int"
+            return representer.represent_scalar(f"tag:yaml.org,2002:{tag}", text)
+        return representer.represent_float(value)
+
+    dumper.add_representer(float, represent)
+    try:
+        yield
+    finally:
+        if not own:
+            del dumper.yaml_representers
+        elif previous is None:
+            del dumper.yaml_representers[float]
+        else:
+            dumper.yaml_representers[float] = previous
 
 
 def report(prog: str, fn: Callable[[], object], exit_on_error: bool = True) -> bool:

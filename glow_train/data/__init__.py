@@ -10,7 +10,8 @@ horizontal flip (`dataset.hflip`) to the trainer.
 Layout: `spec` (DataSpec, DataSource), `checks` (shared range checks),
 `transforms` (PIL -> uint8), `images` (the dataset classes), `files`
 (torchvision load errors and tidy-up), `digits` / `mnist` / `cifar10` /
-`celeba` / `folder` (the image sources), `csvfile` + `table` (numeric
+`celeba` / `folder` (the image sources), `prepared` (an image source
+decoded once into a uint8 array file), `csvfile` + `table` (numeric
 columns of a CSV file: rows or time-series windows, `dataset=csv`),
 `registry` (names; loading and checking configs), `batch`, `labels`, `loader`.
 """

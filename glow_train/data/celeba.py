@@ -1,5 +1,9 @@
 """CelebA (aligned faces) through `torchvision.datasets.CelebA`: its train and test
-partitions, centre-cropped and resized; no labels (its targets are attribute vectors)."""
+partitions, centre-cropped and resized; no labels (its targets are attribute vectors).
+
+With `dataset.prepared` (`auto`: a file beside the images; a folder; `off`) each split
+is decoded once into a uint8 array file and read from it (`glow_train.data.prepared`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from torch.utils.data import Dataset
 from glow_train.data.checks import int_key, require_root
 from glow_train.data.files import open_torchvision
 from glow_train.data.images import ImageDataset
+from glow_train.data.prepared import prepared_folder, prepared_or_decoded, prepared_path
 from glow_train.data.spec import DataSource
 from glow_train.data.transforms import ToUint8
 
@@ -26,10 +31,12 @@ LIST_FILES = (
 
 
 def validate(cfg: dict[str, Any]) -> None:
-    """Check a `dataset=celeba` config (`root`, `crop`) without reading the files."""
+    """Check a `dataset=celeba` config (`root`, `crop`, `prepared`) without reading
+    the files."""
     require_root(cfg)
     if cfg.get("crop") is not None:
         int_key(cfg, "crop", 1)
+    prepared_folder(cfg, Path(cfg["root"]))
 
 
 def _missing(root: Path, folder: Path) -> str | None:
@@ -65,7 +72,13 @@ def build(cfg: dict[str, Any], split: str) -> Dataset:
         ),
     )
     transform = ToUint8(cfg["channels"], cfg["image_size"], fit="resize", crop=cfg.get("crop"))
-    return ImageDataset(source, transform, SOURCE.num_classes)
+    decoded = ImageDataset(source, transform, SOURCE.num_classes)
+    folder = prepared_folder(cfg, Path(cfg["root"]).expanduser() / CelebA.base_folder)
+    path = None if folder is None else prepared_path(folder, "celeba", split, cfg)
+    size, channels = int(cfg["image_size"]), int(cfg["channels"])
+    option = f"dataset.prepared={cfg.get('prepared') or 'off'}"
+    shape = (len(decoded), size, size, channels)
+    return prepared_or_decoded(decoded, path, shape, option, cfg.get("num_workers") or 0)
 
 
 SOURCE = DataSource("celeba", build, num_classes=0, validate=validate)

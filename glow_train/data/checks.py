@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, show
 from glow_train.validate import require_int
 
 __all__ = [
@@ -65,5 +65,7 @@ def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
     """`dataset.<key>` (a fraction in [0, 1) or a whole count) as a count of `total`."""
     value = float(require_key(cfg, key))
     if value < 0 or (value >= 1 and not value.is_integer()):
-        raise ConfigError(f"dataset.{key} must be a fraction in [0, 1) or a count, got {value:g}")
+        raise ConfigError(
+            f"dataset.{key} must be a fraction in [0, 1) or a count, got {show(value)}"
+        )
     return int(value) if value >= 1 else int(round(value * total))

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from glow_train.data.checks import require_key
 from glow_train.data.spec import DataSource, DataSpec, image_spec
 from glow_train.data.transforms import ToUint8
-from glow_train.errors import ConfigError, DataError
+from glow_train.errors import ConfigError, DataError, show
 
 __all__ = ["SOURCE", "ImageFolder", "IMAGE_EXTENSIONS", "class_folders"]
 
@@ -136,7 +136,8 @@ class ImageFolder(Dataset):
             if chosen:
                 reason = "no readable image"
             else:
-                reason = f"no image falls in the {split} split (test_fraction={test_fraction})"
+                shown = show(test_fraction)
+                reason = f"no image falls in the {split} split (dataset.test_fraction={shown})"
             raise DataError(
                 f"{reason} among {len(files)} image file(s) under {self.root} (dataset.root); "
                 f"add images or adjust dataset.test_fraction"

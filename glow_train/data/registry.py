@@ -18,7 +18,7 @@ from glow_train.config import SPLITS, typed
 from glow_train.data import celeba, cifar10, digits, folder, mnist, table
 from glow_train.data.checks import as_dict, check_image_keys, int_key
 from glow_train.data.spec import DataSource, DataSpec
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, show
 
 __all__ = [
     "DATASETS",
@@ -110,7 +110,7 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
         value = float(cfg["val_size"])
         if value < 0 or (value >= 1 and not value.is_integer()):
             raise ConfigError(
-                f"dataset.val_size must be a fraction in [0, 1) or a count, got {value:g}"
+                f"dataset.val_size must be a fraction in [0, 1) or a count, got {show(value)}"
             )
         if cfg.get("split_seed") is not None:
             int_key(cfg, "split_seed", 0)
@@ -191,7 +191,8 @@ def _held_out(entry: DataSource, cfg: dict[str, Any]) -> tuple[Dataset, Dataset 
         return full, None
     if n_val >= len(full):
         raise ConfigError(
-            f"dataset.val_size={cfg['val_size']} leaves no training images of {len(full)}; lower it"
+            f"dataset.val_size={show(cfg['val_size'])} leaves no training images of "
+            f"{len(full)}; lower it"
         )
     if cfg.get("val_draw") == "last":
         order = torch.arange(len(full)).roll(n_val)  # the last n_val first

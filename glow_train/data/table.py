@@ -35,7 +35,7 @@ from glow_train.data.csvfile import HEADERS, header_choice, read_columns
 from glow_train.data.quality import check_values, grouped_split
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.data.windows import log_returns, split_series
-from glow_train.errors import ConfigError, DataError
+from glow_train.errors import ConfigError, DataError, show
 
 __all__ = ["SOURCE", "VectorDataset", "Table", "load_table", "TRANSFORMS"]
 
@@ -201,8 +201,8 @@ def _split_rows(values: np.ndarray, cfg: dict[str, Any], path: Path) -> dict[str
     if n_test < 1 or n_train < 2:
         raise DataError(
             f"dataset.path={path}: {n} rows split into {n_test} test, {n_val} validation and "
-            f"{max(n_train, 0)} training rows (dataset.test_size={cfg['test_size']:g}, "
-            f"dataset.val_size={cfg['val_size']:g}); a table needs at least 1 test row and 2 "
+            f"{max(n_train, 0)} training rows (dataset.test_size={show(cfg['test_size'])}, "
+            f"dataset.val_size={show(cfg['val_size'])}); a table needs at least 1 test row and 2 "
             "training rows: "
             + (
                 "add rows"

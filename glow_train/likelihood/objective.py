@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from glow_train.data.batch import Batch
 from glow_train.data.spec import DataSpec
-from glow_train.errors import ConfigError, DataError, NonFiniteError
+from glow_train.errors import ConfigError, DataError, NonFiniteError, show
 from glow_train.flows.conditioner import ZeroInit
 from glow_train.flows.standardize import Standardize
 from glow_train.likelihood.dequantize import Dequantizer, build_dequantizer
@@ -288,7 +288,7 @@ class Objective(nn.Module):
             # A healthy model can overflow on an extreme latent at a high temperature:
             # draw those samples clamped, and say so.
             warnings.warn(
-                f"{bad} of {n} samples at temperature {temperature:g} overflowed (extreme "
+                f"{bad} of {n} samples at temperature {show(temperature)} overflowed (extreme "
                 "latents) and are drawn clamped",
                 RuntimeWarning,
                 stacklevel=1,
@@ -305,12 +305,12 @@ class Objective(nn.Module):
             means = self.flow.sample(1, 0.0, None, None if y is None else y[:1])
             if bool(torch.isfinite(means).all()):
                 return NonFiniteError(
-                    f"all {n} samples at temperature={temperature:g} are not finite, while the "
+                    f"all {n} samples at temperature={show(temperature)} are not finite, while the "
                     "model's own mean (temperature=0) is: the temperature is too high; use "
                     "values around 0.5 to 1"
                 )
         return NonFiniteError(
-            f"{n} of {n} samples at temperature {temperature:g} are not finite: "
+            f"{n} of {n} samples at temperature {show(temperature)} are not finite: "
             "the model diverged; use an earlier checkpoint"
         )
 

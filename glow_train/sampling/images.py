@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from glow_train.config import LAYOUTS, SampleConfig, packaged_defaults
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, show
 from glow_train.io.outputs import claim_outputs, sample_targets, write_atomic
 from glow_train.likelihood.loading import load, resolve_checkpoint
 from glow_train.likelihood.objective import Objective
@@ -287,7 +287,7 @@ def sample(ckpt: str | os.PathLike, opts: SampleConfig) -> list[Path]:
                 f"{ckpt} models {spec.kind}s of the data itself"
             )
         if not math.isfinite(float(start_price)) or float(start_price) <= 0:
-            raise ConfigError(f"start_price must be a number > 0, got {start_price!r}")
+            raise ConfigError(f"start_price must be a number > 0, got {show(start_price)}")
     labels, tag, count = class_choice(y, objective.flow.num_classes, n, layout)
     if labels is not None and labels.numel() > n:  # y=all: a row of n per class
         nrow = n

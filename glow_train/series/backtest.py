@@ -32,8 +32,8 @@ from glow_train.data.checks import split_count
 from glow_train.data.spec import DataSpec
 from glow_train.data.table import series_values
 from glow_train.data.windows import padded_rows
-from glow_train.errors import ConfigError
 from glow_train.io.outputs import claim_outputs, folder_targets, write_atomic
+from glow_train.modes import check_option
 from glow_train.series.forecast import context_model, draw_given
 from glow_train.series.risk import (
     LEVELS,
@@ -106,10 +106,10 @@ def backtest(
     `overwrite`).
 
     Raises:
-        ConfigError: a model without a context, or `samples` below 100.
+        ConfigError: a model without a context, or `samples` out of the range of
+            `glow-eval`'s `backtest_samples` (at least 100 draws per step).
     """
-    if samples < 100:
-        raise ConfigError(f"backtest_samples={samples}: use at least 100 draws per step")
+    samples = check_option("eval", "backtest_samples", samples)
     flow, spec, info = context_model(
         ckpt,
         ema,

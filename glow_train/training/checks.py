@@ -15,7 +15,7 @@ from glow_train.config import (
     upgrade_keys,
 )
 from glow_train.data import validate_dataset_config
-from glow_train.errors import ConfigError, DataError
+from glow_train.errors import ConfigError, DataError, show
 from glow_train.models import model_class
 from glow_train.training.compiling import check_compile
 from glow_train.training.signals import preempt_signal
@@ -82,7 +82,7 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer={t.optimizer!r}; use {', '.join(OPTIMIZERS)}")
     if t.lr <= 0:
-        raise ConfigError(f"train.lr must be positive, got {t.lr}")
+        raise ConfigError(f"train.lr must be positive, got {show(t.lr)}")
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
     for key in ("max_steps", "max_epochs", "init_samples", "max_bad_steps", "log_every"):
@@ -96,28 +96,28 @@ def check_train(cfg: DictConfig, auto: set[str] = frozenset()) -> None:
         if f"train.{key}" not in auto and t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1 (or null to turn it off)")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
+        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {show(t.ema_decay)}")
     if t.grad_clip is not None and t.grad_clip <= 0:
-        raise ConfigError(f"train.grad_clip must be positive or null, got {t.grad_clip}")
+        raise ConfigError(f"train.grad_clip must be positive or null, got {show(t.grad_clip)}")
     preempt_signal(t.preempt_signal)
     check_compile(t.compile, t.compile_mode)
     if not (math.isfinite(t.class_loss_weight) and t.class_loss_weight >= 0):
-        raise ConfigError(f"train.class_loss_weight must be >= 0, got {t.class_loss_weight}")
+        raise ConfigError(f"train.class_loss_weight must be >= 0, got {show(t.class_loss_weight)}")
     for key in ("warmup_steps", "weight_decay"):
         if f"train.{key}" not in auto and t[key] < 0:
-            raise ConfigError(f"train.{key} must not be negative, got {t[key]}")
+            raise ConfigError(f"train.{key} must not be negative, got {show(t[key])}")
     if t.num_samples < 1:
         raise ConfigError(f"train.num_samples must be at least 1, got {t.num_samples}")
     temperatures = list(t.sample_temperatures)
     if not temperatures or not all(math.isfinite(x) and x >= 0 for x in temperatures):
         raise ConfigError(
-            f"train.sample_temperatures must be one or more numbers >= 0, got {temperatures}"
+            f"train.sample_temperatures must be one or more numbers >= 0, got {show(temperatures)}"
         )
     if t.eval_seed < 0:
         raise ConfigError(f"train.eval_seed must be >= 0, got {t.eval_seed}")
     parse_duration(t.time_limit)
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {show(list(t.betas))}")
     if all(t[k] is None for k in ("max_steps", "max_epochs", "time_limit")):
         raise ConfigError(
             "no stopping rule: set train.max_steps, train.max_epochs or train.time_limit"

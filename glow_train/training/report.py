@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from glow_train.errors import GlowError
+from glow_train.errors import GlowError, show
 from glow_train.models import FlowModel
 from glow_train.training.state import Progress
 
@@ -55,7 +55,7 @@ def diverged(train_cfg: DictConfig, progress: Progress, last_good: str) -> Train
     return TrainingDiverged(
         f"{progress.bad_in_a_row} consecutive steps had a non-finite loss or gradient "
         f"(step {progress.step}); likely causes: a learning rate too high "
-        f"(train.lr={train_cfg.lr}), too short a warm-up (train.warmup_steps="
+        f"(train.lr={show(train_cfg.lr)}), too short a warm-up (train.warmup_steps="
         f"{train_cfg.warmup_steps}), or affine coupling (try model.coupling=additive); "
         f"{last_good}"
     )

@@ -36,7 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from glow_train.errors import ConfigError
+from glow_train.errors import ConfigError, show
 
 __all__ = ["AUTO", "AUTO_KEYS", "auto_keys", "resolve_auto", "sized_value", "describe_chosen"]
 
@@ -130,7 +130,7 @@ def capped_steps(cfg: Any, chosen: dict[str, Any], budget: float, dims: int) -> 
         return steps
     capped = CappedSteps(most)
     capped.reason = (
-        f"capped from {steps:,} by sizing.train.work_budget={budget:g}, so that the run "
+        f"capped from {steps:,} by sizing.train.work_budget={show(budget)}, so that the run "
         "takes minutes on a CPU; set train.max_steps to train longer"
     )
     return capped
@@ -170,10 +170,8 @@ def resolve_auto(
 def describe_chosen(chosen: dict[str, Any]) -> str:
     """`auto for 398 items: model.K=6, ...` for the start-up line."""
     return ", ".join(
-        f"{k}={v:g}"
-        if isinstance(v, float)
-        else f"{k}={int(v)} ({v.reason})"
+        f"{k}={int(v)} ({v.reason})"
         if isinstance(v, CappedSteps)
-        else f"{k}={v}"
+        else f"{k}={show(v) if isinstance(v, int | float) else v}"
         for k, v in chosen.items()
     )
