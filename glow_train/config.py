@@ -11,14 +11,11 @@ line is read.
 Each command's options are declared here once: `TrainConfig`, `SampleConfig` and
 `EvalConfig` (a field and its value in the YAML). The command passes its composed
 config as one object to the function behind it; the Python API builds the same
-object from the YAML's values and keyword overrides
-(`glow_train.modes.command_options`), checked once.
+object from the YAML and keyword overrides (`glow_train.modes.command_options`).
 
-Library callers that pass plain dicts get the same checks through `typed`. Range
-checks of the training config stay with the code that owns each group:
-`glow_train.training.checks.check_train` for `train.*` and the top level,
-`glow_train.data.validate_dataset_config` for `dataset.*`, the model classes for
-`model.*`; single values through `glow_train.validate`.
+Plain dicts get the same checks through `typed`. Range checks stay with the code
+that owns each group (`glow_train.training.checks.check_train`, the data's
+`validate_dataset_config`, the model classes, `glow_train.validate`).
 """
 
 from __future__ import annotations
