@@ -135,13 +135,15 @@ def test_every_dataset_with_a_preset_file_is_a_dataset():
 
 
 def test_digits_preset_keeps_the_tuned_demo_settings():
-    """``glow-train`` (make demo) trains what it trained before the presets existed."""
+    """`glow-train` (make demo) trains the settings measured for it: Glow's schedule
+    with Flow++'s logistic-mixture coupling (docs/guide/training.md)."""
     cfg = compose_config("train", [])
     assert key_values(cfg) == PRESETS["digits"] and cfg.dataset.name == "digits"
     t, m = cfg.train, cfg.model
-    assert (m.dropout, m.coupling, t.optimizer, t.weight_decay, t.warmup_steps) == (
-        0.1, "affine", "adamw", 0.2, 200
+    assert (m.dropout, m.coupling, m.mixture_components, t.optimizer, t.weight_decay) == (
+        0.1, "logistic_mixture", 4, "adamw", 0.2
     )  # fmt: skip
+    assert t.warmup_steps == 200
     assert (t.ema_decay, t.dequantization, t.eval_every_steps, t.ckpt_every) == (
         0.99, "variational", 300, 500
     )  # fmt: skip
