@@ -98,14 +98,6 @@ def _unpack(raw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return a, raw[..., 1], log_pi, raw[..., 2 + k : 2 + 2 * k], log_s
 
 
-def _logit_cdf(x: Tensor, log_pi: Tensor, mu: Tensor, log_s: Tensor) -> tuple[Tensor, ...]:
-    """$\\sigma^{-1}(F(x))$, $\\log F$, $\\log(1 - F)$ and the components' $u_k$."""
-    u = (x.unsqueeze(-1) - mu) * torch.exp(-log_s)
-    log_f = torch.logsumexp(log_pi + F.logsigmoid(u), dim=-1)
-    log_1mf = torch.logsumexp(log_pi + F.logsigmoid(-u), dim=-1)
-    return log_f - log_1mf, log_f, log_1mf, u
-
-
 def mixture_forward(x: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
     """$y = e^a \\sigma^{-1}(F(x)) + b$ and $\\log \\partial y / \\partial x$, elementwise.
 
@@ -117,9 +109,12 @@ def mixture_forward(x: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
         `(y, log dy/dx)`, both of shape `S`.
     """
     a, b, log_pi, mu, log_s = _unpack(raw)
-    logit, log_f, log_1mf, u = _logit_cdf(x, log_pi, mu, log_s)
-    log_pdf = torch.logsumexp(log_pi + F.logsigmoid(u) + F.logsigmoid(-u) - log_s, dim=-1)
-    return torch.exp(a) * logit + b, a + log_pdf - log_f - log_1mf
+    u = (x.unsqueeze(-1) - mu) * torch.exp(-log_s)
+    log_up, log_down = F.logsigmoid(u), F.logsigmoid(-u)  # log sigma(u_k), log sigma(-u_k)
+    log_f = torch.logsumexp(log_pi + log_up, dim=-1)  # log F
+    log_1mf = torch.logsumexp(log_pi + log_down, dim=-1)  # log(1 - F)
+    log_pdf = torch.logsumexp(log_pi + log_up + log_down - log_s, dim=-1)
+    return torch.exp(a) * (log_f - log_1mf) + b, a + log_pdf - log_f - log_1mf
 
 
 def mixture_inverse(y: Tensor, raw: Tensor) -> Tensor:
