@@ -21,6 +21,7 @@ __all__ = [
     "require_root",
     "int_key",
     "check_image_keys",
+    "fraction_or_count",
     "split_count",
 ]
 
@@ -61,11 +62,17 @@ def require_root(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
-    """`dataset.<key>` (a fraction in [0, 1) or a whole count) as a count of `total`."""
+def fraction_or_count(cfg: Mapping[str, Any], key: str) -> float:
+    """`dataset.<key>` checked to be a fraction in [0, 1) or a whole count."""
     value = float(require_key(cfg, key))
     if value < 0 or (value >= 1 and not value.is_integer()):
         raise ConfigError(
             f"dataset.{key} must be a fraction in [0, 1) or a count, got {show(value)}"
         )
+    return value
+
+
+def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
+    """`dataset.<key>` (a fraction in [0, 1) or a whole count) as a count of `total`."""
+    value = fraction_or_count(cfg, key)
     return int(value) if value >= 1 else int(round(value * total))

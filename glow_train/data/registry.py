@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from glow_train.config import SPLITS, typed
 from glow_train.data import celeba, cifar10, digits, folder, mnist, table
-from glow_train.data.checks import as_dict, check_image_keys, int_key
+from glow_train.data.checks import as_dict, check_image_keys, fraction_or_count, int_key
 from glow_train.data.spec import DataSource, DataSpec
 from glow_train.errors import ConfigError, show
 
@@ -107,11 +107,7 @@ def validate_dataset_config(cfg: Any, shape_only: bool = False) -> dict[str, Any
     if cfg.get("num_workers") not in (None, "auto"):  # auto: glow_train.data.loader
         int_key(cfg, "num_workers", 0)
     if entry.kind == "image" and cfg.get("val_size") is not None:
-        value = float(cfg["val_size"])
-        if value < 0 or (value >= 1 and not value.is_integer()):
-            raise ConfigError(
-                f"dataset.val_size must be a fraction in [0, 1) or a count, got {show(value)}"
-            )
+        fraction_or_count(cfg, "val_size")
         if cfg.get("split_seed") is not None:
             int_key(cfg, "split_seed", 0)
         if cfg.get("val_draw") not in VAL_DRAWS:
