@@ -272,8 +272,10 @@ def sample(ckpt: str | os.PathLike, opts: SampleConfig) -> list[Path]:
         )
     writer = sample_format(spec, padding=padding, nrow=nrow)
     if isinstance(writer, TableSamples):  # rows of a CSV: no grid to lay out
-        grid = [("nrow", opts.nrow, None)]
-        grid.append(("padding", padding, packaged_defaults("sample", SampleConfig).padding))
+        grid = (
+            ("nrow", opts.nrow, None),
+            ("padding", padding, packaged_defaults("sample", SampleConfig).padding),
+        )
         for key, value, default in grid:
             if value != default:
                 raise ConfigError(
