@@ -45,11 +45,14 @@ target $t = (y - b)e^{-a}$ the solution lies in
 $[\min_k(\mu_k + s_k t), \max_k(\mu_k + s_k t)]$. `mixture_inverse` starts at
 the components' solutions averaged with the weights $\pi_k$ and takes Newton steps on
 $\sigma^{-1}(F(x)) - t$ (its derivative is the closed form above), all values at
-once; each step narrows the bracket by the sign of the residual, and a Newton step
-that would leave the bracket is replaced by its midpoint (bisection), so it
-converges whatever the mixture. It stops when every step (or bracket) is below
+once; each step narrows the bracket by the sign of the residual. A Newton step is
+replaced by the bracket's midpoint (bisection) when it would leave the bracket or go
+more than half as far as the step before it (Newton on this sigmoid-shaped function
+can otherwise jump back and forth between two points for ever), so it converges
+whatever the mixture. It stops when every step (or bracket) is below
 $10^{-6}(1 + |x|)$ in float32 ($10^{-12}(1 + |x|)$ in float64), at most
-`MAX_ITERATIONS` steps.
+`MAX_ITERATIONS` steps; the values that have converged leave the loop, so the last
+steps run on the few that remain.
 
 **Precision.** The conditioner runs under autocast if it is on; its output is cast
 once to float32 (float64 for a float64 stream), and the transform, its inverse and
@@ -89,69 +92,107 @@ def mixture_parameters(components: int) -> int:
     return 2 + 3 * components
 
 
-def _unpack(raw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Raw `(..., 2 + 3K)` -> `a`, `b` `(...)` and `log pi`, `mu`, `log s` `(..., K)`."""
-    k = (raw.shape[-1] - 2) // 3
-    a = AFFINE_BOUND * torch.tanh(raw[..., 0] / AFFINE_BOUND)
-    log_pi = torch.log_softmax(raw[..., 2 : 2 + k], dim=-1)
-    log_s = raw[..., 2 + 2 * k :].clamp_min(MIN_LOG_SCALE)
-    return a, raw[..., 1], log_pi, raw[..., 2 + k : 2 + 2 * k], log_s
+def _unpack(raw: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Raw parameters on dimension `dim` -> `a`, `b` (that dimension dropped) and
+    `log pi`, `mu`, `log s` (`K` long on it)."""
+    k = (raw.shape[dim] - 2) // 3
+    a = AFFINE_BOUND * torch.tanh(raw.select(dim, 0) / AFFINE_BOUND)
+    log_pi = torch.log_softmax(raw.narrow(dim, 2, k), dim=dim)
+    log_s = raw.narrow(dim, 2 + 2 * k, k).clamp_min(MIN_LOG_SCALE)
+    return a, raw.select(dim, 1), log_pi, raw.narrow(dim, 2 + k, k), log_s
 
 
-def mixture_forward(x: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+def mixture_forward(x: Tensor, raw: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     """$y = e^a \\sigma^{-1}(F(x)) + b$ and $\\log \\partial y / \\partial x$, elementwise.
 
     Args:
         x: the values, any shape `S`, float32 or float64.
-        raw: the conditioner's output for them, `S + (2 + 3K,)`, in `x`'s dtype.
+        raw: the conditioner's output for them, in `x`'s dtype: `S` with the
+            `2 + 3K` parameters of each value inserted as dimension `dim` (the last by
+            default; the coupling keeps them beside the channels, `(B, C, 2 + 3K, H, W)`,
+            where the reductions over the components read contiguous memory).
+        dim: the parameters' dimension of `raw`.
 
     Returns:
         `(y, log dy/dx)`, both of shape `S`.
     """
-    a, b, log_pi, mu, log_s = _unpack(raw)
-    u = (x.unsqueeze(-1) - mu) * torch.exp(-log_s)
+    dim = dim % raw.dim()
+    a, b, log_pi, mu, log_s = _unpack(raw, dim)
+    u = (x.unsqueeze(dim) - mu) * torch.exp(-log_s)
     log_up, log_down = F.logsigmoid(u), F.logsigmoid(-u)  # log sigma(u_k), log sigma(-u_k)
-    log_f = torch.logsumexp(log_pi + log_up, dim=-1)  # log F
-    log_1mf = torch.logsumexp(log_pi + log_down, dim=-1)  # log(1 - F)
-    log_pdf = torch.logsumexp(log_pi + log_up + log_down - log_s, dim=-1)
+    log_f = torch.logsumexp(log_pi + log_up, dim=dim)  # log F
+    log_1mf = torch.logsumexp(log_pi + log_down, dim=dim)  # log(1 - F)
+    log_pdf = torch.logsumexp(log_pi + log_up + log_down - log_s, dim=dim)
     return torch.exp(a) * (log_f - log_1mf) + b, a + log_pdf - log_f - log_1mf
 
 
-def mixture_inverse(y: Tensor, raw: Tensor) -> Tensor:
-    """The `x` with `mixture_forward(x, raw)[0] == y`, by Newton's method kept inside
-    a bracket (see the module docstring for the bracket and the tolerance), in `y`'s
-    dtype.
+def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
+    """The `x` with `mixture_forward(x, raw, dim)[0] == y`, by Newton's method kept
+    inside a bracket (see the module docstring for the bracket and the tolerance), in
+    `y`'s dtype.
 
     The iterations work with $F$ and $1 - F$ themselves (each a sum of
     $\\pi_k\\sigma(\\pm u_k)$, so neither cancels) rather than their logarithms: fewer
     kernels than the log-space forward, and a value where either underflows gives
     a non-finite Newton step, which the bracket replaces by its midpoint."""
-    a, b, log_pi, mu, log_s = _unpack(raw)
+    if y.numel() == 0:
+        return y.clone()
+    dim = dim % raw.dim()
+    a, b, log_pi, mu, log_s = _unpack(raw, dim)
     target = (y - b) * torch.exp(-a)
     inv_s = torch.exp(-log_s)
     pi = log_pi.exp()
-    density = pi * inv_s
-    ends = mu + torch.exp(log_s) * target.unsqueeze(-1)
-    lo, hi = ends.amin(dim=-1), ends.amax(dim=-1)
-    x = (pi * ends).sum(dim=-1)  # the components' solutions, averaged: inside
+    ends = torch.addcmul(mu, torch.exp(log_s), target.unsqueeze(dim))
+    lo, hi = ends.amin(dim=dim), ends.amax(dim=dim)
+    x = (pi * ends).sum(dim=dim)  # the components' solutions, averaged: inside
+    # from here on, values in one flat row and components down the columns, `(K, N)`:
+    # sums over the components add whole rows, and converged values drop out as columns
+    shape = x.shape
+    x, target, lo, hi = (t.reshape(-1) for t in (x, target, lo, hi))
+    k = pi.shape[dim]
+    pi, inv_s, offset = (t.movedim(dim, 0).reshape(k, -1) for t in (pi, inv_s, -mu * inv_s))
     tol = 1e-12 if y.dtype == torch.float64 else 1e-6
+    out = x
+    where = None  # the columns still iterating (None: all of them)
+    last = hi - lo  # the size of the last step
     for _ in range(MAX_ITERATIONS):
-        u = (x.unsqueeze(-1) - mu) * inv_s
-        up, down = torch.sigmoid(u), torch.sigmoid(-u)
-        cdf, rest = (pi * up).sum(dim=-1), (pi * down).sum(dim=-1)  # F, 1 - F
+        u = torch.addcmul(offset, x, inv_s)  # (K, N)
+        up, down = torch.sigmoid(u), torch.sigmoid(u.neg_())
+        weighted_up = pi * up
+        cdf, rest = weighted_up.sum(dim=0), (pi * down).sum(dim=0)  # F, 1 - F
+        slope = weighted_up.mul_(down).mul_(inv_s).sum(dim=0)  # f
         residual = torch.log(cdf) - torch.log(rest) - target
         above = residual > 0
         hi = torch.where(above, x, hi)
         lo = torch.where(above, lo, x)
-        newton = x - residual * cdf * rest / (density * up * down).sum(dim=-1)
-        inside = (newton >= lo) & (newton <= hi)  # a converged step may land on an end
-        step = torch.where(inside, newton, 0.5 * (lo + hi))
-        scale = tol * (1 + step.abs())
-        done = ((step - x).abs() <= scale) | ((hi - lo) <= scale)
+        newton = x - residual * cdf * rest / slope
+        # Newton where it lands in the bracket (a converged step may land on an end)
+        # and goes at most half as far as the last step (no cycles) or under the
+        # tolerance (round-off); else the midpoint
+        scale = tol * (1 + x.abs())
+        length = (newton - x).abs()
+        newton_ok = (newton >= lo) & (newton <= hi) & ((length <= 0.5 * last) | (length <= scale))
+        step = torch.where(newton_ok, newton, 0.5 * (lo + hi))
+        last = (step - x).abs()
+        done = (last <= scale) | ((hi - lo) <= scale)
         x = step
-        if y.numel() == 0 or bool(done.all()):
+        if where is None:
+            out = x
+        else:
+            out[where] = x
+        converged = int(done.sum())
+        if converged == x.numel():
             break
-    return x
+        if converged * 4 >= x.numel():  # drop the converged columns
+            keep = ~done
+            if where is None:
+                out = out.clone()
+                where = keep.nonzero().squeeze(-1)
+            else:
+                where = where[keep]
+            x, target, lo, hi, last = x[keep], target[keep], lo[keep], hi[keep], last[keep]
+            pi, inv_s, offset = pi[:, keep], inv_s[:, keep], offset[:, keep]
+    return out.reshape(shape)
 
 
 def _spread_mean_scales(out: ZeroInit, changed: int, components: int) -> None:
@@ -206,16 +247,16 @@ class LogisticMixtureCoupling(Flow):
         _spread_mean_scales(last, changed, self.components)
 
     def _raw(self, x_a: Tensor) -> Tensor:
-        """The conditioner's output as `(B, C_b, H, W, 2 + 3K)`, cast once to float32
+        """The conditioner's output as `(B, C_b, 2 + 3K, H, W)`, cast once to float32
         (float64 for a float64 stream)."""
         h = self.net(x_a).to(logdet_dtype(x_a))
-        return h.unflatten(1, (-1, mixture_parameters(self.components))).movedim(2, -1)
+        return h.unflatten(1, (-1, mixture_parameters(self.components)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`(z, logdet)`: the second half through its mixture CDFs, logit and affine map."""
         x_a, x_b = split_channels(x, self.split)
         raw = self._raw(x_a)
-        z_b, log_derivative = mixture_forward(x_b.to(raw.dtype), raw)
+        z_b, log_derivative = mixture_forward(x_b.to(raw.dtype), raw, dim=2)
         logdet = log_derivative.sum(dim=tuple(range(1, log_derivative.dim())))
         return torch.cat([x_a, z_b.to(x.dtype)], dim=1), logdet
 
@@ -224,5 +265,5 @@ class LogisticMixtureCoupling(Flow):
         half solved by bracketed Newton steps (`mixture_inverse`)."""
         z_a, z_b = split_channels(z, self.split)
         raw = self._raw(z_a)
-        x_b = mixture_inverse(z_b.to(raw.dtype), raw)
+        x_b = mixture_inverse(z_b.to(raw.dtype), raw, dim=2)
         return torch.cat([z_a, x_b.to(z.dtype)], dim=1)
