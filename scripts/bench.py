@@ -18,7 +18,15 @@ timings share the machine's momentary speed), with their range.
 
 With `--mixture K` the same model with `model.coupling=logistic_mixture` (K logistic
 components, the conv conditioner) is timed beside it, and its step and sampling times
-are reported as ratios to the affine coupling's, within each block.
+are reported as ratios to the affine coupling's, within each block. Its conditioners
+end in `2 + 3K` outputs per changed value where the affine coupling's end in 2, so it
+has more parameters and FLOPs at the same width: with --peers it is also compared with
+a normflows Glow made as large (the narrowest `--hidden` + 8n with at least its
+parameter count). The models sampled from have random weights in their couplings'
+zero-initialised output layers (`--output-std`, see `as_if_trained`): at
+initialisation every mixture coupling is the identity, whose inverse takes one Newton
+step; with the default 0.5 each takes 5 to 7 here, where the couplings of the digits
+preset's trained model take 2 to 7.
 
 Columns: training images/s (forward, backward, Adam step), sampling images/s (decode
 `--samples` images at T=0.7, three times per block), and peak memory: CUDA's
@@ -29,6 +37,7 @@ size so far (monotone).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import resource
@@ -53,6 +62,9 @@ def glow_train_system(
     ).to(device)  # fmt: skip
     x0 = torch.rand(args.batch_size, args.channels, args.size, args.size, device=device) - 0.5
     model.initialize(x0)
+    sampler = copy.deepcopy(model)  # sampling times do not follow the training steps
+    if args.output_std:
+        as_if_trained(sampler, args.samples, args.output_std)
     model.set_memory_saving(memory_saving)
     # glow-train's own choice of implementation (fused Adam on CPU and CUDA).
     opt = make_optimizer(list(model.parameters()), "adam", 1e-4, (0.9, 0.999), 0.0, device.type)
@@ -73,20 +85,71 @@ def glow_train_system(
 
     def sample():
         with torch.no_grad(), autocast():
-            model.eval()
-            model.sample(args.samples, 0.7)
-            model.train()
+            sampler.eval()
+            sampler.sample(args.samples, 0.7)
 
     return step, sample
 
 
-def normflows_system(args, device):
+def as_if_trained(model, samples: int, std: float) -> None:
+    """Give the couplings' zero-initialised output layers random weights, scaled (in
+    the order sampling meets them) so that each outputs values of standard deviation
+    about ``std`` while ``samples`` images are drawn: at initialisation every mixture
+    coupling is the identity, whose inverse takes one Newton step, where a trained
+    model's take several. Only a mixture coupling's weights and means move: with its
+    affine part and log-scales left at zero, every inverse shifts its values rather
+    than scales them, and 24 random couplings in a row do not blow the samples up as
+    random scales would (a trained model keeps their scale). The sampling cost of the
+    affine coupling and of normflows does not depend on the weights."""
+    from glow_train.flows.conditioner import ZeroInit
+    from glow_train.flows.coupling import Coupling
+    from glow_train.flows.logistic_mixture import LogisticMixtureCoupling, mixture_parameters
+
+    gen = torch.Generator().manual_seed(0)
+    hooks = {}
+
+    def calibrate(layer, _inputs, out):
+        hooks.pop(layer).remove()  # the first call only
+        factor = std / float(out.std())
+        layer.layer.weight.data.mul_(factor)
+        return out * factor
+
+    for coupling in model.modules():
+        outs = [m for m in coupling.modules() if isinstance(m, ZeroInit)]
+        if not isinstance(coupling, Coupling | LogisticMixtureCoupling) or not outs:
+            continue
+        w = outs[-1].layer.weight
+        w.data.copy_(torch.randn(w.shape, generator=gen).to(w))
+        if isinstance(coupling, LogisticMixtureCoupling):  # a, b and the log-scales stay 0
+            k = coupling.components
+            rows = w.data.view(-1, mixture_parameters(k), *w.shape[1:])
+            rows[:, :2] = 0
+            rows[:, 2 + 2 * k :] = 0
+        hooks[outs[-1]] = outs[-1].register_forward_hook(calibrate)
+    with torch.no_grad():  # in training mode: the layers one by one, the hooks called
+        model.sample(samples, 0.7)
+    assert not hooks, "a coupling's output layer was not met while sampling"
+
+
+def mixture_parameter_count(args, components: int) -> int:
+    model = Glow(
+        args.channels, args.size, args.K, args.L, args.hidden, "logistic_mixture", True,
+        mixture_components=components,
+    )  # fmt: skip
+    return sum(p.numel() for p in model.parameters())
+
+
+def normflows_parameters(args, hidden: int) -> int:
+    return sum(p.numel() for p in normflows_model(args, hidden, torch.device("cpu")).parameters())
+
+
+def normflows_model(args, hidden: int, device):
     import normflows as nf
 
     c, size, L = args.channels, args.size, args.L
     q0, merges, flows = [], [], []
     for i in range(L):
-        blocks = [nf.flows.GlowBlock(c * 2 ** (L + 1 - i), args.hidden) for _ in range(args.K)]
+        blocks = [nf.flows.GlowBlock(c * 2 ** (L + 1 - i), hidden) for _ in range(args.K)]
         flows.append([*blocks, nf.flows.Squeeze()])
         if i > 0:
             merges.append(nf.flows.Merge())
@@ -94,7 +157,12 @@ def normflows_system(args, device):
         else:
             shape = (c * 2 ** (L + 1), size // 2**L, size // 2**L)
         q0.append(nf.distributions.DiagGaussian(shape))
-    model = nf.MultiscaleFlow(q0, flows, merges, class_cond=False).to(device)
+    return nf.MultiscaleFlow(q0, flows, merges, class_cond=False).to(device)
+
+
+def normflows_system(args, device, hidden: int):
+    model = normflows_model(args, hidden, device)
+    c, size = args.channels, args.size
     x0 = torch.rand(args.batch_size, c, size, size, device=device) - 0.5
     with torch.no_grad():
         model.forward_kld(x0)  # ActNorm's data-dependent initialisation
@@ -218,6 +286,11 @@ def main() -> None:
         help="also time the logistic_mixture coupling with K components",
     )  # fmt: skip
     parser.add_argument(
+        "--output-std", type=float, default=0.5, metavar="S",
+        help="give the couplings' zero-initialised output layers random weights, their "
+        "outputs of about this standard deviation while sampling (0: leave them at zero)",
+    )  # fmt: skip
+    parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile'd training steps"
     )
     parser.add_argument(
@@ -257,7 +330,15 @@ def main() -> None:
         name = f"glow-train {precision} logistic_mixture"
         systems[name] = glow_train_system(args, device, precision, False, mixture=args.mixture)
     if args.peers:
-        systems["normflows fp32"] = normflows_system(args, device)
+        systems["normflows fp32"] = normflows_system(args, device, args.hidden)
+    matched = None
+    if args.peers and args.mixture:  # normflows' Glow with as many parameters
+        size = mixture_parameter_count(args, args.mixture)
+        hidden = args.hidden
+        while normflows_parameters(args, hidden) < size:
+            hidden += 8
+        matched = f"normflows fp32, hidden {hidden} (the parameters of logistic_mixture)"
+        systems[matched] = normflows_system(args, device, hidden)
     for step, sample in systems.values():
         for _ in range(args.warmup):
             step()
@@ -311,7 +392,16 @@ def main() -> None:
             by_name[mixture][f"{kind}_time_over_affine"] = ratio
             parts.append(f"{kind} {ratio:.2f}x [{low:.2f}-{high:.2f}]")
         print(f"logistic_mixture (K={args.mixture}) / affine time, {precision}: {', '.join(parts)}")
-    peer = next((name for name in systems if name.startswith("normflows")), None)
+    peer = "normflows fp32" if args.peers else None
+    if matched is not None:
+        for precision in ("fp32", "bf16"):
+            mixture = by_name[f"glow-train {precision} logistic_mixture"]
+            parts = []
+            for kind, times in (("train", train_s), ("sample", sample_s)):
+                speedup, low, high = paired_speedup(times[matched], times[mixture["system"]])
+                mixture[f"{kind}_speedup_over_matched_peer"] = speedup
+                parts.append(f"{kind} {speedup:.2f}x [{low:.2f}-{high:.2f}]")
+            print(f"{mixture['system']} over {matched}: {', '.join(parts)}")
     if peer is not None:
         print(
             "speed-ups over normflows fp32, each the median over the repeats of the ratio "
@@ -319,7 +409,7 @@ def main() -> None:
         )
         for r in rows:
             name = r["system"]
-            if name == peer:
+            if name.startswith("normflows"):
                 continue
             parts = []
             for kind, times in (("train", train_s), ("sample", sample_s)):

@@ -174,7 +174,7 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
         newton_ok = (newton >= lo) & (newton <= hi) & ((length <= 0.5 * last) | (length <= scale))
         step = torch.where(newton_ok, newton, 0.5 * (lo + hi))
         last = (step - x).abs()
-        done = (last <= scale) | ((hi - lo) <= scale)
+        done = (last <= scale) | ((hi - lo) <= scale) | torch.isnan(hi - lo)  # NaN or inf in
         x = step
         if where is None:
             out = x
@@ -184,14 +184,13 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
         if converged == x.numel():
             break
         if converged * 4 >= x.numel():  # drop the converged columns
-            keep = ~done
+            keep = (~done).nonzero().squeeze(-1)
             if where is None:
-                out = out.clone()
-                where = keep.nonzero().squeeze(-1)
+                out, where = out.clone(), keep
             else:
-                where = where[keep]
-            x, target, lo, hi, last = x[keep], target[keep], lo[keep], hi[keep], last[keep]
-            pi, inv_s, offset = pi[:, keep], inv_s[:, keep], offset[:, keep]
+                where = where.index_select(0, keep)
+            x, target, lo, hi, last = (t.index_select(0, keep) for t in (x, target, lo, hi, last))
+            pi, inv_s, offset = (t.index_select(1, keep) for t in (pi, inv_s, offset))
     return out.reshape(shape)
 
 
