@@ -430,16 +430,32 @@ def main() -> None:
     bench_note = ""
     if args.bench:
         json_path = cwd / f"{rel}/bench.json"
-        cmd = f"python scripts/bench.py --peers --json {json_path}"
+        cmd = f"python scripts/bench.py --peers --mixture 4 --json {json_path}"
         run(cmd, cwd)
         rows = {r["system"]: r for r in json.loads(json_path.read_text())["rows"]}
+        shown = "python scripts/bench.py --peers --mixture 4"
+        size = "3x32x32, K=8, L=3, hidden 128, batch 32"
         for name in ("glow-train fp32", "glow-train bf16"):
             r = rows[name]
             figs.add(
-                f"speed-up of {name} over normflows fp32 (3x32x32, K=8, L=3, hidden 128, "
-                "batch 32): training; sampling",
+                f"speed-up of {name} over normflows fp32 ({size}): training; sampling",
                 f"{r['train_speedup_over_peer']:.2f}x; {r['sample_speedup_over_peer']:.2f}x",
-                "python scripts/bench.py --peers",
+                shown,
+            )
+        for precision in ("fp32", "bf16"):
+            r = rows[f"glow-train {precision} logistic_mixture"]
+            figs.add(
+                f"logistic_mixture coupling (K=4), {precision}: time per training step; per "
+                f"sample, over the affine coupling's ({size})",
+                f"{r['step_time_over_affine']:.2f}x; {r['sampling_time_over_affine']:.2f}x",
+                shown,
+            )
+            figs.add(
+                f"speed-up of the logistic_mixture model, {precision}, over normflows fp32 "
+                "at the same width; with as many parameters: sampling",
+                f"{r['sample_speedup_over_peer']:.2f}x; "
+                f"**{r['sample_speedup_over_matched_peer']:.2f}x**",
+                shown,
             )
     else:
         bench_note = (
