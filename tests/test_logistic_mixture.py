@@ -270,6 +270,8 @@ def test_the_flowpp_preset_composes(tmp_path):
     expected = ["coupling: logistic_mixture", "mixture_components: 32", "conditioner: attention"]
     expected += ["conditioner_blocks: 10", "hidden_channels: 96", "dropout: 0.2"]
     expected += ["dequantization: variational", "preset: cifar10_flowpp", "name: cifar10"]
+    expected += ["lr: 0.0003", "warmup_steps: 2000", "cosine_decay: false", "grad_clip: 1\n"]
+    expected += ["init_samples: 128", "batch_size: 64", "ema_decay: 0.999"]
     for line in expected:
         assert line in out, line
 

@@ -180,7 +180,7 @@ TRAIN_EXAMPLES = {
     "glow-train experiment=tabular dataset.path=data.csv": PRESETS["csv"],
     "glow-train ckpt=runs/digits/2026-01-01_00-00-00/last.pt": PRESETS["digits"],  # resumes
     "glow-train experiment=cifar10_flowpp dataset.root=/data/cifar10": (
-        "cifar10_flowpp", "glow", 9, 1, 96, 1e-3, 300_000, None
+        "cifar10_flowpp", "glow", 9, 1, 96, 3e-4, 300_000, None
     ),
     "glow-train experiment=celeba_hq256 dataset.root=/data/celeba-hq": (
         "celeba_hq256", "glow", 32, 6, 512, 1e-3, 1_000_000, None
