@@ -137,20 +137,18 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
     a non-finite Newton step, which the bracket replaces by its midpoint."""
     if y.numel() == 0:
         return y.clone()
-    dim = dim % raw.dim()
-    a, b, log_pi, mu, log_s = _unpack(raw, dim)
-    target = (y - b) * torch.exp(-a)
+    # from here on, values in one flat row and parameters down the columns, `(2 + 3K, N)`
+    # (one copy): sums over the components add whole rows, and converged values drop
+    # out as columns
+    columns = raw.movedim(dim % raw.dim(), 0).reshape(raw.shape[dim], -1)
+    a, b, log_pi, mu, log_s = _unpack(columns, 0)
+    target = (y.reshape(-1) - b) * torch.exp(-a)
     inv_s = torch.exp(-log_s)
     pi = log_pi.exp()
-    ends = torch.addcmul(mu, torch.exp(log_s), target.unsqueeze(dim))
-    lo, hi = ends.amin(dim=dim), ends.amax(dim=dim)
-    x = (pi * ends).sum(dim=dim)  # the components' solutions, averaged: inside
-    # from here on, values in one flat row and components down the columns, `(K, N)`:
-    # sums over the components add whole rows, and converged values drop out as columns
-    shape = x.shape
-    x, target, lo, hi = (t.reshape(-1) for t in (x, target, lo, hi))
-    k = pi.shape[dim]
-    pi, inv_s, offset = (t.movedim(dim, 0).reshape(k, -1) for t in (pi, inv_s, -mu * inv_s))
+    ends = torch.addcdiv(mu, target, inv_s)  # mu_k + s_k t
+    lo, hi = ends.amin(dim=0), ends.amax(dim=0)
+    x = (pi * ends).sum(dim=0)  # the components' solutions, averaged: inside
+    offset = -mu * inv_s
     tol = 1e-12 if y.dtype == torch.float64 else 1e-6
     out = x
     where = None  # the columns still iterating (None: all of them)
@@ -171,16 +169,17 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
         # tolerance (round-off); else the midpoint
         scale = tol * (1 + x.abs())
         length = (newton - x).abs()
-        newton_ok = (newton >= lo) & (newton <= hi) & ((length <= 0.5 * last) | (length <= scale))
+        newton_ok = (newton >= lo) & (newton <= hi) & (length <= torch.maximum(0.5 * last, scale))
         step = torch.where(newton_ok, newton, 0.5 * (lo + hi))
         last = (step - x).abs()
-        done = (last <= scale) | ((hi - lo) <= scale) | torch.isnan(hi - lo)  # NaN or inf in
+        # done: a step or bracket under the tolerance, or a NaN (an infinite value in)
+        done = ~(torch.minimum(last, hi - lo) > scale)
         x = step
         if where is None:
             out = x
         else:
             out[where] = x
-        converged = int(done.sum())
+        converged = int(done.count_nonzero())
         if converged == x.numel():
             break
         if converged * 4 >= x.numel():  # drop the converged columns
@@ -191,7 +190,7 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
                 where = where.index_select(0, keep)
             x, target, lo, hi, last = (t.index_select(0, keep) for t in (x, target, lo, hi, last))
             pi, inv_s, offset = (t.index_select(1, keep) for t in (pi, inv_s, offset))
-    return out.reshape(shape)
+    return out.reshape(y.shape)
 
 
 def _spread_mean_scales(out: ZeroInit, changed: int, components: int) -> None:
