@@ -182,7 +182,7 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
         converged = int(done.count_nonzero())
         if converged == x.numel():
             break
-        if converged * 4 >= x.numel():  # drop the converged columns
+        if converged * 2 >= x.numel():  # drop the converged columns
             keep = (~done).nonzero().squeeze(-1)
             if where is None:
                 out, where = out.clone(), keep
