@@ -198,6 +198,31 @@ def test_bad_values_are_refused_in_one_line_on_the_command_line(override, messag
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.coupling=affine", "model.mixture_components=8"],
+         "model.mixture_components=8 does nothing here: only model.coupling=logistic_mixture "
+         "uses it, and this run's model.coupling is affine; add model.coupling=logistic_mixture "
+         "or leave model.mixture_components= out"),
+        (["model.attention_heads=2"], "only model.conditioner=attention uses it, and this "
+         "run's model.conditioner is conv"),
+        (["model.conditioner=resnet", "model.attention_heads=2"], "this run's "
+         "model.conditioner is resnet; add model.conditioner=attention"),
+        (["model.conditioner_blocks=3"], "model.conditioner_blocks=3 does nothing here: only "
+         "model.conditioner=resnet or attention uses it"),
+    ],
+)  # fmt: skip
+def test_options_the_chosen_coupling_or_conditioner_does_not_use_are_refused(
+    args, message, tmp_path
+):
+    """Typed on the command line, that is: a preset may set them for its own coupling."""
+    status, _, err = run_console(train_main, [*TINY, *args, "train.max_steps=1"], tmp_path)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_vector_glow_refuses_the_image_options(tmp_path):
     csv = tmp_path / "t.csv"
     np.savetxt(csv, np.random.default_rng(0).normal(size=(64, 3)), delimiter=",")

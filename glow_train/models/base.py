@@ -79,6 +79,13 @@ class FlowModel(nn.Module):
         """The model for data described by `spec` with the `model.*` `options`."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    @staticmethod
+    def unused_option(options: dict[str, Any], key: str) -> str | None:
+        """Why `model.<key>` does nothing with the other `options`, as the end of a
+        one-line error (`glow_train.models.registry.refuse_unused_model_options`);
+        `None` when it is used (every option, unless a model says otherwise)."""
+        return None
+
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # pragma: no cover
         r"""$\log p(x)$ (or $\log p(x \mid y)$ with labels `y`) in nats per item, `(B,)`.
 

@@ -33,7 +33,15 @@ from glow_train.flows.base import split_channels
 from glow_train.flows.squeeze import squeeze2d, unsqueeze2d
 from glow_train.models.base import FlowModel, check_coupling, check_positive
 
-__all__ = ["Glow"]
+__all__ = ["Glow", "SETTING_OPTIONS"]
+
+#: the options of `model=glow` that only some settings use: option -> (the option that
+#: decides, the values of it that use the first)
+SETTING_OPTIONS = {
+    "mixture_components": ("coupling", ("logistic_mixture",)),
+    "conditioner_blocks": ("conditioner", ("resnet", "attention")),
+    "attention_heads": ("conditioner", ("attention",)),
+}
 
 
 class Glow(FlowModel):
@@ -67,6 +75,21 @@ class Glow(FlowModel):
 
     name = "glow"
     schema = GlowConfig
+
+    @staticmethod
+    def unused_option(options: dict[str, Any], key: str) -> str | None:
+        """Why `model.<key>` does nothing with the other `options` (a `model.*`
+        config), as the end of a one-line error; `None` when it is used."""
+        if key not in SETTING_OPTIONS:
+            return None
+        decider, users = SETTING_OPTIONS[key]
+        if options.get(decider) in users:
+            return None
+        return (
+            f"only model.{decider}={' or '.join(users)} uses it, and this run's "
+            f"model.{decider} is {options.get(decider)}; add model.{decider}={users[0]} "
+            f"or leave model.{key}= out"
+        )
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ checkpoint module imports no model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from glow_train.data.spec import DataSpec
@@ -16,7 +16,7 @@ from glow_train.models.base import FlowModel
 from glow_train.models.glow import Glow
 from glow_train.models.glow1d import Glow1D
 
-__all__ = ["MODELS", "register_model", "model_class", "build_model"]
+__all__ = ["MODELS", "register_model", "model_class", "build_model", "refuse_unused_model_options"]
 
 MODELS: dict[str, type[FlowModel]] = {}
 
@@ -65,3 +65,22 @@ def build_model(options: Mapping[str, Any], spec: DataSpec) -> FlowModel:
         return cls.for_data(spec, options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from err
+
+
+def refuse_unused_model_options(options: Mapping[str, Any], typed: Iterable[str]) -> None:
+    """Refuse, in one line, the first `model.<key>` of `typed` (the options a command
+    line set) that the model's other `options` leave unused, e.g.
+    `model.mixture_components=8` with `model.coupling=affine`.
+
+    Raises:
+        ConfigError: naming the option as typed, what would use it, and the fix.
+    """
+    options = dict(options)
+    cls = model_class(options.get("name"))
+    for key in typed:
+        if not key.startswith("model."):
+            continue
+        why = cls.unused_option(options, key.removeprefix("model."))
+        if why is not None:
+            value = options.get(key.removeprefix("model."))
+            raise ConfigError(f"{key}={value} does nothing here: {why}")
