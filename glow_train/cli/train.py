@@ -46,10 +46,10 @@ def sweep_objective(result: TrainResult, multirun: bool) -> float | None:
 def app(cfg: DictConfig) -> float | None:
     # the library (PyTorch) on use: this module loads with Hydra alone
     """`glow-train`: train with the composed `cfg`; returns the selection score (for sweeps)."""
-    from glow_train.models.registry import refuse_unused_model_options
     from glow_train.runtime.cluster import export_torch_env
     from glow_train.runtime.memory import keep_freed_memory
     from glow_train.training import train
+    from glow_train.training.checks import refuse_unused_options
     from glow_train.training.resume import auto_resume, finished_run, resume_config
     from glow_train.training.signals import exit_status
 
@@ -81,7 +81,7 @@ def app(cfg: DictConfig) -> float | None:
                 return
         elif cfg.ckpt is not None:
             config = resume_config(cfg, list(hydra_cfg.overrides.task), GROUPS)
-        refuse_unused_model_options(config.model, typed_options(cfg))
+        refuse_unused_options(config, typed_options(cfg))
         result = train(config)
         returned[0] = sweep_objective(result, multirun and main)
         if result.interrupted and not multirun:

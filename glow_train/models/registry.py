@@ -76,7 +76,9 @@ def refuse_unused_model_options(options: Mapping[str, Any], typed: Iterable[str]
         ConfigError: naming the option as typed, what would use it, and the fix.
     """
     options = dict(options)
-    cls = model_class(options.get("name"))
+    cls = MODELS.get(options.get("name"))
+    if cls is None:  # an unknown name: refused with the list of names when it is built
+        return
     for key in typed:
         if not key.startswith("model."):
             continue

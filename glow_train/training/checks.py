@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -17,12 +18,13 @@ from glow_train.config import (
 from glow_train.data import validate_dataset_config
 from glow_train.errors import ConfigError, DataError, show
 from glow_train.models import model_class
+from glow_train.models.registry import refuse_unused_model_options
 from glow_train.training.compiling import check_compile
 from glow_train.training.signals import preempt_signal
 from glow_train.training.sizing import AUTO_KEYS, auto_keys
 from glow_train.validate import parse_duration, require_int
 
-__all__ = ["check_config", "check_train", "fitted_batch_size"]
+__all__ = ["check_config", "check_train", "fitted_batch_size", "refuse_unused_options"]
 
 
 def check_config(cfg: DictConfig | dict) -> DictConfig:
@@ -53,6 +55,15 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
             "masks; set model.dropout=0 with it"
         )
     return cfg
+
+
+def refuse_unused_options(cfg: DictConfig, typed_keys: Iterable[str]) -> None:
+    """Refuse, in one line, the first `model.*` option of `typed_keys` (those the
+    command line set) that the run's model settings leave unused
+    (`glow_train.models.registry.refuse_unused_model_options`)."""
+    options = OmegaConf.to_container(cfg.model, resolve=True)
+    options.setdefault("name", "glow")  # configs of version-1 checkpoints name no model
+    refuse_unused_model_options(options, typed_keys)
 
 
 def _value(cfg: DictConfig, dotted: str):
