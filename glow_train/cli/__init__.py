@@ -7,15 +7,18 @@ calls one library function and prints what it returns; what they share is in
 Ctrl-C at any moment, start-up included, ends with one line
 (`glow-train: aborted`) and exit status 130. The command line is checked against
 the configs first, with Hydra and OmegaConf alone, so `--help`, `--cfg` and a
-refused option answer without loading PyTorch. While the heavy modules load
-(PyTorch, TensorBoard), an interrupt is only noted, because an import can swallow
-the `KeyboardInterrupt` it would raise; it takes effect as soon as they are loaded.
+refused option answer without loading PyTorch. Until that check is done and the heavy
+modules are loaded (PyTorch, TensorBoard), an interrupt is only noted, because an
+import, or a library catching broad exceptions, can swallow the `KeyboardInterrupt` it
+would raise; it takes effect as soon as start-up is over.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import import_module
 
 __all__ = ["train_main", "sample_main", "eval_main"]
@@ -28,16 +31,18 @@ _MODULES = {
 }
 
 
-def _load(config_name: str) -> None:
-    """Import the command's modules with SIGINT noted rather than raised."""
+@contextmanager
+def _interrupts_noted() -> Iterator[None]:
+    """SIGINT noted rather than raised inside the block, and raised as
+    `KeyboardInterrupt` at its end: an import (or a library catching broad exceptions
+    while it composes or loads) can swallow the `KeyboardInterrupt` it would raise."""
     pending: list[int] = []
     try:
         previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
     except ValueError:  # not the main thread: nothing to guard
         previous = None
     try:
-        for name in _MODULES[config_name]:
-            import_module(name)
+        yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -68,15 +73,18 @@ def _hydra_only(args: list[str]) -> bool:
 
 def _run(config_name: str, prog: str) -> None:
     try:  # from the first line: an interrupt anywhere in start-up is one line
-        from glow_train.runtime.memory import keep_freed_memory
+        with _interrupts_noted():  # start-up: the command line checked, the modules loaded
+            from glow_train.runtime.memory import keep_freed_memory
 
-        keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
-        _warnings_as_lines(prog)
-        from glow_train.cli.common import check_command_line, whole_numbers_in_yaml
+            keep_freed_memory()  # before the first tensor: see glow_train.runtime.memory
+            _warnings_as_lines(prog)
+            from glow_train.cli.common import check_command_line, whole_numbers_in_yaml
 
-        check_command_line(config_name, prog)  # Hydra, OmegaConf: light
-        if not _hydra_only(sys.argv[1:]):
-            _load(config_name)
+            check_command_line(config_name, prog)  # Hydra, OmegaConf: light
+            only_hydra = _hydra_only(sys.argv[1:])
+            for name in _MODULES[config_name][: 1 if only_hydra else None]:
+                import_module(name)
+        if not only_hydra:
             import_module(_MODULES[config_name][0]).app()
             return
         with whole_numbers_in_yaml():  # --help, --cfg: `val_size: 200`, not `200.0`
