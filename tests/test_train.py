@@ -464,3 +464,24 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
     message = _cli_error(["dataset=mnist", "dataset.download=false"], tmp_path)
     assert "MNIST not found" in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dataset=mnist", "dataset.prepared=auto"],
+         "dataset.prepared=auto does nothing for dataset=mnist: its options are batch_size, "
+         "channels, download, eval_batch_size, hflip, image_size, n_bits, num_workers, root, "
+         "split_seed, val_draw, val_size; leave dataset.prepared= out"),
+        (["dataset.download=false"], "dataset.download=false does nothing for dataset=digits"),
+        (["dataset=cifar10", "dataset.crop=100"], "dataset.crop=100 does nothing for "
+         "dataset=cifar10"),
+        (["+dataset.foo=1"], "dataset.foo=1 does nothing for dataset=digits"),
+    ],
+)  # fmt: skip
+def test_dataset_options_the_source_does_not_read_are_refused(args, message, tmp_path):
+    """The image sources share one schema, so Hydra itself accepts every source's keys."""
+    status, _, err = run_console(train_main, [*args, "train.max_steps=1"], tmp_path)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert message in err, err
+    assert list(tmp_path.iterdir()) == []

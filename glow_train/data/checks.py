@@ -7,7 +7,8 @@ image checks here, then the source's own check from its registry entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from importlib import resources
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,8 @@ __all__ = [
     "check_image_keys",
     "fraction_or_count",
     "split_count",
+    "source_keys",
+    "refuse_unused_dataset_options",
 ]
 
 
@@ -76,3 +79,41 @@ def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
     """`dataset.<key>` (a fraction in [0, 1) or a whole count) as a count of `total`."""
     value = fraction_or_count(cfg, key)
     return int(value) if value >= 1 else int(round(value * total))
+
+
+def source_keys(name: str) -> set[str] | None:
+    """The keys the packaged `configs/dataset/<name>.yaml` sets: the options its source
+    reads. `None` for a source without one (registered from Python)."""
+    path = resources.files("glow_train.configs").joinpath("dataset", f"{name}.yaml")
+    if not path.is_file():
+        return None
+    values = OmegaConf.create(path.read_text())
+    values.pop("defaults", None)
+    return set(values.keys())
+
+
+def refuse_unused_dataset_options(cfg: Mapping[str, Any], typed: Iterable[str]) -> None:
+    """Refuse, in one line, the first `dataset.<key>` of `typed` (the options a command
+    line set) that the source `cfg["name"]` does not read, e.g. `dataset.prepared=auto`
+    with `dataset=mnist`: the shared schema accepts every source's keys.
+
+    Raises:
+        ConfigError: naming the option as typed, the source and its options.
+    """
+    name = str(cfg.get("name"))
+    keys = source_keys(name)
+    if keys is None:
+        return
+    for key in typed:
+        if not key.startswith("dataset."):
+            continue
+        option = key.removeprefix("dataset.").split(".", 1)[0]
+        if option not in keys:
+            value = cfg.get(option)
+            if isinstance(value, bool):  # as YAML and the command line write it
+                value = str(value).lower()
+            raise ConfigError(
+                f"{key}={value if isinstance(value, str) else show(value)} does nothing for "
+                f"dataset={name}: its options "
+                f"are {', '.join(sorted(keys - {'name'}))}; leave {key}= out"
+            )

@@ -16,6 +16,7 @@ from glow_train.config import (
     upgrade_keys,
 )
 from glow_train.data import validate_dataset_config
+from glow_train.data.checks import refuse_unused_dataset_options
 from glow_train.errors import ConfigError, DataError, show
 from glow_train.models import model_class
 from glow_train.models.registry import refuse_unused_model_options
@@ -58,9 +59,13 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
 
 
 def refuse_unused_options(cfg: DictConfig, typed_keys: Iterable[str]) -> None:
-    """Refuse, in one line, the first `model.*` option of `typed_keys` (those the
-    command line set) that the run's model settings leave unused
-    (`glow_train.models.registry.refuse_unused_model_options`)."""
+    """Refuse, in one line, the first `dataset.*` option of `typed_keys` (those the
+    command line set) that the run's source does not read, then the first `model.*`
+    one its model settings leave unused
+    (`glow_train.data.checks.refuse_unused_dataset_options`,
+    `glow_train.models.registry.refuse_unused_model_options`)."""
+    typed_keys = list(typed_keys)
+    refuse_unused_dataset_options(OmegaConf.to_container(cfg.dataset), typed_keys)
     options = OmegaConf.to_container(cfg.model, resolve=True)
     options.setdefault("name", "glow")  # configs of version-1 checkpoints name no model
     refuse_unused_model_options(options, typed_keys)
