@@ -331,8 +331,10 @@ def test_glow_eval_console_script_prints_the_trainers_number(run, ckpt, tmp_path
     [
         ("glow-sample", ["temperature=-1"], "temperature must be a number >= 0"),
         ("glow-eval", ["dataset=mnist"], "1x32x32 images but the model"),
+        ("glow-eval", ["dataset.download=false"], "dataset.download=false does nothing for "
+         "dataset=digits: its options are batch_size, channels"),
     ],
-)
+)  # fmt: skip
 def test_console_script_errors_are_one_line_and_leave_no_file(ckpt, tmp_path, prog, args, message):
     """The library tests cover every bad input; these check the CLI's way of reporting one."""
     before = files_under(tmp_path)

@@ -23,6 +23,7 @@ import torch
 from glow_train.config import EvalConfig
 from glow_train.data import DataSpec, build_dataset, describe_dataset
 from glow_train.data import validate_dataset_config as check_dataset
+from glow_train.data.checks import refuse_unused_dataset_options
 from glow_train.errors import ConfigError, DataError, NonFiniteError
 from glow_train.evaluation.scoring import (
     EvalResult,
@@ -79,9 +80,12 @@ def eval_dataset(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dataset config to score: the checkpoint's, or `dataset` instead, with
-    `overrides` (keys whose value is not `None`) on top, checked."""
+    `overrides` (keys whose value is not `None`) on top, checked; an override the
+    source does not read (`prepared` on MNIST) is refused in one line."""
     cfg = dict(dataset if dataset is not None else checkpoint_dataset)
-    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cfg.update(given)
+    refuse_unused_dataset_options(cfg, [f"dataset.{key}" for key in given])
     return check_dataset(cfg)
 
 
