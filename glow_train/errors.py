@@ -35,9 +35,12 @@ def show(value: object) -> str:
     """`value` as a message to the user shows it: a whole number as one (`200`, where
     a float-typed option holds `200.0`; with six or more trailing zeros as a power of
     ten, `2e11`, as the YAML writes it), other numbers in their shortest exact form
-    (`0.0003`, `1e-08`, `inf`), a list element by element (`[0.9, 1]`), a string
-    quoted (`'abc'`), anything else as `str` does."""
-    if value is None or isinstance(value, bool):
+    (`0.0003`, `1e-08`, `inf`), a list element by element (`[0.9, 1]`), a boolean as
+    the command line and the YAML write it (`true`), a string quoted (`'abc'`),
+    anything else as `str` does."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
         return str(value)
 
     if isinstance(value, numbers.Integral):
