@@ -288,16 +288,16 @@ def register_configs() -> None:
     store.store(name="table_dataset_schema", node=TableDatasetConfig)
 
 
-def packaged_defaults(name: str, schema: type) -> DictConfig:
-    """The top-level values of the packaged `configs/<name>.yaml`, typed by `schema`:
-    what a library call's `None` stands for (its defaults list and `hydra:` are left out)."""
+def packaged_defaults(name: str, schema: type | None = None) -> DictConfig:
+    """The top-level values of the packaged `configs/<name>.yaml` (its defaults list and
+    `hydra:` left out), typed by `schema` if given: what a library call's `None` stands for."""
     from importlib import resources
 
     text = resources.files("glow_train.configs").joinpath(f"{name}.yaml").read_text()
     values = OmegaConf.create(text)
     for key in ("defaults", "hydra"):
         values.pop(key, None)
-    return typed(schema, values)
+    return values if schema is None else typed(schema, values)
 
 
 # --------------------------------------------------------------------- checking

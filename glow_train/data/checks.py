@@ -8,11 +8,11 @@ image checks here, then the source's own check from its registry entry.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from glow_train.config import packaged_defaults
 from glow_train.errors import ConfigError, show
 from glow_train.validate import require_int
 
@@ -84,12 +84,10 @@ def split_count(cfg: dict[str, Any], key: str, total: int) -> int:
 def source_keys(name: str) -> set[str] | None:
     """The keys the packaged `configs/dataset/<name>.yaml` sets: the options its source
     reads. `None` for a source without one (registered from Python)."""
-    path = resources.files("glow_train.configs").joinpath("dataset", f"{name}.yaml")
-    if not path.is_file():
+    try:
+        return set(packaged_defaults(f"dataset/{name}").keys())
+    except FileNotFoundError:
         return None
-    values = OmegaConf.create(path.read_text())
-    values.pop("defaults", None)
-    return set(values.keys())
 
 
 def refuse_unused_dataset_options(cfg: Mapping[str, Any], typed: Iterable[str]) -> None:
@@ -110,8 +108,6 @@ def refuse_unused_dataset_options(cfg: Mapping[str, Any], typed: Iterable[str]) 
         option = key.removeprefix("dataset.").split(".", 1)[0]
         if option not in keys:
             value = cfg.get(option)
-            if isinstance(value, bool):  # as YAML and the command line write it
-                value = str(value).lower()
             raise ConfigError(
                 f"{key}={value if isinstance(value, str) else show(value)} does nothing for "
                 f"dataset={name}: its options "

@@ -82,7 +82,7 @@ def refuse_unused_model_options(options: Mapping[str, Any], typed: Iterable[str]
     for key in typed:
         if not key.startswith("model."):
             continue
-        why = cls.unused_option(options, key.removeprefix("model."))
+        option = key.removeprefix("model.")
+        why = cls.unused_option(options, option)
         if why is not None:
-            value = options.get(key.removeprefix("model."))
-            raise ConfigError(f"{key}={value} does nothing here: {why}")
+            raise ConfigError(f"{key}={options.get(option)} does nothing here: {why}")

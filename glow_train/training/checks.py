@@ -35,8 +35,7 @@ def check_config(cfg: DictConfig | dict) -> DictConfig:
     Idempotent, so the trainer can check what `glow_train.training.train` checked.
     """
     cfg = typed(TrainConfig, upgrade_keys(cfg))
-    options = OmegaConf.to_container(cfg.model, resolve=True)
-    options.setdefault("name", "glow")  # configs of version-1 checkpoints name no model
+    options = _model_options(cfg)
     schema = model_class(options["name"]).schema
     with open_dict(cfg):
         cfg.model = typed(schema, options, "model")
@@ -66,9 +65,15 @@ def refuse_unused_options(cfg: DictConfig, typed_keys: Iterable[str]) -> None:
     `glow_train.models.registry.refuse_unused_model_options`)."""
     typed_keys = list(typed_keys)
     refuse_unused_dataset_options(OmegaConf.to_container(cfg.dataset), typed_keys)
+    refuse_unused_model_options(_model_options(cfg), typed_keys)
+
+
+def _model_options(cfg: DictConfig) -> dict:
+    """`cfg.model` as a plain dict, with its `name` (a version-1 checkpoint's config
+    names no model: `glow`)."""
     options = OmegaConf.to_container(cfg.model, resolve=True)
-    options.setdefault("name", "glow")  # configs of version-1 checkpoints name no model
-    refuse_unused_model_options(options, typed_keys)
+    options.setdefault("name", "glow")
+    return options
 
 
 def _value(cfg: DictConfig, dotted: str):
