@@ -52,14 +52,20 @@ from glow_train import Glow, keep_freed_memory
 from glow_train.training.optim import make_optimizer
 
 
+def glow_model(args, mixture: int = 0) -> Glow:
+    """The benchmark's Glow: affine couplings, or `logistic_mixture` ones of `mixture`
+    components."""
+    coupling = "logistic_mixture" if mixture else "affine"
+    return Glow(
+        args.channels, args.size, args.K, args.L, args.hidden, coupling, True,
+        mixture_components=mixture or 32,
+    )  # fmt: skip
+
+
 def glow_train_system(
     args, device, precision: str, memory_saving: bool, compiled: bool = False, mixture: int = 0
 ):
-    coupling = "logistic_mixture" if mixture else "affine"
-    model = Glow(
-        args.channels, args.size, args.K, args.L, args.hidden, coupling, True,
-        mixture_components=mixture or 32,
-    ).to(device)  # fmt: skip
+    model = glow_model(args, mixture).to(device)
     x0 = torch.rand(args.batch_size, args.channels, args.size, args.size, device=device) - 0.5
     model.initialize(x0)
     sampler = copy.deepcopy(model)  # sampling times do not follow the training steps
@@ -129,14 +135,6 @@ def as_if_trained(model, samples: int, std: float) -> None:
     with torch.no_grad():  # in training mode: the layers one by one, the hooks called
         model.sample(samples, 0.7)
     assert not hooks, "a coupling's output layer was not met while sampling"
-
-
-def mixture_parameter_count(args, components: int) -> int:
-    model = Glow(
-        args.channels, args.size, args.K, args.L, args.hidden, "logistic_mixture", True,
-        mixture_components=components,
-    )  # fmt: skip
-    return sum(p.numel() for p in model.parameters())
 
 
 def normflows_parameters(args, hidden: int) -> int:
@@ -333,7 +331,7 @@ def main() -> None:
         systems["normflows fp32"] = normflows_system(args, device, args.hidden)
     matched = None
     if args.peers and args.mixture:  # normflows' Glow with as many parameters
-        size = mixture_parameter_count(args, args.mixture)
+        size = sum(p.numel() for p in glow_model(args, args.mixture).parameters())
         hidden = args.hidden
         while normflows_parameters(args, hidden) < size:
             hidden += 8

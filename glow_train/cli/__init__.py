@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import import_module
 
 __all__ = ["train_main", "sample_main", "eval_main"]
@@ -82,13 +82,12 @@ def _run(config_name: str, prog: str) -> None:
 
             check_command_line(config_name, prog)  # Hydra, OmegaConf: light
             only_hydra = _hydra_only(sys.argv[1:])
-            for name in _MODULES[config_name][: 1 if only_hydra else None]:
+            app = import_module(_MODULES[config_name][0]).app
+            for name in () if only_hydra else _MODULES[config_name][1:]:
                 import_module(name)
-        if not only_hydra:
-            import_module(_MODULES[config_name][0]).app()
-            return
-        with whole_numbers_in_yaml():  # --help, --cfg: `val_size: 200`, not `200.0`
-            import_module(_MODULES[config_name][0]).app()
+        # --help, --cfg: `val_size: 200`, not `200.0`
+        with whole_numbers_in_yaml() if only_hydra else nullcontext():
+            app()
     except KeyboardInterrupt:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)

@@ -196,12 +196,9 @@ def mixture_inverse(y: Tensor, raw: Tensor, dim: int = -1) -> Tensor:
 def _spread_mean_scales(out: ZeroInit, changed: int, components: int) -> None:
     """Start the means' output scales at $e^{-1} \\ldots e^{1}$ over the components
     (the output stays zero; see "Identity at initialisation")."""
-    per = mixture_parameters(components)
     spread = torch.linspace(-MEAN_SCALE_SPREAD, MEAN_SCALE_SPREAD, components)
-    with torch.no_grad():
-        for c in range(changed):
-            start = c * per + 2 + components
-            out.log_scale[start : start + components] = spread / out.log_scale_factor
+    rows = out.log_scale.detach().view(changed, mixture_parameters(components))
+    rows[:, 2 + components : 2 + 2 * components] = spread / out.log_scale_factor
 
 
 class LogisticMixtureCoupling(Flow):
